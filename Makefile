@@ -1,0 +1,77 @@
+# vectorize-worker — the two commands: `make run` (a worker) and `make test` (the suite).
+SHELL := /bin/bash
+PYTHON ?= python3
+CACHE ?= $(HOME)/.cache/vectorize-worker
+# The virtualenv lives outside the clone, keyed on the lock file, so a fresh
+# clone (and CI) reuses it; a changed lock file builds a new one.
+LOCK_HASH := $(shell sha256sum requirements.lock | cut -c1-12)
+VENV ?= $(CACHE)/venv-$(LOCK_HASH)
+PY := $(VENV)/bin/python
+export PYTHONPATH := $(CURDIR)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help venv up down status run worker demo test test-unit test-integration lint format schemas lock doctor clean
+
+help:
+	@echo "make run    - install, start local Kafka, run a worker (Ctrl-C stops it)"
+	@echo "make test   - install, start local services, run the whole test suite"
+	@echo "make demo   - with a worker running: send example tasks, show results and a nearest-neighbour query"
+	@echo "make up / make down - start / stop local services (Kafka)"
+	@echo "make doctor - check configuration, Kafka, store and model"
+
+venv: $(VENV)/.complete
+
+$(VENV)/.complete: requirements.lock
+	@echo "==> creating $(VENV) (first time: downloads torch and friends, a few minutes)"
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip setuptools wheel
+	$(VENV)/bin/pip install -q -r requirements.lock
+	touch $@
+
+up:
+	scripts/services.sh up
+
+down:
+	scripts/services.sh down
+
+status:
+	scripts/services.sh status
+
+run: venv up worker
+
+worker: venv
+	$(PY) -m app worker -l info
+
+doctor: venv
+	$(PY) scripts/test_worker.py
+
+demo: venv
+	$(PY) scripts/demo.py
+
+test: venv up
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests
+
+test-unit: venv
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests/unit
+
+test-integration: venv up
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests/integration
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: venv
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+schemas: venv
+	$(PY) scripts/gen_schemas.py
+
+lock:
+	$(PYTHON) -m venv $(CACHE)/lockvenv && $(CACHE)/lockvenv/bin/pip install -q -r requirements.txt && \
+	  $(CACHE)/lockvenv/bin/pip freeze --exclude-editable > requirements.lock
+
+clean:
+	rm -rf .state .pytest_cache .ruff_cache

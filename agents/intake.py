@@ -1,0 +1,67 @@
+"""The intake agent: every record of ``vectorization-tasks`` enters the pipeline here.
+
+The stream runs without automatic acks. Each record gets a ticket in the
+ordered :class:`~app.acks.AckTracker`; the pipeline completes the ticket when
+the task is stored and reported (or dead-lettered), and only then is the
+offset acknowledged, in partition order. A worker that dies mid-batch leaves
+its records unacknowledged, so another worker processes them again; the
+deterministic vector ids make that an overwrite.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from app.acks import Ticket
+from app.faust_app import OUTPUT_TOPICS, app, settings, tasks_topic
+from app.runtime import WorkerRuntime
+
+log = logging.getLogger("worker.main")
+_topics: dict[str, Any] = {}
+_runtime: WorkerRuntime | None = None
+
+
+def _topic(name: str) -> Any:
+    topic = _topics.get(name)
+    if topic is None:
+        topic = _topics[name] = app.topic(
+            name, key_serializer="raw", value_serializer="raw", internal=True, partitions=settings.topic_partitions
+        )
+    return topic
+
+
+async def kafka_send(topic: str, key: bytes | None, value: bytes) -> Any:
+    """SendPort on Faust's producer: returns the delivery future."""
+    return await _topic(topic).send(key=key, value=value)
+
+
+def runtime() -> WorkerRuntime:
+    global _runtime
+    if _runtime is None:
+        _runtime = WorkerRuntime(settings, kafka_send)
+    return _runtime
+
+
+@app.agent(tasks_topic, name="intake")
+async def intake(stream: Any) -> None:
+    for name in OUTPUT_TOPICS:
+        await _topic(name).maybe_declare()
+    rt = runtime()
+    await rt.start()
+    events = stream.noack()
+
+    async def ack(tickets: list[Ticket]) -> None:
+        for ticket in tickets:
+            await events.ack(ticket.event)
+
+    rt.set_acker(ack)
+    rt.ensure_lane()
+    assert rt.pipeline is not None
+    try:
+        async for event in events.events():
+            message = event.message
+            ticket = rt.tracker.add(message.tp, message.offset, event)
+            await rt.pipeline.intake(event.value, ticket, (message.topic, message.partition, message.offset))
+    finally:
+        await rt.stop()

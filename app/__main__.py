@@ -1,0 +1,29 @@
+"""``python -m app [--config FILE] [faust args]``: start a worker (default) or run a Faust command."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--config" in args:
+        i = args.index("--config")
+        if i + 1 >= len(args):
+            sys.exit("vectorize-worker: --config needs a file path")
+        os.environ["VECTORIZE_WORKER_CONFIG"] = args[i + 1]
+        del args[i : i + 2]
+    from app.faust_app import settings
+
+    if not args or args[0].startswith("-"):
+        args = ["worker", "-l", settings.log_level.lower(), *args]
+    import app  # noqa: F401  (registers agents and commands)
+    from app.faust_app import app as faust_app
+
+    sys.argv = ["faust", *args]
+    faust_app.main()
+
+
+if __name__ == "__main__":
+    main()

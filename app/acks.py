@@ -1,0 +1,59 @@
+"""Acknowledge source offsets strictly in order, whatever order tasks finish in.
+
+Tasks of one partition may finish out of order (a failed task finishes at
+once, a batch task takes longer). Faust commits from the set of acked
+offsets, and faust-streaming 0.15.3 can commit past a gap (faust#606), so we
+never hand Faust an out-of-order ack: an event is released for acking only
+when it and every earlier event of its partition are done.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One source record in flight."""
+
+    tp: Hashable
+    offset: int
+    event: Any = None
+    done: bool = field(default=False)
+
+
+class AckTracker:
+    """Per-partition FIFO of tickets; :meth:`complete` returns what may be acked now."""
+
+    def __init__(self) -> None:
+        self._queues: dict[Hashable, deque[Ticket]] = {}
+
+    def add(self, tp: Hashable, offset: int, event: Any = None) -> Ticket:
+        ticket = Ticket(tp, offset, event)
+        self._queues.setdefault(tp, deque()).append(ticket)
+        return ticket
+
+    def complete(self, ticket: Ticket) -> list[Ticket]:
+        """Mark ``ticket`` done; return the tickets at the head of its partition now ready, in order."""
+        ticket.done = True
+        queue = self._queues.get(ticket.tp)
+        ready: list[Ticket] = []
+        while queue and queue[0].done:
+            ready.append(queue.popleft())
+        if queue is not None and not queue:
+            del self._queues[ticket.tp]
+        return ready
+
+    def forget(self, tps: set[Hashable]) -> int:
+        """Drop tickets of partitions this worker lost in a rebalance; returns how many."""
+        dropped = 0
+        for tp in list(self._queues):
+            if tp in tps:
+                dropped += len(self._queues.pop(tp))
+        return dropped
+
+    def in_flight(self) -> int:
+        return sum(len(q) for q in self._queues.values())

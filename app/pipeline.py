@@ -1,0 +1,343 @@
+"""The Kafka-free heart of the worker: validate, batch, embed, store, report.
+
+Agents hand every source record to :meth:`TaskPipeline.intake` together with
+a :class:`~app.acks.Ticket`; the pipeline calls ``on_done(ticket)`` once the
+task's vectors are stored and its status/result records are delivered (or,
+for a task that cannot succeed, once its ``failed`` status and dead letter
+are delivered). Only then may the source offset be acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+
+from app.acks import Ticket
+from app.batcher import Batcher
+from app.errors import InvalidTaskError, PermanentError, RetryableError, UnsupportedTaskError
+from app.ids import vector_id
+from app.retry import retry_forever
+from app.schema import DocumentTask, ImageTask, Task, parse_task, task_texts
+from models.base import EmbedderInfo
+from models.manager import ModelManager
+from sinks.base import BaseVectorDB, VectorRecord
+from sinks.publisher import RecordPublisher
+from sinks.records import ErrorInfo, ResultRecord, Timings
+
+log_main = logging.getLogger("worker.main")
+log_proc = logging.getLogger("worker.task_processor")
+T = TypeVar("T")
+Source = tuple[str, int, int]
+
+
+class DeliveryError(RetryableError):
+    kind = "kafka_unavailable"
+
+
+@dataclass(eq=False)
+class WorkItem:
+    task: Task
+    raw: bytes | str | None
+    ticket: Ticket
+    source: Source | None
+    received_at: float = field(default_factory=time.monotonic)
+    pending: list[Awaitable[Any]] = field(default_factory=list)
+
+    @property
+    def weight(self) -> int:
+        return len(self.task.data) if isinstance(self.task.data, list) else 1
+
+
+@dataclass(eq=False)
+class Outcome:
+    item: WorkItem
+    texts: list[str]
+    model: str
+    vectors: np.ndarray | None = None
+    info: EmbedderInfo | None = None
+    error: BaseException | None = None
+    ids: list[str] = field(default_factory=list)
+    embed_ms: float = 0.0
+    store_ms: float = 0.0
+
+
+class TaskPipeline:
+    """Validates tasks, batches texts across tasks, embeds, stores and reports."""
+
+    def __init__(
+        self,
+        *,
+        settings: Any,
+        manager: ModelManager,
+        stores: Sequence[BaseVectorDB],
+        publisher: RecordPublisher,
+        on_done: Callable[[Ticket], Awaitable[None]],
+    ) -> None:
+        self.settings = settings
+        self.manager = manager
+        self.stores = list(stores)
+        self.publisher = publisher
+        self._on_done = on_done
+        self._text_lane: Batcher[WorkItem] = Batcher(settings.max_concurrent_tasks, weight=lambda i: i.weight)
+        self._store_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vector-store")
+        self.active_tasks = 0
+        self.processed = 0
+        self.failed = 0
+
+    # -- intake ------------------------------------------------------------------------
+    async def intake(self, raw: bytes | str | None, ticket: Ticket, source: Source | None = None) -> None:
+        """Validate one record and route it; waits while the text lane is full (backpressure)."""
+        try:
+            task = parse_task(raw, max_bytes=self.settings.max_task_bytes)
+        except InvalidTaskError as exc:
+            task_id = exc.task_id or _fallback_task_id(source)
+            log_main.warning("Rejected record %s as task %s: %s", _where(source), task_id, exc)
+            await self._fail(task_id, None, raw, exc, ticket, source)
+            return
+        item = WorkItem(task=task, raw=raw, ticket=ticket, source=source)
+        item.pending.append(await self.publisher.status(task.task_id, "received", task_type=task.task_type))
+        if isinstance(task, ImageTask):
+            error = UnsupportedTaskError(
+                f"Task {task.task_id}: image models not available yet in this worker version; "
+                "image_vectorization tasks are dead-lettered for replay once CLIP support lands."
+            )
+            await self._fail(task.task_id, task.task_type, raw, error, ticket, source, item.pending)
+            return
+        await self._text_lane.put(item)
+
+    # -- text lane -----------------------------------------------------------------------
+    async def run_text_lane(self) -> None:
+        """Process text batches forever (cancel to stop)."""
+        wait = self.settings.batch_wait_ms / 1000
+        while True:
+            batch = await self._text_lane.next_batch(self.settings.max_batch_size, wait)
+            self.active_tasks = len(batch)
+            try:
+                await self.process_text_batch(batch)
+            finally:
+                self.active_tasks = 0
+
+    async def process_text_batch(self, batch: list[WorkItem]) -> None:
+        """Embed, store and report one batch; never raises except on cancellation."""
+        started = time.monotonic()
+        live = []
+        for item in batch:
+            if started - item.received_at > self.settings.task_timeout:
+                error = PermanentError(
+                    f"Task {item.task.task_id} waited {started - item.received_at:.0f}s, over task_timeout "
+                    f"({self.settings.task_timeout:.0f}s, VECTORIZE_WORKER_TASK_TIMEOUT); resend it or raise the limit."
+                )
+                await self._fail(
+                    item.task.task_id, item.task.task_type, item.raw, error, item.ticket, item.source, item.pending
+                )
+            else:
+                live.append(item)
+        if not live:
+            return
+        for item in live:
+            log_main.info("Processing task %s of type %s", item.task.task_id, item.task.task_type)
+            item.pending.append(
+                await self.publisher.status(item.task.task_id, "processing", task_type=item.task.task_type)
+            )
+        outcomes = [self._outcome(item) for item in live]
+        await self._embed(outcomes)
+        await self._store(outcomes)
+        await self._report(outcomes)
+
+    def _outcome(self, item: WorkItem) -> Outcome:
+        return Outcome(
+            item=item, texts=task_texts(item.task), model=item.task.model_name or self.settings.default_model
+        )
+
+    async def _embed(self, outcomes: list[Outcome]) -> None:
+        groups: dict[tuple[str, bool | None, int], list[Outcome]] = defaultdict(list)
+        for out in outcomes:
+            task = out.item.task
+            batch_size = min(
+                getattr(task, "batch_size", None) or self.settings.default_batch_size, self.settings.max_batch_size
+            )
+            groups[(out.model, task.normalize, batch_size)].append(out)
+        for (model, normalize, batch_size), members in groups.items():
+            texts = [text for out in members for text in out.texts]
+            t0 = time.monotonic()
+            try:
+                vectors, info = await self.manager.embed_texts(model, texts, batch_size=batch_size, normalize=normalize)
+            except Exception as exc:  # noqa: BLE001 - a model failure fails these tasks, never the worker
+                if not isinstance(exc, PermanentError):
+                    log_proc.exception("Embedding %d texts with %s failed", len(texts), model)
+                for out in members:
+                    out.error = exc
+                continue
+            elapsed = (time.monotonic() - t0) * 1000
+            offset = 0
+            for out in members:
+                out.vectors = vectors[offset : offset + len(out.texts)]
+                out.info = info
+                out.embed_ms = elapsed
+                offset += len(out.texts)
+
+    async def _store(self, outcomes: list[Outcome]) -> None:
+        groups: dict[tuple[str, int], list[tuple[Outcome, list[VectorRecord]]]] = defaultdict(list)
+        for out in outcomes:
+            if out.error is not None or out.vectors is None or out.info is None:
+                continue
+            records = self._records(out)
+            out.ids = [r.id for r in records]
+            collection = out.item.task.collection or self.settings.default_collection
+            groups[(collection, out.info.dim)].append((out, records))
+        for (collection, dim), entries in groups.items():
+            records = [r for _, rs in entries for r in rs]
+            t0 = time.monotonic()
+            try:
+                for store in self.stores:
+                    await self._write(store, collection, dim, records)
+            except Exception as exc:  # noqa: BLE001 - permanent store errors fail these tasks
+                if not isinstance(exc, PermanentError):
+                    log_proc.exception("Storing %d vectors in %s failed", len(records), collection)
+                for out, _ in entries:
+                    out.error = exc
+            elapsed = (time.monotonic() - t0) * 1000
+            for out, _ in entries:
+                out.store_ms = elapsed
+
+    def _records(self, out: Outcome) -> list[VectorRecord]:
+        task = out.item.task
+        title = task.data.title if isinstance(task, DocumentTask) else None
+        records = []
+        for index, (text, vector) in enumerate(zip(out.texts, out.vectors, strict=True)):
+            payload: dict[str, Any] = {
+                "task_id": task.task_id,
+                "task_type": task.task_type,
+                "item_index": index,
+                "text": text,
+                "model": out.model,
+                "worker_id": self.settings.worker_id,
+                "created_at": time.time(),
+                "metadata": dict(task.metadata),
+            }
+            if title:
+                payload["title"] = title
+            records.append(VectorRecord(id=vector_id(task.task_id, index), vector=vector.tolist(), payload=payload))
+        return records
+
+    async def _report(self, outcomes: list[Outcome]) -> None:
+        now = time.monotonic()
+        for out in outcomes:
+            item, task = out.item, out.item.task
+            if out.error is not None:
+                await self._fail(
+                    task.task_id, task.task_type, item.raw, out.error, item.ticket, item.source, item.pending
+                )
+                continue
+            total_ms = (now - item.received_at) * 1000
+            result = ResultRecord(
+                task_id=task.task_id,
+                status="completed",
+                worker_id=self.settings.worker_id,
+                task_type=task.task_type,
+                model=out.model,
+                dimension=out.info.dim if out.info else None,
+                count=len(out.ids),
+                vector_ids=out.ids,
+                collection=task.collection or self.settings.default_collection,
+                stores=[s.describe() for s in self.stores],
+                timings=Timings(
+                    queue_ms=max(0.0, total_ms - out.embed_ms - out.store_ms),
+                    embed_ms=out.embed_ms,
+                    store_ms=out.store_ms,
+                    total_ms=total_ms,
+                ),
+                vectors=out.vectors.tolist() if self.settings.include_vectors and out.vectors is not None else None,
+            )
+
+            async def send(result: ResultRecord = result, task: Task = task) -> list[Awaitable[Any]]:
+                return [
+                    await self.publisher.result(result),
+                    await self.publisher.status(task.task_id, "completed", task_type=task.task_type),
+                ]
+
+            await self._deliver(send, item.pending, what=f"publishing the result of task {task.task_id}")
+            self.processed += 1
+            log_proc.info("Task %s completed successfully in %.2fs", task.task_id, total_ms / 1000)
+            await self._on_done(item.ticket)
+
+    # -- failures and delivery -------------------------------------------------------------
+    async def _fail(
+        self,
+        task_id: str,
+        task_type: str | None,
+        raw: bytes | str | None,
+        error: BaseException,
+        ticket: Ticket,
+        source: Source | None,
+        pending: list[Awaitable[Any]] | None = None,
+    ) -> None:
+        """Failed status + failed result + dead letter, delivered; then the ticket is done."""
+        info = ErrorInfo.of(error)
+
+        async def send() -> list[Awaitable[Any]]:
+            result = ResultRecord(
+                task_id=task_id, status="failed", worker_id=self.settings.worker_id, task_type=task_type, error=info
+            )
+            return [
+                await self.publisher.dead_letter(raw, error, task_id=task_id, source=source),
+                await self.publisher.result(result),
+                await self.publisher.status(task_id, "failed", task_type=task_type, error=error),
+            ]
+
+        await self._deliver(send, pending or [], what=f"dead-lettering task {task_id}")
+        self.failed += 1
+        log_proc.warning("Task %s failed: %s", task_id, info.message)
+        await self._on_done(ticket)
+
+    async def _deliver(
+        self, send: Callable[[], Awaitable[list[Awaitable[Any]]]], pending: list[Awaitable[Any]], *, what: str
+    ) -> None:
+        # Earlier records of the task (received/processing) go first; a lost one
+        # of those is not worth blocking the task, the final records are.
+        await asyncio.gather(*pending, return_exceptions=True)
+
+        async def attempt() -> None:
+            try:
+                await RecordPublisher.delivered(await send())
+            except (asyncio.CancelledError, PermanentError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - any producer failure is worth a retry
+                raise DeliveryError(f"Kafka did not accept records while {what}: {exc!r}") from exc
+
+        await retry_forever(attempt, what=what)
+
+    async def _write(self, store: BaseVectorDB, collection: str, dim: int, records: list[VectorRecord]) -> None:
+        """Write to one store, retrying while it is unavailable (the task is not acked meanwhile)."""
+
+        def write() -> None:
+            store.ensure_collection(collection, dim)
+            store.upsert(collection, records)
+
+        await retry_forever(
+            lambda: self._in_store_thread(write),
+            what=f"Storing {len(records)} vectors in {collection} on {store.describe()}",
+        )
+
+    async def _in_store_thread(self, func: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._store_executor, func)
+
+    def close(self) -> None:
+        self._store_executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _fallback_task_id(source: Source | None) -> str:
+    # Deterministic, so a redelivered bad record maps to the same id.
+    return f"invalid-{source[0]}-{source[1]}-{source[2]}" if source else f"invalid-{time.time_ns()}"
+
+
+def _where(source: Source | None) -> str:
+    return f"{source[0]}[{source[1]}]@{source[2]}" if source else "(no source)"

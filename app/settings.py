@@ -1,0 +1,260 @@
+"""Worker configuration: defaults < YAML file < ``VECTORIZE_WORKER_*`` environment.
+
+The YAML file is ``faust.yml`` in the working directory unless a path is given
+with ``--config`` (``python -m app``) or ``VECTORIZE_WORKER_CONFIG``. It uses the
+sections of the product documentation's ``config/worker.yaml`` (``worker``,
+``models``, ``device``, ``processing``) plus ``kafka``, ``stores``, ``web``,
+``metrics`` and ``logging``; see :data:`YAML_KEYS` for the full map.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
+
+from app.errors import ConfigError
+
+ENV_PREFIX = "VECTORIZE_WORKER_"
+CONFIG_ENV = ENV_PREFIX + "CONFIG"
+DEFAULT_CONFIG_FILE = "faust.yml"
+
+
+class QdrantSettings(BaseModel):
+    """Qdrant: embedded local mode at ``path`` unless ``url`` names a server."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str | None = None
+    path: str | None = None  # default: <data_dir>/qdrant
+    api_key: str | None = None
+    timeout: float = Field(10.0, gt=0)
+    distance: Literal["cosine", "dot", "euclid"] = "cosine"
+
+
+class Settings(BaseSettings):
+    """Every setting of a worker; field names are the env names minus the prefix."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    worker_id: str = Field("worker-1", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+    worker_name: str = "Vectorization Worker"
+    data_dir: str = "./.state/data"
+
+    kafka_bootstrap_servers: str = "localhost:9092"
+    kafka_group_id: str = Field("vectorize-worker", min_length=1)
+    tasks_topic: str = "vectorization-tasks"
+    status_topic: str = "vectorization-status"
+    results_topic: str = "vectorization-results"
+    dlq_topic: str = "vectorization-tasks-dlq"
+    topic_partitions: int = Field(4, ge=1, le=1024)
+    max_task_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+
+    weaviate_url: str = "http://localhost:8080"
+    redis_url: str = "redis://localhost:6379/0"
+
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    gpu_memory_limit: int | None = Field(None, ge=0)
+
+    models_cache_dir: str = "./models"
+    max_loaded_models: int = Field(3, ge=1, le=64)
+    default_model: str = Field("sentence-transformers/all-MiniLM-L6-v2", min_length=1)
+    models_allow_download: bool = True
+    custom_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    max_concurrent_tasks: int = Field(5, ge=1, le=10_000)
+    task_timeout: float = Field(1800, gt=0)
+    default_batch_size: int = Field(32, ge=1, le=4096)
+    max_batch_size: int = Field(256, ge=1, le=4096)
+    batch_wait_ms: int = Field(20, ge=0, le=60_000)
+    include_vectors: bool = False
+
+    vector_dbs: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["qdrant"], min_length=1)
+    default_collection: str = Field("vectorize", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
+    qdrant: QdrantSettings = Field(default_factory=QdrantSettings)
+
+    web_host: str = "0.0.0.0"
+    web_port: int = Field(6066, ge=1, le=65535)
+    metrics_port: int = Field(9091, ge=0, le=65535)  # 0 disables the endpoint
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("vector_dbs", "custom_models", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        # "weaviate,qdrant" from the environment as well as a YAML list
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("max_batch_size")
+    @classmethod
+    def _batch_bounds(cls, value: int, info: Any) -> int:
+        default = info.data.get("default_batch_size")
+        if default is not None and value < default:
+            raise ValueError(f"must be >= default_batch_size ({default})")
+        return value
+
+    @property
+    def qdrant_path(self) -> Path:
+        return Path(self.qdrant.path) if self.qdrant.path else Path(self.data_dir) / "qdrant"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls))
+
+
+#: YAML location (section.key) -> settings field. Top-level keys named like a
+#: field are accepted too, so a flat YAML file works as well.
+YAML_KEYS: dict[str, str] = {
+    "worker.id": "worker_id",
+    "worker.name": "worker_name",
+    "worker.data_dir": "data_dir",
+    "kafka.bootstrap_servers": "kafka_bootstrap_servers",
+    "kafka.group_id": "kafka_group_id",
+    "kafka.tasks_topic": "tasks_topic",
+    "kafka.status_topic": "status_topic",
+    "kafka.results_topic": "results_topic",
+    "kafka.dlq_topic": "dlq_topic",
+    "kafka.topic_partitions": "topic_partitions",
+    "kafka.max_task_bytes": "max_task_bytes",
+    "models.cache_dir": "models_cache_dir",
+    "models.max_loaded": "max_loaded_models",
+    "models.default": "default_model",
+    "models.allow_download": "models_allow_download",
+    "models.sentence_transformers": "custom_models",
+    "device.type": "device",
+    "device.gpu_memory_limit": "gpu_memory_limit",
+    "processing.max_concurrent_tasks": "max_concurrent_tasks",
+    "processing.task_timeout": "task_timeout",
+    "processing.default_batch_size": "default_batch_size",
+    "processing.max_batch_size": "max_batch_size",
+    "processing.batch_wait_ms": "batch_wait_ms",
+    "processing.include_vectors": "include_vectors",
+    "stores.vector_dbs": "vector_dbs",
+    "stores.default_collection": "default_collection",
+    "stores.qdrant": "qdrant",
+    "stores.weaviate.url": "weaviate_url",
+    "redis.url": "redis_url",
+    "web.host": "web_host",
+    "web.port": "web_port",
+    "metrics.port": "metrics_port",
+    "logging.level": "log_level",
+}
+_FIELD_TO_YAML = {field: key for key, field in YAML_KEYS.items()}
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """The YAML file to read: explicit path, then $VECTORIZE_WORKER_CONFIG, then ./faust.yml."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV])
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.is_file() else None
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Flatten a YAML config file into settings fields; unknown keys are errors."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(
+            f"Configuration file {path} does not exist; fix --config / {CONFIG_ENV} or create the file."
+        ) from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"Cannot read configuration file {path}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"Configuration file {path} must hold a mapping of sections, not {type(raw).__name__}.")
+    values: dict[str, Any] = {}
+    unknown: list[str] = []
+    fields = Settings.model_fields
+    for key, value in raw.items():
+        if isinstance(value, dict) and any(k.startswith(f"{key}.") for k in YAML_KEYS):
+            _flatten_section(key, value, values, unknown)
+        elif key in fields:
+            values[key] = value
+        else:
+            unknown.append(str(key))
+    if unknown:
+        known = ", ".join(sorted(YAML_KEYS))
+        raise ConfigError(
+            f"Invalid configuration file {path}: unknown key(s) {', '.join(sorted(unknown))}. Known keys: {known}."
+        )
+    return values
+
+
+def _flatten_section(prefix: str, section: dict[str, Any], out: dict[str, Any], unknown: list[str]) -> None:
+    for key, value in section.items():
+        dotted = f"{prefix}.{key}"
+        if dotted in YAML_KEYS:
+            out[YAML_KEYS[dotted]] = value
+        elif isinstance(value, dict) and any(k.startswith(f"{dotted}.") for k in YAML_KEYS):
+            _flatten_section(dotted, value, out, unknown)
+        else:
+            unknown.append(dotted)
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Settings source that reads the YAML file chosen by :func:`config_path`."""
+
+    path: Path | None = None
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = _YamlSource.path or config_path()
+        return read_yaml(path) if path is not None else {}
+
+
+def load_settings(config: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Load and validate settings, or raise :class:`ConfigError` naming each bad field."""
+    _YamlSource.path = config_path(config)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, _YamlSource.path)) from None
+    except SettingsError as exc:
+        cause = f": {exc.__cause__}" if exc.__cause__ else ""
+        raise ConfigError(f"Invalid configuration: {exc}{cause}. Fix the environment variable or YAML key.") from None
+    finally:
+        _YamlSource.path = None
+
+
+def format_validation_error(exc: ValidationError, path: Path | None) -> str:
+    """One message listing every bad field with its env name, YAML key and the rule."""
+    lines = [f"Invalid configuration ({exc.error_count()} problem(s)); the worker will not start:"]
+    for err in exc.errors():
+        loc = [str(part) for part in err["loc"]]
+        field = loc[0] if loc else "?"
+        env = ENV_PREFIX + "__".join(loc).upper()
+        yaml_key = _FIELD_TO_YAML.get(field, field)
+        if len(loc) > 1:
+            yaml_key = ".".join([yaml_key, *loc[1:]])
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) else f" got {got!r};"
+        if err["type"] == "extra_forbidden":
+            detail = "unknown setting; check the spelling against the README's configuration table"
+        else:
+            detail = err["msg"]
+        lines.append(f"  - {'.'.join(loc)} (env {env}, YAML {yaml_key}):{shown} {detail}")
+    where = f" (YAML file: {path})" if path else ""
+    lines.append(f"Fix the values above in the environment or the YAML file{where}.")
+    return "\n".join(lines)

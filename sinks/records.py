@@ -1,0 +1,115 @@
+"""Records the worker writes to Kafka: status updates, results and dead letters.
+
+``python -m sinks.records`` regenerates ``docs/records.schema.json``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.errors import VectorizeError
+
+Status = Literal["received", "processing", "completed", "failed"]
+
+
+class ErrorInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: str = Field(description="permanent, invalid_task, model_load, store_rejected, ...")
+    error_class: str
+    message: str
+
+    @classmethod
+    def of(cls, exc: BaseException) -> ErrorInfo:
+        kind = exc.kind if isinstance(exc, VectorizeError) else "internal"
+        return cls(kind=kind, error_class=type(exc).__name__, message=str(exc) or repr(exc))
+
+
+class StatusRecord(BaseModel):
+    """One step of a task: received -> processing -> completed | failed (topic vectorization-status)."""
+
+    model_config = ConfigDict(extra="forbid")
+    task_id: str
+    status: Status
+    worker_id: str
+    timestamp: float = Field(default_factory=time.time, description="Unix time in seconds")
+    task_type: str | None = None
+    error: ErrorInfo | None = None
+
+
+class Timings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    queue_ms: float = 0.0
+    embed_ms: float = 0.0
+    store_ms: float = 0.0
+    total_ms: float = 0.0
+
+
+class ResultRecord(BaseModel):
+    """The final outcome of a task (topic vectorization-results)."""
+
+    model_config = ConfigDict(extra="forbid")
+    task_id: str
+    status: Literal["completed", "failed"]
+    worker_id: str
+    task_type: str | None = None
+    model: str | None = None
+    dimension: int | None = None
+    count: int = 0
+    vector_ids: list[str] = Field(default_factory=list)
+    collection: str | None = None
+    stores: list[str] = Field(default_factory=list)
+    timings: Timings = Field(default_factory=Timings)
+    vectors: list[list[float]] | None = Field(None, description="Only when processing.include_vectors is on")
+    error: ErrorInfo | None = None
+    timestamp: float = Field(default_factory=time.time)
+
+
+class SourceInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    topic: str
+    partition: int
+    offset: int
+
+
+class DeadLetterRecord(BaseModel):
+    """A task that cannot succeed, with its original payload (topic vectorization-tasks-dlq)."""
+
+    model_config = ConfigDict(extra="forbid")
+    task_id: str | None
+    worker_id: str
+    error: ErrorInfo
+    attempts: int = 1
+    payload: str = Field(description="The original record value, as UTF-8 text or base64 (see payload_encoding)")
+    payload_encoding: Literal["utf-8", "base64"] = "utf-8"
+    source: SourceInfo | None = None
+    timestamp: float = Field(default_factory=time.time)
+
+    @staticmethod
+    def encode_payload(raw: bytes | str | None) -> tuple[str, Literal["utf-8", "base64"]]:
+        if raw is None:
+            return "", "utf-8"
+        if isinstance(raw, str):
+            return raw, "utf-8"
+        try:
+            return raw.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            return base64.b64encode(raw).decode("ascii"), "base64"
+
+
+def to_bytes(record: BaseModel) -> bytes:
+    return json.dumps(record.model_dump(mode="json", exclude_none=False), ensure_ascii=False).encode("utf-8")
+
+
+def json_schemas() -> dict[str, Any]:
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "vectorize-worker output records",
+        "status": StatusRecord.model_json_schema(),
+        "result": ResultRecord.model_json_schema(),
+        "dead_letter": DeadLetterRecord.model_json_schema(),
+    }

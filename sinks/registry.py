@@ -1,0 +1,50 @@
+"""Create vector stores by name; adapters register through Python entry points.
+
+A third-party adapter declares, in its own pyproject.toml::
+
+    [project.entry-points."vectorize_worker.vector_dbs"]
+    mydb = "mypackage.mydb:create"
+
+where ``create(settings) -> BaseVectorDB``. Built-ins register the same way.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any
+
+from app.errors import ConfigError
+from sinks.base import BaseVectorDB
+
+ENTRY_POINT_GROUP = "vectorize_worker.vector_dbs"
+#: used when the project runs from a checkout that is not pip-installed
+BUILTINS = {"qdrant": "sinks.qdrant:create"}
+
+
+def available() -> dict[str, str]:
+    found = dict(BUILTINS)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found[ep.name] = ep.value
+    return found
+
+
+def _factory(name: str) -> Callable[[Any], BaseVectorDB]:
+    target = available().get(name)
+    if target is None:
+        raise ConfigError(
+            f"Unknown vector database {name!r} in vector_dbs; available: {', '.join(sorted(available()))}. "
+            f"Install its adapter package or fix VECTORIZE_WORKER_VECTOR_DBS."
+        )
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"Vector database {name!r} cannot be used: {exc}") from None
+    return getattr(module, attr)
+
+
+def create_stores(settings: Any) -> list[BaseVectorDB]:
+    """One adapter per name in ``settings.vector_dbs``, in order."""
+    return [_factory(name)(settings) for name in settings.vector_dbs]

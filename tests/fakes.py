@@ -1,0 +1,112 @@
+"""Fakes at the ports (Embedder, BaseVectorDB, SendPort) for unit tests only."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from app.errors import StoreRejectedError, StoreUnavailableError
+from models.base import Embedder, EmbedderInfo, l2_normalize
+from sinks.base import BaseVectorDB, StoredPoint, VectorRecord
+
+
+class FakeEmbedder(Embedder):
+    """Vectors derived from a hash of the text: deterministic, distinct per text."""
+
+    def __init__(self, name: str = "fake", dim: int = 8) -> None:
+        self._info = EmbedderInfo(name=name, family="fake", dim=dim, device="cpu")
+        self.calls: list[list[str]] = []
+        self.closed = False
+
+    @property
+    def info(self) -> EmbedderInfo:
+        return self._info
+
+    def embed_texts(self, texts: Sequence[str], *, batch_size: int, normalize: bool | None) -> np.ndarray:
+        assert not self.closed, "embedder used after close()"
+        self.calls.append(list(texts))
+        rows = []
+        for text in texts:
+            digest = hashlib.sha256(f"{self._info.name}:{text}".encode()).digest()
+            rows.append(np.frombuffer(digest[: self._info.dim * 4], dtype=np.uint32).astype(np.float32) / 2**32 + 0.1)
+        vectors = np.stack(rows).astype(np.float32)
+        return l2_normalize(vectors) if normalize else vectors
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeStore(BaseVectorDB):
+    """In-memory store; ``fail_next`` makes the next calls raise (fault injection)."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.collections: dict[str, dict[str, StoredPoint]] = {}
+        self.dims: dict[str, int] = {}
+        self.fail_next: list[Exception] = []
+        self.upserts = 0
+
+    def _maybe_fail(self) -> None:
+        if self.fail_next:
+            raise self.fail_next.pop(0)
+
+    def ensure_collection(self, collection: str, dim: int, distance: str = "cosine") -> None:
+        self._maybe_fail()
+        known = self.dims.setdefault(collection, dim)
+        self.collections.setdefault(collection, {})
+        if known != dim:
+            raise StoreRejectedError(f"collection {collection} has dimension {known}, not {dim}")
+
+    def upsert(self, collection: str, records: Sequence[VectorRecord]) -> None:
+        self._maybe_fail()
+        self.upserts += 1
+        for r in records:
+            self.collections[collection][r.id] = StoredPoint(r.id, json.loads(json.dumps(dict(r.payload))), list(r.vector))
+
+    def delete(self, collection: str, ids: Sequence[str]) -> None:
+        for i in ids:
+            self.collections.get(collection, {}).pop(i, None)
+
+    def search(self, collection: str, vector: Sequence[float], k: int = 10, filter: Mapping[str, Any] | None = None) -> list[StoredPoint]:
+        return []
+
+    def retrieve(self, collection: str, ids: Sequence[str], *, with_vectors: bool = True) -> list[StoredPoint]:
+        points = self.collections.get(collection, {})
+        return [points[i] for i in ids if i in points]
+
+    def count(self, collection: str) -> int:
+        return len(self.collections.get(collection, {}))
+
+    def health(self) -> None:
+        self._maybe_fail()
+
+
+def unavailable() -> StoreUnavailableError:
+    return StoreUnavailableError("Failed to connect to FakeStore at memory: connection refused")
+
+
+class FakeKafka:
+    """SendPort that records (topic, key, json value); ``fail_next`` fails deliveries."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str | None, dict[str, Any]]] = []
+        self.fail_next = 0
+
+    async def send(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.fail_next:
+            self.fail_next -= 1
+            fut.set_exception(ConnectionError("broker down"))
+        else:
+            self.sent.append((topic, key.decode() if key else None, json.loads(value)))
+            fut.set_result(None)
+        return fut
+
+    def on(self, topic: str) -> list[dict[str, Any]]:
+        return [value for t, _, value in self.sent if t == topic]

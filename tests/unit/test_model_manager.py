@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from app.errors import ModelLoadError, UnsupportedTaskError
+from models.families import family_of, make_loader
+from models.manager import ModelManager
+from tests.fakes import FakeEmbedder
+
+
+class Loader:
+    def __init__(self) -> None:
+        self.made: dict[str, list[FakeEmbedder]] = {}
+
+    def __call__(self, name: str) -> FakeEmbedder:
+        if name == "missing":
+            raise ModelLoadError("Failed to load model missing: not found")
+        model = FakeEmbedder(name)
+        self.made.setdefault(name, []).append(model)
+        return model
+
+
+def test_lru_evicts_least_recently_used_and_closes_it() -> None:
+    loader = Loader()
+    manager = ModelManager(loader, max_loaded=2)
+    a = manager.get_sync("a")
+    manager.get_sync("b")
+    assert manager.get_sync("a") is a           # cached, and now most recent
+    manager.get_sync("c")                       # evicts b, not a
+    assert [m.name for m in manager.loaded()] == ["a", "c"]
+    assert loader.made["b"][0].closed and not a.closed
+    manager.get_sync("b")                       # reloaded: evicts a
+    assert len(loader.made["b"]) == 2 and a.closed
+    manager.close()
+
+
+def test_max_loaded_one_alternating_keeps_one_model() -> None:
+    manager = ModelManager(Loader(), max_loaded=1)
+    for name in ["a", "b", "a", "b"]:
+        manager.get_sync(name)
+        assert [m.name for m in manager.loaded()] == [name]
+    manager.close()
+
+
+def test_warm_up_runs_once_per_load_and_changes_are_reported() -> None:
+    loader = Loader()
+    manager = ModelManager(loader, max_loaded=3)
+    seen: list[list[str]] = []
+    manager.on_change = lambda infos: seen.append([i.name for i in infos])
+    manager.get_sync("a")
+    manager.get_sync("a")
+    assert loader.made["a"][0].calls == [["warm-up"]]
+    assert seen == [["a"]]
+    manager.unload("a")
+    assert seen[-1] == [] and not manager.is_loaded("a")
+    manager.close()
+
+
+def test_load_errors_propagate_and_leave_cache_unchanged() -> None:
+    manager = ModelManager(Loader(), max_loaded=2)
+    manager.get_sync("a")
+    with pytest.raises(ModelLoadError, match="Failed to load model missing"):
+        manager.get_sync("missing")
+    assert [m.name for m in manager.loaded()] == ["a"]
+    manager.close()
+
+
+async def test_async_embedding_runs_off_the_event_loop() -> None:
+    import threading
+
+    threads: list[str] = []
+
+    class Recording(FakeEmbedder):
+        def embed_texts(self, texts, *, batch_size, normalize):  # type: ignore[override]
+            threads.append(threading.current_thread().name)
+            return super().embed_texts(texts, batch_size=batch_size, normalize=normalize)
+
+    manager = ModelManager(lambda name: Recording(name), max_loaded=1, warmup=False)
+    vectors, info = await manager.embed_texts("m", ["x", "y"], batch_size=2, normalize=True)
+    assert vectors.shape == (2, 8) and info.name == "m"
+    assert threads and all(t.startswith("model-device") for t in threads)
+    assert threading.current_thread().name not in threads
+    results = await asyncio.gather(*(manager.get("m") for _ in range(5)))
+    assert len({id(r) for r in results}) == 1
+    manager.close()
+
+
+def test_family_routing_and_clip_is_not_available_yet() -> None:
+    assert family_of("sentence-transformers/all-MiniLM-L6-v2") == "sentence-transformers"
+    assert family_of("ViT-B/32") == "clip"
+    loader = make_loader(device="cpu", cache_dir=None, allow_download=False)
+    with pytest.raises(UnsupportedTaskError, match="image models not available yet"):
+        loader("ViT-B/32")

@@ -1,0 +1,187 @@
+"""The pipeline with fakes at its ports: what each task produces and when it is acknowledged."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from app.acks import AckTracker, Ticket
+from app.errors import StoreRejectedError
+from app.ids import vector_id
+from app.pipeline import TaskPipeline
+from models.manager import ModelManager
+from sinks.publisher import RecordPublisher
+from tests.fakes import FakeEmbedder, FakeKafka, FakeStore, unavailable
+
+SETTINGS = SimpleNamespace(
+    worker_id="w-test", max_task_bytes=1 << 20, max_concurrent_tasks=100, max_batch_size=64,
+    default_batch_size=32, batch_wait_ms=1, task_timeout=1800, default_model="fake-model",
+    default_collection="vectorize", include_vectors=False,
+)
+
+
+class Harness:
+    def __init__(self, **overrides: Any) -> None:
+        self.settings = SimpleNamespace(**{**vars(SETTINGS), **overrides})
+        self.kafka = FakeKafka()
+        self.store = FakeStore()
+        self.embedders: dict[str, FakeEmbedder] = {}
+        self.manager = ModelManager(self._load, max_loaded=2, warmup=False)
+        self.tracker = AckTracker()
+        self.acked: list[int] = []
+        publisher = RecordPublisher(self.kafka.send, worker_id="w-test", status_topic="status",
+                                    results_topic="results", dlq_topic="dlq")
+        self.pipeline = TaskPipeline(settings=self.settings, manager=self.manager, stores=[self.store],
+                                     publisher=publisher, on_done=self._done)
+        self.offset = 0
+
+    def _load(self, name: str) -> FakeEmbedder:
+        if name == "missing-model":
+            from app.errors import ModelLoadError
+
+            raise ModelLoadError("Failed to load model missing-model: not found in local path 'missing-model'")
+        return self.embedders.setdefault(name, FakeEmbedder(name))
+
+    async def _done(self, ticket: Ticket) -> None:
+        self.acked.extend(t.offset for t in self.tracker.complete(ticket))
+
+    async def send(self, payload: Any) -> Ticket:
+        raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        ticket = self.tracker.add("tasks-0", self.offset)
+        await self.pipeline.intake(raw, ticket, ("tasks", 0, self.offset))
+        self.offset += 1
+        return ticket
+
+    async def drain(self) -> None:
+        items = []
+        while self.pipeline._text_lane.qsize():
+            items.extend(await self.pipeline._text_lane.next_batch(10_000, 0))
+        if items:
+            await self.pipeline.process_text_batch(items)
+
+    def statuses(self, task_id: str) -> list[str]:
+        return [r["status"] for r in self.kafka.on("status") if r["task_id"] == task_id]
+
+
+async def test_text_batch_and_document_tasks_complete_in_one_model_batch() -> None:
+    h = Harness()
+    await h.send({"task_type": "text_vectorization", "data": "hello", "task_id": "t1", "metadata": {"k": "v"}})
+    await h.send({"task_type": "batch_vectorization", "data": ["a", "b", "c"], "task_id": "t2"})
+    await h.send({"task_type": "document_vectorization", "data": {"title": "T", "content": "C"}, "task_id": "t3"})
+    assert h.acked == []                                  # nothing acked before it is stored
+    await h.drain()
+    assert h.acked == [0, 1, 2]
+    assert h.embedders["fake-model"].calls == [["hello", "a", "b", "c", "T\n\nC"]]
+    for task_id in ("t1", "t2", "t3"):
+        assert h.statuses(task_id) == ["received", "processing", "completed"]
+    results = {r["task_id"]: r for r in h.kafka.on("results")}
+    assert results["t2"]["vector_ids"] == [vector_id("t2", i) for i in range(3)]
+    assert results["t2"]["dimension"] == 8 and results["t2"]["count"] == 3 and results["t2"]["vectors"] is None
+    stored = h.store.retrieve("vectorize", [vector_id("t1", 0)])[0]
+    assert stored.payload["text"] == "hello" and stored.payload["metadata"] == {"k": "v"}
+    expected = h.embedders["fake-model"].embed_texts(["hello"], batch_size=1, normalize=None)[0]
+    assert np.allclose(stored.vector, expected)
+    assert h.store.retrieve("vectorize", [vector_id("t3", 0)])[0].payload["title"] == "T"
+    assert h.kafka.on("dlq") == []
+
+
+async def test_redelivered_task_overwrites_instead_of_duplicating() -> None:
+    h = Harness()
+    task = {"task_type": "batch_vectorization", "data": ["x", "y"], "task_id": "dup"}
+    await h.send(task)
+    await h.drain()
+    await h.send(task)
+    await h.drain()
+    assert h.store.count("vectorize") == 2
+
+
+async def test_malformed_payload_fails_with_dead_letter_and_is_acked() -> None:
+    h = Harness()
+    await h.send(b"{not json")
+    assert h.acked == [0]
+    [dead] = h.kafka.on("dlq")
+    assert dead["payload"] == "{not json" and dead["error"]["error_class"] == "InvalidTaskError"
+    assert dead["source"] == {"topic": "tasks", "partition": 0, "offset": 0}
+    assert h.statuses("invalid-tasks-0-0") == ["failed"]
+    [result] = h.kafka.on("results")
+    assert result["status"] == "failed" and "not valid JSON" in result["error"]["message"]
+
+
+async def test_binary_payload_is_dead_lettered_as_base64() -> None:
+    h = Harness()
+    await h.send(b"\xff\x00\xfe")
+    [dead] = h.kafka.on("dlq")
+    assert dead["payload_encoding"] == "base64" and dead["payload"] == "/wD+"
+
+
+async def test_image_task_fails_clearly_until_image_models_land() -> None:
+    h = Harness()
+    await h.send({"task_type": "image_vectorization", "data": "/path/to/image.jpg", "model_name": "ViT-B/32", "task_id": "img"})
+    assert h.statuses("img") == ["received", "failed"]
+    assert "image models not available yet" in h.kafka.on("dlq")[0]["error"]["message"]
+    assert h.acked == [0]
+
+
+async def test_unknown_model_fails_only_its_task() -> None:
+    h = Harness()
+    await h.send({"task_type": "text_vectorization", "data": "a", "task_id": "bad", "model_name": "missing-model"})
+    await h.send({"task_type": "text_vectorization", "data": "b", "task_id": "good"})
+    await h.drain()
+    assert h.statuses("bad")[-1] == "failed" and h.statuses("good")[-1] == "completed"
+    assert "Failed to load model missing-model" in h.kafka.on("dlq")[0]["error"]["message"]
+    assert h.acked == [0, 1]
+
+
+async def test_store_outage_is_retried_and_ack_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    import app.retry
+
+    monkeypatch.setattr(app.retry, "backoff_delay", lambda attempt, **_: 0.0)
+    h = Harness()
+    h.store.fail_next = [unavailable(), unavailable(), unavailable()]
+    await h.send({"task_type": "text_vectorization", "data": "a", "task_id": "t"})
+    await h.drain()
+    assert h.statuses("t")[-1] == "completed" and h.store.count("vectorize") == 1
+    assert h.kafka.on("dlq") == [] and h.acked == [0]
+
+
+async def test_dimension_mismatch_is_permanent() -> None:
+    h = Harness()
+    h.store.dims["vectorize"] = 3
+    h.store.collections["vectorize"] = {}
+    await h.send({"task_type": "text_vectorization", "data": "a", "task_id": "t"})
+    await h.drain()
+    assert h.statuses("t")[-1] == "failed"
+    assert h.kafka.on("dlq")[0]["error"]["error_class"] == StoreRejectedError.__name__
+
+
+async def test_failed_delivery_is_retried_before_ack(monkeypatch: pytest.MonkeyPatch) -> None:
+    import app.retry
+
+    monkeypatch.setattr(app.retry, "backoff_delay", lambda attempt, **_: 0.0)
+    h = Harness()
+    await h.send({"task_type": "text_vectorization", "data": "a", "task_id": "t"})
+    h.kafka.fail_next = 1
+    await h.drain()
+    assert h.statuses("t")[-1] == "completed" and h.acked == [0]
+
+
+async def test_expired_task_is_failed_not_embedded() -> None:
+    h = Harness(task_timeout=0.000001)
+    await h.send({"task_type": "text_vectorization", "data": "a", "task_id": "old"})
+    await h.drain()
+    assert h.statuses("old") == ["received", "failed"]
+    assert "task_timeout" in h.kafka.on("dlq")[0]["error"]["message"]
+    assert h.embedders == {}
+
+
+async def test_collections_and_include_vectors() -> None:
+    h = Harness(include_vectors=True)
+    await h.send({"task_type": "text_vectorization", "data": "a", "task_id": "t", "collection": "Other", "normalize": True})
+    await h.drain()
+    [result] = h.kafka.on("results")
+    assert result["collection"] == "Other" and h.store.count("Other") == 1
+    assert abs(float(np.linalg.norm(result["vectors"][0])) - 1.0) < 1e-5

@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.errors import ConfigError
+from app.settings import load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for key in list(os.environ):
+        if key.startswith("VECTORIZE_WORKER_"):
+            monkeypatch.delenv(key)
+    return monkeypatch
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "worker.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_documented_defaults(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    clean_env.chdir(tmp_path)  # no faust.yml here
+    s = load_settings()
+    assert s.worker_id == "worker-1"
+    assert s.kafka_bootstrap_servers == "localhost:9092"
+    assert s.weaviate_url == "http://localhost:8080"
+    assert s.redis_url == "redis://localhost:6379/0"
+    assert s.device == "auto"
+    assert (s.max_concurrent_tasks, s.max_loaded_models) == (5, 3)
+    assert s.default_model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert s.task_timeout == 1800
+    assert s.vector_dbs == ["qdrant"]
+
+
+def test_yaml_overrides_defaults_and_env_overrides_yaml(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = write(tmp_path, "worker: {id: yaml-worker}\nmodels: {max_loaded: 2}\nprocessing: {max_batch_size: 64}\n")
+    s = load_settings(path)
+    assert (s.worker_id, s.max_loaded_models, s.max_batch_size) == ("yaml-worker", 2, 64)
+    clean_env.setenv("VECTORIZE_WORKER_WORKER_ID", "env-worker")
+    clean_env.setenv("VECTORIZE_WORKER_MAX_LOADED_MODELS", "7")
+    s = load_settings(path)
+    assert (s.worker_id, s.max_loaded_models, s.max_batch_size) == ("env-worker", 7, 64)
+
+
+def test_config_path_from_environment(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    clean_env.setenv("VECTORIZE_WORKER_CONFIG", str(write(tmp_path, "device: {type: cpu}\n")))
+    assert load_settings().device == "cpu"
+
+
+def test_seed_worker_yaml_and_faust_yml_load(clean_env: pytest.MonkeyPatch) -> None:
+    seed = load_settings(ROOT / "config" / "worker.yaml")
+    assert (seed.worker_name, seed.models_cache_dir, seed.gpu_memory_limit) == ("Vectorization Worker", "./models", None)
+    full = load_settings(ROOT / "faust.yml")
+    assert full.tasks_topic == "vectorization-tasks" and full.web_port == 6066 and full.metrics_port == 9091
+
+
+def test_lists_from_environment(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    clean_env.chdir(tmp_path)
+    clean_env.setenv("VECTORIZE_WORKER_VECTOR_DBS", "qdrant, weaviate")
+    clean_env.setenv("VECTORIZE_WORKER_QDRANT__URL", "http://qdrant:6333")
+    s = load_settings()
+    assert s.vector_dbs == ["qdrant", "weaviate"]
+    assert s.qdrant.url == "http://qdrant:6333"
+
+
+def test_every_bad_field_is_named_with_accepted_values(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = write(tmp_path, "processing: {max_concurrent_tasks: 0}\n")
+    clean_env.setenv("VECTORIZE_WORKER_DEVICE", "gpu")
+    clean_env.setenv("VECTORIZE_WORKER_LOG_LEVEL", "loud")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    message = str(info.value)
+    assert "3 problem(s)" in message
+    assert "device (env VECTORIZE_WORKER_DEVICE, YAML device.type): got 'gpu'; Input should be 'auto', 'cpu', 'cuda' or 'mps'" in message
+    assert "max_concurrent_tasks (env VECTORIZE_WORKER_MAX_CONCURRENT_TASKS, YAML processing.max_concurrent_tasks): got 0" in message
+    assert "log_level" in message and "'DEBUG', 'INFO'" in message
+
+
+def test_unknown_yaml_keys_are_refused(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = write(tmp_path, "models: {max_loded: 2}\nsurprise: 1\n")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) models.max_loded, surprise"):
+        load_settings(path)
+
+
+def test_missing_and_broken_yaml(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="Cannot read configuration file"):
+        load_settings(write(tmp_path, "worker: [unclosed\n"))
+
+
+def test_invalid_config_stops_startup_with_one_message(tmp_path: Path) -> None:
+    env = {**os.environ, "VECTORIZE_WORKER_DEVICE": "gpu", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "app", "worker"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2
+    assert "Invalid configuration (1 problem(s))" in proc.stderr
+    assert "VECTORIZE_WORKER_DEVICE" in proc.stderr and "Traceback" not in proc.stderr
