@@ -40,7 +40,7 @@ class QdrantStore(BaseVectorDB):
         self._dims: dict[str, int] = {}
         try:
             if url:
-                self._client = QdrantClient(url=url, api_key=api_key, timeout=int(timeout))
+                self._client = QdrantClient(url=url, api_key=api_key, timeout=int(timeout), check_compatibility=False)
             else:
                 Path(path).mkdir(parents=True, exist_ok=True)  # type: ignore[arg-type]
                 self._client = QdrantClient(path=str(path))

@@ -1,0 +1,208 @@
+"""Real Kafka and real worker processes for integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+ROOT = Path(__file__).resolve().parents[2]
+BOOTSTRAP = os.environ.get("VECTORIZE_TEST_KAFKA", "127.0.0.1:9092")
+
+
+def require_kafka() -> None:
+    host, port = BOOTSTRAP.split(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+    except OSError as exc:
+        pytest.fail(f"Kafka is not reachable at {BOOTSTRAP} ({exc}); start it with `make up` (scripts/kafka.sh start).")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Topics:
+    """Unique topic names and group per test, so runs never see each other's records."""
+
+    suffix: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+    @property
+    def tasks(self) -> str:
+        return f"it-tasks-{self.suffix}"
+
+    @property
+    def status(self) -> str:
+        return f"it-status-{self.suffix}"
+
+    @property
+    def results(self) -> str:
+        return f"it-results-{self.suffix}"
+
+    @property
+    def dlq(self) -> str:
+        return f"it-dlq-{self.suffix}"
+
+    @property
+    def group(self) -> str:
+        return f"it-group-{self.suffix}"
+
+    def env(self) -> dict[str, str]:
+        return {
+            "VECTORIZE_WORKER_KAFKA_BOOTSTRAP_SERVERS": BOOTSTRAP,
+            "VECTORIZE_WORKER_TASKS_TOPIC": self.tasks,
+            "VECTORIZE_WORKER_STATUS_TOPIC": self.status,
+            "VECTORIZE_WORKER_RESULTS_TOPIC": self.results,
+            "VECTORIZE_WORKER_DLQ_TOPIC": self.dlq,
+            "VECTORIZE_WORKER_KAFKA_GROUP_ID": self.group,
+        }
+
+
+class WorkerProcess:
+    """``python -m app worker`` in a subprocess with its own data dir and ports."""
+
+    def __init__(self, topics: Topics, data_dir: Path, worker_id: str = "worker-it", **env: str) -> None:
+        self.worker_id = worker_id
+        self.data_dir = data_dir
+        self.log_path = data_dir / f"{worker_id}.log"
+        self.env = {
+            **os.environ,
+            **topics.env(),
+            "PYTHONPATH": str(ROOT),
+            "HF_HUB_OFFLINE": "1",
+            "VECTORIZE_WORKER_CONFIG": str(ROOT / "faust.yml"),
+            "VECTORIZE_WORKER_WORKER_ID": worker_id,
+            "VECTORIZE_WORKER_DATA_DIR": str(data_dir),
+            "VECTORIZE_WORKER_WEB_PORT": str(free_port()),
+            "VECTORIZE_WORKER_METRICS_PORT": "0",
+            "VECTORIZE_WORKER_DEVICE": "cpu",
+            "VECTORIZE_WORKER_MODELS_ALLOW_DOWNLOAD": "false",
+            **env,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "app", "worker", "-l", "info"], cwd=ROOT, env=self.env, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+
+    def wait_for_log(self, pattern: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if re.search(pattern, self.log()):
+                return
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+            time.sleep(0.2)
+        raise AssertionError(f"worker log never matched {pattern!r} in {timeout}s:\n{self.log()[-4000:]}")
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"worker did not stop within {timeout}s of SIGTERM:\n{self.log()[-3000:]}") from None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+
+
+async def produce(topic: str, values: Iterable[bytes], key: bytes | None = None) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", max_request_size=16 * 1024 * 1024)
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait(topic, value, key=key)
+    finally:
+        await producer.stop()
+
+
+async def create_topics(names: Iterable[str], partitions: int = 4) -> None:
+    from aiokafka.admin import NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        new = [NewTopic(n, partitions, 1) for n in names if n not in existing]
+        if new:
+            await admin.create_topics(new)
+    finally:
+        await admin.close()
+
+
+async def collect(topics: list[str], done: Any, timeout: float = 180) -> dict[str, list[dict[str, Any]]]:
+    """Read JSON records of ``topics`` from the beginning until ``done(records)`` or the timeout."""
+    consumer = AIOKafkaConsumer(
+        *topics, bootstrap_servers=BOOTSTRAP, auto_offset_reset="earliest", enable_auto_commit=False,
+        group_id=None, metadata_max_age_ms=1000,
+    )
+    await consumer.start()
+    records: dict[str, list[dict[str, Any]]] = {t: [] for t in topics}
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for tp, messages in batch.items():
+                records[tp.topic].extend(json.loads(m.value) for m in messages)
+            if done(records):
+                return records
+    finally:
+        await consumer.stop()
+    counts = {t: len(v) for t, v in records.items()}
+    raise AssertionError(f"timed out after {timeout}s waiting for records; got {counts}")
+
+
+async def committed_vs_end(topic: str, group: str) -> tuple[dict[int, int], dict[int, int]]:
+    """The group's committed offsets and the topic's end offsets, per partition."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    await admin.start()
+    consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP)
+    await consumer.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+        committed = {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+        partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
+        return committed, {tp.partition: off for tp, off in ends.items()}
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
