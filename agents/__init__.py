@@ -1,5 +1,5 @@
-"""Faust agents: thin glue between Kafka streams and :mod:`app.pipeline`."""
+"""Faust agents and web views: thin glue between Kafka streams and :mod:`app.pipeline`."""
 
 from __future__ import annotations
 
-from agents import intake  # noqa: F401  (registers the agent)
+from agents import intake, web  # noqa: F401  (registers the agent and the views)

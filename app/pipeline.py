@@ -323,11 +323,11 @@ class TaskPipeline:
             store.upsert(collection, records)
 
         await retry_forever(
-            lambda: self._in_store_thread(write),
+            lambda: self.in_store_thread(write),
             what=f"Storing {len(records)} vectors in {collection} on {store.describe()}",
         )
 
-    async def _in_store_thread(self, func: Callable[[], T]) -> T:
+    async def in_store_thread(self, func: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._store_executor, func)
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ sections of the product documentation's ``config/worker.yaml`` (``worker``,
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -82,6 +83,12 @@ class Settings(BaseSettings):
     web_port: int = Field(6066, ge=1, le=65535)
     metrics_port: int = Field(9091, ge=0, le=65535)  # 0 disables the endpoint
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    @field_validator("worker_id", mode="before")
+    @classmethod
+    def _hostname_id(cls, value: Any) -> Any:
+        # "@hostname" gives each container of `docker-compose up --scale` its own id
+        return socket.gethostname() if value == "@hostname" else value
 
     @field_validator("log_level", mode="before")
     @classmethod

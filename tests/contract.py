@@ -84,9 +84,10 @@ class VectorDBContract:
     def test_filter_search(self, store: BaseVectorDB, collection: str) -> None:
         store.ensure_collection(collection, DIM)
         ids = _ids(4)
-        store.upsert(collection, [
-            VectorRecord(i, _vec(n), {"metadata": {"lang": "zh" if n % 2 else "en"}}) for n, i in enumerate(ids)
-        ])
+        store.upsert(
+            collection,
+            [VectorRecord(i, _vec(n), {"metadata": {"lang": "zh" if n % 2 else "en"}}) for n, i in enumerate(ids)],
+        )
         hits = store.search(collection, _vec(0), k=4, filter={"metadata.lang": "zh"})
         assert {h.id for h in hits} == {ids[1], ids[3]}
 

@@ -67,13 +67,17 @@ class FakeStore(BaseVectorDB):
         self._maybe_fail()
         self.upserts += 1
         for r in records:
-            self.collections[collection][r.id] = StoredPoint(r.id, json.loads(json.dumps(dict(r.payload))), list(r.vector))
+            self.collections[collection][r.id] = StoredPoint(
+                r.id, json.loads(json.dumps(dict(r.payload))), list(r.vector)
+            )
 
     def delete(self, collection: str, ids: Sequence[str]) -> None:
         for i in ids:
             self.collections.get(collection, {}).pop(i, None)
 
-    def search(self, collection: str, vector: Sequence[float], k: int = 10, filter: Mapping[str, Any] | None = None) -> list[StoredPoint]:
+    def search(
+        self, collection: str, vector: Sequence[float], k: int = 10, filter: Mapping[str, Any] | None = None
+    ) -> list[StoredPoint]:
         return []
 
     def retrieve(self, collection: str, ids: Sequence[str], *, with_vectors: bool = True) -> list[StoredPoint]:

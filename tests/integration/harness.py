@@ -103,8 +103,12 @@ class WorkerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app", "worker", "-l", "info"], cwd=ROOT, env=self.env, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, "-m", "app", "worker", "-l", "info"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         return self
 
@@ -165,8 +169,12 @@ async def create_topics(names: Iterable[str], partitions: int = 4) -> None:
 async def collect(topics: list[str], done: Any, timeout: float = 180) -> dict[str, list[dict[str, Any]]]:
     """Read JSON records of ``topics`` from the beginning until ``done(records)`` or the timeout."""
     consumer = AIOKafkaConsumer(
-        *topics, bootstrap_servers=BOOTSTRAP, auto_offset_reset="earliest", enable_auto_commit=False,
-        group_id=None, metadata_max_age_ms=1000,
+        *topics,
+        bootstrap_servers=BOOTSTRAP,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        metadata_max_age_ms=1000,
     )
     await consumer.start()
     records: dict[str, list[dict[str, Any]]] = {t: [] for t in topics}

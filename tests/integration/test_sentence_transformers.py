@@ -31,7 +31,9 @@ def test_loads_offline_from_the_package(model) -> None:
 
 
 def test_same_model_by_path_and_short_name(model, tmp_path: Path) -> None:
-    by_path = load_sentence_transformer(str(packaged_model_dir(NAME)), device="cpu", cache_dir=None, allow_download=False)
+    by_path = load_sentence_transformer(
+        str(packaged_model_dir(NAME)), device="cpu", cache_dir=None, allow_download=False
+    )
     short = load_sentence_transformer("all-MiniLM-L6-v2", device="cpu", cache_dir=None, allow_download=False)
     text = ["the same text"]
     a = model.embed_texts(text, batch_size=1, normalize=None)[0]
@@ -57,7 +59,8 @@ def test_normalisation_is_honoured(model) -> None:
 def test_semantic_quality(model) -> None:
     q, near, far = model.embed_texts(
         ["A cat sits on the mat.", "A kitten is resting on a rug.", "Stock markets fell sharply today."],
-        batch_size=3, normalize=True,
+        batch_size=3,
+        normalize=True,
     )
     assert cos(q, near) > cos(q, far) + 0.2
 

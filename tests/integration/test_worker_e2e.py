@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from scripts.demo import EXAMPLES, SENTENCES  # the same tasks `make demo` sends
 from tests.integration.harness import (
     ROOT,
     Topics,
@@ -25,27 +26,6 @@ from tests.integration.harness import (
 )
 
 pytestmark = pytest.mark.integration
-
-EXAMPLES = [
-    {"task_type": "text_vectorization", "data": "这是需要向量化的文本", "model_name": "sentence-transformers/all-MiniLM-L6-v2"},
-    {"task_type": "batch_vectorization", "data": ["文本1", "文本2", "文本3"], "batch_size": 32},
-    {"task_type": "image_vectorization", "data": "/path/to/image.jpg", "model_name": "ViT-B/32"},
-    {"task_type": "document_vectorization", "data": {"title": "文档标题", "content": "文档内容..."}},
-]
-SENTENCES = [
-    "The cat sat quietly on the warm windowsill.",
-    "A kitten was sleeping in the sunshine by the window.",
-    "The central bank raised interest rates by half a point.",
-    "Stock markets fell after the inflation report.",
-    "She baked fresh bread with rosemary and olive oil.",
-    "The recipe calls for flour, yeast, water and salt.",
-    "The football team won the championship in extra time.",
-    "Fans celebrated in the streets after the final whistle.",
-    "The telescope captured images of a distant galaxy.",
-    "Astronomers discovered a new exoplanet orbiting a red dwarf.",
-    "Heavy rain caused flooding in several coastal towns.",
-    "The storm brought strong winds and power outages.",
-]
 
 
 def cosine(a: Any, b: Any) -> float:
@@ -65,7 +45,11 @@ def faust_send(topics: Topics, value: str, tmp_path: Path) -> None:
     env = {**os.environ, **topics.env(), "PYTHONPATH": str(ROOT), "VECTORIZE_WORKER_DATA_DIR": str(tmp_path / "cli")}
     proc = subprocess.run(
         [sys.executable, "-m", "faust", "-A", "app", "send", topics.tasks, value],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
 
@@ -79,17 +63,25 @@ def test_examples_sentences_and_bad_input_end_to_end(topics: Topics, tmp_path: P
     payloads = [json.dumps(t, ensure_ascii=False).encode() for t in [*EXAMPLES, *sentence_tasks, dup]]
     payloads += [b"not json", json.dumps(dup).encode()]
     run(produce(topics.tasks, payloads))
-    faust_send(topics, json.dumps({"task_type": "text_vectorization", "data": "sent by faust send", "task_id": "cli-1"}), tmp_path)
+    faust_send(
+        topics,
+        json.dumps({"task_type": "text_vectorization", "data": "sent by faust send", "task_id": "cli-1"}),
+        tmp_path,
+    )
     expected_results = len(payloads) + 1
 
     worker = WorkerProcess(topics, tmp_path / "w1").start()
     try:
-        records = run(collect(
-            [topics.status, topics.results, topics.dlq],
-            lambda r: len(r[topics.results]) >= expected_results
-            and sum(s["status"] in ("completed", "failed") for s in r[topics.status]) >= expected_results,
-            timeout=240,
-        ))
+        records = run(
+            collect(
+                [topics.status, topics.results, topics.dlq],
+                lambda r: (
+                    len(r[topics.results]) >= expected_results
+                    and sum(s["status"] in ("completed", "failed") for s in r[topics.status]) >= expected_results
+                ),
+                timeout=240,
+            )
+        )
         assert worker.stop() == 0
     finally:
         worker.kill()
@@ -165,13 +157,39 @@ def test_examples_sentences_and_bad_input_end_to_end(topics: Topics, tmp_path: P
 
 
 def test_doctor_reports_pass_and_a_clear_kafka_failure(topics: Topics, tmp_path: Path) -> None:
-    base = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "VECTORIZE_WORKER_DATA_DIR": str(tmp_path),
-            "VECTORIZE_WORKER_DEVICE": "cpu", **topics.env()}
-    ok = subprocess.run([sys.executable, "scripts/test_worker.py"], cwd=ROOT, env=base, capture_output=True, text=True, timeout=300)
+    base = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "HF_HUB_OFFLINE": "1",
+        "VECTORIZE_WORKER_DATA_DIR": str(tmp_path),
+        "VECTORIZE_WORKER_DEVICE": "cpu",
+        **topics.env(),
+    }
+    ok = subprocess.run(
+        [sys.executable, "scripts/test_worker.py"], cwd=ROOT, env=base, capture_output=True, text=True, timeout=300
+    )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "[PASS] kafka" in ok.stdout and "[PASS] model" in ok.stdout and "dim=384" in ok.stdout
     bad = {**base, "VECTORIZE_WORKER_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
-    fail = subprocess.run([sys.executable, "scripts/test_worker.py"], cwd=ROOT, env=bad, capture_output=True, text=True, timeout=300)
+    fail = subprocess.run(
+        [sys.executable, "scripts/test_worker.py"], cwd=ROOT, env=bad, capture_output=True, text=True, timeout=300
+    )
     assert fail.returncode == 1
     assert "[FAIL] kafka" in fail.stdout and "Failed to connect to Kafka at 127.0.0.1:1" in fail.stdout
     assert "result: FAILED: kafka" in fail.stdout
+
+
+def test_make_demo_against_a_running_worker(topics: Topics, tmp_path: Path) -> None:
+    worker = WorkerProcess(topics, tmp_path / "w-demo").start()
+    try:
+        worker.wait_for_log(r"Model sentence-transformers/all-MiniLM-L6-v2 loaded successfully", timeout=180)
+        env = {**worker.env}
+        demo = subprocess.run(
+            [sys.executable, "scripts/demo.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert demo.returncode == 0, demo.stdout + demo.stderr
+        assert "the closest sentence is about the cat" in demo.stdout
+        assert demo.stdout.count(" completed ") == 15 and "image models not available yet" in demo.stdout
+        assert worker.stop() == 0
+    finally:
+        worker.kill()

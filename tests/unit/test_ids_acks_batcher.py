@@ -19,9 +19,9 @@ def test_acks_are_released_in_partition_order() -> None:
     tracker = AckTracker()
     a0, a1, a2 = (tracker.add("p0", offset) for offset in (10, 11, 12))
     b0 = tracker.add("p1", 5)
-    assert tracker.complete(a1) == []          # head (10) still in flight
-    assert tracker.complete(b0) == [b0]        # other partition is independent
-    assert tracker.complete(a0) == [a0, a1]    # head done: releases 10 and 11
+    assert tracker.complete(a1) == []  # head (10) still in flight
+    assert tracker.complete(b0) == [b0]  # other partition is independent
+    assert tracker.complete(a0) == [a0, a1]  # head done: releases 10 and 11
     assert tracker.in_flight() == 1
     assert tracker.complete(a2) == [a2]
     assert tracker.in_flight() == 0

@@ -27,11 +27,11 @@ def test_lru_evicts_least_recently_used_and_closes_it() -> None:
     manager = ModelManager(loader, max_loaded=2)
     a = manager.get_sync("a")
     manager.get_sync("b")
-    assert manager.get_sync("a") is a           # cached, and now most recent
-    manager.get_sync("c")                       # evicts b, not a
+    assert manager.get_sync("a") is a  # cached, and now most recent
+    manager.get_sync("c")  # evicts b, not a
     assert [m.name for m in manager.loaded()] == ["a", "c"]
     assert loader.made["b"][0].closed and not a.closed
-    manager.get_sync("b")                       # reloaded: evicts a
+    manager.get_sync("b")  # reloaded: evicts a
     assert len(loader.made["b"]) == 2 and a.closed
     manager.close()
 

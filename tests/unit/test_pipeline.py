@@ -18,9 +18,16 @@ from sinks.publisher import RecordPublisher
 from tests.fakes import FakeEmbedder, FakeKafka, FakeStore, unavailable
 
 SETTINGS = SimpleNamespace(
-    worker_id="w-test", max_task_bytes=1 << 20, max_concurrent_tasks=100, max_batch_size=64,
-    default_batch_size=32, batch_wait_ms=1, task_timeout=1800, default_model="fake-model",
-    default_collection="vectorize", include_vectors=False,
+    worker_id="w-test",
+    max_task_bytes=1 << 20,
+    max_concurrent_tasks=100,
+    max_batch_size=64,
+    default_batch_size=32,
+    batch_wait_ms=1,
+    task_timeout=1800,
+    default_model="fake-model",
+    default_collection="vectorize",
+    include_vectors=False,
 )
 
 
@@ -33,10 +40,12 @@ class Harness:
         self.manager = ModelManager(self._load, max_loaded=2, warmup=False)
         self.tracker = AckTracker()
         self.acked: list[int] = []
-        publisher = RecordPublisher(self.kafka.send, worker_id="w-test", status_topic="status",
-                                    results_topic="results", dlq_topic="dlq")
-        self.pipeline = TaskPipeline(settings=self.settings, manager=self.manager, stores=[self.store],
-                                     publisher=publisher, on_done=self._done)
+        publisher = RecordPublisher(
+            self.kafka.send, worker_id="w-test", status_topic="status", results_topic="results", dlq_topic="dlq"
+        )
+        self.pipeline = TaskPipeline(
+            settings=self.settings, manager=self.manager, stores=[self.store], publisher=publisher, on_done=self._done
+        )
         self.offset = 0
 
     def _load(self, name: str) -> FakeEmbedder:
@@ -72,7 +81,7 @@ async def test_text_batch_and_document_tasks_complete_in_one_model_batch() -> No
     await h.send({"task_type": "text_vectorization", "data": "hello", "task_id": "t1", "metadata": {"k": "v"}})
     await h.send({"task_type": "batch_vectorization", "data": ["a", "b", "c"], "task_id": "t2"})
     await h.send({"task_type": "document_vectorization", "data": {"title": "T", "content": "C"}, "task_id": "t3"})
-    assert h.acked == []                                  # nothing acked before it is stored
+    assert h.acked == []  # nothing acked before it is stored
     await h.drain()
     assert h.acked == [0, 1, 2]
     assert h.embedders["fake-model"].calls == [["hello", "a", "b", "c", "T\n\nC"]]
@@ -120,7 +129,9 @@ async def test_binary_payload_is_dead_lettered_as_base64() -> None:
 
 async def test_image_task_fails_clearly_until_image_models_land() -> None:
     h = Harness()
-    await h.send({"task_type": "image_vectorization", "data": "/path/to/image.jpg", "model_name": "ViT-B/32", "task_id": "img"})
+    await h.send(
+        {"task_type": "image_vectorization", "data": "/path/to/image.jpg", "model_name": "ViT-B/32", "task_id": "img"}
+    )
     assert h.statuses("img") == ["received", "failed"]
     assert "image models not available yet" in h.kafka.on("dlq")[0]["error"]["message"]
     assert h.acked == [0]
@@ -180,7 +191,9 @@ async def test_expired_task_is_failed_not_embedded() -> None:
 
 async def test_collections_and_include_vectors() -> None:
     h = Harness(include_vectors=True)
-    await h.send({"task_type": "text_vectorization", "data": "a", "task_id": "t", "collection": "Other", "normalize": True})
+    await h.send(
+        {"task_type": "text_vectorization", "data": "a", "task_id": "t", "collection": "Other", "normalize": True}
+    )
     await h.drain()
     [result] = h.kafka.on("results")
     assert result["collection"] == "Other" and h.store.count("Other") == 1

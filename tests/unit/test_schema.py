@@ -8,8 +8,11 @@ from app.errors import InvalidTaskError
 from app.schema import BatchTask, DocumentTask, ImageTask, TextTask, parse_task, task_texts
 
 DOC_EXAMPLES = [
-    ('{"task_type": "text_vectorization", "data": "这是需要向量化的文本", '
-     '"model_name": "sentence-transformers/all-MiniLM-L6-v2"}', TextTask),
+    (
+        '{"task_type": "text_vectorization", "data": "这是需要向量化的文本", '
+        '"model_name": "sentence-transformers/all-MiniLM-L6-v2"}',
+        TextTask,
+    ),
     ('{"task_type": "batch_vectorization", "data": ["文本1", "文本2", "文本3"], "batch_size": 32}', BatchTask),
     ('{"task_type": "image_vectorization", "data": "/path/to/image.jpg", "model_name": "ViT-B/32"}', ImageTask),
     ('{"task_type": "document_vectorization", "data": {"title": "文档标题", "content": "文档内容..."}}', DocumentTask),
@@ -25,10 +28,18 @@ def test_documentation_examples_are_accepted(payload: str, kind: type) -> None:
 
 
 def test_optional_fields_round_trip() -> None:
-    task = parse_task(json.dumps({
-        "task_type": "batch_vectorization", "data": ["a", "b"], "task_id": "t-1",
-        "metadata": {"lang": "zh", "nested": {"k": [1, 2]}}, "collection": "Docs_2", "normalize": True,
-    }))
+    task = parse_task(
+        json.dumps(
+            {
+                "task_type": "batch_vectorization",
+                "data": ["a", "b"],
+                "task_id": "t-1",
+                "metadata": {"lang": "zh", "nested": {"k": [1, 2]}},
+                "collection": "Docs_2",
+                "normalize": True,
+            }
+        )
+    )
     assert (task.task_id, task.collection, task.normalize) == ("t-1", "Docs_2", True)
     assert task.metadata["nested"] == {"k": [1, 2]}
 
@@ -73,8 +84,10 @@ MALFORMED = [
     (b'{"task_type": "text_vectorization", "data": "x", "normalize": "maybe"}', "field 'normalize'"),
     (b'{"task_type": "text_vectorization", "data": "x", "task_id": ""}', "field 'task_id'"),
     (b'{"task_type": "text_vectorization", "data": "x", "metadata": {"a": "\\u0000"}}', "NUL"),
-    (b'{"task_type": "text_vectorization", "data": "x", "metadata": {"a": ' + b"[" * 100 + b"]" * 100 + b"}}",
-     "nested deeper"),
+    (
+        b'{"task_type": "text_vectorization", "data": "x", "metadata": {"a": ' + b"[" * 100 + b"]" * 100 + b"}}",
+        "nested deeper",
+    ),
 ]
 
 

@@ -58,7 +58,11 @@ def test_config_path_from_environment(clean_env: pytest.MonkeyPatch, tmp_path: P
 
 def test_seed_worker_yaml_and_faust_yml_load(clean_env: pytest.MonkeyPatch) -> None:
     seed = load_settings(ROOT / "config" / "worker.yaml")
-    assert (seed.worker_name, seed.models_cache_dir, seed.gpu_memory_limit) == ("Vectorization Worker", "./models", None)
+    assert (seed.worker_name, seed.models_cache_dir, seed.gpu_memory_limit) == (
+        "Vectorization Worker",
+        "./models",
+        None,
+    )
     full = load_settings(ROOT / "faust.yml")
     assert full.tasks_topic == "vectorization-tasks" and full.web_port == 6066 and full.metrics_port == 9091
 
@@ -80,8 +84,14 @@ def test_every_bad_field_is_named_with_accepted_values(clean_env: pytest.MonkeyP
         load_settings(path)
     message = str(info.value)
     assert "3 problem(s)" in message
-    assert "device (env VECTORIZE_WORKER_DEVICE, YAML device.type): got 'gpu'; Input should be 'auto', 'cpu', 'cuda' or 'mps'" in message
-    assert "max_concurrent_tasks (env VECTORIZE_WORKER_MAX_CONCURRENT_TASKS, YAML processing.max_concurrent_tasks): got 0" in message
+    assert (
+        "device (env VECTORIZE_WORKER_DEVICE, YAML device.type): got 'gpu'; Input should be 'auto', 'cpu', 'cuda' or 'mps'"
+        in message
+    )
+    assert (
+        "max_concurrent_tasks (env VECTORIZE_WORKER_MAX_CONCURRENT_TASKS, YAML processing.max_concurrent_tasks): got 0"
+        in message
+    )
     assert "log_level" in message and "'DEBUG', 'INFO'" in message
 
 
@@ -106,3 +116,11 @@ def test_invalid_config_stops_startup_with_one_message(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "Invalid configuration (1 problem(s))" in proc.stderr
     assert "VECTORIZE_WORKER_DEVICE" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_hostname_worker_id(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import socket
+
+    clean_env.chdir(tmp_path)
+    clean_env.setenv("VECTORIZE_WORKER_WORKER_ID", "@hostname")
+    assert load_settings().worker_id == socket.gethostname()
