@@ -21,7 +21,9 @@ help:
 
 venv: $(VENV)/.complete
 
-$(VENV)/.complete: requirements.lock
+# No file prerequisite: the lock file's hash is already in the path, and a fresh
+# clone's newer mtime must not force a rebuild.
+$(VENV)/.complete:
 	@echo "==> creating $(VENV) (first time: downloads torch and friends, a few minutes)"
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)

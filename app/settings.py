@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     gpu_memory_limit: int | None = Field(None, ge=0)
 
-    models_cache_dir: str = "./models"
+    models_cache_dir: str = "./.state/models"
     max_loaded_models: int = Field(3, ge=1, le=64)
     default_model: str = Field("sentence-transformers/all-MiniLM-L6-v2", min_length=1)
     models_allow_download: bool = True
