@@ -8,6 +8,7 @@ LOCK_HASH := $(shell sha256sum requirements.lock | cut -c1-12)
 VENV ?= $(CACHE)/venv-$(LOCK_HASH)
 PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
+export VENV
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: help venv up down status run worker demo test test-unit test-integration lint format schemas lock doctor clean

@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-from agents import intake, web  # noqa: F401  (registers the agent and the views)
+from agents import intake, status, web  # noqa: F401  (registers the agents, tables and views)

@@ -36,10 +36,24 @@ async def kafka_send(topic: str, key: bytes | None, value: bytes) -> Any:
     return await _topic(topic).send(key=key, value=value)
 
 
+def consumer_lag() -> dict[tuple[str, int], int]:
+    """Records between the committed offset and the end of each assigned task partition."""
+    consumer = app.consumer
+    lags: dict[tuple[str, int], int] = {}
+    for tp in consumer.assignment():
+        if tp.topic != settings.tasks_topic:
+            continue
+        highwater = consumer.highwater(tp)
+        if highwater is not None:
+            committed = consumer._committed_offset.get(tp) or 0  # Faust keeps no public accessor
+            lags[(tp.topic, tp.partition)] = max(0, highwater - committed)
+    return lags
+
+
 def runtime() -> WorkerRuntime:
     global _runtime
     if _runtime is None:
-        _runtime = WorkerRuntime(settings, kafka_send)
+        _runtime = WorkerRuntime(settings, kafka_send, lag=consumer_lag)
     return _runtime
 
 

@@ -1,17 +1,102 @@
-"""Web views on Faust's port (6066): nearest-neighbour search over the worker's store.
+"""Web views on Faust's port (6066): JSON endpoints and the dashboard.
 
-``GET /search/?q=TEXT&k=5[&collection=NAME][&model=NAME]`` embeds ``q`` with
-the worker's model and returns the nearest stored records, nearest first.
-It lets you query a store that only the worker can open (Qdrant local mode).
+``/healthz`` liveness, ``/readyz`` readiness, ``/workers`` live workers
+(Redis heartbeats), ``/tasks/{task_id}`` a task's status (Faust table, routed
+to the worker that owns the key), ``/models`` loaded models, ``/state`` this
+worker, ``/search/?q=`` nearest neighbours, ``/`` the dashboard.
 """
 
 from __future__ import annotations
 
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from agents.intake import runtime
+from agents.status import table_get, task_status, worker_stats
 from app.errors import VectorizeError
 from app.faust_app import app, settings
+from sinks.heartbeat import live_workers
+
+DASHBOARD = (Path(__file__).resolve().parent / "dashboard.html").read_text(encoding="utf-8")
+STARTED = time.time()
+
+
+def _consumer_alive() -> bool:
+    consumer = app._consumer
+    return consumer is not None and not consumer.should_stop
+
+
+@app.page("/healthz")
+async def healthz(web: Any, request: Any) -> Any:
+    alive = _consumer_alive()
+    return web.json(
+        {"status": "ok" if alive else "down", "consumer": alive, "uptime_s": time.time() - STARTED},
+        status=200 if alive else 503,
+    )
+
+
+@app.page("/readyz")
+async def readyz(web: Any, request: Any) -> Any:
+    rt = runtime()
+    checks = {
+        "model_warmed": rt.model_ready,
+        "store_reachable": rt.store_up is True,
+        "kafka_assigned": _consumer_alive() and bool(app.consumer.assignment()),
+    }
+    ready = all(checks.values())
+    return web.json({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+
+@app.page("/workers")
+async def workers(web: Any, request: Any) -> Any:
+    try:
+        live = await live_workers(settings.redis_url)
+        error = None
+    except Exception as exc:  # noqa: BLE001 - Redis down: say so, keep serving
+        live, error = [], f"Failed to connect to Redis at {settings.redis_url}: {exc}"
+    local = {key.decode(): json.loads(value) for key, value in worker_stats.items()}
+    return web.json({"workers": live, "table_stats": local, "redis_error": error, "this_worker": settings.worker_id})
+
+
+@app.page("/tasks/{task_id}")
+@app.table_route(table=task_status, match_info="task_id")
+async def task(web: Any, request: Any, task_id: str) -> Any:
+    value = table_get(task_status, task_id)
+    if value is None:
+        return web.json(
+            {"task_id": task_id, "error": "unknown task id (not seen yet, or on a lost partition)"}, status=404
+        )
+    return web.json(value)
+
+
+@app.page("/models")
+async def models(web: Any, request: Any) -> Any:
+    rt = runtime()
+    loaded = rt.manager.loaded() if rt.manager else []
+    return web.json(
+        {
+            "worker_id": settings.worker_id,
+            "device": rt.device,
+            "max_loaded": settings.max_loaded_models,
+            "default": settings.default_model,
+            "loaded": [asdict(info) for info in loaded],
+        }
+    )
+
+
+@app.page("/state")
+async def state(web: Any, request: Any) -> Any:
+    rt = runtime()
+    failures = list(rt.pipeline.recent_failures) if rt.pipeline else []
+    return web.json({**rt.state(), "recent_failures": failures, "time": time.time()})
+
+
+@app.page("/")
+async def dashboard(web: Any, request: Any) -> Any:
+    return web.html(DASHBOARD)
 
 
 @app.page("/search/")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,6 +24,7 @@ from app.acks import Ticket
 from app.batcher import Batcher
 from app.errors import InvalidTaskError, PermanentError, RetryableError, UnsupportedTaskError
 from app.ids import vector_id
+from app.metrics import Metrics
 from app.retry import retry_forever
 from app.schema import DocumentTask, ImageTask, Task, parse_task, task_texts
 from models.base import EmbedderInfo
@@ -80,8 +81,10 @@ class TaskPipeline:
         stores: Sequence[BaseVectorDB],
         publisher: RecordPublisher,
         on_done: Callable[[Ticket], Awaitable[None]],
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics or Metrics()
         self.manager = manager
         self.stores = list(stores)
         self.publisher = publisher
@@ -91,6 +94,7 @@ class TaskPipeline:
         self.active_tasks = 0
         self.processed = 0
         self.failed = 0
+        self.recent_failures: deque[dict[str, Any]] = deque(maxlen=20)
 
     # -- intake ------------------------------------------------------------------------
     async def intake(self, raw: bytes | str | None, ticket: Ticket, source: Source | None = None) -> None:
@@ -177,6 +181,8 @@ class TaskPipeline:
                     out.error = exc
                 continue
             elapsed = (time.monotonic() - t0) * 1000
+            self.metrics.batch_size.observe(len(texts))
+            self.metrics.inference_seconds.labels(model).observe(elapsed / 1000)
             offset = 0
             for out in members:
                 out.vectors = vectors[offset : offset + len(out.texts)]
@@ -266,6 +272,8 @@ class TaskPipeline:
 
             await self._deliver(send, item.pending, what=f"publishing the result of task {task.task_id}")
             self.processed += 1
+            self.metrics.tasks_processed.labels(task.task_type, "completed").inc()
+            self.metrics.task_seconds.labels(task.task_type).observe(total_ms / 1000)
             log_proc.info("Task %s completed successfully in %.2fs", task.task_id, total_ms / 1000)
             await self._on_done(item.ticket)
 
@@ -295,6 +303,17 @@ class TaskPipeline:
 
         await self._deliver(send, pending or [], what=f"dead-lettering task {task_id}")
         self.failed += 1
+        self.metrics.tasks_processed.labels(task_type or "invalid", "failed").inc()
+        self.metrics.errors.labels(info.kind).inc()
+        self.recent_failures.appendleft(
+            {
+                "task_id": task_id,
+                "task_type": task_type,
+                "error": info.message[:300],
+                "kind": info.kind,
+                "at": time.time(),
+            }
+        )
         log_proc.warning("Task %s failed: %s", task_id, info.message)
         await self._on_done(ticket)
 
@@ -313,7 +332,7 @@ class TaskPipeline:
             except Exception as exc:  # noqa: BLE001 - any producer failure is worth a retry
                 raise DeliveryError(f"Kafka did not accept records while {what}: {exc!r}") from exc
 
-        await retry_forever(attempt, what=what)
+        await retry_forever(attempt, what=what, on_retry=self._count_retry)
 
     async def _write(self, store: BaseVectorDB, collection: str, dim: int, records: list[VectorRecord]) -> None:
         """Write to one store, retrying while it is unavailable (the task is not acked meanwhile)."""
@@ -322,10 +341,16 @@ class TaskPipeline:
             store.ensure_collection(collection, dim)
             store.upsert(collection, records)
 
+        t0 = time.monotonic()
         await retry_forever(
             lambda: self.in_store_thread(write),
             what=f"Storing {len(records)} vectors in {collection} on {store.describe()}",
+            on_retry=self._count_retry,
         )
+        self.metrics.store_seconds.labels(store.name).observe(time.monotonic() - t0)
+
+    def _count_retry(self, attempt: int, exc: BaseException) -> None:
+        self.metrics.errors.labels(ErrorInfo.of(exc).kind).inc()
 
     async def in_store_thread(self, func: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._store_executor, func)

@@ -12,12 +12,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from app.acks import AckTracker, Ticket
+from app.metrics import Metrics
 from app.pipeline import TaskPipeline
 from app.settings import Settings
 from models.device import resolve_device
 from models.families import make_loader
 from models.manager import ModelManager
 from sinks.base import BaseVectorDB
+from sinks.heartbeat import Heartbeat
 from sinks.publisher import RecordPublisher, SendPort
 from sinks.registry import create_stores
 
@@ -27,10 +29,20 @@ log = logging.getLogger("worker.main")
 class WorkerRuntime:
     """Builds and owns the worker's parts; :meth:`start` blocks until they are ready."""
 
-    def __init__(self, settings: Settings, send: SendPort) -> None:
+    def __init__(
+        self, settings: Settings, send: SendPort, *, lag: Callable[[], dict[tuple[str, int], int]] | None = None
+    ) -> None:
         self.settings = settings
         self._send = send
+        self._lag = lag
         self.tracker = AckTracker()
+        self.metrics = Metrics()
+        self.heartbeat = Heartbeat(
+            settings.redis_url, settings.worker_id, self.state, interval=settings.heartbeat_interval
+        )
+        self.store_up: bool | None = None
+        self.model_ready = False
+        self._background: list[asyncio.Task[None]] = []
         self.device = "cpu"
         self.manager: ModelManager | None = None
         self.stores: list[BaseVectorDB] = []
@@ -58,8 +70,20 @@ class WorkerRuntime:
             dlq_topic=s.dlq_topic,
         )
         self.pipeline = TaskPipeline(
-            settings=s, manager=self.manager, stores=self.stores, publisher=publisher, on_done=self._done
+            settings=s,
+            manager=self.manager,
+            stores=self.stores,
+            publisher=publisher,
+            on_done=self._done,
+            metrics=self.metrics,
         )
+        self.manager.on_change = lambda infos: self.metrics.loaded_models.set(len(infos))
+        if not self._background:
+            self.metrics.serve(s.metrics_port)
+            self._background = [
+                asyncio.ensure_future(self.heartbeat.run()),
+                asyncio.ensure_future(self._refresh_loop()),
+            ]
         log.info(
             "Worker %s starting: device=%s stores=%s default model=%s",
             s.worker_id,
@@ -69,6 +93,7 @@ class WorkerRuntime:
         )
         try:
             await self.manager.get(s.default_model)
+            self.model_ready = True
         except Exception as exc:  # noqa: BLE001 - the worker still serves other models
             log.error("Default model could not be loaded; tasks that use it will fail: %s", exc)
         self._started.set()
@@ -87,7 +112,47 @@ class WorkerRuntime:
         if ready and self._acker is not None:
             await self._acker(ready)
 
+    async def _refresh_loop(self) -> None:
+        """Gauges, dependency checks and lag, every couple of seconds."""
+        while True:
+            try:
+                await self.refresh()
+            except Exception:  # noqa: BLE001 - monitoring must never take the worker down
+                log.exception("Refreshing metrics failed")
+            await asyncio.sleep(2.0)
+
+    async def refresh(self) -> None:
+        m = self.metrics
+        m.refresh_memory()
+        m.active_tasks.set(self.tracker.in_flight())
+        if self.manager is not None:
+            m.loaded_models.set(len(self.manager.loaded()))
+        if self._lag is not None:
+            for (topic, partition), lag in self._lag().items():
+                m.consumer_lag.labels(topic, str(partition)).set(lag)
+        if self.pipeline is not None and self.stores:
+            up = await self._stores_answer()
+            if up != self.store_up and self.store_up is not None:
+                log.warning("Vector store %s", "is back" if up else "stopped answering; worker not ready")
+            self.store_up = up
+            m.dependency_up.labels("store").set(1 if up else 0)
+        m.dependency_up.labels("redis").set(1 if self.heartbeat.redis_up else 0)
+
+    async def _stores_answer(self) -> bool:
+        assert self.pipeline is not None
+        try:
+            for store in self.stores:
+                await asyncio.wait_for(self.pipeline.in_store_thread(store.health), timeout=5)
+        except Exception:  # noqa: BLE001 - any failure means "not ready"
+            return False
+        return True
+
     async def stop(self) -> None:
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._background = []
+        await self.heartbeat.stop()
         if self._lane is not None:
             self._lane.cancel()
             await asyncio.gather(self._lane, return_exceptions=True)
@@ -103,13 +168,20 @@ class WorkerRuntime:
         self.manager = None
 
     def state(self) -> dict[str, Any]:
+        """What the heartbeat, /workers and the dashboard show about this worker."""
         p = self.pipeline
         return {
             "worker_id": self.settings.worker_id,
+            "group": self.settings.kafka_group_id,
+            "web_port": self.settings.web_port,
             "device": self.device,
+            "ready": self.ready(),
             "processed": p.processed if p else 0,
             "failed": p.failed if p else 0,
             "active_tasks": p.active_tasks if p else 0,
             "in_flight": self.tracker.in_flight(),
             "loaded_models": [m.name for m in self.manager.loaded()] if self.manager else [],
         }
+
+    def ready(self) -> bool:
+        return bool(self.pipeline is not None and self.model_ready and self.store_up is not False)

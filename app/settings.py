@@ -36,6 +36,15 @@ class QdrantSettings(BaseModel):
     distance: Literal["cosine", "dot", "euclid"] = "cosine"
 
 
+class ChromaSettings(BaseModel):
+    """Chroma: an HTTP server at ``url`` (``chroma run``), else a persistent folder at ``path``."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str | None = None
+    path: str | None = None  # default: <data_dir>/chroma
+    timeout: float = Field(10.0, gt=0)
+
+
 class Settings(BaseSettings):
     """Every setting of a worker; field names are the env names minus the prefix."""
 
@@ -58,6 +67,7 @@ class Settings(BaseSettings):
 
     weaviate_url: str = "http://localhost:8080"
     redis_url: str = "redis://localhost:6379/0"
+    heartbeat_interval: float = Field(5.0, gt=0, le=300)
 
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     gpu_memory_limit: int | None = Field(None, ge=0)
@@ -78,6 +88,7 @@ class Settings(BaseSettings):
     vector_dbs: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["qdrant"], min_length=1)
     default_collection: str = Field("vectorize", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
     qdrant: QdrantSettings = Field(default_factory=QdrantSettings)
+    chroma: ChromaSettings = Field(default_factory=ChromaSettings)
 
     web_host: str = "0.0.0.0"
     web_port: int = Field(6066, ge=1, le=65535)
@@ -157,8 +168,10 @@ YAML_KEYS: dict[str, str] = {
     "stores.vector_dbs": "vector_dbs",
     "stores.default_collection": "default_collection",
     "stores.qdrant": "qdrant",
+    "stores.chroma": "chroma",
     "stores.weaviate.url": "weaviate_url",
     "redis.url": "redis_url",
+    "redis.heartbeat_interval": "heartbeat_interval",
     "web.host": "web_host",
     "web.port": "web_port",
     "metrics.port": "metrics_port",

@@ -11,14 +11,14 @@ import numpy as np
 
 @dataclass(frozen=True)
 class EmbedderInfo:
-    name: str            # the name tasks use (e.g. sentence-transformers/all-MiniLM-L6-v2)
-    family: str          # sentence-transformers, transformers, clip, ...
-    dim: int             # vector dimension
-    device: str          # cpu, cuda, cuda:1, mps
+    name: str  # the name tasks use (e.g. sentence-transformers/all-MiniLM-L6-v2)
+    family: str  # sentence-transformers, transformers, clip, ...
+    dim: int  # vector dimension
+    device: str  # cpu, cuda, cuda:1, mps
     modalities: tuple[str, ...] = ("text",)
     max_batch: int = 256
     max_tokens: int = 512  # the model's maximum sequence length in tokens
-    source: str = ""     # where it was loaded from (path or package)
+    source: str = ""  # where it was loaded from (path or package)
 
 
 class Embedder(ABC):
@@ -42,7 +42,9 @@ class Embedder(ABC):
     def embed_images(self, images: Sequence[object], *, batch_size: int, normalize: bool | None) -> np.ndarray:
         from app.errors import UnsupportedTaskError
 
-        raise UnsupportedTaskError(f"Model {self.info.name} cannot embed images; use an image model such as a CLIP model.")
+        raise UnsupportedTaskError(
+            f"Model {self.info.name} cannot embed images; use an image model such as a CLIP model."
+        )
 
     def memory_bytes(self) -> int:
         """Approximate memory held by the model's weights."""

@@ -74,9 +74,7 @@ class ModelManager:
     async def embed_texts(
         self, name: str, texts: Sequence[str], *, batch_size: int, normalize: bool | None
     ) -> tuple[np.ndarray, EmbedderInfo]:
-        return await self.run(
-            lambda: self.embed_texts_sync(name, texts, batch_size=batch_size, normalize=normalize)
-        )
+        return await self.run(lambda: self.embed_texts_sync(name, texts, batch_size=batch_size, normalize=normalize))
 
     # -- state ----------------------------------------------------------------------
     def loaded(self) -> list[EmbedderInfo]:

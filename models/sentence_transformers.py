@@ -39,9 +39,7 @@ class SentenceTransformerEmbedder(Embedder):
         return self._info
 
     def embed_texts(self, texts: Sequence[str], *, batch_size: int, normalize: bool | None) -> np.ndarray:
-        vectors = self._model.encode(
-            list(texts), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False
-        )
+        vectors = self._model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
         vectors = np.asarray(vectors, dtype=np.float32)
         return l2_normalize(vectors) if normalize else vectors
 

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Start/stop every local service the project uses (today: Apache Kafka).
+# Start/stop every local service the project uses: Kafka, Redis, Chroma.
 #   scripts/services.sh up|down|status
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
+SERVICES=(kafka redis chroma)
 case "${1:-}" in
-  up) "$HERE/kafka.sh" start ;;
-  down) "$HERE/kafka.sh" stop ;;
-  status) "$HERE/kafka.sh" status ;;
+  up) for s in "${SERVICES[@]}"; do "$HERE/$s.sh" start; done ;;
+  down) for s in "${SERVICES[@]}"; do "$HERE/$s.sh" stop || true; done ;;
+  status) rc=0; for s in "${SERVICES[@]}"; do "$HERE/$s.sh" status || rc=$?; done; exit $rc ;;
   *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
 esac

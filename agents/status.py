@@ -1,0 +1,72 @@
+"""Faust tables fed by ``vectorization-status``: each task's status, and per-worker counters.
+
+``task_status`` is keyed by task id and co-partitioned with the status topic
+(records are keyed by task id), so after a rebalance each key lives with the
+worker that owns its partition; ``/tasks/{task_id}`` is routed there.
+``worker_stats`` is keyed by worker id through a ``group_by`` repartition.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from app.faust_app import app, settings
+
+# Keys and values are bytes (the app's serializers are raw); values hold JSON.
+task_status = app.Table("task-status", default=None, partitions=settings.topic_partitions)
+worker_stats = app.Table("worker-stats", default=None, partitions=settings.topic_partitions)
+status_topic = app.topic(
+    settings.status_topic,
+    key_serializer="raw",
+    value_serializer="raw",
+    internal=True,
+    partitions=settings.topic_partitions,
+)
+
+
+def table_get(table: Any, key: str) -> dict[str, Any] | None:
+    raw = table.get(key.encode())
+    return json.loads(raw) if raw else None
+
+
+def _put(table: Any, key: str, value: dict[str, Any]) -> None:
+    table[key.encode()] = json.dumps(value, ensure_ascii=False).encode()
+
+
+def _decode(value: bytes) -> dict[str, Any] | None:
+    try:
+        record = json.loads(value)
+    except (TypeError, ValueError):
+        return None
+    return record if isinstance(record, dict) and "task_id" in record else None
+
+
+@app.agent(status_topic, name="task-status-tracker")
+async def track_task_status(stream: Any) -> None:
+    async for event in stream.events():
+        record = _decode(event.value)
+        if record is None:
+            continue
+        previous = table_get(task_status, record["task_id"]) or {"history": []}
+        history = [*previous["history"], {"status": record["status"], "timestamp": record["timestamp"]}][-10:]
+        _put(task_status, record["task_id"], {**record, "history": history})
+
+
+def _worker_key(value: bytes) -> bytes:
+    record = _decode(value) or {}
+    return str(record.get("worker_id", "unknown")).encode()
+
+
+@app.agent(status_topic, name="worker-stats-tracker")
+async def track_worker_stats(stream: Any) -> None:
+    async for value in stream.group_by(_worker_key, name="by-worker"):
+        record = _decode(value)
+        if record is None:
+            continue
+        worker = str(record.get("worker_id", "unknown"))
+        stats = table_get(worker_stats, worker) or {"worker_id": worker, "completed": 0, "failed": 0, "received": 0}
+        if record["status"] in ("completed", "failed", "received"):
+            stats[record["status"]] += 1
+        stats["last_seen"] = record["timestamp"]
+        _put(worker_stats, worker, stats)

@@ -1,0 +1,73 @@
+"""Every Prometheus metric of the worker, by name, in one place (served on :9091)."""
+
+from __future__ import annotations
+
+import resource
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Metrics:
+    """The worker's metrics on their own registry (one per worker; tests make their own)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.tasks_processed = Counter(
+            "worker_tasks_processed",
+            "Tasks finished, by task type and final status",
+            ["task_type", "status"],
+            registry=r,
+        )
+        self.task_seconds = Histogram(
+            "worker_task_processing_seconds",
+            "Time from intake to final status",
+            ["task_type"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.loaded_models = Gauge("worker_loaded_models", "Models loaded in memory", registry=r)
+        self.memory = Gauge("worker_memory_usage_bytes", "Resident memory of the worker process", registry=r)
+        self.active_tasks = Gauge("worker_active_tasks", "Tasks taken in and not yet finished", registry=r)
+        self.batch_size = Histogram("worker_batch_size", "Texts per model call", buckets=BATCH_BUCKETS, registry=r)
+        self.inference_seconds = Histogram(
+            "worker_inference_seconds", "Model time per call", ["model"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.store_seconds = Histogram(
+            "worker_store_write_seconds",
+            "Vector store write latency per batch",
+            ["store"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.errors = Counter("worker_errors", "Errors by kind", ["kind"], registry=r)
+        self.consumer_lag = Gauge(
+            "worker_consumer_lag",
+            "Records behind the end of each assigned partition",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.dependency_up = Gauge("worker_dependency_up", "1 when a dependency answers", ["dependency"], registry=r)
+
+    def refresh_memory(self) -> None:
+        self.memory.set(rss_bytes())
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> Any:
+        """Serve /metrics on ``port`` in a background thread (0 disables)."""
+        if port:
+            return start_http_server(port, addr=addr, registry=self.registry)
+        return None
+
+
+def rss_bytes() -> int:
+    """Current resident set size (Linux /proc; peak RSS elsewhere)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            pages = int(statm.read().split()[1])
+        return pages * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

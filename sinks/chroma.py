@@ -1,0 +1,218 @@
+"""Chroma adapter: an HTTP server (``chroma run``) or an embedded persistent client.
+
+Chroma keeps flat metadata (scalars and lists), so the full payload travels as
+JSON under ``_payload`` and every scalar is also stored flat under its dotted
+path (``metadata.lang``) for filtering. Vectors are always passed in: the
+collection is created without an embedding function, so Chroma never loads
+(or downloads) its default model.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from app.errors import ConfigError, StoreRejectedError, StoreUnavailableError
+from sinks.base import BaseVectorDB, Distance, StoredPoint, VectorRecord
+
+try:
+    import chromadb
+    from chromadb.errors import ChromaError
+except ImportError as exc:  # pragma: no cover - depends on the installation
+    raise ImportError(f"The Chroma store needs chromadb: pip install chromadb ({exc})") from exc
+
+_SPACES = {"cosine": "cosine", "dot": "ip", "euclid": "l2"}
+PAYLOAD_KEY = "_payload"
+
+
+def flatten(payload: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in payload.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            yield from flatten(value, f"{path}.")
+        elif isinstance(value, str | int | float | bool):
+            yield path, value
+
+
+class ChromaStore(BaseVectorDB):
+    name = "chroma"
+
+    def __init__(self, *, url: str | None = None, path: str | Path | None = None, timeout: float = 10.0) -> None:
+        if not url and not path:
+            raise ConfigError("The Chroma store needs a URL (VECTORIZE_WORKER_CHROMA__URL) or a local path.")
+        self._url = url
+        self._path = path
+        self._where = url or f"local path {path}"
+        self._timeout = timeout
+        self._client: Any = None
+        self._lock = threading.Lock()
+        self._collections: dict[str, Any] = {}
+
+    def describe(self) -> str:
+        return f"Chroma at {self._where}"
+
+    def _unavailable(self, what: str, exc: BaseException) -> StoreUnavailableError:
+        return StoreUnavailableError(
+            f"Failed to connect to Chroma at {self._where} during {what}: {exc} — is the server running? "
+            "(VECTORIZE_WORKER_CHROMA__URL; `make up` starts a local one)"
+        )
+
+    def _connect(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                try:
+                    if self._url:
+                        parsed = urlparse(self._url)
+                        self._client = chromadb.HttpClient(
+                            host=parsed.hostname or "127.0.0.1", port=parsed.port or 8000, ssl=parsed.scheme == "https"
+                        )
+                    else:
+                        self._client = chromadb.PersistentClient(path=str(self._path))
+                except ValueError as exc:  # the HTTP client checks the server when created
+                    raise self._unavailable("connect", exc) from None
+            return self._client
+
+    def _call(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ChromaError as exc:
+            text = str(exc)
+            if "dimension" in text:
+                raise StoreRejectedError(f"Chroma at {self._where} refused {what}: {text}") from None
+            raise StoreRejectedError(f"Chroma at {self._where} refused {what}: {text}") from None
+        except (ConnectionError, TimeoutError, OSError) as exc:
+            self._forget()
+            raise self._unavailable(what, exc) from None
+        except Exception as exc:
+            # httpx errors and chromadb's own ValueError for a lost server
+            if type(exc).__module__.startswith("httpx") or "connect" in str(exc).lower():
+                self._forget()
+                raise self._unavailable(what, exc) from None
+            raise
+
+    def _forget(self) -> None:
+        with self._lock:
+            self._client = None
+            self._collections.clear()
+
+    def _collection(self, name: str) -> Any:
+        col = self._collections.get(name)
+        if col is None:
+            client = self._connect()
+            col = self._call(f"collection lookup {name}", client.get_collection, name=name, embedding_function=None)
+            self._collections[name] = col
+        return col
+
+    def ensure_collection(self, collection: str, dim: int, distance: Distance = "cosine") -> None:
+        client = self._connect()
+        col = self._call(
+            f"creating collection {collection}",
+            client.get_or_create_collection,
+            name=collection,
+            metadata={"hnsw:space": _SPACES[distance], "dimension": dim},
+            embedding_function=None,
+        )
+        known = int((col.metadata or {}).get("dimension", dim))
+        if known != dim:
+            raise StoreRejectedError(
+                f"Chroma collection {collection!r} at {self._where} holds {known}-dimensional vectors but the model "
+                f"produces {dim}; send the task to another collection or use the model the collection was made with."
+            )
+        self._collections[collection] = col
+
+    def _check_dim(self, collection: str, col: Any, vectors: Sequence[Sequence[float]]) -> None:
+        dim = (col.metadata or {}).get("dimension")
+        for vector in vectors:
+            if dim is not None and len(vector) != int(dim):
+                raise StoreRejectedError(
+                    f"Vector of dimension {len(vector)} does not fit Chroma collection {collection!r} "
+                    f"(dimension {dim}) at {self._where}; use a matching model or another collection."
+                )
+
+    def upsert(self, collection: str, records: Sequence[VectorRecord]) -> None:
+        if not records:
+            return
+        col = self._collection(collection)
+        self._check_dim(collection, col, [r.vector for r in records])
+        metadatas = [
+            {**dict(flatten(r.payload)), PAYLOAD_KEY: json.dumps(dict(r.payload), ensure_ascii=False)} for r in records
+        ]
+        self._call(
+            f"upsert into {collection}",
+            col.upsert,
+            ids=[r.id for r in records],
+            embeddings=[[float(x) for x in r.vector] for r in records],
+            metadatas=metadatas,
+        )
+
+    def delete(self, collection: str, ids: Sequence[str]) -> None:
+        if ids:
+            self._call(f"delete from {collection}", self._collection(collection).delete, ids=list(ids))
+
+    def search(
+        self, collection: str, vector: Sequence[float], k: int = 10, filter: Mapping[str, Any] | None = None
+    ) -> list[StoredPoint]:
+        col = self._collection(collection)
+        self._check_dim(collection, col, [vector])
+        where: Any = None
+        if filter:
+            clauses = [{key: value} for key, value in filter.items()]
+            where = clauses[0] if len(clauses) == 1 else {"$and": clauses}
+        res = self._call(
+            f"search in {collection}",
+            col.query,
+            query_embeddings=[[float(x) for x in vector]],
+            n_results=k,
+            where=where,
+            include=["metadatas", "distances"],
+        )
+        return [
+            StoredPoint(id=i, payload=_payload(m), score=1.0 - float(d))
+            for i, m, d in zip(res["ids"][0], res["metadatas"][0], res["distances"][0], strict=True)
+        ]
+
+    def retrieve(self, collection: str, ids: Sequence[str], *, with_vectors: bool = True) -> list[StoredPoint]:
+        include = ["metadatas", "embeddings"] if with_vectors else ["metadatas"]
+        res = self._call(
+            f"retrieve from {collection}", self._collection(collection).get, ids=list(ids), include=include
+        )
+        vectors = res.get("embeddings") if with_vectors else None
+        found = {
+            i: StoredPoint(
+                id=i, payload=_payload(m), vector=[float(x) for x in vectors[n]] if vectors is not None else None
+            )
+            for n, (i, m) in enumerate(zip(res["ids"], res["metadatas"], strict=True))
+        }
+        return [found[i] for i in ids if i in found]
+
+    def count(self, collection: str) -> int:
+        client = self._connect()
+        names = {
+            c if isinstance(c, str) else c.name for c in self._call("listing collections", client.list_collections)
+        }
+        if collection not in names:
+            return 0
+        return int(self._call(f"count in {collection}", self._collection(collection).count))
+
+    def health(self) -> None:
+        self._call("health check", self._connect().heartbeat)
+
+
+def _payload(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    if not metadata:
+        return {}
+    if PAYLOAD_KEY in metadata:
+        return json.loads(metadata[PAYLOAD_KEY])
+    return dict(metadata)
+
+
+def create(settings: Any) -> ChromaStore:
+    """Entry point ``vectorize_worker.vector_dbs: chroma``."""
+    cfg = settings.chroma
+    if cfg.url:
+        return ChromaStore(url=cfg.url, timeout=cfg.timeout)
+    return ChromaStore(path=cfg.path or str(Path(settings.data_dir) / "chroma"), timeout=cfg.timeout)
