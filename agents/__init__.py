@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-from agents import intake, status, web  # noqa: F401  (registers the agents, tables and views)
+from agents import intake, lifecycle, status, web  # noqa: F401  (registers agents, tables, views, SIGTERM drain)

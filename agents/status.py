@@ -13,8 +13,18 @@ from typing import Any
 
 from app.faust_app import app, settings
 
-# Keys and values are bytes (the app's serializers are raw); values hold JSON.
-task_status = app.Table("task-status", default=None, partitions=settings.topic_partitions)
+# Tables use Faust's json codec: str keys, dict values. The task-status
+# changelog is compacted *and* time-limited, so recovery after a rebalance
+# reads at most `task_status_retention_hours` of tasks, not the whole history.
+task_status = app.Table(
+    "task-status",
+    default=None,
+    partitions=settings.topic_partitions,
+    extra_topic_configs={
+        "cleanup.policy": "compact,delete",
+        "retention.ms": str(int(settings.task_status_retention_hours * 3_600_000)),
+    },
+)
 worker_stats = app.Table("worker-stats", default=None, partitions=settings.topic_partitions)
 status_topic = app.topic(
     settings.status_topic,
@@ -26,12 +36,11 @@ status_topic = app.topic(
 
 
 def table_get(table: Any, key: str) -> dict[str, Any] | None:
-    raw = table.get(key.encode())
-    return json.loads(raw) if raw else None
+    return table.get(key)
 
 
 def _put(table: Any, key: str, value: dict[str, Any]) -> None:
-    table[key.encode()] = json.dumps(value, ensure_ascii=False).encode()
+    table[key] = value
 
 
 def _decode(value: bytes) -> dict[str, Any] | None:

@@ -8,11 +8,12 @@ worker, ``/search/?q=`` nearest neighbours, ``/`` the dashboard.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 from agents.intake import runtime
 from agents.status import table_get, task_status, worker_stats
@@ -57,19 +58,59 @@ async def workers(web: Any, request: Any) -> Any:
         error = None
     except Exception as exc:  # noqa: BLE001 - Redis down: say so, keep serving
         live, error = [], f"Failed to connect to Redis at {settings.redis_url}: {exc}"
-    local = {key.decode(): json.loads(value) for key, value in worker_stats.items()}
+    local = dict(worker_stats.items())
     return web.json({"workers": live, "table_stats": local, "redis_error": error, "this_worker": settings.worker_id})
 
 
+@app.page("/tasks")
+async def local_tasks(web: Any, request: Any) -> Any:
+    """Task statuses held by this worker (its partitions of the table), newest first, at most 100."""
+    held = list(task_status.values())
+    held.sort(key=lambda r: r.get("timestamp", 0), reverse=True)
+    return web.json(
+        {
+            "worker_id": settings.worker_id,
+            "held": len(held),
+            "tasks": held[:100],
+            "partitions": sorted(
+                tp.partition
+                for tp in app.assignor.assigned_actives()
+                if tp.topic == task_status.changelog_topic.get_topic_name()
+            ),
+        }
+    )
+
+
 @app.page("/tasks/{task_id}")
-@app.table_route(table=task_status, match_info="task_id")
 async def task(web: Any, request: Any, task_id: str) -> Any:
+    """A task's status from the table. The key lives on the worker that owns its partition:
+    when it is not here, ask the other live workers (from their heartbeats)."""
     value = table_get(task_status, task_id)
-    if value is None:
-        return web.json(
-            {"task_id": task_id, "error": "unknown task id (not seen yet, or on a lost partition)"}, status=404
-        )
-    return web.json(value)
+    if value is not None:
+        return web.json({**value, "served_by": settings.worker_id})
+    if request.query.get("local") != "1":
+        found = await _ask_peers(f"/tasks/{task_id}?local=1")
+        if found is not None:
+            return web.json(found)
+    return web.json({"task_id": task_id, "error": "unknown task id (not seen yet by any live worker)"}, status=404)
+
+
+async def _ask_peers(path: str) -> dict[str, Any] | None:
+    try:
+        peers = [w for w in await live_workers(settings.redis_url) if w.get("worker_id") != settings.worker_id]
+    except Exception:  # noqa: BLE001 - without Redis there is no peer list
+        return None
+    for peer in peers:
+        url = peer.get("web_url")
+        if not url:
+            continue
+        try:
+            async with app.http_client.get(url + path, timeout=aiohttp.ClientTimeout(total=3)) as response:
+                if response.status == 200:
+                    return await response.json()
+        except (aiohttp.ClientError, TimeoutError):
+            continue
+    return None
 
 
 @app.page("/models")

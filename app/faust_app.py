@@ -39,7 +39,13 @@ app = faust.App(
     consumer_auto_offset_reset="earliest",
     producer_acks=-1,
     producer_max_request_size=max(1_048_576, settings.max_task_bytes * 2),
-    stream_wait_empty=True,
+    # Faust's own wait for in-flight records can hang on records buffered but
+    # never handed to the agent (see README, "Delivery"); the worker drains its
+    # batch in flight itself on SIGTERM (agents/lifecycle.py) before Faust commits.
+    stream_wait_empty=False,
+    # A worker killed with -9 holds its partitions until the session times out.
+    broker_session_timeout=settings.kafka_session_timeout,
+    broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout / 3),
     logging_config=logging_config(settings.log_level),
 )
 

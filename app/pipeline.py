@@ -43,6 +43,24 @@ class DeliveryError(RetryableError):
     kind = "kafka_unavailable"
 
 
+def _kafka_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError, OSError]
+    try:
+        from aiokafka.errors import KafkaError
+
+        errors.append(KafkaError)
+        from faust.exceptions import ProducerSendError
+
+        errors.append(ProducerSendError)
+    except ImportError:  # pragma: no cover - both come with faust-streaming
+        pass
+    return tuple(errors)
+
+
+#: what a failed produce raises; anything else is a bug and is not retried blindly
+KAFKA_ERRORS = _kafka_errors()
+
+
 @dataclass(eq=False)
 class WorkItem:
     task: Task
@@ -95,10 +113,19 @@ class TaskPipeline:
         self.processed = 0
         self.failed = 0
         self.recent_failures: deque[dict[str, Any]] = deque(maxlen=20)
+        self.accepting = True
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     # -- intake ------------------------------------------------------------------------
     async def intake(self, raw: bytes | str | None, ticket: Ticket, source: Source | None = None) -> None:
-        """Validate one record and route it; waits while the text lane is full (backpressure)."""
+        """Validate one record and route it; waits while the text lane is full (backpressure).
+
+        While the worker drains for shutdown this waits forever: the record
+        stays unacknowledged and goes to another worker.
+        """
+        if not self.accepting:
+            await asyncio.Event().wait()
         try:
             task = parse_task(raw, max_bytes=self.settings.max_task_bytes)
         except InvalidTaskError as exc:
@@ -121,13 +148,34 @@ class TaskPipeline:
     async def run_text_lane(self) -> None:
         """Process text batches forever (cancel to stop)."""
         wait = self.settings.batch_wait_ms / 1000
-        while True:
+        while self.accepting:
             batch = await self._text_lane.next_batch(self.settings.max_batch_size, wait)
+            self._idle.clear()
             self.active_tasks = len(batch)
             try:
                 await self.process_text_batch(batch)
+            except Exception:  # noqa: BLE001 - a bug must not stop the lane; the tasks stay unacked
+                log_proc.exception(
+                    "Unexpected error in a batch of %d tasks; they stay unacknowledged and will be redelivered "
+                    "after a restart. Please report this.",
+                    len(batch),
+                )
+                self.metrics.errors.labels("internal").inc()
             finally:
                 self.active_tasks = 0
+                self._idle.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop taking work and let the batch in flight finish; True when it did within ``timeout``.
+
+        Tasks still queued stay unacknowledged and are redelivered to another worker.
+        """
+        self.accepting = False
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     async def process_text_batch(self, batch: list[WorkItem]) -> None:
         """Embed, store and report one batch; never raises except on cancellation."""
@@ -327,9 +375,7 @@ class TaskPipeline:
         async def attempt() -> None:
             try:
                 await RecordPublisher.delivered(await send())
-            except (asyncio.CancelledError, PermanentError):
-                raise
-            except Exception as exc:  # noqa: BLE001 - any producer failure is worth a retry
+            except KAFKA_ERRORS as exc:
                 raise DeliveryError(f"Kafka did not accept records while {what}: {exc!r}") from exc
 
         await retry_forever(attempt, what=what, on_retry=self._count_retry)

@@ -174,6 +174,7 @@ class WorkerRuntime:
             "worker_id": self.settings.worker_id,
             "group": self.settings.kafka_group_id,
             "web_port": self.settings.web_port,
+            "web_url": f"http://{self.settings.web_advertised_host}:{self.settings.web_port}",
             "device": self.device,
             "ready": self.ready(),
             "processed": p.processed if p else 0,

@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     dlq_topic: str = "vectorization-tasks-dlq"
     topic_partitions: int = Field(4, ge=1, le=1024)
     max_task_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    kafka_session_timeout: float = Field(30.0, ge=6, le=300)
+    task_status_retention_hours: float = Field(24.0, gt=0)
 
     weaviate_url: str = "http://localhost:8080"
     redis_url: str = "redis://localhost:6379/0"
@@ -83,6 +85,7 @@ class Settings(BaseSettings):
     default_batch_size: int = Field(32, ge=1, le=4096)
     max_batch_size: int = Field(256, ge=1, le=4096)
     batch_wait_ms: int = Field(20, ge=0, le=60_000)
+    shutdown_timeout: float = Field(30.0, ge=0, le=3600)
     include_vectors: bool = False
 
     vector_dbs: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["qdrant"], min_length=1)
@@ -92,6 +95,7 @@ class Settings(BaseSettings):
 
     web_host: str = "0.0.0.0"
     web_port: int = Field(6066, ge=1, le=65535)
+    web_advertised_host: str = Field(default_factory=socket.gethostname, min_length=1)
     metrics_port: int = Field(9091, ge=0, le=65535)  # 0 disables the endpoint
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
@@ -152,6 +156,8 @@ YAML_KEYS: dict[str, str] = {
     "kafka.dlq_topic": "dlq_topic",
     "kafka.topic_partitions": "topic_partitions",
     "kafka.max_task_bytes": "max_task_bytes",
+    "kafka.session_timeout": "kafka_session_timeout",
+    "kafka.task_status_retention_hours": "task_status_retention_hours",
     "models.cache_dir": "models_cache_dir",
     "models.max_loaded": "max_loaded_models",
     "models.default": "default_model",
@@ -164,6 +170,7 @@ YAML_KEYS: dict[str, str] = {
     "processing.default_batch_size": "default_batch_size",
     "processing.max_batch_size": "max_batch_size",
     "processing.batch_wait_ms": "batch_wait_ms",
+    "processing.shutdown_timeout": "shutdown_timeout",
     "processing.include_vectors": "include_vectors",
     "stores.vector_dbs": "vector_dbs",
     "stores.default_collection": "default_collection",
@@ -174,6 +181,7 @@ YAML_KEYS: dict[str, str] = {
     "redis.heartbeat_interval": "heartbeat_interval",
     "web.host": "web_host",
     "web.port": "web_port",
+    "web.advertised_host": "web_advertised_host",
     "metrics.port": "metrics_port",
     "logging.level": "log_level",
 }

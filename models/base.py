@@ -50,7 +50,7 @@ class Embedder(ABC):
         """Approximate memory held by the model's weights."""
         return 0
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook
         """Release the model's memory; the embedder is unusable afterwards."""
 
 

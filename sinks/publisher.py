@@ -29,6 +29,10 @@ class RecordPublisher:
     task's offset only after its records are delivered.
     """
 
+    #: dead letters carry at most this much of the original payload, so they fit
+    #: a broker's default 1 MB message limit; the whole record stays at `source`
+    DLQ_PAYLOAD_LIMIT = 512 * 1024
+
     def __init__(
         self, send: SendPort, *, worker_id: str, status_topic: str, results_topic: str, dlq_topic: str
     ) -> None:
@@ -62,7 +66,7 @@ class RecordPublisher:
         source: tuple[str, int, int] | None = None,
         attempts: int = 1,
     ) -> Awaitable[Any]:
-        payload, encoding = DeadLetterRecord.encode_payload(raw)
+        payload, encoding, size, truncated = DeadLetterRecord.encode_payload(raw, self.DLQ_PAYLOAD_LIMIT)
         record = DeadLetterRecord(
             task_id=task_id,
             worker_id=self.worker_id,
@@ -70,6 +74,8 @@ class RecordPublisher:
             attempts=attempts,
             payload=payload,
             payload_encoding=encoding,
+            payload_bytes=size,
+            payload_truncated=truncated,
             source=SourceInfo(topic=source[0], partition=source[1], offset=source[2]) if source else None,
         )
         key = task_id.encode() if task_id else None

@@ -86,19 +86,30 @@ class DeadLetterRecord(BaseModel):
     attempts: int = 1
     payload: str = Field(description="The original record value, as UTF-8 text or base64 (see payload_encoding)")
     payload_encoding: Literal["utf-8", "base64"] = "utf-8"
+    payload_bytes: int = Field(0, description="Size of the original record value in bytes")
+    payload_truncated: bool = Field(
+        False, description="True when payload holds only the first bytes; the whole record stays at `source`"
+    )
     source: SourceInfo | None = None
     timestamp: float = Field(default_factory=time.time)
 
     @staticmethod
-    def encode_payload(raw: bytes | str | None) -> tuple[str, Literal["utf-8", "base64"]]:
+    def encode_payload(raw: bytes | str | None, limit: int) -> tuple[str, Literal["utf-8", "base64"], int, bool]:
+        """(payload text, encoding, original size, truncated) with at most ``limit`` bytes of the original."""
         if raw is None:
-            return "", "utf-8"
-        if isinstance(raw, str):
-            return raw, "utf-8"
+            return "", "utf-8", 0, False
+        data = raw.encode("utf-8") if isinstance(raw, str) else raw
+        size, truncated = len(data), len(data) > limit
+        if truncated:
+            data = data[:limit]
         try:
-            return raw.decode("utf-8"), "utf-8"
+            return data.decode("utf-8"), "utf-8", size, truncated
         except UnicodeDecodeError:
-            return base64.b64encode(raw).decode("ascii"), "base64"
+            if truncated:  # a cut through a multi-byte character is still text
+                text = data.decode("utf-8", errors="ignore")
+                if len(text.encode("utf-8")) >= len(data) - 3:
+                    return text, "utf-8", size, truncated
+            return base64.b64encode(data).decode("ascii"), "base64", size, truncated
 
 
 def to_bytes(record: BaseModel) -> bytes:

@@ -106,7 +106,7 @@ class FakeKafka:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.fail_next:
             self.fail_next -= 1
-            fut.set_exception(ConnectionError("broker down"))
+            fut.set_exception(ConnectionError("broker down"))  # what a lost broker raises
         else:
             self.sent.append((topic, key.decode() if key else None, json.loads(value)))
             fut.set_result(None)

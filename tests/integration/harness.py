@@ -92,6 +92,7 @@ class WorkerProcess:
             "VECTORIZE_WORKER_WORKER_ID": worker_id,
             "VECTORIZE_WORKER_DATA_DIR": str(data_dir),
             "VECTORIZE_WORKER_WEB_PORT": str(free_port()),
+            "VECTORIZE_WORKER_WEB_ADVERTISED_HOST": "127.0.0.1",
             "VECTORIZE_WORKER_METRICS_PORT": "0",
             "VECTORIZE_WORKER_DEVICE": "cpu",
             "VECTORIZE_WORKER_MODELS_ALLOW_DOWNLOAD": "false",
@@ -135,6 +136,37 @@ class WorkerProcess:
         except subprocess.TimeoutExpired:
             self.kill()
             raise AssertionError(f"worker did not stop within {timeout}s of SIGTERM:\n{self.log()[-3000:]}") from None
+
+    @property
+    def web_port(self) -> int:
+        return int(self.env["VECTORIZE_WORKER_WEB_PORT"])
+
+    def get(self, path: str, timeout: float = 10) -> tuple[int, Any]:
+        """GET a JSON view of this worker's web server: (status, body)."""
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}{path}", timeout=timeout) as r:  # noqa: S310
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        """Until /readyz says ready (model warmed, store reachable, partitions assigned)."""
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+            try:
+                status, last = self.get("/readyz", timeout=3)
+                if status == 200:
+                    return
+            except OSError as exc:
+                last = exc
+            time.sleep(0.5)
+        raise AssertionError(f"worker {self.worker_id} not ready in {timeout}s: {last}\n{self.log()[-3000:]}")
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -198,3 +198,27 @@ async def test_collections_and_include_vectors() -> None:
     [result] = h.kafka.on("results")
     assert result["collection"] == "Other" and h.store.count("Other") == 1
     assert abs(float(np.linalg.norm(result["vectors"][0])) - 1.0) < 1e-5
+
+
+async def test_oversized_payload_dead_letter_is_truncated_but_points_at_the_original() -> None:
+    h = Harness(max_task_bytes=1024)
+    await h.send(b"z" * (2 * 1024 * 1024))
+    [dead] = h.kafka.on("dlq")
+    assert dead["payload_truncated"] and dead["payload_bytes"] == 2 * 1024 * 1024
+    assert len(dead["payload"]) == RecordPublisher.DLQ_PAYLOAD_LIMIT
+    assert dead["source"] == {"topic": "tasks", "partition": 0, "offset": 0}
+    assert h.acked == [0]
+
+
+async def test_metrics_follow_the_work() -> None:
+    h = Harness()
+    await h.send({"task_type": "batch_vectorization", "data": ["a", "b"], "task_id": "m1"})
+    await h.send(b"bad")
+    await h.drain()
+    sample = h.pipeline.metrics.registry.get_sample_value
+    assert sample("worker_tasks_processed_total", {"task_type": "batch_vectorization", "status": "completed"}) == 1
+    assert sample("worker_tasks_processed_total", {"task_type": "invalid", "status": "failed"}) == 1
+    assert sample("worker_batch_size_sum") == 2
+    assert sample("worker_errors_total", {"kind": "invalid_task"}) == 1
+    assert sample("worker_store_write_seconds_count", {"store": "fake"}) == 1
+    assert h.pipeline.recent_failures[0]["task_id"] == "invalid-tasks-0-1"

@@ -1,0 +1,50 @@
+"""Graceful SIGTERM: stop taking work, finish the batch in flight, then let Faust commit and leave.
+
+Faust (through mode) stops the consumer, commits and then cancels the agents.
+Left alone, a batch in flight would be cancelled and redelivered. So we put
+our own SIGTERM handler in front of mode's: drain the pipeline (bounded by
+``processing.shutdown_timeout``), then hand over to mode's handler, which
+commits the offsets acknowledged so far and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+from agents.intake import runtime
+from app.faust_app import app, settings
+
+log = logging.getLogger("worker.main")
+
+
+@app.task
+async def install_sigterm_drain() -> None:
+    loop = asyncio.get_running_loop()
+    handle = getattr(loop, "_signal_handlers", {}).get(signal.SIGTERM)
+    original: Any = handle._callback if handle is not None else None  # mode's shutdown
+
+    def on_sigterm() -> None:
+        loop.remove_signal_handler(signal.SIGTERM)  # a second SIGTERM goes straight to the default
+        asyncio.ensure_future(drain_then_stop(original))
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+
+
+async def drain_then_stop(original: Any) -> None:
+    rt = runtime()
+    if rt.pipeline is not None:
+        log.info(
+            "SIGTERM: not taking new tasks; finishing the batch in flight (up to %.0fs)", settings.shutdown_timeout
+        )
+        finished = await rt.pipeline.drain(settings.shutdown_timeout)
+        if not finished:
+            log.warning(
+                "Batch in flight did not finish within %.0fs; its tasks will be redelivered", settings.shutdown_timeout
+            )
+    if original is not None:
+        original()
+    else:  # pragma: no cover - no mode worker (e.g. embedded use)
+        await app.stop()

@@ -1,0 +1,213 @@
+"""Several worker processes in one consumer group, sharing a Chroma server: no task lost or doubled."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sinks.chroma import ChromaStore
+from tests.integration.harness import (
+    ROOT,
+    Topics,
+    WorkerProcess,
+    collect,
+    create_topics,
+    free_port,
+    produce,
+    require_kafka,
+    run,
+)
+
+pytestmark = pytest.mark.integration
+CHROMA_URL = os.environ.get("VECTORIZE_TEST_CHROMA", "http://127.0.0.1:8000")
+SUBJECTS = ["The river", "A young doctor", "Our small team", "The old library", "A passing storm", "The city council"]
+VERBS = ["opened", "studied", "described", "changed", "protected", "questioned"]
+OBJECTS = ["the northern bridge", "a rare manuscript", "the winter market", "an unusual signal", "the harbour lights"]
+
+
+def sentences(n: int) -> list[str]:
+    out = []
+    for i in range(n):
+        s, v, o = SUBJECTS[i % 6], VERBS[(i // 6) % 6], OBJECTS[(i // 36) % 5]
+        out.append(f"{s} {v} {o} on day {i}.")
+    return out
+
+
+def tasks(prefix: str, n: int) -> list[bytes]:
+    return [
+        json.dumps({"task_type": "text_vectorization", "data": text, "task_id": f"{prefix}-{i}"}).encode()
+        for i, text in enumerate(sentences(n))
+    ]
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Topics, str, ChromaStore]:
+    require_kafka()
+    store = ChromaStore(url=CHROMA_URL)
+    try:
+        store.health()
+    except Exception as exc:  # noqa: BLE001
+        pytest.fail(f"Chroma is not reachable at {CHROMA_URL} ({exc}); start it with `make up`.")
+    topics = Topics()
+    run(create_topics([topics.tasks], partitions=6))
+    return topics, f"it_{topics.suffix}", store
+
+
+def worker(topics: Topics, collection: str, tmp_path: Path, name: str, **env: str) -> WorkerProcess:
+    return WorkerProcess(
+        topics,
+        tmp_path / name,
+        worker_id=name,
+        VECTORIZE_WORKER_VECTOR_DBS="chroma",
+        VECTORIZE_WORKER_CHROMA__URL=CHROMA_URL,
+        VECTORIZE_WORKER_DEFAULT_COLLECTION=collection,
+        VECTORIZE_WORKER_TOPIC_PARTITIONS="6",
+        VECTORIZE_WORKER_KAFKA_SESSION_TIMEOUT="10",
+        VECTORIZE_WORKER_HEARTBEAT_INTERVAL="1",
+        **env,
+    )
+
+
+def completed_ids(records: dict[str, list[dict[str, Any]]], topic: str) -> set[str]:
+    return {r["task_id"] for r in records[topic] if r["status"] == "completed"}
+
+
+def test_two_workers_share_500_tasks_exactly_once(setup: tuple[Topics, str, ChromaStore], tmp_path: Path) -> None:
+    topics, collection, store = setup
+    metrics_port = free_port()
+    workers = [
+        worker(topics, collection, tmp_path, "w-a", VECTORIZE_WORKER_METRICS_PORT=str(metrics_port)).start(),
+        worker(topics, collection, tmp_path, "w-b").start(),
+    ]
+    try:
+        for w in workers:
+            w.wait_ready()
+        payloads = tasks("two", 500)
+        run(produce(topics.tasks, payloads))
+        want = {f"two-{i}" for i in range(500)}
+        records = run(collect([topics.results], lambda r: completed_ids(r, topics.results) >= want, timeout=300))
+        by_worker: dict[str, int] = {}
+        for r in records[topics.results]:
+            by_worker[r["worker_id"]] = by_worker.get(r["worker_id"], 0) + 1
+        print(f"\n500 tasks, 2 workers: results per worker {by_worker}; store count {store.count(collection)}")
+        assert set(by_worker) == {"w-a", "w-b"} and all(n > 0 for n in by_worker.values())
+        assert store.count(collection) == 500
+
+        # the metrics endpoint of w-a has every named metric, with sane values
+        import urllib.request
+
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()  # noqa: S310
+        values = {
+            line.split(" ")[0]: float(line.split(" ")[-1]) for line in text.splitlines() if line.startswith("worker_")
+        }
+        done = values['worker_tasks_processed_total{status="completed",task_type="text_vectorization"}']
+        assert done == by_worker["w-a"]
+        assert values['worker_task_processing_seconds_count{task_type="text_vectorization"}'] == done
+        assert values["worker_loaded_models"] == 1
+        assert 100e6 < values["worker_memory_usage_bytes"] < 8e9
+        assert values["worker_active_tasks"] >= 0
+        assert values["worker_batch_size_sum"] == done and values["worker_batch_size_count"] >= 1
+        assert any(k.startswith("worker_inference_seconds_count") for k in values)
+        assert values['worker_store_write_seconds_count{store="chroma"}'] >= 1
+        assert any(k.startswith("worker_consumer_lag{") for k in values)
+        assert values['worker_dependency_up{dependency="store"}'] == 1
+
+        # web views: workers from Redis, task status from the table (routed), dashboard renders the data
+        status, body = workers[0].get("/workers")
+        assert status == 200 and {w["worker_id"] for w in body["workers"]} >= {"w-a", "w-b"}
+        for task_id in ("two-0", "two-250", "two-499"):
+            for w in workers:  # either worker answers for any task (the table is read where the key lives)
+                body = eventually(lambda w=w, task_id=task_id: w.get(f"/tasks/{task_id}"))
+                assert [h["status"] for h in body["history"]] == ["received", "processing", "completed"]
+        status, body = workers[1].get("/models")
+        assert body["loaded"][0]["dim"] == 384
+        check_dashboard(workers[0], tmp_path)
+    finally:
+        for w in workers:
+            w.stop()
+            w.kill()
+
+
+def eventually(get: Any, timeout: float = 20) -> Any:
+    """The status table follows the status topic a moment behind the results: poll until 200."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body = get()
+        if status == 200 and body.get("status") == "completed" or time.monotonic() > deadline:
+            assert status == 200, body
+            return body
+        time.sleep(0.5)
+
+
+def check_dashboard(w: WorkerProcess, tmp_path: Path) -> None:
+    """Headless Chromium renders the dashboard; its DOM and screenshot show the live workers."""
+    shot = tmp_path / "dashboard.png"
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+        "--virtual-time-budget=5000",
+        "--window-size=1280,900",
+    ]
+    url = f"http://127.0.0.1:{w.web_port}/"
+    dom = subprocess.run(["chromium", *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    rendered = dom.stdout
+    assert "<td>w-a</td>" in rendered and "<td>w-b</td>" in rendered, rendered[-3000:]  # rows built by the page's JS
+    assert "<td>sentence-transformers/all-MiniLM-L6-v2</td>" in rendered
+    assert 'id="n-workers">2<' in rendered
+    subprocess.run(["chromium", *flags, f"--screenshot={shot}", url], capture_output=True, timeout=120, check=True)
+    from PIL import Image
+
+    image = Image.open(shot).convert("L")
+    assert image.size == (1280, 900)
+    assert len(set(image.getdata())) > 20  # rendered text and tables, not a blank page
+    out = ROOT / ".state" / "screenshots"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "dashboard.png").write_bytes(shot.read_bytes())
+
+
+def test_chaos_kill_and_sigterm_lose_nothing(setup: tuple[Topics, str, ChromaStore], tmp_path: Path) -> None:
+    topics, collection, store = setup
+    workers = [worker(topics, collection, tmp_path, f"w-{n}").start() for n in ("x", "y", "z")]
+    try:
+        for w in workers:
+            w.wait_ready()
+        run(produce(topics.tasks, tasks("chaos", 1000)))
+        # let work get going, then kill -9 one worker and SIGTERM another mid-stream
+        run(collect([topics.results], lambda r: len(r[topics.results]) >= 150, timeout=300))
+        os.killpg(workers[0].proc.pid, signal.SIGKILL)
+        workers[1].proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        assert workers[1].proc.wait(90) == 0
+        sigterm_exit = time.monotonic() - t0
+        want = {f"chaos-{i}" for i in range(1000)}
+        records = run(collect([topics.results], lambda r: completed_ids(r, topics.results) >= want, timeout=400))
+        results = records[topics.results]
+        per_worker: dict[str, int] = {}
+        for r in results:
+            per_worker[r["worker_id"]] = per_worker.get(r["worker_id"], 0) + 1
+        count = store.count(collection)
+        print(
+            f"\nchaos: 1000 tasks, {len(results)} results ({len(results) - 1000} redelivered), per worker {per_worker}, "
+            f"store count {count}, SIGTERM exit after {sigterm_exit:.1f}s"
+        )
+        assert completed_ids(records, topics.results) == want
+        assert not [r for r in results if r["status"] != "completed"]
+        assert count == 1000  # no loss, no duplicate
+        assert per_worker.get("w-z", 0) > 0
+    finally:
+        for w in workers:
+            w.kill()

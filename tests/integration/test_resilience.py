@@ -1,0 +1,160 @@
+"""Bad input, Redis outage, heartbeat expiry and a vector store outage, on real services."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from sinks.heartbeat import heartbeat_key
+from tests.integration.harness import ROOT, Topics, WorkerProcess, collect, create_topics, produce, require_kafka, run
+from tests.integration.test_distributed import CHROMA_URL, completed_ids, tasks, worker
+from tests.unit.test_schema import MALFORMED
+
+pytestmark = pytest.mark.integration
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+def topics() -> Topics:
+    require_kafka()
+    t = Topics()
+    run(create_topics([t.tasks], partitions=4))
+    return t
+
+
+def malformed_payloads() -> list[bytes]:
+    """50 bad records of different kinds."""
+    bad = [payload for payload, _ in MALFORMED]  # 23 kinds from the unit tests
+    bad.append(b"x" * (10 * 1024 * 1024))  # 10 MB
+    bad.append(b'{"task_type": "text_vectorization", "data": "' + b"y" * (5 * 1024 * 1024) + b'"}')
+    bad.append(b"\x00" * 64)  # null bytes
+    bad.append(b'{"a":' * 5000 + b"1" + b"}" * 5000)  # very deep nesting
+    bad.append(b"null")
+    for i in range(50 - len(bad)):  # more wrong types / missing fields
+        bad.append(json.dumps({"task_type": "batch_vectorization", "data": [i, None], "task_id": f"bad-{i}"}).encode())
+    assert len(bad) == 50
+    return bad
+
+
+def test_fifty_malformed_payloads_each_fail_once_and_valid_tasks_flow(topics: Topics, tmp_path: Path) -> None:
+    good = tasks("good", 30)
+    bad = malformed_payloads()
+    mixed: list[bytes] = []
+    for i in range(50):  # interleave: valid tasks keep flowing between the bad ones
+        mixed.append(bad[i])
+        if i < 30:
+            mixed.append(good[i])
+    run(produce(topics.tasks, mixed))
+    w = WorkerProcess(topics, tmp_path / "w", VECTORIZE_WORKER_MAX_TASK_BYTES=str(4 * 1024 * 1024)).start()
+    try:
+        records = run(
+            collect(
+                [topics.results, topics.dlq, topics.status],
+                lambda r: len(r[topics.results]) >= 80 and len(r[topics.dlq]) >= 50,
+                timeout=240,
+            )
+        )
+        time.sleep(2)
+        assert w.proc.poll() is None  # still running
+        assert w.stop() == 0
+    finally:
+        w.kill()
+    failed = [r for r in records[topics.results] if r["status"] == "failed"]
+    assert len(failed) == 50 and len(records[topics.dlq]) == 50
+    assert completed_ids(records, topics.results) == {f"good-{i}" for i in range(30)}
+    failed_status = [s for s in records[topics.status] if s["status"] == "failed"]
+    assert len(failed_status) == 50 and len({s["task_id"] for s in failed_status}) == 50
+    kinds = {d["error"]["message"].split(":")[0] for d in records[topics.dlq]}
+    assert any("over the limit" in d["error"]["message"] for d in records[topics.dlq])
+    assert any("nested deeper" in d["error"]["message"] for d in records[topics.dlq])
+    assert len(kinds) >= 2
+    assert {d["source"]["topic"] for d in records[topics.dlq]} == {topics.tasks}
+    huge = [d for d in records[topics.dlq] if d["payload_bytes"] == 10 * 1024 * 1024]
+    assert len(huge) == 1 and huge[0]["payload_truncated"] and len(huge[0]["payload"]) == 512 * 1024
+
+
+def redis_ctl(action: str) -> None:
+    subprocess.run([str(ROOT / "scripts" / "redis.sh"), action], check=True, capture_output=True, timeout=60)
+
+
+def test_redis_outage_heartbeat_resumes_and_expires(topics: Topics, tmp_path: Path) -> None:
+    client = redis.Redis.from_url(REDIS_URL)
+    w = WorkerProcess(topics, tmp_path / "w", worker_id="hb-worker", VECTORIZE_WORKER_HEARTBEAT_INTERVAL="0.5").start()
+    key = heartbeat_key("hb-worker")
+    try:
+        w.wait_ready()
+        deadline = time.monotonic() + 10
+        while not (beat := json.loads(client.get(key) or "{}")).get("ready") and time.monotonic() < deadline:
+            time.sleep(0.2)  # the first beats may predate readiness
+        assert beat["status"] == "running" and beat["pid"] == w.proc.pid and beat["ready"] is True
+        assert beat["loaded_models"] == ["sentence-transformers/all-MiniLM-L6-v2"] and beat["device"] == "cpu"
+        assert 0 < client.ttl(key) <= 2
+        redis_ctl("stop")
+        try:
+            run(produce(topics.tasks, tasks("during-outage", 20)))
+            run(collect([topics.results], lambda r: len(completed_ids(r, topics.results)) >= 20, timeout=120))
+            time.sleep(2)  # several beats fail meanwhile
+        finally:
+            redis_ctl("start")
+        deadline = time.monotonic() + 20
+        while client.get(key) is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert json.loads(client.get(key))["processed"] >= 20
+        log = w.log()
+        assert log.count("Failed to connect to Redis at") == 1  # one warning, not one per beat
+        assert "heartbeats resumed" in log
+        # a worker that dies disappears when its TTL runs out
+        os.killpg(w.proc.pid, signal.SIGKILL)
+        w.proc.wait(30)
+        time.sleep(2.5)
+        assert client.get(key) is None
+    finally:
+        w.kill()
+        redis_ctl("start")
+
+
+def chroma_ctl(action: str) -> None:
+    env = {**os.environ, "VENV": os.environ.get("VENV", str(Path(os.sys.executable).parent.parent))}
+    subprocess.run([str(ROOT / "scripts" / "chroma.sh"), action], check=True, capture_output=True, timeout=120, env=env)
+
+
+def test_store_outage_loses_nothing_and_recovers_without_restart(topics: Topics, tmp_path: Path) -> None:
+    from sinks.chroma import ChromaStore
+
+    collection = f"outage_{topics.suffix}"
+    w = worker(topics, collection, tmp_path, "w-outage").start()
+    store = ChromaStore(url=CHROMA_URL)
+    not_ready_seen: list[Any] = []
+    try:
+        w.wait_ready()
+        run(produce(topics.tasks, tasks("outage", 200)))
+        run(collect([topics.results], lambda r: len(r[topics.results]) >= 20, timeout=120))
+        chroma_ctl("stop")
+        try:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and not not_ready_seen:
+                status, body = w.get("/readyz")
+                if status == 503 and body["checks"]["store_reachable"] is False:
+                    not_ready_seen.append(body)
+                time.sleep(0.5)
+        finally:
+            chroma_ctl("start")
+        records = run(collect([topics.results], lambda r: len(completed_ids(r, topics.results)) >= 200, timeout=300))
+        assert completed_ids(records, topics.results) == {f"outage-{i}" for i in range(200)}
+        assert not [r for r in records[topics.results] if r["status"] != "completed"]
+        assert store.count(collection) == 200
+        assert not_ready_seen, "the worker never reported itself not ready while Chroma was down"
+        w.wait_ready(timeout=60)  # recovered by itself
+        assert w.proc.poll() is None
+        assert "retrying in" in w.log()
+    finally:
+        w.stop()
+        w.kill()
