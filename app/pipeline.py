@@ -106,8 +106,11 @@ class TaskPipeline:
         self.manager = manager
         self.stores = list(stores)
         self.publisher = publisher
-        self._on_done = on_done
-        self._text_lane: Batcher[WorkItem] = Batcher(settings.max_concurrent_tasks, weight=lambda i: i.weight)
+        self._notify_done = on_done
+        # max_concurrent_tasks bounds the records this worker holds unfinished:
+        # a slot is taken at intake and given back when the record is done.
+        self._slots = asyncio.Semaphore(settings.max_concurrent_tasks)
+        self._text_lane: Batcher[WorkItem] = Batcher(weight=lambda i: i.weight)
         self._store_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vector-store")
         self.active_tasks = 0
         self.processed = 0
@@ -126,6 +129,7 @@ class TaskPipeline:
         """
         if not self.accepting:
             await asyncio.Event().wait()
+        await self._slots.acquire()  # waits while max_concurrent_tasks records are unfinished
         try:
             task = parse_task(raw, max_bytes=self.settings.max_task_bytes)
         except InvalidTaskError as exc:
@@ -397,6 +401,10 @@ class TaskPipeline:
 
     def _count_retry(self, attempt: int, exc: BaseException) -> None:
         self.metrics.errors.labels(ErrorInfo.of(exc).kind).inc()
+
+    async def _on_done(self, ticket: Ticket) -> None:
+        self._slots.release()
+        await self._notify_done(ticket)
 
     async def in_store_thread(self, func: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._store_executor, func)

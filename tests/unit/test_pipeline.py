@@ -222,3 +222,18 @@ async def test_metrics_follow_the_work() -> None:
     assert sample("worker_errors_total", {"kind": "invalid_task"}) == 1
     assert sample("worker_store_write_seconds_count", {"store": "fake"}) == 1
     assert h.pipeline.recent_failures[0]["task_id"] == "invalid-tasks-0-1"
+
+
+async def test_max_concurrent_tasks_bounds_unfinished_records() -> None:
+    import asyncio
+
+    h = Harness(max_concurrent_tasks=2)
+    await h.send({"task_type": "text_vectorization", "data": "a", "task_id": "c1"})
+    await h.send({"task_type": "text_vectorization", "data": "b", "task_id": "c2"})
+    third = asyncio.ensure_future(h.send({"task_type": "text_vectorization", "data": "c", "task_id": "c3"}))
+    await asyncio.sleep(0.05)
+    assert not third.done()  # two unfinished: the third waits at intake
+    await h.drain()  # c1 and c2 finish and free their slots
+    await asyncio.wait_for(third, timeout=5)
+    await h.drain()
+    assert h.statuses("c3")[-1] == "completed" and h.acked == [0, 1, 2]
