@@ -53,7 +53,7 @@ demo: venv
 	$(PY) scripts/demo.py
 
 test: venv up
-	HF_HUB_OFFLINE=1 $(PY) -m pytest tests
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests --durations=12
 
 test-unit: venv
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests/unit

@@ -79,7 +79,9 @@ def completed_ids(records: dict[str, list[dict[str, Any]]], topic: str) -> set[s
     return {r["task_id"] for r in records[topic] if r["status"] == "completed"}
 
 
-def test_two_workers_share_500_tasks_exactly_once(setup: tuple[Topics, str, ChromaStore], tmp_path: Path) -> None:
+def test_two_workers_share_500_tasks_exactly_once(
+    setup: tuple[Topics, str, ChromaStore], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     topics, collection, store = setup
     metrics_port = free_port()
     workers = [
@@ -96,7 +98,8 @@ def test_two_workers_share_500_tasks_exactly_once(setup: tuple[Topics, str, Chro
         by_worker: dict[str, int] = {}
         for r in records[topics.results]:
             by_worker[r["worker_id"]] = by_worker.get(r["worker_id"], 0) + 1
-        print(f"\n500 tasks, 2 workers: results per worker {by_worker}; store count {store.count(collection)}")
+        with capsys.disabled():
+            print(f"\n500 tasks, 2 workers: results per worker {by_worker}; store count {store.count(collection)}")
         assert set(by_worker) == {"w-a", "w-b"} and all(n > 0 for n in by_worker.values())
         assert store.count(collection) == 500
 
@@ -179,7 +182,9 @@ def check_dashboard(w: WorkerProcess, tmp_path: Path) -> None:
     (out / "dashboard.png").write_bytes(shot.read_bytes())
 
 
-def test_chaos_kill_and_sigterm_lose_nothing(setup: tuple[Topics, str, ChromaStore], tmp_path: Path) -> None:
+def test_chaos_kill_and_sigterm_lose_nothing(
+    setup: tuple[Topics, str, ChromaStore], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     topics, collection, store = setup
     workers = [worker(topics, collection, tmp_path, f"w-{n}").start() for n in ("x", "y", "z")]
     try:
@@ -200,10 +205,11 @@ def test_chaos_kill_and_sigterm_lose_nothing(setup: tuple[Topics, str, ChromaSto
         for r in results:
             per_worker[r["worker_id"]] = per_worker.get(r["worker_id"], 0) + 1
         count = store.count(collection)
-        print(
-            f"\nchaos: 1000 tasks, {len(results)} results ({len(results) - 1000} redelivered), per worker {per_worker}, "
-            f"store count {count}, SIGTERM exit after {sigterm_exit:.1f}s"
-        )
+        with capsys.disabled():
+            print(
+                f"\nchaos: 1000 tasks, {len(results)} results ({len(results) - 1000} redelivered), "
+                f"per worker {per_worker}, store count {count}, SIGTERM exit after {sigterm_exit:.1f}s"
+            )
         assert completed_ids(records, topics.results) == want
         assert not [r for r in results if r["status"] != "completed"]
         assert count == 1000  # no loss, no duplicate

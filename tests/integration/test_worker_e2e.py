@@ -177,6 +177,16 @@ def test_doctor_reports_pass_and_a_clear_kafka_failure(topics: Topics, tmp_path:
     assert fail.returncode == 1
     assert "[FAIL] kafka" in fail.stdout and "Failed to connect to Kafka at 127.0.0.1:1" in fail.stdout
     assert "result: FAILED: kafka" in fail.stdout
+    # the same checks as a Faust command
+    cmd = subprocess.run(
+        [sys.executable, "-m", "faust", "-A", "app", "doctor"],
+        cwd=ROOT,
+        env=base,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert cmd.returncode == 0 and "result: all checks passed" in cmd.stdout, cmd.stdout + cmd.stderr
 
 
 def test_make_demo_against_a_running_worker(topics: Topics, tmp_path: Path) -> None:
