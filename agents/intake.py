@@ -11,29 +11,20 @@ deterministic vector ids make that an overwrite.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from app.acks import Ticket
-from app.faust_app import OUTPUT_TOPICS, app, settings, tasks_topic
+from app.faust_app import OUTPUT_TOPICS, app, raw_topic, settings, tasks_topic
 from app.runtime import WorkerRuntime
 
 log = logging.getLogger("worker.main")
-_topics: dict[str, Any] = {}
 _runtime: WorkerRuntime | None = None
-
-
-def _topic(name: str) -> Any:
-    topic = _topics.get(name)
-    if topic is None:
-        topic = _topics[name] = app.topic(
-            name, key_serializer="raw", value_serializer="raw", internal=True, partitions=settings.topic_partitions
-        )
-    return topic
 
 
 async def kafka_send(topic: str, key: bytes | None, value: bytes) -> Any:
     """SendPort on Faust's producer: returns the delivery future."""
-    return await _topic(topic).send(key=key, value=value)
+    return await raw_topic(topic).send(key=key, value=value)
 
 
 def consumer_lag() -> dict[tuple[str, int], int]:
@@ -60,7 +51,7 @@ def runtime() -> WorkerRuntime:
 @app.agent(tasks_topic, name="intake")
 async def intake(stream: Any) -> None:
     for name in OUTPUT_TOPICS:
-        await _topic(name).maybe_declare()
+        await raw_topic(name).maybe_declare()
     rt = runtime()
     await rt.start()
     events = stream.noack()
@@ -77,5 +68,11 @@ async def intake(stream: Any) -> None:
             message = event.message
             ticket = rt.tracker.add(message.tp, message.offset, event)
             await rt.pipeline.intake(event.value, ticket, (message.topic, message.partition, message.offset))
+    except Exception:
+        # A restarted agent would inherit tickets of records it never sees
+        # again and stall their partitions' commits: exit instead; nothing
+        # unfinished was acknowledged, so another worker takes it over.
+        log.critical("The intake agent failed; the worker exits so its tasks go to another worker", exc_info=True)
+        os._exit(70)
     finally:
         await rt.stop()

@@ -44,6 +44,7 @@ async def drain_then_stop(original: Any) -> None:
             log.warning(
                 "Batch in flight did not finish within %.0fs; its tasks will be redelivered", settings.shutdown_timeout
             )
+    await rt.leave()
     if original is not None:
         original()
     else:  # pragma: no cover - no mode worker (e.g. embedded use)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from app.faust_app import app, settings
+from app.faust_app import app, raw_topic, settings
 
 # Tables use Faust's json codec: str keys, dict values. The task-status
 # changelog is compacted *and* time-limited, so recovery after a rebalance
@@ -26,13 +26,7 @@ task_status = app.Table(
     },
 )
 worker_stats = app.Table("worker-stats", default=None, partitions=settings.topic_partitions)
-status_topic = app.topic(
-    settings.status_topic,
-    key_serializer="raw",
-    value_serializer="raw",
-    internal=True,
-    partitions=settings.topic_partitions,
-)
+status_topic = raw_topic(settings.status_topic)
 
 
 def table_get(table: Any, key: str) -> dict[str, Any] | None:

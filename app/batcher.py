@@ -28,9 +28,14 @@ class Batcher(Generic[T]):
     def qsize(self) -> int:
         return self._queue.qsize()
 
-    async def next_batch(self, max_weight: int, max_wait: float) -> list[T]:
+    async def next_batch(
+        self, max_weight: int, max_wait: float, on_first: Callable[[], object] | None = None
+    ) -> list[T]:
+        """``on_first`` runs as soon as the first item is taken (the batch is then in flight)."""
         loop = asyncio.get_running_loop()
         first = await self._queue.get()
+        if on_first is not None:
+            on_first()
         batch = [first]
         total = self._weight(first)
         deadline = loop.time() + max_wait

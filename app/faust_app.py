@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import faust
 
@@ -49,11 +50,18 @@ app = faust.App(
     logging_config=logging_config(settings.log_level),
 )
 
-tasks_topic = app.topic(
-    settings.tasks_topic,
-    key_serializer="raw",
-    value_serializer="raw",
-    internal=True,
-    partitions=settings.topic_partitions,
-)
+_topics: dict[str, Any] = {}
+
+
+def raw_topic(name: str) -> Any:
+    """The topic ``name`` with raw bytes keys/values, created with ``topic_partitions`` when missing."""
+    topic = _topics.get(name)
+    if topic is None:
+        topic = _topics[name] = app.topic(
+            name, key_serializer="raw", value_serializer="raw", internal=True, partitions=settings.topic_partitions
+        )
+    return topic
+
+
+tasks_topic = raw_topic(settings.tasks_topic)
 OUTPUT_TOPICS = (settings.status_topic, settings.results_topic, settings.dlq_topic)

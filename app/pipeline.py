@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -31,7 +32,7 @@ from models.base import EmbedderInfo
 from models.manager import ModelManager
 from sinks.base import BaseVectorDB, VectorRecord
 from sinks.publisher import RecordPublisher
-from sinks.records import ErrorInfo, ResultRecord, Timings
+from sinks.records import ErrorInfo, ResultRecord, Status, Timings
 
 log_main = logging.getLogger("worker.main")
 log_proc = logging.getLogger("worker.task_processor")
@@ -41,6 +42,27 @@ Source = tuple[str, int, int]
 
 class DeliveryError(RetryableError):
     kind = "kafka_unavailable"
+
+
+class RecordRejectedError(PermanentError):
+    """Kafka refused a record for good (e.g. larger than the broker's limit)."""
+
+    kind = "record_rejected"
+
+
+def _retriable(exc: BaseException) -> bool:
+    """False when the failure (or what it wraps) is a Kafka error marked not retriable."""
+    seen: set[int] = set()
+    stack: list[BaseException] = [exc]
+    while stack:
+        err = stack.pop()
+        if id(err) in seen:
+            continue
+        seen.add(id(err))
+        if getattr(err, "retriable", True) is False and type(err).__module__.startswith("aiokafka"):
+            return False
+        stack.extend(e for e in (err.__cause__, err.__context__, *err.args) if isinstance(e, BaseException))
+    return True
 
 
 def _kafka_errors() -> tuple[type[BaseException], ...]:
@@ -138,7 +160,7 @@ class TaskPipeline:
             await self._fail(task_id, None, raw, exc, ticket, source)
             return
         item = WorkItem(task=task, raw=raw, ticket=ticket, source=source)
-        item.pending.append(await self.publisher.status(task.task_id, "received", task_type=task.task_type))
+        await self._early_status(item, "received")
         if isinstance(task, ImageTask):
             error = UnsupportedTaskError(
                 f"Task {task.task_id}: image models not available yet in this worker version; "
@@ -153,21 +175,34 @@ class TaskPipeline:
         """Process text batches forever (cancel to stop)."""
         wait = self.settings.batch_wait_ms / 1000
         while self.accepting:
-            batch = await self._text_lane.next_batch(self.settings.max_batch_size, wait)
-            self._idle.clear()
+            batch = await self._text_lane.next_batch(self.settings.max_batch_size, wait, on_first=self._idle.clear)
             self.active_tasks = len(batch)
             try:
                 await self.process_text_batch(batch)
-            except Exception:  # noqa: BLE001 - a bug must not stop the lane; the tasks stay unacked
-                log_proc.exception(
-                    "Unexpected error in a batch of %d tasks; they stay unacknowledged and will be redelivered "
-                    "after a restart. Please report this.",
-                    len(batch),
-                )
-                self.metrics.errors.labels("internal").inc()
+            except Exception as exc:  # noqa: BLE001 - a bug must not leave tickets hanging
+                log_proc.exception("Unexpected error in a batch of %d tasks; failing the unfinished ones", len(batch))
+                await self._fail_unfinished(batch, exc)
             finally:
                 self.active_tasks = 0
                 self._idle.set()
+
+    async def _fail_unfinished(self, batch: list[WorkItem], exc: BaseException) -> None:
+        """Dead-letter every task of a broken batch that has no final status yet.
+
+        If even that fails, the worker exits: its records are not acknowledged,
+        so another worker gets them, and no stuck ticket blocks the commits.
+        """
+        self.metrics.errors.labels("internal").inc()
+        try:
+            for item in batch:
+                if not item.ticket.done:
+                    task = item.task
+                    await self._fail(task.task_id, task.task_type, item.raw, exc, item.ticket, item.source)
+        except Exception:  # noqa: BLE001 - last resort
+            log_proc.critical(
+                "Cannot fail a broken batch either; exiting so another worker takes the tasks", exc_info=True
+            )
+            os._exit(70)
 
     async def drain(self, timeout: float) -> bool:
         """Stop taking work and let the batch in flight finish; True when it did within ``timeout``.
@@ -200,9 +235,7 @@ class TaskPipeline:
             return
         for item in live:
             log_main.info("Processing task %s of type %s", item.task.task_id, item.task.task_type)
-            item.pending.append(
-                await self.publisher.status(item.task.task_id, "processing", task_type=item.task.task_type)
-            )
+            await self._early_status(item, "processing")
         outcomes = [self._outcome(item) for item in live]
         await self._embed(outcomes)
         await self._store(outcomes)
@@ -322,7 +355,13 @@ class TaskPipeline:
                     await self.publisher.status(task.task_id, "completed", task_type=task.task_type),
                 ]
 
-            await self._deliver(send, item.pending, what=f"publishing the result of task {task.task_id}")
+            try:
+                await self._deliver(send, item.pending, what=f"publishing the result of task {task.task_id}")
+            except RecordRejectedError as exc:
+                hint = " (processing.include_vectors puts every vector into it)" if result.vectors else ""
+                error = RecordRejectedError(f"Task {task.task_id}: the result record was refused{hint}: {exc}")
+                await self._fail(task.task_id, task.task_type, item.raw, error, item.ticket, item.source)
+                continue
             self.processed += 1
             self.metrics.tasks_processed.labels(task.task_type, "completed").inc()
             self.metrics.task_seconds.labels(task.task_type).observe(total_ms / 1000)
@@ -342,18 +381,23 @@ class TaskPipeline:
     ) -> None:
         """Failed status + failed result + dead letter, delivered; then the ticket is done."""
         info = ErrorInfo.of(error)
+        payload = raw
 
         async def send() -> list[Awaitable[Any]]:
             result = ResultRecord(
                 task_id=task_id, status="failed", worker_id=self.settings.worker_id, task_type=task_type, error=info
             )
             return [
-                await self.publisher.dead_letter(raw, error, task_id=task_id, source=source),
+                await self.publisher.dead_letter(payload, error, task_id=task_id, source=source),
                 await self.publisher.result(result),
                 await self.publisher.status(task_id, "failed", task_type=task_type, error=error),
             ]
 
-        await self._deliver(send, pending or [], what=f"dead-lettering task {task_id}")
+        try:
+            await self._deliver(send, pending or [], what=f"dead-lettering task {task_id}")
+        except RecordRejectedError:
+            payload = (raw or b"")[:4096]  # keep the first bytes; the whole record stays at `source`
+            await self._deliver(send, [], what=f"dead-lettering task {task_id} (payload cut to 4 KiB)")
         self.failed += 1
         self.metrics.tasks_processed.labels(task_type or "invalid", "failed").inc()
         self.metrics.errors.labels(info.kind).inc()
@@ -380,6 +424,8 @@ class TaskPipeline:
             try:
                 await RecordPublisher.delivered(await send())
             except KAFKA_ERRORS as exc:
+                if not _retriable(exc):
+                    raise RecordRejectedError(f"Kafka refused a record for good while {what}: {exc!r}") from exc
                 raise DeliveryError(f"Kafka did not accept records while {what}: {exc!r}") from exc
 
         await retry_forever(attempt, what=what, on_retry=self._count_retry)
@@ -402,6 +448,13 @@ class TaskPipeline:
     def _count_retry(self, attempt: int, exc: BaseException) -> None:
         self.metrics.errors.labels(ErrorInfo.of(exc).kind).inc()
 
+    async def _early_status(self, item: WorkItem, status: Status) -> None:
+        """received/processing are best effort: failing to queue them never stops the task."""
+        try:
+            item.pending.append(await self.publisher.status(item.task.task_id, status, task_type=item.task.task_type))
+        except KAFKA_ERRORS as exc:
+            log_main.warning("Could not queue the %s status of task %s: %r", status, item.task.task_id, exc)
+
     async def _on_done(self, ticket: Ticket) -> None:
         self._slots.release()
         await self._notify_done(ticket)
@@ -410,7 +463,8 @@ class TaskPipeline:
         return await asyncio.get_running_loop().run_in_executor(self._store_executor, func)
 
     def close(self) -> None:
-        self._store_executor.shutdown(wait=False, cancel_futures=True)
+        """Stop the store thread after the write in progress (callers close the stores next)."""
+        self._store_executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _fallback_task_id(source: Source | None) -> str:

@@ -43,6 +43,8 @@ class WorkerRuntime:
         self.store_up: bool | None = None
         self.model_ready = False
         self._background: list[asyncio.Task[None]] = []
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._metrics_served = False
         self.device = "cpu"
         self.manager: ModelManager | None = None
         self.stores: list[BaseVectorDB] = []
@@ -78,12 +80,12 @@ class WorkerRuntime:
             metrics=self.metrics,
         )
         self.manager.on_change = lambda infos: self.metrics.loaded_models.set(len(infos))
-        if not self._background:
+        if not self._metrics_served:
             self.metrics.serve(s.metrics_port)
-            self._background = [
-                asyncio.ensure_future(self.heartbeat.run()),
-                asyncio.ensure_future(self._refresh_loop()),
-            ]
+            self._metrics_served = True
+        if not self._background:
+            self._heartbeat_task = asyncio.ensure_future(self.heartbeat.run())
+            self._background = [self._heartbeat_task, asyncio.ensure_future(self._refresh_loop())]
         log.info(
             "Worker %s starting: device=%s stores=%s default model=%s",
             s.worker_id,
@@ -146,6 +148,13 @@ class WorkerRuntime:
         except Exception:  # noqa: BLE001 - any failure means "not ready"
             return False
         return True
+
+    async def leave(self) -> None:
+        """Stop heartbeating and remove this worker's key, so it leaves the live list at once."""
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            await asyncio.gather(self._heartbeat_task, return_exceptions=True)
+        await self.heartbeat.stop()
 
     async def stop(self) -> None:
         for task in self._background:

@@ -95,9 +95,14 @@ class ModelManager:
             return True
 
     def close(self) -> None:
-        with self._lock:
-            for name in list(self._models):
-                self.unload(name)
+        """Unload every model once the call running on the device thread (if any) is done."""
+
+        def unload_all() -> None:
+            with self._lock:
+                for name in list(self._models):
+                    self.unload(name)
+
+        self._executor.submit(unload_all)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _evict_oldest(self) -> None:

@@ -70,6 +70,7 @@ class ChromaStore(BaseVectorDB):
                         self._client = chromadb.HttpClient(
                             host=parsed.hostname or "127.0.0.1", port=parsed.port or 8000, ssl=parsed.scheme == "https"
                         )
+                        _set_timeout(self._client, self._timeout)
                     else:
                         self._client = chromadb.PersistentClient(path=str(self._path))
                 except ValueError as exc:  # the HTTP client checks the server when created
@@ -80,19 +81,23 @@ class ChromaStore(BaseVectorDB):
         try:
             return func(*args, **kwargs)
         except ChromaError as exc:
-            text = str(exc)
-            if "dimension" in text:
-                raise StoreRejectedError(f"Chroma at {self._where} refused {what}: {text}") from None
-            raise StoreRejectedError(f"Chroma at {self._where} refused {what}: {text}") from None
+            code = _code(exc)
+            # 5xx, 429 and auth failures are the server's or the deployment's state, not the task's:
+            # retry (the task stays unacknowledged) instead of dead-lettering every task.
+            if code >= 500 or code in (401, 403, 408, 429):
+                raise StoreUnavailableError(
+                    f"Chroma at {self._where} failed {what} ({type(exc).__name__}, HTTP {code}): {exc}; will retry. "
+                    "Check the server and its credentials."
+                ) from None
+            raise StoreRejectedError(f"Chroma at {self._where} refused {what}: {exc}") from None
         except (ConnectionError, TimeoutError, OSError) as exc:
             self._forget()
             raise self._unavailable(what, exc) from None
-        except Exception as exc:
-            # httpx errors and chromadb's own ValueError for a lost server
-            if type(exc).__module__.startswith("httpx") or "connect" in str(exc).lower():
-                self._forget()
-                raise self._unavailable(what, exc) from None
-            raise
+        except (TypeError, AttributeError, KeyError):
+            raise  # our own bugs must surface
+        except Exception as exc:  # noqa: BLE001 - httpx errors and chromadb's bare Exception(resp.text)
+            self._forget()
+            raise self._unavailable(what, exc) from None
 
     def _forget(self) -> None:
         with self._lock:
@@ -138,16 +143,26 @@ class ChromaStore(BaseVectorDB):
             return
         col = self._collection(collection)
         self._check_dim(collection, col, [r.vector for r in records])
-        metadatas = [
-            {**dict(flatten(r.payload)), PAYLOAD_KEY: json.dumps(dict(r.payload), ensure_ascii=False)} for r in records
-        ]
-        self._call(
-            f"upsert into {collection}",
-            col.upsert,
-            ids=[r.id for r in records],
-            embeddings=[[float(x) for x in r.vector] for r in records],
-            metadatas=metadatas,
-        )
+        step = self._max_batch()
+        for start in range(0, len(records), step):  # the client refuses batches over the server's limit
+            chunk = records[start : start + step]
+            metadatas = [
+                {**dict(flatten(r.payload)), PAYLOAD_KEY: json.dumps(dict(r.payload), ensure_ascii=False)}
+                for r in chunk
+            ]
+            self._call(
+                f"upsert into {collection}",
+                col.upsert,
+                ids=[r.id for r in chunk],
+                embeddings=[[float(x) for x in r.vector] for r in chunk],
+                metadatas=metadatas,
+            )
+
+    def _max_batch(self) -> int:
+        try:
+            return max(1, int(self._connect().get_max_batch_size()))
+        except Exception:  # noqa: BLE001 - older servers: a safe default
+            return 1000
 
     def delete(self, collection: str, ids: Sequence[str]) -> None:
         if ids:
@@ -200,6 +215,26 @@ class ChromaStore(BaseVectorDB):
 
     def health(self) -> None:
         self._call("health check", self._connect().heartbeat)
+
+    def close(self) -> None:
+        self._forget()
+
+
+def _code(exc: Exception) -> int:
+    try:
+        return int(exc.code())  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - errors without a code count as client errors
+        return 400
+
+
+def _set_timeout(client: Any, seconds: float) -> None:
+    """chromadb's HTTP client has no timeout option (it waits forever); set one on its httpx session."""
+    try:
+        import httpx
+
+        client._server._session.timeout = httpx.Timeout(seconds)
+    except Exception:  # noqa: BLE001 - best effort on private attributes
+        pass
 
 
 def _payload(metadata: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -48,6 +48,7 @@ class Heartbeat:
         self._redis = aioredis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
         self.redis_up: bool | None = None  # None until the first beat
         self.beats = 0
+        self._closed = False
 
     def payload(self, status: str = "running") -> dict[str, Any]:
         return {
@@ -86,7 +87,10 @@ class Heartbeat:
             await asyncio.sleep(self.interval)
 
     async def stop(self) -> None:
-        """Say goodbye: remove the key so the worker leaves the live list at once."""
+        """Say goodbye: remove the key so the worker leaves the live list at once (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             await self._redis.delete(heartbeat_key(self.worker_id))
         except (RedisError, OSError):

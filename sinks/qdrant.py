@@ -7,6 +7,7 @@ need a Qdrant server (``VECTORIZE_WORKER_QDRANT__URL``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,9 @@ class QdrantStore(BaseVectorDB):
         self._dims: dict[str, int] = {}
         try:
             if url:
-                self._client = QdrantClient(url=url, api_key=api_key, timeout=int(timeout), check_compatibility=False)
+                self._client = QdrantClient(
+                    url=url, api_key=api_key, timeout=max(1, math.ceil(timeout)), check_compatibility=False
+                )
             else:
                 Path(path).mkdir(parents=True, exist_ok=True)  # type: ignore[arg-type]
                 self._client = QdrantClient(path=str(path))
@@ -62,7 +65,13 @@ class QdrantStore(BaseVectorDB):
                 "(VECTORIZE_WORKER_QDRANT__URL)"
             ) from None
         except UnexpectedResponse as exc:
-            if exc.status_code is not None and exc.status_code >= 500 or exc.status_code in (408, 429):
+            if exc.status_code == 404:
+                # the collection went away under us: forget it so the next attempt recreates it
+                self._dims.clear()
+                raise StoreUnavailableError(f"Qdrant at {self._where}: not found during {what}; will retry") from None
+            if exc.status_code == 409 and what.startswith("creating collection"):
+                return None  # another worker created it first
+            if exc.status_code is not None and exc.status_code >= 500 or exc.status_code in (401, 403, 408, 429):
                 raise StoreUnavailableError(
                     f"Qdrant at {self._where} failed {what} with HTTP {exc.status_code}; will retry."
                 ) from None

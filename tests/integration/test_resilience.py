@@ -14,20 +14,12 @@ import pytest
 import redis
 
 from sinks.heartbeat import heartbeat_key
-from tests.integration.harness import ROOT, Topics, WorkerProcess, collect, create_topics, produce, require_kafka, run
+from tests.integration.harness import ROOT, Topics, WorkerProcess, collect, produce, run
 from tests.integration.test_distributed import CHROMA_URL, completed_ids, tasks, worker
 from tests.unit.test_schema import MALFORMED
 
 pytestmark = pytest.mark.integration
 REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-@pytest.fixture
-def topics() -> Topics:
-    require_kafka()
-    t = Topics()
-    run(create_topics([t.tasks], partitions=4))
-    return t
 
 
 def malformed_payloads() -> list[bytes]:

@@ -19,9 +19,7 @@ from tests.integration.harness import (
     WorkerProcess,
     collect,
     committed_vs_end,
-    create_topics,
     produce,
-    require_kafka,
     run,
 )
 
@@ -31,14 +29,6 @@ pytestmark = pytest.mark.integration
 def cosine(a: Any, b: Any) -> float:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
-@pytest.fixture
-def topics() -> Topics:
-    require_kafka()
-    t = Topics()
-    run(create_topics([t.tasks], partitions=4))
-    return t
 
 
 def faust_send(topics: Topics, value: str, tmp_path: Path) -> None:
@@ -82,7 +72,11 @@ def test_examples_sentences_and_bad_input_end_to_end(topics: Topics, tmp_path: P
                 timeout=240,
             )
         )
+        import redis
+
+        assert redis.Redis().get("worker:worker-it:heartbeat") is not None
         assert worker.stop() == 0
+        assert redis.Redis().get("worker:worker-it:heartbeat") is None  # a clean stop leaves the live list at once
     finally:
         worker.kill()
 

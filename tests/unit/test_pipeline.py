@@ -237,3 +237,66 @@ async def test_max_concurrent_tasks_bounds_unfinished_records() -> None:
     await asyncio.wait_for(third, timeout=5)
     await h.drain()
     assert h.statuses("c3")[-1] == "completed" and h.acked == [0, 1, 2]
+
+
+async def test_a_bug_in_a_batch_fails_its_tasks_instead_of_stalling_commits() -> None:
+    h = Harness()
+
+    class Broken(FakeEmbedder):
+        def embed_texts(self, texts, *, batch_size, normalize):  # type: ignore[override]
+            return super().embed_texts(texts, batch_size=batch_size, normalize=normalize)[:-1]  # one row short
+
+    h.embedders["fake-model"] = Broken("fake-model")
+    await h.send({"task_type": "batch_vectorization", "data": ["a", "b"], "task_id": "bug"})
+    items = await h.pipeline._text_lane.next_batch(100, 0)
+    try:
+        await h.pipeline.process_text_batch(items)
+    except ValueError as exc:  # what the lane loop catches
+        await h.pipeline._fail_unfinished(items, exc)
+    assert h.statuses("bug")[-1] == "failed" and h.acked == [0]
+    assert h.pipeline.metrics.registry.get_sample_value("worker_errors_total", {"kind": "internal"}) >= 1
+
+
+async def test_a_result_record_kafka_refuses_fails_the_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiokafka.errors import MessageSizeTooLargeError
+
+    h = Harness(include_vectors=True)
+    await h.send({"task_type": "text_vectorization", "data": "a", "task_id": "big"})
+    original = h.kafka.send
+
+    async def refuse_results(topic: str, key: bytes | None, value: bytes):  # type: ignore[no-untyped-def]
+        if topic == "results" and b'"completed"' in value:
+            import asyncio
+
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_exception(MessageSizeTooLargeError("too large"))
+            return fut
+        return await original(topic, key, value)
+
+    h.pipeline.publisher._send = refuse_results
+    await h.drain()
+    assert h.statuses("big")[-1] == "failed" and h.acked == [0]
+    assert "include_vectors" in h.kafka.on("dlq")[0]["error"]["message"]
+
+
+async def test_drain_waits_for_the_batch_in_flight() -> None:
+    import asyncio
+
+    h = Harness()
+    gate = asyncio.Event()
+
+    async def slow_embed(*args: Any, **kwargs: Any) -> Any:
+        await gate.wait()
+        return FakeEmbedder("fake-model").embed_texts(["x"], batch_size=1, normalize=None), FakeEmbedder().info
+
+    h.manager.embed_texts = slow_embed  # type: ignore[method-assign]
+    lane = asyncio.ensure_future(h.pipeline.run_text_lane())
+    await h.send({"task_type": "text_vectorization", "data": "x", "task_id": "inflight"})
+    await asyncio.sleep(0.05)
+    drained = asyncio.ensure_future(h.pipeline.drain(timeout=5))
+    await asyncio.sleep(0.05)
+    assert not drained.done()  # the batch is still embedding
+    gate.set()
+    assert await drained is True
+    assert h.statuses("inflight")[-1] == "completed" and h.acked == [0]
+    lane.cancel()
