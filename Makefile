@@ -28,7 +28,7 @@ $(VENV)/.complete:
 	@echo "==> creating $(VENV) (first time: downloads torch and friends, a few minutes)"
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip setuptools wheel
+	$(VENV)/bin/pip install -q --upgrade pip "setuptools<82" wheel
 	$(VENV)/bin/pip install -q -r requirements.lock
 	touch $@
 

@@ -157,7 +157,7 @@ async def search(web: Any, request: Any) -> Any:
     store = rt.stores[0]
     try:
         vectors, info = await rt.manager.embed_texts(model, [query], batch_size=1, normalize=None)
-        hits = await rt.pipeline.in_store_thread(lambda: store.search(collection, vectors[0].tolist(), k=k))
+        hits = await rt.pipeline.in_store_thread(lambda: store.search(collection, vectors[0].tolist(), k=k), store)
     except VectorizeError as exc:
         return web.json({"error": str(exc), "kind": exc.kind}, status=422)
     return web.json(

@@ -133,7 +133,11 @@ class TaskPipeline:
         # a slot is taken at intake and given back when the record is done.
         self._slots = asyncio.Semaphore(settings.max_concurrent_tasks)
         self._text_lane: Batcher[WorkItem] = Batcher(weight=lambda i: i.weight)
-        self._store_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vector-store")
+        # one thread per store: several databases are written in parallel, each at its own pace
+        self._store_executors = {
+            id(store): ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"store-{store.name}")
+            for store in self.stores
+        }
         self.active_tasks = 0
         self.processed = 0
         self.failed = 0
@@ -287,12 +291,16 @@ class TaskPipeline:
         for (collection, dim), entries in groups.items():
             records = [r for _, rs in entries for r in rs]
             t0 = time.monotonic()
-            try:
-                for store in self.stores:
-                    await self._write(store, collection, dim, records)
-            except Exception as exc:  # noqa: BLE001 - permanent store errors fail these tasks
+            writes = await asyncio.gather(
+                *(self._write(store, collection, dim, records) for store in self.stores), return_exceptions=True
+            )
+            errors = [w for w in writes if isinstance(w, BaseException)]
+            if errors:
+                exc = errors[0]
+                if isinstance(exc, asyncio.CancelledError):
+                    raise exc
                 if not isinstance(exc, PermanentError):
-                    log_proc.exception("Storing %d vectors in %s failed", len(records), collection)
+                    log_proc.error("Storing %d vectors in %s failed: %r", len(records), collection, exc)
                 for out, _ in entries:
                     out.error = exc
             elapsed = (time.monotonic() - t0) * 1000
@@ -439,7 +447,7 @@ class TaskPipeline:
 
         t0 = time.monotonic()
         await retry_forever(
-            lambda: self.in_store_thread(write),
+            lambda: self.in_store_thread(write, store),
             what=f"Storing {len(records)} vectors in {collection} on {store.describe()}",
             on_retry=self._count_retry,
         )
@@ -459,12 +467,14 @@ class TaskPipeline:
         self._slots.release()
         await self._notify_done(ticket)
 
-    async def in_store_thread(self, func: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._store_executor, func)
+    async def in_store_thread(self, func: Callable[[], T], store: BaseVectorDB) -> T:
+        """Run ``func`` on ``store``'s own thread (the adapters block)."""
+        return await asyncio.get_running_loop().run_in_executor(self._store_executors[id(store)], func)
 
     def close(self) -> None:
         """Stop the store thread after the write in progress (callers close the stores next)."""
-        self._store_executor.shutdown(wait=True, cancel_futures=True)
+        for executor in self._store_executors.values():
+            executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _fallback_task_id(source: Source | None) -> str:

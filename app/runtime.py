@@ -144,7 +144,7 @@ class WorkerRuntime:
         assert self.pipeline is not None
         try:
             for store in self.stores:
-                await asyncio.wait_for(self.pipeline.in_store_thread(store.health), timeout=5)
+                await asyncio.wait_for(self.pipeline.in_store_thread(store.health, store), timeout=5)
         except Exception:  # noqa: BLE001 - any failure means "not ready"
             return False
         return True

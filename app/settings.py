@@ -45,6 +45,24 @@ class ChromaSettings(BaseModel):
     timeout: float = Field(10.0, gt=0)
 
 
+class MilvusSettings(BaseModel):
+    """Milvus: a server URI (``http://host:19530``) or a Milvus Lite file (default ``<data_dir>/milvus.db``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    uri: str | None = None
+    token: str | None = None
+    timeout: float = Field(10.0, gt=0)
+
+
+class WeaviateSettings(BaseModel):
+    """Weaviate beyond its URL (``VECTORIZE_WORKER_WEAVIATE_URL``): gRPC port, API key, timeout."""
+
+    model_config = ConfigDict(extra="forbid")
+    grpc_port: int = Field(50051, ge=1, le=65535)
+    api_key: str | None = None
+    timeout: float = Field(10.0, gt=0)
+
+
 class Settings(BaseSettings):
     """Every setting of a worker; field names are the env names minus the prefix."""
 
@@ -92,6 +110,8 @@ class Settings(BaseSettings):
     default_collection: str = Field("vectorize", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
     qdrant: QdrantSettings = Field(default_factory=QdrantSettings)
     chroma: ChromaSettings = Field(default_factory=ChromaSettings)
+    weaviate: WeaviateSettings = Field(default_factory=WeaviateSettings)
+    milvus: MilvusSettings = Field(default_factory=MilvusSettings)
 
     web_host: str = "0.0.0.0"
     web_port: int = Field(6066, ge=1, le=65535)
@@ -176,7 +196,11 @@ YAML_KEYS: dict[str, str] = {
     "stores.default_collection": "default_collection",
     "stores.qdrant": "qdrant",
     "stores.chroma": "chroma",
+    "stores.milvus": "milvus",
     "stores.weaviate.url": "weaviate_url",
+    "stores.weaviate.grpc_port": "weaviate.grpc_port",
+    "stores.weaviate.api_key": "weaviate.api_key",
+    "stores.weaviate.timeout": "weaviate.timeout",
     "redis.url": "redis_url",
     "redis.heartbeat_interval": "heartbeat_interval",
     "web.host": "web_host",
@@ -232,7 +256,12 @@ def _flatten_section(prefix: str, section: dict[str, Any], out: dict[str, Any], 
     for key, value in section.items():
         dotted = f"{prefix}.{key}"
         if dotted in YAML_KEYS:
-            out[YAML_KEYS[dotted]] = value
+            target = YAML_KEYS[dotted]
+            if "." in target:  # a field of a nested settings model, e.g. weaviate.grpc_port
+                parent, child = target.split(".", 1)
+                out.setdefault(parent, {})[child] = value
+            else:
+                out[target] = value
         elif isinstance(value, dict) and any(k.startswith(f"{dotted}.") for k in YAML_KEYS):
             _flatten_section(dotted, value, out, unknown)
         else:

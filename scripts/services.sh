@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Start/stop every local service the project uses: Kafka, Redis, Chroma.
+# Start/stop every local service the project uses: Kafka, Redis, Chroma, Weaviate, Milvus.
 #   scripts/services.sh up|down|status
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
-SERVICES=(kafka redis chroma)
+SERVICES=(kafka redis chroma weaviate milvus)
 case "${1:-}" in
   up) for s in "${SERVICES[@]}"; do "$HERE/$s.sh" start; done ;;
   down) for s in "${SERVICES[@]}"; do "$HERE/$s.sh" stop || true; done ;;

@@ -20,7 +20,12 @@ from sinks.base import BaseVectorDB
 
 ENTRY_POINT_GROUP = "vectorize_worker.vector_dbs"
 #: used when the project runs from a checkout that is not pip-installed
-BUILTINS = {"qdrant": "sinks.qdrant:create", "chroma": "sinks.chroma:create"}
+BUILTINS = {
+    "qdrant": "sinks.qdrant:create",
+    "chroma": "sinks.chroma:create",
+    "weaviate": "sinks.weaviate:create",
+    "milvus": "sinks.milvus:create",
+}
 
 
 def available() -> dict[str, str]:

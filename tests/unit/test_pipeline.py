@@ -300,3 +300,23 @@ async def test_drain_waits_for_the_batch_in_flight() -> None:
     assert await drained is True
     assert h.statuses("inflight")[-1] == "completed" and h.acked == [0]
     lane.cancel()
+
+
+async def test_several_stores_are_written_in_parallel_and_retried_separately(monkeypatch: pytest.MonkeyPatch) -> None:
+    import app.retry
+
+    monkeypatch.setattr(app.retry, "backoff_delay", lambda attempt, **_: 0.0)
+    h = Harness()
+    flaky = FakeStore()
+    flaky.name = "flaky"
+    flaky.fail_next = [unavailable(), unavailable()]
+    h.pipeline.stores.append(flaky)
+    from concurrent.futures import ThreadPoolExecutor
+
+    h.pipeline._store_executors[id(flaky)] = ThreadPoolExecutor(1)
+    await h.send({"task_type": "batch_vectorization", "data": ["a", "b"], "task_id": "multi"})
+    await h.drain()
+    assert h.store.count("vectorize") == 2 and flaky.count("vectorize") == 2
+    assert h.store.upserts == 1  # the healthy store was written once, not once per retry
+    [result] = h.kafka.on("results")
+    assert result["stores"] == ["fake", "flaky"] and h.acked == [0]

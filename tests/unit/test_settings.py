@@ -124,3 +124,13 @@ def test_hostname_worker_id(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> No
     clean_env.chdir(tmp_path)
     clean_env.setenv("VECTORIZE_WORKER_WORKER_ID", "@hostname")
     assert load_settings().worker_id == socket.gethostname()
+
+
+def test_nested_store_settings_from_yaml_and_env(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "stores: {weaviate: {url: 'http://wv:8080', grpc_port: 50052}, chroma: {url: 'http://c:8000'}}\n"
+    )
+    s = load_settings(path)
+    assert (s.weaviate_url, s.weaviate.grpc_port, s.chroma.url) == ("http://wv:8080", 50052, "http://c:8000")
+    clean_env.setenv("VECTORIZE_WORKER_WEAVIATE__GRPC_PORT", "50053")
+    assert load_settings(path).weaviate.grpc_port == 50053

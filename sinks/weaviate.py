@@ -1,0 +1,269 @@
+"""Weaviate adapter (weaviate-client v4): collections with vectors we supply, no vectorizer module.
+
+Weaviate class names start with a capital letter, so the collection
+``vectorize`` is the class ``Vectorize`` (``-`` becomes ``_``). Each object
+holds the full payload as JSON in ``_payload`` and every scalar under its path
+with ``__`` for dots (``metadata__lang``); Weaviate's auto-schema infers those
+properties from the first object, so a metadata key must keep one type per
+collection. The collection's description records its dimension.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import urlparse
+
+from app.errors import ConfigError, StoreRejectedError, StoreUnavailableError
+from sinks.base import BaseVectorDB, Distance, StoredPoint, VectorRecord
+from sinks.chroma import PAYLOAD_KEY, flatten
+
+try:
+    import weaviate
+    from weaviate.classes.config import Configure, VectorDistances
+    from weaviate.classes.data import DataObject
+    from weaviate.classes.init import AdditionalConfig, Auth, Timeout
+    from weaviate.classes.query import Filter, MetadataQuery
+    from weaviate.exceptions import UnexpectedStatusCodeError, WeaviateBaseError
+except ImportError as exc:  # pragma: no cover - depends on the installation
+    raise ImportError(f"The Weaviate store needs weaviate-client v4: pip install weaviate-client ({exc})") from exc
+
+_DISTANCES = {"cosine": VectorDistances.COSINE, "dot": VectorDistances.DOT, "euclid": VectorDistances.L2_SQUARED}
+_DIM = re.compile(r"dim=(\d+)")
+# Errors that are about the data itself; anything else (a node not ready, a
+# lost leader, a connection, a timeout) is the server's state and is retried.
+_REJECTED_WORDS = (
+    "dimension", "vector length", "invalid", "data type", "datatype", "no such prop", "unknown property",
+    "must be", "wrong type", "cannot", "not a valid",
+)
+
+
+def _is_rejection(message: str) -> bool:
+    text = message.lower()
+    return any(word in text for word in _REJECTED_WORDS)
+
+
+def class_name(collection: str) -> str:
+    name = collection.replace("-", "_")
+    return name[:1].upper() + name[1:]
+
+
+def prop_name(path: str) -> str:
+    return path.replace(".", "__")
+
+
+class WeaviateStore(BaseVectorDB):
+    name = "weaviate"
+
+    def __init__(self, *, url: str, grpc_port: int = 50051, api_key: str | None = None, timeout: float = 10.0) -> None:
+        parsed = urlparse(url)
+        if not parsed.hostname:
+            raise ConfigError(
+                f"Invalid Weaviate URL {url!r} (VECTORIZE_WORKER_WEAVIATE_URL); e.g. http://localhost:8080"
+            )
+        self._url = url
+        self._parsed = parsed
+        self._grpc_port = grpc_port
+        self._api_key = api_key
+        self._timeout = timeout
+        self._client: Any = None
+        self._lock = threading.Lock()
+        self._dims: dict[str, int] = {}
+
+    def describe(self) -> str:
+        return f"Weaviate at {self._url}"
+
+    def _unavailable(self, what: str, exc: BaseException) -> StoreUnavailableError:
+        return StoreUnavailableError(
+            f"Failed to connect to Weaviate at {self._url} (gRPC port {self._grpc_port}) during {what}: "
+            f"{str(exc)[:300]} — is the server running? (VECTORIZE_WORKER_WEAVIATE_URL; `make up` starts a local one)"
+        )
+
+    def _connect(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                secure = self._parsed.scheme == "https"
+                try:
+                    self._client = weaviate.connect_to_custom(
+                        http_host=self._parsed.hostname,
+                        http_port=self._parsed.port or (443 if secure else 80),
+                        http_secure=secure,
+                        grpc_host=self._parsed.hostname,
+                        grpc_port=self._grpc_port,
+                        grpc_secure=secure,
+                        auth_credentials=Auth.api_key(self._api_key) if self._api_key else None,
+                        skip_init_checks=True,
+                        additional_config=AdditionalConfig(
+                            timeout=Timeout(init=self._timeout, query=self._timeout, insert=self._timeout * 6)
+                        ),
+                    )
+                except WeaviateBaseError as exc:
+                    raise self._unavailable("connect", exc) from None
+            return self._client
+
+    def _call(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except UnexpectedStatusCodeError as exc:
+            if exc.status_code >= 500 or exc.status_code in (401, 403, 408, 429):
+                raise StoreUnavailableError(
+                    f"Weaviate at {self._url} failed {what} (HTTP {exc.status_code}); will retry"
+                ) from None
+            raise StoreRejectedError(f"Weaviate at {self._url} refused {what}: {str(exc)[:400]}") from None
+        except WeaviateBaseError as exc:
+            if _is_rejection(str(exc)):
+                raise StoreRejectedError(f"Weaviate at {self._url} refused {what}: {str(exc)[:400]}") from None
+            self._forget()
+            raise self._unavailable(what, exc) from None
+        except (ConnectionError, TimeoutError, OSError) as exc:
+            self._forget()
+            raise self._unavailable(what, exc) from None
+
+    def _forget(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - closing a broken client must not raise
+                pass
+
+    def _collection(self, collection: str) -> Any:
+        return self._connect().collections.get(class_name(collection))
+
+    def ensure_collection(self, collection: str, dim: int, distance: Distance = "cosine") -> None:
+        known = self._dims.get(collection)
+        if known is None:
+            client = self._connect()
+            name = class_name(collection)
+            if self._call("collection lookup", client.collections.exists, name):
+                description = self._call(
+                    "collection lookup", lambda: client.collections.get(name).config.get().description
+                )
+                match = _DIM.search(description or "")
+                known = int(match.group(1)) if match else dim
+            else:
+                self._call(
+                    f"creating collection {name}",
+                    client.collections.create,
+                    name,
+                    description=f"vectorize-worker dim={dim}",
+                    vector_config=Configure.Vectors.self_provided(
+                        vector_index_config=Configure.VectorIndex.hnsw(distance_metric=_DISTANCES[distance])
+                    ),
+                )
+                known = dim
+            self._dims[collection] = known
+        if known != dim:
+            raise StoreRejectedError(
+                f"Weaviate collection {class_name(collection)!r} at {self._url} holds {known}-dimensional vectors but "
+                f"the model produces {dim}; send the task to another collection or use the model it was made with."
+            )
+
+    def _check_dim(self, collection: str, vectors: Sequence[Sequence[float]]) -> None:
+        dim = self._dims.get(collection)
+        for vector in vectors:
+            if dim is not None and len(vector) != dim:
+                raise StoreRejectedError(
+                    f"Vector of dimension {len(vector)} does not fit Weaviate collection {class_name(collection)!r} "
+                    f"(dimension {dim}) at {self._url}; use a matching model or another collection."
+                )
+
+    def upsert(self, collection: str, records: Sequence[VectorRecord]) -> None:
+        if not records:
+            return
+        self._check_dim(collection, [r.vector for r in records])
+        objects = [
+            DataObject(
+                uuid=r.id,
+                vector=[float(x) for x in r.vector],
+                properties={
+                    **{prop_name(k): v for k, v in flatten(r.payload)},
+                    PAYLOAD_KEY: json.dumps(dict(r.payload), ensure_ascii=False),
+                },
+            )
+            for r in records
+        ]
+        result = self._call(
+            f"upsert into {class_name(collection)}", self._collection(collection).data.insert_many, objects
+        )
+        if result.has_errors:
+            first = next(iter(result.errors.values()))
+            message = getattr(first, "message", str(first))
+            if not _is_rejection(message):
+                raise self._unavailable("upsert", RuntimeError(message))
+            raise StoreRejectedError(
+                f"Weaviate at {self._url} refused {len(result.errors)} of {len(objects)} objects in "
+                f"{class_name(collection)}: {message[:300]}"
+            )
+
+    def delete(self, collection: str, ids: Sequence[str]) -> None:
+        if ids:
+            col = self._collection(collection)
+            self._call("delete", col.data.delete_many, where=Filter.by_id().contains_any(list(ids)))
+
+    def search(
+        self, collection: str, vector: Sequence[float], k: int = 10, filter: Mapping[str, Any] | None = None
+    ) -> list[StoredPoint]:
+        self._check_dim(collection, [vector])
+        where = None
+        for key, value in (filter or {}).items():
+            clause = Filter.by_property(prop_name(key)).equal(value)
+            where = clause if where is None else where & clause
+        col = self._collection(collection)
+        res = self._call(
+            f"search in {class_name(collection)}",
+            col.query.near_vector,
+            near_vector=[float(x) for x in vector],
+            limit=k,
+            filters=where,
+            return_metadata=MetadataQuery(distance=True),
+        )
+        return [
+            StoredPoint(id=str(o.uuid), payload=_payload(o.properties), score=1.0 - float(o.metadata.distance or 0))
+            for o in res.objects
+        ]
+
+    def retrieve(self, collection: str, ids: Sequence[str], *, with_vectors: bool = True) -> list[StoredPoint]:
+        col = self._collection(collection)
+        res = self._call(
+            "retrieve", col.query.fetch_objects_by_ids, list(ids), include_vector=with_vectors, limit=max(1, len(ids))
+        )
+        found = {
+            str(o.uuid): StoredPoint(
+                id=str(o.uuid),
+                payload=_payload(o.properties),
+                vector=[float(x) for x in o.vector["default"]] if with_vectors and o.vector else None,
+            )
+            for o in res.objects
+        }
+        return [found[i] for i in ids if i in found]
+
+    def count(self, collection: str) -> int:
+        client = self._connect()
+        if not self._call("collection lookup", client.collections.exists, class_name(collection)):
+            return 0
+        res = self._call("count", self._collection(collection).aggregate.over_all, total_count=True)
+        return int(res.total_count or 0)
+
+    def health(self) -> None:
+        if not self._call("health check", self._connect().is_ready):
+            raise self._unavailable("health check", RuntimeError("not ready"))
+
+    def close(self) -> None:
+        self._forget()
+
+
+def _payload(properties: Mapping[str, Any] | None) -> dict[str, Any]:
+    if properties and properties.get(PAYLOAD_KEY):
+        return json.loads(properties[PAYLOAD_KEY])
+    return dict(properties or {})
+
+
+def create(settings: Any) -> WeaviateStore:
+    """Entry point ``vectorize_worker.vector_dbs: weaviate``."""
+    cfg = settings.weaviate
+    return WeaviateStore(url=settings.weaviate_url, grpc_port=cfg.grpc_port, api_key=cfg.api_key, timeout=cfg.timeout)
