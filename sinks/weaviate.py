@@ -36,8 +36,17 @@ _DIM = re.compile(r"dim=(\d+)")
 # Errors that are about the data itself; anything else (a node not ready, a
 # lost leader, a connection, a timeout) is the server's state and is retried.
 _REJECTED_WORDS = (
-    "dimension", "vector length", "invalid", "data type", "datatype", "no such prop", "unknown property",
-    "must be", "wrong type", "cannot", "not a valid",
+    "dimension",
+    "vector length",
+    "invalid",
+    "data type",
+    "datatype",
+    "no such prop",
+    "unknown property",
+    "must be",
+    "wrong type",
+    "cannot",
+    "not a valid",
 )
 
 
