@@ -291,18 +291,14 @@ class TaskPipeline:
         for (collection, dim), entries in groups.items():
             records = [r for _, rs in entries for r in rs]
             t0 = time.monotonic()
-            writes = await asyncio.gather(
-                *(self._write(store, collection, dim, records) for store in self.stores), return_exceptions=True
-            )
-            errors = [w for w in writes if isinstance(w, BaseException)]
-            if errors:
-                exc = errors[0]
-                if isinstance(exc, asyncio.CancelledError):
-                    raise exc
-                if not isinstance(exc, PermanentError):
-                    log_proc.error("Storing %d vectors in %s failed: %r", len(records), collection, exc)
+            error = await self._write_all(collection, dim, _dedupe(records))
+            if isinstance(error, PermanentError) and len(entries) > 1:
+                # one task's data was refused: write task by task so only that task fails
+                for out, task_records in entries:
+                    out.error = await self._write_all(collection, dim, _dedupe(task_records))
+            elif error is not None:
                 for out, _ in entries:
-                    out.error = exc
+                    out.error = error
             elapsed = (time.monotonic() - t0) * 1000
             for out, _ in entries:
                 out.store_ms = elapsed
@@ -438,6 +434,19 @@ class TaskPipeline:
 
         await retry_forever(attempt, what=what, on_retry=self._count_retry)
 
+    async def _write_all(self, collection: str, dim: int, records: list[VectorRecord]) -> BaseException | None:
+        """Write to every store in parallel; the first failure, or None."""
+        writes = await asyncio.gather(
+            *(self._write(store, collection, dim, records) for store in self.stores), return_exceptions=True
+        )
+        for result in writes:
+            if isinstance(result, asyncio.CancelledError):
+                raise result
+        errors = [w for w in writes if isinstance(w, BaseException)]
+        if errors and not isinstance(errors[0], PermanentError):
+            log_proc.error("Storing %d vectors in %s failed: %r", len(records), collection, errors[0])
+        return errors[0] if errors else None
+
     async def _write(self, store: BaseVectorDB, collection: str, dim: int, records: list[VectorRecord]) -> None:
         """Write to one store, retrying while it is unavailable (the task is not acked meanwhile)."""
 
@@ -475,6 +484,11 @@ class TaskPipeline:
         """Stop the store thread after the write in progress (callers close the stores next)."""
         for executor in self._store_executors.values():
             executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _dedupe(records: list[VectorRecord]) -> list[VectorRecord]:
+    """One record per id (the last wins): a task delivered twice into one batch must not send an id twice."""
+    return list({r.id: r for r in records}.values())
 
 
 def _fallback_task_id(source: Source | None) -> str:

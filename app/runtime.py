@@ -167,7 +167,8 @@ class WorkerRuntime:
             await asyncio.gather(self._lane, return_exceptions=True)
             self._lane = None
         if self.pipeline is not None:
-            self.pipeline.close()
+            # waits for a write in progress: off the event loop
+            await asyncio.get_running_loop().run_in_executor(None, self.pipeline.close)
         for store in self.stores:
             store.close()
         if self.manager is not None:

@@ -68,12 +68,14 @@ class ChromaStore(BaseVectorDB):
                     if self._url:
                         parsed = urlparse(self._url)
                         self._client = chromadb.HttpClient(
-                            host=parsed.hostname or "127.0.0.1", port=parsed.port or 8000, ssl=parsed.scheme == "https"
+                            host=parsed.hostname or "127.0.0.1",
+                            port=parsed.port or (443 if parsed.scheme == "https" else 8000),
+                            ssl=parsed.scheme == "https",
                         )
                         _set_timeout(self._client, self._timeout)
                     else:
                         self._client = chromadb.PersistentClient(path=str(self._path))
-                except ValueError as exc:  # the HTTP client checks the server when created
+                except Exception as exc:  # noqa: BLE001 - the HTTP client checks the server when created
                     raise self._unavailable("connect", exc) from None
             return self._client
 

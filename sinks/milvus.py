@@ -19,13 +19,28 @@ from sinks.base import BaseVectorDB, Distance, StoredPoint, VectorRecord
 from sinks.chroma import PAYLOAD_KEY, flatten
 
 try:
+    import grpc
     from pymilvus import DataType, MilvusClient
     from pymilvus.exceptions import MilvusException
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError(f"The Milvus store needs pymilvus: pip install pymilvus ({exc})") from exc
 
 _METRICS = {"cosine": "COSINE", "dot": "IP", "euclid": "L2"}
-_UNAVAILABLE_WORDS = ("connect", "unavailable", "timeout", "timed out", "deadline", "refused", "closed", "not ready")
+_UNAVAILABLE_WORDS = (
+    "connect",
+    "unavailable",
+    "timeout",
+    "timed out",
+    "deadline",
+    "refused",
+    "closed",
+    "not ready",
+    "not available",
+    "quota",
+    "rate limit",
+    "exhausted",
+    "busy",
+)
 MAX_PAYLOAD = 65535
 
 
@@ -77,8 +92,15 @@ class MilvusStore(BaseVectorDB):
             return self._client
 
     def _call(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("timeout", self._timeout)  # the client's own timeout covers only connecting
         try:
             return func(*args, **kwargs)
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                raise StoreRejectedError(f"Milvus at {self._uri} refused {what}: {exc}") from None
+            self._forget()
+            raise self._unavailable(what, exc) from None
         except MilvusException as exc:
             text = str(exc).lower()
             if any(word in text for word in _UNAVAILABLE_WORDS):

@@ -38,16 +38,17 @@ _DIM = re.compile(r"dim=(\d+)")
 _REJECTED_WORDS = (
     "dimension",
     "vector length",
-    "invalid",
     "data type",
     "datatype",
     "no such prop",
     "unknown property",
-    "must be",
     "wrong type",
-    "cannot",
     "not a valid",
+    "invalid property",
+    "invalid value",
+    "invalid uuid",
 )
+_PROPERTY = re.compile(r"^[_A-Za-z][_0-9A-Za-z]*$")
 
 
 def _is_rejection(message: str) -> bool:
@@ -190,7 +191,8 @@ class WeaviateStore(BaseVectorDB):
                 uuid=r.id,
                 vector=[float(x) for x in r.vector],
                 properties={
-                    **{prop_name(k): v for k, v in flatten(r.payload)},
+                    # keys Weaviate cannot name stay in _payload only
+                    **{p: v for k, v in flatten(r.payload) if _PROPERTY.match(p := prop_name(k))},
                     PAYLOAD_KEY: json.dumps(dict(r.payload), ensure_ascii=False),
                 },
             )

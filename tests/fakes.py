@@ -65,6 +65,10 @@ class FakeStore(BaseVectorDB):
 
     def upsert(self, collection: str, records: Sequence[VectorRecord]) -> None:
         self._maybe_fail()
+        if len({r.id for r in records}) != len(records):  # as Chroma and Milvus do
+            raise StoreRejectedError("duplicate ids in one upsert")
+        if any(r.payload.get("text") == "poison" for r in records):
+            raise StoreRejectedError("payload refused by this database")
         self.upserts += 1
         for r in records:
             self.collections[collection][r.id] = StoredPoint(

@@ -320,3 +320,23 @@ async def test_several_stores_are_written_in_parallel_and_retried_separately(mon
     assert h.store.upserts == 1  # the healthy store was written once, not once per retry
     [result] = h.kafka.on("results")
     assert result["stores"] == ["fake", "flaky"] and h.acked == [0]
+
+
+async def test_same_task_twice_in_one_batch_sends_each_id_once() -> None:
+    h = Harness()
+    task = {"task_type": "batch_vectorization", "data": ["x", "y"], "task_id": "twice"}
+    await h.send(task)
+    await h.send(task)
+    await h.drain()
+    assert h.statuses("twice").count("completed") == 2 and h.store.count("vectorize") == 2
+    assert h.acked == [0, 1]
+
+
+async def test_one_refused_task_does_not_fail_its_batch_mates() -> None:
+    h = Harness()
+    await h.send({"task_type": "text_vectorization", "data": "fine", "task_id": "ok1"})
+    await h.send({"task_type": "text_vectorization", "data": "poison", "task_id": "bad"})
+    await h.send({"task_type": "text_vectorization", "data": "also fine", "task_id": "ok2"})
+    await h.drain()
+    assert [h.statuses(t)[-1] for t in ("ok1", "bad", "ok2")] == ["completed", "failed", "completed"]
+    assert h.store.count("vectorize") == 2 and h.acked == [0, 1, 2]
