@@ -76,3 +76,12 @@ async def intake(stream: Any) -> None:
         os._exit(70)
     finally:
         await rt.stop()
+
+
+@app.on_partitions_revoked.connect
+async def forget_revoked(app: Any, revoked: set[Any], **kwargs: Any) -> None:
+    """Records of revoked task partitions are re-read from the committed offset: never ack the old ones."""
+    if _runtime is not None:
+        dropped = _runtime.tracker.forget({tp for tp in revoked if tp.topic == settings.tasks_topic})
+        if dropped:
+            log.info("Rebalance: %d task(s) in flight on revoked partitions will be redelivered", dropped)

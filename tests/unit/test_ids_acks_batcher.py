@@ -35,6 +35,15 @@ def test_forget_drops_lost_partitions() -> None:
     assert tracker.in_flight() == 1
 
 
+def test_forgotten_tickets_are_never_released_after_a_rebalance() -> None:
+    tracker = AckTracker()
+    old = [tracker.add("p0", offset) for offset in (22, 23)]  # in flight when p0 was revoked
+    tracker.forget({"p0"})
+    new = tracker.add("p0", 21)  # re-read from the committed offset
+    assert tracker.complete(old[0]) == [] and tracker.complete(old[1]) == []
+    assert tracker.complete(new) == [new]  # 22 and 23 come again behind 21
+
+
 async def test_batcher_respects_weight_and_keeps_order() -> None:
     batcher: Batcher[tuple[str, int]] = Batcher(weight=lambda item: item[1])
     for item in [("a", 2), ("b", 2), ("c", 2), ("d", 1)]:
