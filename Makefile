@@ -41,7 +41,10 @@ down:
 status:
 	scripts/services.sh status
 
-run: venv up worker
+# The worker's defaults (embedded Qdrant) need only Kafka and Redis.
+run: venv
+	scripts/services.sh up kafka redis
+	$(PY) -m app worker -l info
 
 worker: venv
 	$(PY) -m app worker -l info
