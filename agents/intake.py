@@ -15,11 +15,32 @@ import os
 from typing import Any
 
 from app.acks import Ticket
-from app.faust_app import OUTPUT_TOPICS, app, raw_topic, settings, tasks_topic
+from app.faust_app import OUTPUT_TOPICS, add_real_gap, app, raw_topic, settings, tasks_topic
+from app.offsets import OffsetGuard
 from app.runtime import WorkerRuntime
 
 log = logging.getLogger("worker.main")
 _runtime: WorkerRuntime | None = None
+
+
+async def _start_offset(tp: Any) -> int:
+    """Where a freshly assigned partition resumes: its committed offset, else the log start."""
+    committed = app.consumer._committed_offset.get(tp)  # set by Faust's seek to committed on assignment
+    if committed is not None:
+        return int(committed)
+    earliest = await app.consumer.earliest_offsets(tp)
+    return int(earliest.get(tp) or 0)
+
+
+async def _seek(tp: Any, offset: int) -> None:
+    await app.consumer.seek(tp, offset)
+
+
+def _assigned(tp: Any) -> bool:
+    return tp in app.consumer.assignment()
+
+
+guard = OffsetGuard(seek=_seek, committed=_start_offset, real_gap=add_real_gap, assigned=_assigned)
 
 
 async def kafka_send(topic: str, key: bytes | None, value: bytes) -> Any:
@@ -66,6 +87,8 @@ async def intake(stream: Any) -> None:
     try:
         async for event in events.events():
             message = event.message
+            if not await guard.admit(message.tp, message.offset):
+                continue  # out of order: never processed, never acked (see app/offsets.py)
             ticket = rt.tracker.add(message.tp, message.offset, event)
             await rt.pipeline.intake(event.value, ticket, (message.topic, message.partition, message.offset))
     except Exception:
@@ -81,7 +104,15 @@ async def intake(stream: Any) -> None:
 @app.on_partitions_revoked.connect
 async def forget_revoked(app: Any, revoked: set[Any], **kwargs: Any) -> None:
     """Records of revoked task partitions are re-read from the committed offset: never ack the old ones."""
+    task_tps = {tp for tp in revoked if tp.topic == settings.tasks_topic}
+    guard.forget(task_tps)
     if _runtime is not None:
-        dropped = _runtime.tracker.forget({tp for tp in revoked if tp.topic == settings.tasks_topic})
+        dropped = _runtime.tracker.forget(task_tps)
         if dropped:
             log.info("Rebalance: %d task(s) in flight on revoked partitions will be redelivered", dropped)
+
+
+@app.timer(interval=1.0)
+async def reseek_stalled() -> None:
+    """A seek back that brought nothing is repeated (see OffsetGuard.reseek_stalled)."""
+    await guard.reseek_stalled()

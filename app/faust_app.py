@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +66,61 @@ def raw_topic(name: str) -> Any:
 
 tasks_topic = raw_topic(settings.tasks_topic)
 OUTPUT_TOPICS = (settings.status_topic, settings.results_topic, settings.dlq_topic)
+
+
+class _ReadOffsets(defaultdict):  # type: ignore[type-arg]
+    """Faust's per-partition read offsets, hidden (read as None) for the guarded topics."""
+
+    def __init__(self, topics: set[str], *args: Any) -> None:
+        super().__init__(lambda: None, *args)
+        self.topics = topics
+
+    def __getitem__(self, tp: Any) -> Any:
+        if tp.topic in self.topics:
+            return None
+        return super().__getitem__(tp)
+
+
+def guard_offsets(topic: str) -> None:
+    """Hand ``topic``'s offset bookkeeping from Faust to the intake's :class:`~app.offsets.OffsetGuard`.
+
+    faust-streaming 0.15.3 drops fetched records below its read offset and
+    counts any jump above it as a hole to acknowledge (``Consumer._add_gap``).
+    Around rebalances its read offset is wrong both ways: records fetched
+    before the rebalance push it up, so the re-read records are dropped (a
+    stalled partition), or records it lost make a jump (unprocessed tasks
+    committed). For ``topic`` every fetched record now reaches the agent,
+    whose guard admits offsets strictly in order and seeks back over holes;
+    only holes it confirmed reach Faust, through :func:`add_real_gap`.
+    """
+    from faust.transport.consumer import Consumer
+
+    guarded: set[str] | None = getattr(Consumer, "_vw_guarded_topics", None)
+    if guarded is not None:
+        guarded.add(topic)
+        return
+    guarded = {topic}
+    init, add_gap = Consumer.__init__, Consumer._add_gap
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self._read_offset = _ReadOffsets(guarded, self._read_offset)
+
+    async def _add_gap(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
+        if tp.topic not in guarded:
+            await add_gap(self, tp, offset_from, offset_to)
+
+    Consumer.__init__ = __init__
+    Consumer._add_gap = _add_gap
+    Consumer._vw_guarded_topics = guarded
+    Consumer._vw_add_gap = add_gap
+
+
+async def add_real_gap(tp: Any, first: int, last: int) -> None:
+    """Tell Faust that offsets ``first..last`` of ``tp`` do not exist, so commits can pass them."""
+    from faust.transport.consumer import Consumer
+
+    await Consumer._vw_add_gap(app.consumer, tp, first, last)
+
+
+guard_offsets(settings.tasks_topic)

@@ -1,0 +1,170 @@
+"""Admit each task partition's records strictly in offset order, with no holes.
+
+faust-streaming 0.15.3 can lose records around rebalances: records it had
+fetched but not yet handed to the agent are cleared, its read offset says they
+were delivered, and the next record then opens an "offset gap" that
+``Consumer._add_gap`` counts as acknowledged (the chaos test caught it:
+``gap 24..37`` right after a rebalance, fourteen tasks committed unprocessed).
+
+The guard makes the intake agent independent of that logic. Per partition it
+knows the next offset it must see (the committed offset when the partition
+is assigned, then one past each admitted record):
+
+* the expected offset is admitted and processed;
+* a lower offset is a duplicate of a record already admitted: dropped;
+* a higher offset means records went missing: the consumer is sought back to
+  the expected offset and every record is dropped until that one arrives.
+
+Faust's own gap filling is switched off for the tasks topic (see
+:func:`app.faust_app.guard_gaps`), so an offset is only ever committed after
+the guard admitted it and the pipeline finished it. A real hole (transaction
+markers from a transactional producer) is confirmed when several seeks in a
+row cannot produce the expected record; only then is it handed to Faust as a
+gap and passed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+
+log = logging.getLogger("worker.main")
+
+Seek = Callable[[Hashable, int], Awaitable[None]]
+Committed = Callable[[Hashable], Awaitable[int]]
+RealGap = Callable[[Hashable, int, int], Awaitable[None]]
+Assigned = Callable[[Hashable], bool]
+
+
+@dataclass
+class _Seeking:
+    target: int  # the offset the partition must deliver next
+    at: float  # when the last seek was made
+    lowest: int | None = None  # lowest offset delivered since that seek
+    rounds: list[int | None] = field(default_factory=list)  # ``lowest`` of each finished seek
+
+
+class OffsetGuard:
+    """Decides, per record, whether the intake may process it (see the module docstring).
+
+    ``committed(tp)`` returns where a freshly assigned partition starts (its
+    committed offset, or the log start when nothing was committed);
+    ``seek(tp, offset)`` repositions the consumer; ``real_gap(tp, first, last)``
+    tells Faust that offsets ``first..last`` do not exist. All three are
+    awaited on the event loop. ``assigned(tp)`` says whether this worker owns
+    ``tp`` now: records fetched before a partition was revoked are dropped. A hole counts as real only when the last
+    ``confirm`` seeks, ``reseek_after`` seconds apart, each brought the same
+    first offset beyond it: records lost by the consumer come back on a
+    seek, and records fetched before a seek arrive in the first round only.
+    """
+
+    def __init__(
+        self,
+        *,
+        seek: Seek,
+        committed: Committed,
+        real_gap: RealGap,
+        assigned: Assigned = lambda tp: True,
+        reseek_after: float = 1.0,
+        confirm: int = 3,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._seek = seek
+        self._committed = committed
+        self._real_gap = real_gap
+        self._assigned = assigned
+        self.reseek_after = reseek_after
+        self.confirm = confirm
+        self._clock = clock
+        self._expected: dict[Hashable, int] = {}
+        self._seeking: dict[Hashable, _Seeking] = {}
+        self.seeks = 0
+        self.dropped = 0
+
+    async def admit(self, tp: Hashable, offset: int) -> bool:
+        """True when the record at ``offset`` is the next one of ``tp`` and may be processed."""
+        if not self._assigned(tp):
+            self.forget({tp})
+            self.dropped += 1
+            return False  # fetched before the partition was revoked; its new owner reads it
+        expected = self._expected.get(tp)
+        if expected is None:
+            expected = self._expected[tp] = await self._committed(tp)
+        if offset == expected:
+            self._expected[tp] = offset + 1
+            if self._seeking.pop(tp, None) is not None:
+                log.info("Offset guard: %s is back in order at offset %d", tp, offset)
+            return True
+        self.dropped += 1
+        if offset < expected:
+            return False  # delivered again (after a seek): the first delivery is the one in flight
+        state = self._seeking.get(tp)
+        if state is None:
+            log.warning(
+                "Offset guard: %s delivered offset %d while %d was expected (records lost by the consumer "
+                "around a rebalance); seeking back to %d",
+                tp,
+                offset,
+                expected,
+                expected,
+            )
+            self._seeking[tp] = _Seeking(expected, self._clock(), offset)
+            await self._do_seek(tp, expected)
+            return False
+        state.lowest = offset if state.lowest is None else min(state.lowest, offset)
+        if self._clock() - state.at >= self.reseek_after:
+            await self._next_round(tp, state)
+        return False
+
+    async def reseek_stalled(self) -> None:
+        """Finish seek rounds that brought nothing for a while (call about every second).
+
+        Faust drops records below a read offset that records fetched before
+        the seek pushed up, so a seek can come back empty; a later one works.
+        """
+        now = self._clock()
+        for tp, state in list(self._seeking.items()):
+            if not self._assigned(tp):
+                self.forget({tp})
+            elif now - state.at >= self.reseek_after:
+                await self._next_round(tp, state)
+
+    async def _next_round(self, tp: Hashable, state: _Seeking) -> None:
+        state.rounds.append(state.lowest)
+        last = state.rounds[-self.confirm :]
+        if len(state.rounds) > self.confirm and last[0] is not None and last.count(last[0]) == len(last):
+            first = last[0]
+            log.warning(
+                "Offset guard: offsets %d..%d of %s do not exist (%d seeks in a row resumed at %d); moving on",
+                state.target,
+                first - 1,
+                tp,
+                self.confirm,
+                first,
+            )
+            await self._real_gap(tp, state.target, first - 1)
+            self._seeking.pop(tp, None)
+            self._expected[tp] = first
+            await self._do_seek(tp, first)
+            return
+        state.lowest = None
+        state.at = self._clock()
+        await self._do_seek(tp, state.target)
+
+    def forget(self, tps: set[Hashable]) -> None:
+        """Partitions revoked: their next owner starts again from the committed offset."""
+        for tp in tps:
+            self._expected.pop(tp, None)
+            self._seeking.pop(tp, None)
+
+    def expected(self, tp: Hashable) -> int | None:
+        return self._expected.get(tp)
+
+    async def _do_seek(self, tp: Hashable, offset: int) -> None:
+        self.seeks += 1
+        try:
+            await self._seek(tp, offset)
+        except Exception as exc:  # noqa: BLE001 - e.g. revoked meanwhile; the next round seeks again
+            log.warning("Offset guard: seeking %s to %d failed (%r); will retry", tp, offset, exc)

@@ -1,0 +1,180 @@
+"""OffsetGuard: records are admitted strictly in offset order; holes are sought back, real ones passed."""
+
+from __future__ import annotations
+
+import asyncio
+
+from app.offsets import OffsetGuard
+
+
+class Consumer:
+    """Records the guard's calls; a fake clock the tests move by hand."""
+
+    def __init__(self, committed: int = 0) -> None:
+        self.committed = committed
+        self.seeks: list[tuple[str, int]] = []
+        self.gaps: list[tuple[str, int, int]] = []
+        self.now = 0.0
+
+    async def seek(self, tp: str, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+    async def start(self, tp: str) -> int:
+        return self.committed
+
+    async def real_gap(self, tp: str, first: int, last: int) -> None:
+        self.gaps.append((tp, first, last))
+
+    def guard(self) -> OffsetGuard:
+        return OffsetGuard(
+            seek=self.seek, committed=self.start, real_gap=self.real_gap, reseek_after=1.0, clock=lambda: self.now
+        )
+
+
+def admit_all(guard: OffsetGuard, tp: str, offsets: list[int]) -> list[int]:
+    async def go() -> list[int]:
+        return [o for o in offsets if await guard.admit(tp, o)]
+
+    return asyncio.run(go())
+
+
+def test_in_order_records_start_at_the_committed_offset() -> None:
+    c = Consumer(committed=10)
+    g = c.guard()
+    assert admit_all(g, "p0", [10, 11, 12]) == [10, 11, 12]
+    assert g.expected("p0") == 13
+    assert c.seeks == []
+
+
+def test_duplicates_below_the_expected_offset_are_dropped() -> None:
+    c = Consumer(committed=5)
+    g = c.guard()
+    assert admit_all(g, "p0", [3, 4, 5, 5, 6, 4]) == [5, 6]
+    assert c.seeks == []
+
+
+def test_a_hole_seeks_back_and_nothing_is_admitted_until_the_missing_record_comes() -> None:
+    c = Consumer(committed=24)
+    g = c.guard()
+    # Faust lost 24..37 around a rebalance and hands over 38, 39, 40
+    assert admit_all(g, "p0", [38, 39, 40]) == []
+    assert c.seeks == [("p0", 24)]
+    # the seek brings the missing records back, then the rest in order
+    assert admit_all(g, "p0", list(range(24, 45))) == list(range(24, 45))
+    assert c.gaps == []
+    assert g.expected("p0") == 45
+
+
+def test_an_empty_seek_is_repeated_after_the_wait() -> None:
+    c = Consumer(committed=0)
+    g = c.guard()
+    assert admit_all(g, "p0", [7]) == []
+    asyncio.run(g.reseek_stalled())
+    assert c.seeks == [("p0", 0)]  # too early for another seek
+    c.now = 1.5
+    asyncio.run(g.reseek_stalled())
+    assert c.seeks == [("p0", 0), ("p0", 0)]
+    assert admit_all(g, "p0", [0, 1]) == [0, 1]
+
+
+def test_a_real_hole_is_confirmed_by_repeated_seeks_then_reported_and_passed() -> None:
+    c = Consumer(committed=50)
+    g = c.guard()
+    # offset 50 is a transaction marker: every seek to 50 resumes at 51
+    assert admit_all(g, "p0", [53, 54]) == []  # round 1: records fetched before the seek
+    c.now += 1.0
+    asyncio.run(g.reseek_stalled())
+    for _ in range(3):
+        assert admit_all(g, "p0", [51]) == []
+        c.now += 1.0
+        asyncio.run(g.reseek_stalled())
+    assert c.gaps == [("p0", 50, 50)]
+    assert c.seeks[-1] == ("p0", 51)
+    assert admit_all(g, "p0", [51, 52]) == [51, 52]
+
+
+def test_changing_resume_points_are_not_taken_for_a_real_hole() -> None:
+    c = Consumer(committed=0)
+    g = c.guard()
+    for first in (9, 5, 7, 6, 8):
+        assert admit_all(g, "p0", [first]) == []
+        c.now += 1.0
+        asyncio.run(g.reseek_stalled())
+    assert c.gaps == []
+    assert admit_all(g, "p0", [0]) == [0]
+
+
+def test_revoked_partitions_start_again_from_the_committed_offset() -> None:
+    c = Consumer(committed=3)
+    g = c.guard()
+    assert admit_all(g, "p0", [3, 4]) == [3, 4]
+    g.forget({"p0"})
+    c.committed = 4  # another worker committed 3 only
+    assert admit_all(g, "p0", [4, 5]) == [4, 5]
+
+
+def test_partitions_are_independent() -> None:
+    c = Consumer(committed=0)
+    g = c.guard()
+    assert admit_all(g, "p0", [0, 2]) == [0]
+    assert admit_all(g, "p1", [0, 1]) == [0, 1]
+    assert c.seeks == [("p0", 1)]
+
+
+def test_records_of_partitions_no_longer_assigned_are_dropped_without_seeking() -> None:
+    c = Consumer(committed=0)
+    owned = {"p0"}
+    g = OffsetGuard(seek=c.seek, committed=c.start, real_gap=c.real_gap, assigned=owned.__contains__)
+    assert admit_all(g, "p1", [5, 0]) == []
+    assert admit_all(g, "p0", [0]) == [0]
+    assert c.seeks == []
+
+
+def test_a_failing_seek_is_retried_in_the_next_round() -> None:
+    c = Consumer(committed=0)
+    calls: list[int] = []
+
+    async def flaky(tp: str, offset: int) -> None:
+        calls.append(offset)
+        if len(calls) == 1:
+            raise RuntimeError("not assigned yet")
+
+    g = OffsetGuard(seek=flaky, committed=c.start, real_gap=c.real_gap, clock=lambda: c.now)
+    assert admit_all(g, "p0", [3]) == []
+    c.now = 1.0
+    asyncio.run(g.reseek_stalled())
+    assert calls == [0, 0]
+
+
+def test_faust_read_offsets_and_gaps_are_switched_off_for_the_tasks_topic_only() -> None:
+    from faust.transport.consumer import Consumer
+    from faust.types import TP
+
+    from app.faust_app import _ReadOffsets, guard_offsets, settings
+
+    guard_offsets("other-guarded")  # idempotent: adds a topic to the same patch
+    assert {settings.tasks_topic, "other-guarded"} <= Consumer._vw_guarded_topics
+    offsets = _ReadOffsets(Consumer._vw_guarded_topics)
+    offsets[TP(settings.tasks_topic, 0)] = 40
+    offsets[TP("vectorization-status", 0)] = 40
+    assert offsets[TP(settings.tasks_topic, 0)] is None  # Faust then delivers every fetched record
+    assert offsets[TP("vectorization-status", 0)] == 40
+    assert offsets[TP("vectorization-status", 1)] is None
+
+    from collections import defaultdict
+
+    from intervaltree import IntervalTree
+
+    class FakeConsumer:
+        def __init__(self) -> None:
+            self._committed_offset: defaultdict[TP, int | None] = defaultdict(lambda: None)
+            self._gap: defaultdict[TP, IntervalTree] = defaultdict(IntervalTree)
+
+    fake = FakeConsumer()
+    tasks, status = TP(settings.tasks_topic, 0), TP("vectorization-status", 0)
+    asyncio.run(Consumer._add_gap(fake, tasks, 24, 37))
+    asyncio.run(Consumer._add_gap(fake, status, 5, 6))
+    assert not fake._gap[tasks]  # never counted as acknowledged behind the guard's back
+    assert len(fake._gap[status]) == 1  # other topics keep Faust's behaviour
+    asyncio.run(Consumer._vw_add_gap(fake, tasks, 50, 50))  # what add_real_gap calls for a confirmed hole
+    assert len(fake._gap[tasks]) == 1
