@@ -29,8 +29,11 @@ from app.errors import PermanentError
 SourceKind = Literal["path", "url", "data"]
 _BASE64 = re.compile(r"^[A-Za-z0-9+/_-]+={0,2}$")
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I)
-#: bare base64 is told from a path by its alphabet (no ".") and a minimum length
+#: bare base64 is told from a path by its alphabet (no "."), a minimum length and, for strings that
+#: look like paths ("/9j/..." is JPEG in base64), an image signature in the decoded bytes
 _MIN_BARE_BASE64 = 64
+_PATH_START = ("/", "./", "../", "~")
+_SIGNATURES = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"RIFF", b"BM", b"II*\x00", b"MM\x00*", b"\x00\x00\x01\x00")
 
 
 class ImageInputError(PermanentError):
@@ -87,9 +90,19 @@ def classify(data: str) -> SourceKind:
     if head.startswith("data:"):
         return "data"
     compact = "".join(data.split())
-    if len(compact) >= _MIN_BARE_BASE64 and _BASE64.match(compact):
+    if len(compact) < _MIN_BARE_BASE64 or not _BASE64.match(compact):
+        return "path"
+    if not data.startswith(_PATH_START) or _image_signature(compact):
         return "data"
     return "path"
+
+
+def _image_signature(compact: str) -> bool:
+    try:
+        head = base64.b64decode(compact[:64].replace("-", "+").replace("_", "/"))
+    except (binascii.Error, ValueError):
+        return False
+    return head.startswith(_SIGNATURES) or head[4:8] == b"ftyp"
 
 
 def describe(data: str) -> str:
@@ -145,10 +158,11 @@ def read_local(path: str, limits: ImageLimits, where: str) -> bytes:
         fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise ImageInputError(f"{where} cannot be read ({exc.strerror}); check that the file exists.") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise ImageInputError(f"{where} is not a regular file; send the path of an image file.")
     with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise ImageInputError(f"{where} is not a regular file; send the path of an image file.")
         if info.st_size > limits.max_bytes:
             raise _too_many_bytes(where, info.st_size, limits)
         raw = handle.read(limits.max_bytes + 1)
