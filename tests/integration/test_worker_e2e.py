@@ -115,7 +115,8 @@ def test_examples_sentences_and_bad_input_end_to_end(topics: Topics, tmp_path: P
 
     # offsets: everything acknowledged and committed by the time the worker left
     committed, ends = run(committed_vs_end(topics.tasks, topics.group))
-    assert committed == ends and sum(ends.values()) == len(payloads) + 1
+    # a partition that got no record has nothing to commit (keyless records land on random partitions)
+    assert committed == {p: end for p, end in ends.items() if end} and sum(ends.values()) == len(payloads) + 1
 
     # the vectors in Qdrant equal an independent encode of each text
     from qdrant_client import QdrantClient, models
