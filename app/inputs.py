@@ -12,6 +12,7 @@ tokenizers are not safe to use while the same model encodes on another thread).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -27,6 +28,9 @@ from app.schema import BatchTask, DocumentTask, ImageTask, Task, TextTask, task_
 from models.base import l2_normalize
 from models.manager import ModelManager
 from sinks.base import VectorRecord
+
+log = logging.getLogger("worker.task_processor")
+_UNCHECKED = 1 << 62  # the "limit" of a model without a tokenizer
 
 
 @dataclass
@@ -85,13 +89,15 @@ class TextPreparer:
             return
         make = getattr(embedder, "text_tokenizer", None)
         tokenizer: TextTokenizer | None = make() if make is not None else None
-        if tokenizer is not None:
-            self._limits[model] = tokenizer.max_tokens
+        # without a tokenizer texts go unchecked: remember that too, so they skip this thread next time
+        self._limits[model] = tokenizer.max_tokens if tokenizer is not None else _UNCHECKED
         for out in members:
             try:
                 out.prepared = self.prepare_task(out.item.task, tokenizer, model)
                 out.texts = out.prepared.texts
-            except PermanentError as exc:
+            except Exception as exc:  # noqa: BLE001 - one task's bad input never fails its batch mates
+                if not isinstance(exc, PermanentError):
+                    log.exception("Preparing the texts of task %s failed", out.item.task.task_id)
                 out.error = exc
 
     def prepare_task(self, task: Task, tokenizer: TextTokenizer | None, model: str) -> Prepared:

@@ -122,7 +122,7 @@ def test_missing_file_and_directory(root: Path, limits: ImageLimits) -> None:
 
 # -- size and content --------------------------------------------------------------------
 def test_oversized_file_and_base64_are_refused_before_decoding(root: Path, limits: ImageLimits) -> None:
-    big = os.urandom(limits.max_bytes + 1)
+    big = b"\x89PNG\r\n\x1a\n" + os.urandom(limits.max_bytes - 7)  # a PNG signature, so bare base64 is told from a path
     (root / "big.png").write_bytes(big)
     message = refused(str(root / "big.png"), limits)
     assert f"{limits.max_bytes + 1} bytes, over images_max_bytes ({limits.max_bytes} bytes" in message
