@@ -240,7 +240,7 @@ class TaskPipeline:
         await self._report(outcomes)
 
     async def _drop_expired(self, batch: list[WorkItem]) -> list[WorkItem]:
-        """Fail the tasks that waited longer than task_timeout; the others."""
+        """Fail the tasks that waited longer than task_timeout; return the others."""
         started = time.monotonic()
         live = []
         for item in batch:
