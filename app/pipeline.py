@@ -23,11 +23,12 @@ import numpy as np
 
 from app.acks import Ticket
 from app.batcher import Batcher
-from app.errors import InvalidTaskError, PermanentError, RetryableError, UnsupportedTaskError
-from app.ids import vector_id
+from app.errors import InvalidTaskError, PermanentError, RetryableError
+from app.image_lane import ImageLane
+from app.inputs import Prepared, TextPreparer, add_document_vectors, build_records
 from app.metrics import Metrics
 from app.retry import retry_forever
-from app.schema import DocumentTask, ImageTask, Task, parse_task, task_texts
+from app.schema import ImageTask, Task, parse_task, task_texts
 from models.base import EmbedderInfo
 from models.manager import ModelManager
 from sinks.base import BaseVectorDB, VectorRecord
@@ -108,6 +109,7 @@ class Outcome:
     ids: list[str] = field(default_factory=list)
     embed_ms: float = 0.0
     store_ms: float = 0.0
+    prepared: Prepared | None = None  # chunks, truncation, image (app/inputs.py)
 
 
 class TaskPipeline:
@@ -133,6 +135,8 @@ class TaskPipeline:
         # a slot is taken at intake and given back when the record is done.
         self._slots = asyncio.Semaphore(settings.max_concurrent_tasks)
         self._text_lane: Batcher[WorkItem] = Batcher(weight=lambda i: i.weight)
+        self._images = ImageLane(self)
+        self._preparer = TextPreparer(manager, settings)
         # one thread per store: several databases are written in parallel, each at its own pace
         self._store_executors = {
             id(store): ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"store-{store.name}")
@@ -166,13 +170,13 @@ class TaskPipeline:
         item = WorkItem(task=task, raw=raw, ticket=ticket, source=source)
         await self._early_status(item, "received")
         if isinstance(task, ImageTask):
-            error = UnsupportedTaskError(
-                f"Task {task.task_id}: image models not available yet in this worker version; "
-                "image_vectorization tasks are dead-lettered for replay once CLIP support lands."
-            )
-            await self._fail(task.task_id, task.task_type, raw, error, ticket, source, item.pending)
+            await self._images.put(item)
             return
         await self._text_lane.put(item)
+
+    async def run_lanes(self) -> None:
+        """Run the text and the image lane until cancelled."""
+        await asyncio.gather(self.run_text_lane(), self._images.run())
 
     # -- text lane -----------------------------------------------------------------------
     async def run_text_lane(self) -> None:
@@ -215,13 +219,28 @@ class TaskPipeline:
         """
         self.accepting = False
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            await asyncio.wait_for(asyncio.gather(self._idle.wait(), self._images.idle.wait()), timeout)
         except TimeoutError:
             return False
         return True
 
     async def process_text_batch(self, batch: list[WorkItem]) -> None:
         """Embed, store and report one batch; never raises except on cancellation."""
+        live = await self._drop_expired(batch)
+        if not live:
+            return
+        for item in live:
+            log_main.info("Processing task %s of type %s", item.task.task_id, item.task.task_type)
+            await self._early_status(item, "processing")
+        outcomes = [self._outcome(item) for item in live]
+        await self._preparer.prepare(outcomes)  # chunks documents, applies long_text
+        await self._embed(outcomes)
+        add_document_vectors(outcomes)
+        await self._store(outcomes)
+        await self._report(outcomes)
+
+    async def _drop_expired(self, batch: list[WorkItem]) -> list[WorkItem]:
+        """Fail the tasks that waited longer than task_timeout; return the others."""
         started = time.monotonic()
         live = []
         for item in batch:
@@ -235,15 +254,7 @@ class TaskPipeline:
                 )
             else:
                 live.append(item)
-        if not live:
-            return
-        for item in live:
-            log_main.info("Processing task %s of type %s", item.task.task_id, item.task.task_type)
-            await self._early_status(item, "processing")
-        outcomes = [self._outcome(item) for item in live]
-        await self._embed(outcomes)
-        await self._store(outcomes)
-        await self._report(outcomes)
+        return live
 
     def _outcome(self, item: WorkItem) -> Outcome:
         return Outcome(
@@ -253,6 +264,8 @@ class TaskPipeline:
     async def _embed(self, outcomes: list[Outcome]) -> None:
         groups: dict[tuple[str, bool | None, int], list[Outcome]] = defaultdict(list)
         for out in outcomes:
+            if out.error is not None:  # refused while preparing (e.g. a text over the model's limit)
+                continue
             task = out.item.task
             batch_size = min(
                 getattr(task, "batch_size", None) or self.settings.default_batch_size, self.settings.max_batch_size
@@ -304,24 +317,10 @@ class TaskPipeline:
                 out.store_ms = elapsed
 
     def _records(self, out: Outcome) -> list[VectorRecord]:
-        task = out.item.task
-        title = task.data.title if isinstance(task, DocumentTask) else None
-        records = []
-        for index, (text, vector) in enumerate(zip(out.texts, out.vectors, strict=True)):
-            payload: dict[str, Any] = {
-                "task_id": task.task_id,
-                "task_type": task.task_type,
-                "item_index": index,
-                "text": text,
-                "model": out.model,
-                "worker_id": self.settings.worker_id,
-                "created_at": time.time(),
-                "metadata": dict(task.metadata),
-            }
-            if title:
-                payload["title"] = title
-            records.append(VectorRecord(id=vector_id(task.task_id, index), vector=vector.tolist(), payload=payload))
-        return records
+        assert out.vectors is not None
+        return build_records(
+            out.item.task, out.prepared, out.vectors, model=out.model, worker_id=self.settings.worker_id
+        )
 
     async def _report(self, outcomes: list[Outcome]) -> None:
         now = time.monotonic()
@@ -351,6 +350,8 @@ class TaskPipeline:
                     total_ms=total_ms,
                 ),
                 vectors=out.vectors.tolist() if self.settings.include_vectors and out.vectors is not None else None,
+                truncated_items=out.prepared.truncated if out.prepared else [],
+                chunks=len(out.prepared.chunks) if out.prepared and out.prepared.chunks is not None else None,
             )
 
             async def send(result: ResultRecord = result, task: Task = task) -> list[Awaitable[Any]]:

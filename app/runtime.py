@@ -101,10 +101,10 @@ class WorkerRuntime:
         self._started.set()
 
     def ensure_lane(self) -> None:
-        """(Re)start the text lane task if it is not running."""
+        """(Re)start the lanes task (text and image lanes) if it is not running."""
         assert self.pipeline is not None
         if self._lane is None or self._lane.done():
-            self._lane = asyncio.ensure_future(self.pipeline.run_text_lane())
+            self._lane = asyncio.ensure_future(self.pipeline.run_lanes())
 
     def set_acker(self, acker: Callable[[list[Ticket]], Awaitable[None]]) -> None:
         self._acker = acker

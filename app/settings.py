@@ -105,6 +105,20 @@ class Settings(BaseSettings):
     batch_wait_ms: int = Field(20, ge=0, le=60_000)
     shutdown_timeout: float = Field(30.0, ge=0, le=3600)
     include_vectors: bool = False
+    long_text: Literal["reject", "truncate"] = "reject"
+
+    default_image_model: str = Field("ViT-B/32", min_length=1)
+    images_allowed_roots: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    images_allow_urls: bool = False
+    images_allow_private_urls: bool = False
+    images_max_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    images_max_pixels: int = Field(40_000_000, ge=1)
+    images_url_timeout: float = Field(10.0, gt=0, le=600)
+    images_batch_size: int = Field(16, ge=1, le=1024)
+
+    chunk_tokens: int | None = Field(None, ge=8)
+    chunk_overlap_tokens: int = Field(32, ge=0)
+    document_vector: Literal["mean", "none"] = "mean"
 
     vector_dbs: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["qdrant"], min_length=1)
     default_collection: str = Field("vectorize", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
@@ -130,7 +144,7 @@ class Settings(BaseSettings):
     def _upper_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("vector_dbs", "custom_models", mode="before")
+    @field_validator("vector_dbs", "custom_models", "images_allowed_roots", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         # "weaviate,qdrant" from the environment as well as a YAML list
@@ -144,6 +158,14 @@ class Settings(BaseSettings):
         default = info.data.get("default_batch_size")
         if default is not None and value < default:
             raise ValueError(f"must be >= default_batch_size ({default})")
+        return value
+
+    @field_validator("chunk_overlap_tokens")
+    @classmethod
+    def _overlap_below_size(cls, value: int, info: Any) -> int:
+        size = info.data.get("chunk_tokens")
+        if size is not None and value >= size:
+            raise ValueError(f"must be smaller than chunk_tokens ({size})")
         return value
 
     @property
@@ -192,6 +214,18 @@ YAML_KEYS: dict[str, str] = {
     "processing.batch_wait_ms": "batch_wait_ms",
     "processing.shutdown_timeout": "shutdown_timeout",
     "processing.include_vectors": "include_vectors",
+    "processing.long_text": "long_text",
+    "models.default_image": "default_image_model",
+    "images.allowed_roots": "images_allowed_roots",
+    "images.allow_urls": "images_allow_urls",
+    "images.allow_private_urls": "images_allow_private_urls",
+    "images.max_bytes": "images_max_bytes",
+    "images.max_pixels": "images_max_pixels",
+    "images.url_timeout": "images_url_timeout",
+    "images.batch_size": "images_batch_size",
+    "documents.chunk_tokens": "chunk_tokens",
+    "documents.chunk_overlap_tokens": "chunk_overlap_tokens",
+    "documents.document_vector": "document_vector",
     "stores.vector_dbs": "vector_dbs",
     "stores.default_collection": "default_collection",
     "stores.qdrant": "qdrant",

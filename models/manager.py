@@ -63,6 +63,12 @@ class ModelManager:
         model = self.get_sync(name)
         return model.embed_texts(texts, batch_size=batch_size, normalize=normalize), model.info
 
+    def embed_images_sync(
+        self, name: str, images: Sequence[object], *, batch_size: int, normalize: bool | None
+    ) -> tuple[np.ndarray, EmbedderInfo]:
+        model = self.get_sync(name)
+        return model.embed_images(images, batch_size=batch_size, normalize=normalize), model.info
+
     # -- async API (work runs on the device thread) ---------------------------------
     async def run(self, func: Callable[[], T]) -> T:
         """Run ``func`` on the device thread and await its result."""
@@ -75,6 +81,12 @@ class ModelManager:
         self, name: str, texts: Sequence[str], *, batch_size: int, normalize: bool | None
     ) -> tuple[np.ndarray, EmbedderInfo]:
         return await self.run(lambda: self.embed_texts_sync(name, texts, batch_size=batch_size, normalize=normalize))
+
+    async def embed_images(
+        self, name: str, images: Sequence[object], *, batch_size: int, normalize: bool | None
+    ) -> tuple[np.ndarray, EmbedderInfo]:
+        """Embed RGB ``PIL.Image.Image`` objects on the device thread (loading the model first if needed)."""
+        return await self.run(lambda: self.embed_images_sync(name, images, batch_size=batch_size, normalize=normalize))
 
     # -- state ----------------------------------------------------------------------
     def loaded(self) -> list[EmbedderInfo]:

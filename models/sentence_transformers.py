@@ -43,11 +43,41 @@ class SentenceTransformerEmbedder(Embedder):
         vectors = np.asarray(vectors, dtype=np.float32)
         return l2_normalize(vectors) if normalize else vectors
 
+    def text_tokenizer(self) -> TextTokenizer:
+        """Token counts and character offsets as this model's tokenizer sees them (for chunking)."""
+        return TextTokenizer(self._model.tokenizer, self._info.max_tokens)
+
     def memory_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in self._model.parameters())
 
     def close(self) -> None:
         self._model = None
+
+
+class TextTokenizer:
+    """A Hugging Face tokenizer seen as content tokens: ``count``, ``offsets`` and ``max_tokens``.
+
+    ``max_tokens`` is how many content tokens fit the model: its maximum
+    sequence length minus the special tokens (``[CLS]``/``[SEP]``) it adds.
+    Both methods block (tokenisation) and should run on the model's thread.
+    """
+
+    def __init__(self, tokenizer: Any, max_seq_length: int) -> None:
+        self._tokenizer = tokenizer
+        self.max_tokens = max(1, int(max_seq_length) - int(tokenizer.num_special_tokens_to_add(pair=False)))
+
+    def count(self, text: str) -> int:
+        return len(self._encode(text, offsets=False)["input_ids"])
+
+    def offsets(self, text: str) -> list[tuple[int, int]]:
+        """Character span ``(start, end)`` of each content token, in order."""
+        return [(int(a), int(b)) for a, b in self._encode(text, offsets=True)["offset_mapping"]]
+
+    def _encode(self, text: str, *, offsets: bool) -> Any:
+        # verbose=False: no "sequence longer than the maximum" warning, counting long texts is the point
+        return self._tokenizer(
+            text, add_special_tokens=False, truncation=False, return_offsets_mapping=offsets, verbose=False
+        )
 
 
 def _dimension(model: Any) -> int:

@@ -65,6 +65,14 @@ class ResultRecord(BaseModel):
     stores: list[str] = Field(default_factory=list)
     timings: Timings = Field(default_factory=Timings)
     vectors: list[list[float]] | None = Field(None, description="Only when processing.include_vectors is on")
+    truncated_items: list[int] = Field(
+        default_factory=list,
+        description="Indices of texts cut to the model's token limit (processing.long_text: truncate)",
+    )
+    chunks: int | None = Field(
+        None,
+        description="Document tasks: number of chunks; vector_ids lists the chunks in order, then the document vector",
+    )
     error: ErrorInfo | None = None
     timestamp: float = Field(default_factory=time.time)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,9 +19,10 @@ from sinks.base import BaseVectorDB, StoredPoint, VectorRecord
 class FakeEmbedder(Embedder):
     """Vectors derived from a hash of the text: deterministic, distinct per text."""
 
-    def __init__(self, name: str = "fake", dim: int = 8) -> None:
-        self._info = EmbedderInfo(name=name, family="fake", dim=dim, device="cpu")
+    def __init__(self, name: str = "fake", dim: int = 8, max_tokens: int = 512) -> None:
+        self._info = EmbedderInfo(name=name, family="fake", dim=dim, device="cpu", max_tokens=max_tokens)
         self.calls: list[list[str]] = []
+        self.image_calls: list[int] = []
         self.closed = False
 
     @property
@@ -37,8 +39,36 @@ class FakeEmbedder(Embedder):
         vectors = np.stack(rows).astype(np.float32)
         return l2_normalize(vectors) if normalize else vectors
 
+    def embed_images(self, images: Sequence[Any], *, batch_size: int, normalize: bool | None) -> np.ndarray:
+        """Vectors from a hash of each image's RGB pixels (``images`` are PIL images)."""
+        assert not self.closed, "embedder used after close()"
+        self.image_calls.append(len(images))
+        rows = []
+        for image in images:
+            assert image.mode == "RGB", f"expected an RGB image, got {image.mode}"
+            digest = hashlib.sha256(image.tobytes() + repr(image.size).encode()).digest()
+            rows.append(np.frombuffer(digest[: self._info.dim * 4], dtype=np.uint32).astype(np.float32) / 2**32 + 0.1)
+        vectors = np.stack(rows).astype(np.float32)
+        return l2_normalize(vectors) if normalize else vectors
+
+    def text_tokenizer(self) -> FakeTokenizer:
+        return FakeTokenizer(self._info.max_tokens)
+
     def close(self) -> None:
         self.closed = True
+
+
+class FakeTokenizer:
+    """Whitespace-separated words are tokens (the TextTokenizer protocol of app/chunking.py)."""
+
+    def __init__(self, max_tokens: int) -> None:
+        self.max_tokens = max_tokens
+
+    def offsets(self, text: str) -> list[tuple[int, int]]:
+        return [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+
+    def count(self, text: str) -> int:
+        return len(self.offsets(text))
 
 
 class FakeStore(BaseVectorDB):

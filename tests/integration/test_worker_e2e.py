@@ -103,8 +103,8 @@ def test_examples_sentences_and_bad_input_end_to_end(topics: Topics, tmp_path: P
 
     # the image task and the malformed record: failed status, dead letter with the original payload
     [image] = by_type["image_vectorization"]
-    assert image["status"] == "failed" and "image models not available yet" in image["error"]["message"]
-    assert statuses[image["task_id"]] == ["received", "failed"]
+    assert image["status"] == "failed" and "local image paths are off" in image["error"]["message"]
+    assert statuses[image["task_id"]] == ["received", "processing", "failed"]
     [invalid] = by_type["invalid"]
     assert statuses[invalid["task_id"]] == ["failed"]
     dead = {d["task_id"]: d for d in records[topics.dlq]}
@@ -115,7 +115,8 @@ def test_examples_sentences_and_bad_input_end_to_end(topics: Topics, tmp_path: P
 
     # offsets: everything acknowledged and committed by the time the worker left
     committed, ends = run(committed_vs_end(topics.tasks, topics.group))
-    assert committed == ends and sum(ends.values()) == len(payloads) + 1
+    # a partition that got no record has nothing to commit (keyless records land on random partitions)
+    assert committed == {p: end for p, end in ends.items() if end} and sum(ends.values()) == len(payloads) + 1
 
     # the vectors in Qdrant equal an independent encode of each text
     from qdrant_client import QdrantClient, models
@@ -130,14 +131,16 @@ def test_examples_sentences_and_bad_input_end_to_end(topics: Topics, tmp_path: P
         for r in completed:
             for point in client.retrieve("vectorize", ids=r["vector_ids"], with_vectors=True, with_payload=True):
                 assert len(point.vector) == 384
+                if point.payload.get("vector_kind") == "document":  # a document's own vector has no text
+                    continue
                 texts_by_id[str(point.id)] = point.payload["text"]
                 expected = reference.encode(point.payload["text"])
                 assert cosine(point.vector, expected) >= 0.999, point.payload["text"]
         assert len(texts_by_id) == 1 + 3 + 1 + 12 + 2 + 1
-        assert "文档标题\n\n文档内容..." in texts_by_id.values()
+        assert "文档内容..." in texts_by_id.values()  # the document's one chunk
         dup_filter = models.Filter(must=[models.FieldCondition(key="task_id", match=models.MatchValue(value="dup"))])
         assert client.count("vectorize", count_filter=dup_filter, exact=True).count == 2  # sent twice, stored once
-        assert client.count("vectorize", exact=True).count == 20
+        assert client.count("vectorize", exact=True).count == 21  # 20 texts and chunks + 1 document vector
         meta = client.retrieve("vectorize", ids=[next(r for r in completed if r["task_id"] == "s-3")["vector_ids"][0]])
         assert meta[0].payload["metadata"] == {"i": 3, "lang": "en"}
         # nearest neighbour of a query about pets is one of the two cat sentences
@@ -193,7 +196,7 @@ def test_make_demo_against_a_running_worker(topics: Topics, tmp_path: Path) -> N
         )
         assert demo.returncode == 0, demo.stdout + demo.stderr
         assert "the closest sentence is about the cat" in demo.stdout
-        assert demo.stdout.count(" completed ") == 15 and "image models not available yet" in demo.stdout
+        assert demo.stdout.count(" completed ") == 15 and "image input path" in demo.stdout
         assert worker.stop() == 0
     finally:
         worker.kill()

@@ -28,6 +28,18 @@ SETTINGS = SimpleNamespace(
     default_model="fake-model",
     default_collection="vectorize",
     include_vectors=False,
+    long_text="reject",
+    default_image_model="fake-image-model",
+    images_allowed_roots=[],
+    images_allow_urls=False,
+    images_allow_private_urls=False,
+    images_max_bytes=1 << 20,
+    images_max_pixels=4_000_000,
+    images_url_timeout=5.0,
+    images_batch_size=16,
+    chunk_tokens=None,
+    chunk_overlap_tokens=4,
+    document_vector="mean",
 )
 
 
@@ -84,7 +96,7 @@ async def test_text_batch_and_document_tasks_complete_in_one_model_batch() -> No
     assert h.acked == []  # nothing acked before it is stored
     await h.drain()
     assert h.acked == [0, 1, 2]
-    assert h.embedders["fake-model"].calls == [["hello", "a", "b", "c", "T\n\nC"]]
+    assert h.embedders["fake-model"].calls == [["hello", "a", "b", "c", "C"]]  # a document's content, chunked
     for task_id in ("t1", "t2", "t3"):
         assert h.statuses(task_id) == ["received", "processing", "completed"]
     results = {r["task_id"]: r for r in h.kafka.on("results")}
@@ -127,14 +139,19 @@ async def test_binary_payload_is_dead_lettered_as_base64() -> None:
     assert dead["payload_encoding"] == "base64" and dead["payload"] == "/wD+"
 
 
-async def test_image_task_fails_clearly_until_image_models_land() -> None:
+async def test_image_path_without_allowed_roots_fails_clearly() -> None:
     h = Harness()
     await h.send(
         {"task_type": "image_vectorization", "data": "/path/to/image.jpg", "model_name": "ViT-B/32", "task_id": "img"}
     )
-    assert h.statuses("img") == ["received", "failed"]
-    assert "image models not available yet" in h.kafka.on("dlq")[0]["error"]["message"]
-    assert h.acked == [0]
+    await h.pipeline._images.process(await h.pipeline._images.queue.next_batch(100, 0))
+    assert h.statuses("img") == ["received", "processing", "failed"]
+    message = h.kafka.on("dlq")[0]["error"]["message"]
+    assert (
+        message.startswith("Task img: image input path '/path/to/image.jpg' refused")
+        and "images_allowed_roots" in message
+    )
+    assert h.acked == [0] and "ViT-B/32" not in h.embedders  # refused before the model was asked for
 
 
 async def test_unknown_model_fails_only_its_task() -> None:

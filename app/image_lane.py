@@ -1,0 +1,130 @@
+"""The image lane: image tasks batched across tasks, loaded safely, embedded, then stored and reported.
+
+It shares the pipeline's store, report and failure steps; only loading and
+embedding differ from the text lane. Images are loaded (read, downloaded,
+decoded; see :mod:`app.images`) in threads before the model is asked for, so
+a refused or broken image fails its own task with a precise message even when
+the image model cannot load, and never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+from app.batcher import Batcher
+from app.errors import ModelLoadError, PermanentError
+from app.images import ImageLimits, LoadedImage, load_image
+from app.inputs import Prepared
+
+if TYPE_CHECKING:
+    from app.pipeline import Outcome, TaskPipeline, WorkItem
+
+log_main = logging.getLogger("worker.main")
+log_proc = logging.getLogger("worker.task_processor")
+
+
+class ImageLane:
+    """A bounded batcher of image tasks and the loop that processes its batches."""
+
+    def __init__(self, pipeline: TaskPipeline) -> None:
+        self._p = pipeline
+        self.settings = pipeline.settings
+        self.limits = ImageLimits.from_settings(self.settings)
+        self.queue: Batcher[WorkItem] = Batcher()
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    async def put(self, item: WorkItem) -> None:
+        await self.queue.put(item)
+
+    async def run(self) -> None:
+        """Process image batches forever (cancel to stop)."""
+        wait = self.settings.batch_wait_ms / 1000
+        while self._p.accepting:
+            batch = await self.queue.next_batch(self.settings.images_batch_size, wait, on_first=self.idle.clear)
+            try:
+                await self.process(batch)
+            except Exception as exc:  # noqa: BLE001 - a bug must not leave tickets hanging
+                log_proc.exception(
+                    "Unexpected error in a batch of %d image tasks; failing the unfinished ones", len(batch)
+                )
+                await self._p._fail_unfinished(batch, exc)
+            finally:
+                self.idle.set()
+
+    async def process(self, batch: list[WorkItem]) -> None:
+        """Load, embed, store and report one batch of image tasks; never raises except on cancellation."""
+        from app.pipeline import Outcome
+
+        live = await self._p._drop_expired(batch)
+        if not live:
+            return
+        for item in live:
+            log_main.info("Processing task %s of type %s", item.task.task_id, item.task.task_type)
+            await self._p._early_status(item, "processing")
+        outcomes = [
+            Outcome(item=item, texts=[], model=item.task.model_name or self.settings.default_image_model)
+            for item in live
+        ]
+        loaded = await asyncio.gather(
+            *(load_image(out.item.task.data, self.limits, task_id=out.item.task.task_id) for out in outcomes),
+            return_exceptions=True,
+        )
+        for out, result in zip(outcomes, loaded, strict=True):
+            if isinstance(result, asyncio.CancelledError):
+                raise result
+            if isinstance(result, BaseException):
+                out.error = result
+                if not isinstance(result, PermanentError):
+                    log_proc.error("Loading the image of task %s failed: %r", out.item.task.task_id, result)
+            else:
+                out.prepared = Prepared(image=result)
+        try:
+            await self._embed([out for out in outcomes if out.error is None])
+        finally:
+            for out in outcomes:  # the pixels are not needed once embedded
+                if out.prepared is not None and out.prepared.image is not None:
+                    out.prepared.image.release()
+        await self._p._store(outcomes)
+        await self._p._report(outcomes)
+
+    async def _embed(self, outcomes: list[Outcome]) -> None:
+        groups: dict[tuple[str, bool | None], list[Outcome]] = defaultdict(list)
+        for out in outcomes:
+            groups[(out.model, out.item.task.normalize)].append(out)
+        for (model, normalize), members in groups.items():
+            error = await self._embed_group(model, normalize, members)
+            if error is not None and len(members) > 1 and not isinstance(error, ModelLoadError):
+                # one image the model cannot take must not fail its batch mates: retry one by one
+                for out in members:
+                    await self._embed_group(model, normalize, [out])
+
+    async def _embed_group(self, model: str, normalize: bool | None, members: list[Outcome]) -> BaseException | None:
+        images = [_pixels(out) for out in members]
+        t0 = time.monotonic()
+        try:
+            vectors, info = await self._p.manager.embed_images(
+                model, images, batch_size=self.settings.images_batch_size, normalize=normalize
+            )
+        except Exception as exc:  # noqa: BLE001 - a model failure fails these tasks, never the worker
+            if not isinstance(exc, PermanentError):
+                log_proc.exception("Embedding %d images with %s failed", len(images), model)
+            for out in members:
+                out.error = exc
+            return exc
+        elapsed = (time.monotonic() - t0) * 1000
+        self._p.metrics.batch_size.observe(len(images))
+        self._p.metrics.inference_seconds.labels(model).observe(elapsed / 1000)
+        for index, out in enumerate(members):
+            out.vectors, out.info, out.embed_ms, out.error = vectors[index : index + 1], info, elapsed, None
+        return None
+
+
+def _pixels(out: Outcome) -> Any:
+    image: LoadedImage | None = out.prepared.image if out.prepared is not None else None
+    assert image is not None and image.image is not None, "an image outcome without pixels"
+    return image.image

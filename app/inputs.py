@@ -1,0 +1,206 @@
+"""What each task turns into before and after the model: texts to embed, and the records to store.
+
+* text / batch tasks: one text per item; a text over the model's limit is
+  rejected or truncated per ``long_text`` (reported as ``truncated_items``).
+* document tasks: the content in token-aware chunks (:mod:`app.chunking`),
+  plus a document vector (the mean of the chunk vectors) per ``document_vector``.
+* image tasks: one image (loaded by :mod:`app.images`).
+
+:class:`TextPreparer` runs the tokenizer on the model's thread (Hugging Face
+tokenizers are not safe to use while the same model encodes on another thread).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from app.chunking import Chunk, TextTokenizer, chunk_text, fit_text, surely_fits
+from app.errors import PermanentError
+from app.ids import DOCUMENT_VECTOR, vector_id
+from app.images import LoadedImage
+from app.schema import BatchTask, DocumentTask, ImageTask, Task, TextTask, task_texts
+from models.base import l2_normalize
+from models.manager import ModelManager
+from sinks.base import VectorRecord
+
+log = logging.getLogger("worker.task_processor")
+_UNCHECKED = 1 << 62  # the "limit" of a model without a tokenizer
+
+
+@dataclass
+class Prepared:
+    """A task's inputs as the model gets them."""
+
+    texts: list[str] = field(default_factory=list)
+    chunks: list[Chunk] | None = None  # document tasks
+    truncated: list[int] = field(default_factory=list)  # item indices cut to the model's limit
+    document_vector: bool = False  # vectors end with the document vector (documents)
+    image: LoadedImage | None = None  # image tasks
+
+
+class _Outcome(Protocol):
+    """The fields of the pipeline's Outcome that preparation reads and writes."""
+
+    item: Any
+    texts: list[str]
+    model: str
+    prepared: Prepared | None
+    error: BaseException | None
+    vectors: np.ndarray | None
+
+
+class TextPreparer:
+    """Fills ``texts``/``prepared`` (or ``error``) of text-lane outcomes; see the module doc."""
+
+    def __init__(self, manager: ModelManager, settings: Any) -> None:
+        self._manager = manager
+        self._settings = settings
+        self._limits: dict[str, int] = {}  # model -> content tokens that fit (learned on first use)
+
+    async def prepare(self, outcomes: list[_Outcome]) -> None:
+        groups: dict[str, list[_Outcome]] = defaultdict(list)
+        for out in outcomes:
+            groups[out.model].append(out)
+        for model, members in groups.items():
+            limit = self._limits.get(model)
+            if limit is not None and all(self._short(out.item.task, limit) for out in members):
+                for out in members:  # the common case: short texts, no tokenizer call
+                    out.prepared = Prepared(texts=task_texts(out.item.task))
+                    out.texts = out.prepared.texts
+                continue
+            await self._manager.run(lambda model=model, members=members: self._prepare_sync(model, members))
+
+    @staticmethod
+    def _short(task: Task, limit: int) -> bool:
+        return isinstance(task, TextTask | BatchTask) and all(surely_fits(t, limit) for t in task_texts(task))
+
+    def _prepare_sync(self, model: str, members: list[_Outcome]) -> None:
+        try:
+            embedder = self._manager.get_sync(model)
+        except Exception as exc:  # noqa: BLE001 - a model that cannot load fails these tasks only
+            for out in members:
+                out.error = exc
+            return
+        make = getattr(embedder, "text_tokenizer", None)
+        tokenizer: TextTokenizer | None = make() if make is not None else None
+        # without a tokenizer texts go unchecked: remember that too, so they skip this thread next time
+        self._limits[model] = tokenizer.max_tokens if tokenizer is not None else _UNCHECKED
+        for out in members:
+            try:
+                out.prepared = self.prepare_task(out.item.task, tokenizer, model)
+                out.texts = out.prepared.texts
+            except Exception as exc:  # noqa: BLE001 - one task's bad input never fails its batch mates
+                if not isinstance(exc, PermanentError):
+                    log.exception("Preparing the texts of task %s failed", out.item.task.task_id)
+                out.error = exc
+
+    def prepare_task(self, task: Task, tokenizer: TextTokenizer | None, model: str) -> Prepared:
+        """Blocking: the texts of one task, chunked or fitted to ``tokenizer``'s limit."""
+        s = self._settings
+        if isinstance(task, DocumentTask):
+            if tokenizer is None:
+                raise PermanentError(
+                    f"Task {task.task_id}: model {model} offers no tokenizer, so the document cannot be cut "
+                    "into chunks that fit it; use a text model such as sentence-transformers/all-MiniLM-L6-v2."
+                )
+            size = s.chunk_tokens or tokenizer.max_tokens
+            try:
+                chunks = chunk_text(task.data.content, tokenizer, size=size, overlap=s.chunk_overlap_tokens)
+            except PermanentError as exc:
+                raise PermanentError(f"Task {task.task_id} (document, model {model}): {exc}") from None
+            return Prepared(texts=[c.text for c in chunks], chunks=chunks, document_vector=s.document_vector == "mean")
+        texts = task_texts(task)
+        if tokenizer is None:
+            return Prepared(texts=texts)
+        fitted, truncated = [], []
+        for index, text in enumerate(texts):
+            where = f"Task {task.task_id}: text item {index} (model {model})"
+            text, cut = fit_text(text, tokenizer, policy=s.long_text, where=where)
+            fitted.append(text)
+            if cut:
+                truncated.append(index)
+        return Prepared(texts=fitted, truncated=truncated)
+
+
+def add_document_vectors(outcomes: list[_Outcome]) -> None:
+    """Append the document vector (mean of the chunk vectors) to each embedded document's vectors.
+
+    The mean is L2-normalised when the task asks for normalised vectors, so it
+    lives on the same sphere as its chunks.
+    """
+    for out in outcomes:
+        prepared = out.prepared
+        if out.error is not None or out.vectors is None or prepared is None or not prepared.document_vector:
+            continue
+        mean = out.vectors.mean(axis=0, keepdims=True).astype(np.float32)
+        if out.item.task.normalize:
+            mean = l2_normalize(mean)
+        out.vectors = np.concatenate([out.vectors, mean])
+
+
+def build_records(
+    task: Task, prepared: Prepared | None, vectors: np.ndarray, *, model: str, worker_id: str
+) -> list[VectorRecord]:
+    """The records to store for one task, with deterministic ids (see :mod:`app.ids`)."""
+    base: dict[str, Any] = {
+        "task_id": task.task_id,
+        "task_type": task.task_type,
+        "model": model,
+        "worker_id": worker_id,
+        "created_at": time.time(),
+        "metadata": dict(task.metadata),
+    }
+    if isinstance(task, ImageTask):
+        image = prepared.image if prepared else None
+        payload = {**base, "item_index": 0}
+        if image is not None:
+            payload |= {"source": image.source, "width": image.size[0], "height": image.size[1]}
+            if image.source != "data":
+                payload["image_ref"] = image.ref
+        return [VectorRecord(id=vector_id(task.task_id, 0), vector=vectors[0].tolist(), payload=payload)]
+    if isinstance(task, DocumentTask) and prepared is not None and prepared.chunks is not None:
+        return _document_records(task, prepared, vectors, base)
+    texts = prepared.texts if prepared else task_texts(task)
+    truncated = set(prepared.truncated) if prepared else set()
+    records = []
+    for index, (text, vector) in enumerate(zip(texts, vectors, strict=True)):
+        payload = {**base, "item_index": index, "text": text}
+        if index in truncated:
+            payload["truncated"] = True
+        records.append(VectorRecord(id=vector_id(task.task_id, index), vector=vector.tolist(), payload=payload))
+    return records
+
+
+def _document_records(
+    task: DocumentTask, prepared: Prepared, vectors: np.ndarray, base: dict[str, Any]
+) -> list[VectorRecord]:
+    chunks = prepared.chunks or []
+    title = task.data.title
+    records = []
+    for chunk, vector in zip(chunks, vectors, strict=False):
+        payload = {
+            **base,
+            "item_index": chunk.index,
+            "vector_kind": "chunk",
+            "chunk_index": chunk.index,
+            "chunk_count": len(chunks),
+            "char_start": chunk.char_start,
+            "char_end": chunk.char_end,
+            "token_count": chunk.token_count,
+            "text": chunk.text,
+            "title": title,
+        }
+        records.append(VectorRecord(id=vector_id(task.task_id, chunk.index), vector=vector.tolist(), payload=payload))
+    if prepared.document_vector:
+        payload = {**base, "vector_kind": "document", "chunk_count": len(chunks), "title": title}
+        doc = VectorRecord(
+            id=vector_id(task.task_id, DOCUMENT_VECTOR), vector=vectors[len(chunks)].tolist(), payload=payload
+        )
+        records.append(doc)
+    return records
