@@ -47,17 +47,6 @@ def parse_byte_size(value: Any) -> int | None:
     return number or None
 
 
-def format_bytes(value: int | None) -> str:
-    if value is None:
-        return "unlimited"
-    size = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"  # pragma: no cover
-
-
 class CustomModel(BaseModel):
     """One entry of ``models.sentence_transformers``: a plain name, or a mapping with these keys.
 

@@ -93,3 +93,14 @@ def module_bytes(module: object) -> int:
     for tensor in [*module.parameters(), *module.buffers()]:  # type: ignore[attr-defined]
         total += tensor.numel() * tensor.element_size()
     return total
+
+
+def format_bytes(value: int | None) -> str:
+    if value is None:
+        return "unlimited"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"  # pragma: no cover

@@ -13,9 +13,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from app.errors import ModelMemoryError
-from app.model_settings import format_bytes
-from models.base import Embedder, EmbedderInfo
+from models.base import Embedder, EmbedderInfo, format_bytes
 from models.device import is_out_of_memory, release_memory
 
 log = logging.getLogger("worker.model_manager")
@@ -93,8 +91,8 @@ class ModelManager:
             if self.memory_budget and known and known > self.memory_budget:
                 raise self._too_big(name, known)  # measured on an earlier try: do not load it again
             estimate = known or (self._size_hint(name) if self._size_hint else None)
-            if self.memory_budget and estimate:
-                self._make_room(min(estimate, self.memory_budget), for_model=name)
+            if self.memory_budget and estimate and estimate <= self.memory_budget:
+                self._make_room(estimate, for_model=name)  # before loading, so the two never share memory
             model = self._load(name)
             size = model.memory_bytes()
             self._sizes[name] = size
@@ -215,7 +213,9 @@ class ModelManager:
         release_memory(_device_of(self._loader))
         return self._loader(name)
 
-    def _too_big(self, name: str, size: int) -> ModelMemoryError:
+    def _too_big(self, name: str, size: int) -> Exception:
+        from app.errors import ModelMemoryError  # not at import time: app imports this module
+
         return ModelMemoryError(
             f"Failed to load model {name}: it needs {format_bytes(size)} (weights and buffers) but the model "
             f"memory budget is {format_bytes(self.memory_budget)} ({self.budget_setting}); raise the budget "
@@ -255,6 +255,8 @@ class ModelManager:
         release_memory(model.info.device)
         info = model.info
         if len(items) <= 1:
+            from app.errors import ModelMemoryError
+
             raise ModelMemoryError(
                 f"Model {info.name} ran out of memory on {info.device} embedding a single input ({message}); "
                 "send shorter inputs, use a smaller model, free the device (VECTORIZE_WORKER_MAX_LOADED_MODELS, "

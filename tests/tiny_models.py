@@ -6,6 +6,7 @@ model would sit on disk:
 * BERT: ``save_pretrained`` of a 2-layer, hidden-32 ``BertModel`` and a
   ``BertTokenizerFast`` over a small WordPiece ``vocab.txt`` (letters as
   ``##`` pieces, so every lower-case word tokenizes).
+* DistilBERT: the same vocabulary under a 2-layer ``DistilBertModel``.
 * RoBERTa: a 2-layer ``RobertaModel`` and a ``RobertaTokenizerFast`` whose
   byte-level BPE (``vocab.json`` + ``merges.txt``) is trained here on a few sentences.
 * CLIP: open_clip's Hugging Face layout, ``open_clip_config.json``
@@ -54,6 +55,30 @@ def build_bert(path: Path, *, max_length: int = TINY_MAX_LENGTH) -> Path:
         max_position_embeddings=max_length,
     )
     BertModel(config).eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def build_distilbert(path: Path, *, max_length: int = TINY_MAX_LENGTH) -> Path:
+    """DistilBERT: no token type ids, its own config names (dim, n_layers); the BERT vocabulary."""
+    import torch
+    from transformers import DistilBertConfig, DistilBertModel, DistilBertTokenizerFast
+
+    bert = build_bert(path.parent / (path.name + "-vocab"), max_length=max_length)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = DistilBertTokenizerFast(
+        vocab_file=str(bert / "vocab.txt"), do_lower_case=True, model_max_length=max_length
+    )
+    torch.manual_seed(3)
+    config = DistilBertConfig(
+        vocab_size=len(tokenizer),
+        dim=32,
+        n_layers=2,
+        n_heads=2,
+        hidden_dim=64,
+        max_position_embeddings=max_length,
+    )
+    DistilBertModel(config).eval().save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 
