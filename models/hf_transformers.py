@@ -189,6 +189,8 @@ def load_hf_transformer(
             "hold a transformers model and its tokenizer (config.json, weights, tokenizer files), as written by "
             "save_pretrained()."
         ) from None
+    if tokenizer.pad_token is None:  # GPT-style tokenizers: padding is masked out anyway
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     limit = model_max_length(tokenizer, model.config)
     if max_length is not None and max_length > limit:
         raise ModelLoadError(

@@ -63,6 +63,16 @@ class SentenceTransformerEmbedder(Embedder):
         self._model = None
 
 
+def _length_limit(model: Any) -> int | None:
+    """The most tokens the underlying transformer takes (None when it cannot be told)."""
+    from models.hf_transformers import model_max_length
+
+    first = model[0] if len(model) else None
+    config = getattr(getattr(first, "auto_model", None), "config", None)
+    # the position embeddings, not the tokenizer's model_max_length: sentence-transformers sets that to max_seq_length
+    return model_max_length(None, config) if config is not None else None
+
+
 def _dimension(model: Any) -> int:
     getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
     return int(getter())
@@ -109,6 +119,12 @@ def load_sentence_transformer(
     except (OSError, ValueError) as exc:
         raise missing_model_error(path or name, cache_dir, allow_download=allow_download, exc=exc) from None
     if max_length is not None:
+        limit = _length_limit(model)
+        if limit is not None and max_length > limit:
+            raise ModelLoadError(
+                f"Failed to load model {name}: max_length {max_length} is more than the model's limit of {limit} "
+                "tokens; lower max_length in its models.sentence_transformers entry."
+            )
         model.max_seq_length = int(max_length)
     log.info("Model %s loaded successfully from %s on %s", name, source, device)
     return SentenceTransformerEmbedder(name, model, device, source, normalize_default=normalize)

@@ -102,3 +102,23 @@ def test_minilm_tokenizer_and_quality_through_the_manager() -> None:
     )[0]
     assert cos(q, near) > cos(q, far) + 0.2
     manager.close()
+
+
+def test_minilm_custom_entry_length_and_normalize(tmp_path: Path) -> None:
+    from app.errors import ModelLoadError
+    from app.model_settings import CustomModel
+    from models.resolve import packaged_model_dir
+
+    path = str(packaged_model_dir(MINILM))
+    entries = [
+        CustomModel(name="short-minilm", path=path, max_length=32, normalize=True),
+        CustomModel(name="too-long", path=path, max_length=4096),
+    ]
+    load = make_loader(device="cpu", cache_dir=None, allow_download=False, custom_models=entries)
+    short = load("short-minilm")
+    assert short.info.family == "sentence-transformers" and short.info.max_tokens == 32
+    assert short.text_tokenizer().max_tokens == 30
+    vector = short.embed_texts(["hello"], batch_size=1, normalize=None)[0]
+    assert abs(float(np.linalg.norm(vector)) - 1) < 1e-5
+    with pytest.raises(ModelLoadError, match="max_length 4096 is more than the model's limit of 512 tokens"):
+        load("too-long")
