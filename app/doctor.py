@@ -69,7 +69,10 @@ def check_model(settings: Settings) -> str:
 
     device = resolve_device(settings.device)
     loader = make_loader(
-        device=device, cache_dir=settings.models_cache_dir, allow_download=settings.models_allow_download
+        device=device,
+        cache_dir=settings.models_cache_dir,
+        allow_download=settings.models_allow_download,
+        custom_models=settings.custom_models,
     )
     t0 = time.monotonic()
     model = loader(settings.default_model)

@@ -54,6 +54,12 @@ class ModelLoadError(PermanentError):
     kind = "model_load"
 
 
+class ModelMemoryError(PermanentError):
+    """A model, or one input of it, does not fit the memory it is allowed (budget or device)."""
+
+    kind = "model_memory"
+
+
 class StoreRejectedError(PermanentError):
     """The vector store refused the data itself (e.g. a dimension mismatch)."""
 

@@ -16,7 +16,6 @@ from app.metrics import Metrics
 from app.pipeline import TaskPipeline
 from app.settings import Settings
 from models.device import resolve_device
-from models.families import make_loader
 from models.manager import ModelManager
 from sinks.base import BaseVectorDB
 from sinks.heartbeat import Heartbeat
@@ -59,10 +58,9 @@ class WorkerRuntime:
         s = self.settings
         loop = asyncio.get_running_loop()
         self.device = await loop.run_in_executor(None, resolve_device, s.device)
-        self.manager = ModelManager(
-            make_loader(device=self.device, cache_dir=s.models_cache_dir, allow_download=s.models_allow_download),
-            max_loaded=s.max_loaded_models,
-        )
+        from models.families import build_manager  # the families import app.errors: keep app's import light
+
+        self.manager = build_manager(s, self.device)
         self.stores = await loop.run_in_executor(None, create_stores, s)
         publisher = RecordPublisher(
             self._send,

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from app.errors import ConfigError
+from app.model_settings import CustomModel, parse_byte_size, parse_custom_models
 
 ENV_PREFIX = "VECTORIZE_WORKER_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
@@ -90,13 +91,15 @@ class Settings(BaseSettings):
     heartbeat_interval: float = Field(5.0, gt=0, le=300)
 
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    gpu_memory_limit: int | None = Field(None, ge=0)
+    gpu_memory_limit: int | None = Field(None, ge=0)  # bytes; "8GiB" accepted; on CUDA the model cache's budget
 
     models_cache_dir: str = "./.state/models"
     max_loaded_models: int = Field(3, ge=1, le=64)
     default_model: str = Field("sentence-transformers/all-MiniLM-L6-v2", min_length=1)
     models_allow_download: bool = True
-    custom_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    custom_models: Annotated[list[CustomModel], NoDecode] = Field(default_factory=list)
+    models_memory_budget: int | None = Field(None, ge=0)  # bytes of host RAM for loaded models; None = no limit
+    models_idle_unload_seconds: float = Field(0, ge=0)  # unload a model unused this long; 0 = never
 
     max_concurrent_tasks: int = Field(5, ge=1, le=10_000)
     task_timeout: float = Field(1800, gt=0)
@@ -144,13 +147,23 @@ class Settings(BaseSettings):
     def _upper_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("vector_dbs", "custom_models", "images_allowed_roots", mode="before")
+    @field_validator("vector_dbs", "images_allowed_roots", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         # "weaviate,qdrant" from the environment as well as a YAML list
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("custom_models", mode="before")
+    @classmethod
+    def _custom_models(cls, value: Any) -> Any:
+        return parse_custom_models(value)
+
+    @field_validator("models_memory_budget", "gpu_memory_limit", mode="before")
+    @classmethod
+    def _byte_size(cls, value: Any) -> Any:
+        return parse_byte_size(value)
 
     @field_validator("max_batch_size")
     @classmethod
@@ -205,6 +218,8 @@ YAML_KEYS: dict[str, str] = {
     "models.default": "default_model",
     "models.allow_download": "models_allow_download",
     "models.sentence_transformers": "custom_models",
+    "models.memory_budget": "models_memory_budget",
+    "models.idle_unload_seconds": "models_idle_unload_seconds",
     "device.type": "device",
     "device.gpu_memory_limit": "gpu_memory_limit",
     "processing.max_concurrent_tasks": "max_concurrent_tasks",

@@ -5,8 +5,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from models.tokenizers import TextTokenizer
 
 
 @dataclass(frozen=True)
@@ -39,15 +45,36 @@ class Embedder(ABC):
     def embed_texts(self, texts: Sequence[str], *, batch_size: int, normalize: bool | None) -> np.ndarray:
         """Return a float32 array of shape (len(texts), dim), rows in input order."""
 
-    def embed_images(self, images: Sequence[object], *, batch_size: int, normalize: bool | None) -> np.ndarray:
+    def embed_images(self, images: Sequence[Image], *, batch_size: int, normalize: bool | None) -> np.ndarray:
+        """Return a float32 array of shape (len(images), dim), rows in input order.
+
+        ``images`` are decoded PIL images (any mode; converted to what the
+        model needs). Only families with ``"image"`` in ``info.modalities``
+        implement it; the others raise :class:`~app.errors.UnsupportedTaskError`.
+        """
         from app.errors import UnsupportedTaskError
 
         raise UnsupportedTaskError(
-            f"Model {self.info.name} cannot embed images; use an image model such as a CLIP model."
+            f"Model {self.info.name} ({self.info.family}) cannot embed images; "
+            "send image tasks with a CLIP model such as ViT-B/32."
         )
 
+    def text_tokenizer(self) -> TextTokenizer:
+        """The model's tokenizer for counting tokens and cutting documents into chunks.
+
+        Returns an object with ``max_tokens`` (content tokens that fit one model
+        input), ``count(text)`` and ``offsets(text)`` (character spans of the
+        content tokens); see :class:`models.tokenizers.TextTokenizer`. Cheap to
+        call repeatedly (the same object is returned). Raises
+        :class:`~app.errors.UnsupportedTaskError` when the model cannot report
+        token offsets.
+        """
+        from app.errors import UnsupportedTaskError
+
+        raise UnsupportedTaskError(f"Model {self.info.name} ({self.info.family}) has no text tokenizer.")
+
     def memory_bytes(self) -> int:
-        """Approximate memory held by the model's weights."""
+        """Bytes held by the model's parameters and buffers (0 when unknown). Does not block."""
         return 0
 
     def close(self) -> None:  # noqa: B027 - optional hook
@@ -58,3 +85,22 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
     return (vectors / norms).astype(np.float32, copy=False)
+
+
+def module_bytes(module: object) -> int:
+    """Bytes of a torch module's parameters and buffers (what it holds on its device)."""
+    total = 0
+    for tensor in [*module.parameters(), *module.buffers()]:  # type: ignore[attr-defined]
+        total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def format_bytes(value: int | None) -> str:
+    if value is None:
+        return "unlimited"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"  # pragma: no cover

@@ -1,32 +1,71 @@
-"""Device choice: ``auto`` picks cuda, then mps, then cpu."""
+"""Device choice: ``auto`` picks cuda, then mps, then cpu; and returning memory to the device."""
 
 from __future__ import annotations
 
-from app.errors import ConfigError
+import gc
+import logging
+import os
+
+log = logging.getLogger("worker.model_manager")
 
 
 def resolve_device(requested: str) -> str:
     """Turn a configured device (auto/cpu/cuda/mps) into one torch can use.
 
-    ``CUDA_VISIBLE_DEVICES`` is honoured by torch itself. Raises
-    :class:`ConfigError` when a device is requested explicitly but absent.
+    ``CUDA_VISIBLE_DEVICES`` is honoured by torch itself: with it empty (or
+    ``-1``) no GPU is visible and ``auto`` picks mps or cpu; ``cuda`` is the
+    first visible GPU. Raises :class:`ConfigError` when a device is requested
+    explicitly but absent. Blocks while torch initialises CUDA (a second or so).
     """
     import torch
 
+    from app.errors import ConfigError  # not at import time: the app package imports this module
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if requested == "auto":
         if torch.cuda.is_available():
             return "cuda"
         mps = getattr(torch.backends, "mps", None)
         if mps is not None and mps.is_available():
             return "mps"
+        if visible is not None:
+            log.info("No CUDA device visible (CUDA_VISIBLE_DEVICES=%r); using the CPU", visible)
         return "cpu"
     if requested == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
-            "VECTORIZE_WORKER_DEVICE=cuda but torch sees no CUDA device (check CUDA_VISIBLE_DEVICES and the driver); "
-            "use device auto or cpu."
+            f"VECTORIZE_WORKER_DEVICE=cuda but torch sees no CUDA device (CUDA_VISIBLE_DEVICES={visible!r}; "
+            "check it and the driver); use device auto or cpu."
         )
     if requested == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
             raise ConfigError("VECTORIZE_WORKER_DEVICE=mps but MPS is not available on this machine; use auto or cpu.")
     return requested
+
+
+def release_memory(device: str) -> None:
+    """Give freed tensors back to the device after a model is dropped or a batch ran out of memory."""
+    gc.collect()
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - a core dependency
+        return
+    if device.startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    elif device == "mps" and getattr(torch, "mps", None) is not None:
+        try:
+            torch.mps.empty_cache()
+        except (RuntimeError, AttributeError):  # pragma: no cover - no MPS here
+            pass
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for a device out-of-memory error (CUDA's OutOfMemoryError, MPS's RuntimeError)."""
+    try:
+        import torch
+
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return True
+    except ImportError:  # pragma: no cover - a core dependency
+        pass
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()

@@ -1,34 +1,133 @@
-"""Pick the model family for a name and build the manager's loader."""
+"""Pick the model family for a name (or a custom entry) and build the manager's loader.
+
+Rules, first match wins:
+
+1. a custom entry (``models.sentence_transformers``) with ``family`` set;
+2. CLIP names: ``ViT-B/32``, ``ViT-B/16``, ``ViT-L/14``, ``clip:<arch>``, ``open_clip:<arch>``;
+3. ``hf:<id>`` / ``transformers:<id>``, or a known transformers name
+   (``bert-base-uncased``, ``distilbert-base-uncased``, ``roberta-base`` and their hub ids);
+4. a local directory decides by its files: ``open_clip_config.json`` → clip,
+   ``modules.json`` → sentence-transformers, a bare ``config.json`` → transformers;
+5. anything else is a sentence-transformers model.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from app.errors import UnsupportedTaskError
 from models.base import Embedder
+from models.clip import CLIP_NAMES, is_clip_name, local_clip_dir
+from models.hf_transformers import HF_ALIASES, repo_id
+from models.resolve import hf_cached_snapshot, local_model_dir, weights_bytes
 
-#: OpenAI CLIP names of the product documentation (served by open_clip later)
-CLIP_NAMES = ("ViT-B/32", "ViT-B/16", "ViT-L/14")
+if TYPE_CHECKING:
+    from app.model_settings import CustomModel
+    from app.settings import Settings
+    from models.manager import ModelManager
+
+__all__ = ["CLIP_NAMES", "build_manager", "family_of", "make_loader", "make_size_hint"]
+TRANSFORMERS_NAMES = frozenset([*HF_ALIASES, *HF_ALIASES.values()])
 
 
-def family_of(name: str) -> str:
-    if name in CLIP_NAMES or name.lower().startswith(("clip:", "open_clip:")):
+def family_of(name: str, custom: CustomModel | None = None) -> str:
+    """The family that loads ``name``: ``sentence-transformers``, ``transformers`` or ``clip``."""
+    if custom is not None and custom.family is not None:
+        return custom.family
+    target = custom.path if custom is not None and custom.path else name
+    if is_clip_name(name):
         return "clip"
+    if name.lower().startswith(("hf:", "transformers:")) or name in TRANSFORMERS_NAMES:
+        return "transformers"
+    directory = Path(target).expanduser()
+    if directory.is_dir():
+        if (directory / "open_clip_config.json").is_file():
+            return "clip"
+        if not (directory / "modules.json").is_file() and (directory / "config.json").is_file():
+            return "transformers"
     return "sentence-transformers"
 
 
-def make_loader(*, device: str, cache_dir: str | None, allow_download: bool) -> Callable[[str], Embedder]:
-    """A loader for :class:`~models.manager.ModelManager` that dispatches on the family."""
+def make_loader(
+    *,
+    device: str,
+    cache_dir: str | None,
+    allow_download: bool,
+    custom_models: Sequence[CustomModel] = (),
+) -> Callable[[str], Embedder]:
+    """A loader for :class:`~models.manager.ModelManager` that dispatches on the family.
+
+    The loader blocks (it reads weights) and raises
+    :class:`~app.errors.ModelLoadError` for a model it cannot find or read.
+    """
+    entries = {entry.name: entry for entry in custom_models}
 
     def load(name: str) -> Embedder:
-        family = family_of(name)
+        entry = entries.get(name)
+        family = family_of(name, entry)
+        path = entry.path if entry is not None else None
+        normalize = entry.normalize if entry is not None else None
+        common = {"device": device, "cache_dir": cache_dir, "allow_download": allow_download, "path": path}
         if family == "clip":
-            raise UnsupportedTaskError(
-                f"Model {name} is a CLIP image model: image models not available yet in this worker version; "
-                "send text tasks, or upgrade when CLIP support lands."
-            )
+            from models.clip import load_clip
+
+            return load_clip(name, normalize=normalize, **common)
+        max_length = entry.max_length if entry is not None else None
+        if family == "transformers":
+            from models.hf_transformers import load_hf_transformer
+
+            pooling = entry.pooling if entry is not None and entry.pooling else "mean"
+            return load_hf_transformer(name, pooling=pooling, max_length=max_length, normalize=normalize, **common)
         from models.sentence_transformers import load_sentence_transformer
 
-        return load_sentence_transformer(name, device=device, cache_dir=cache_dir, allow_download=allow_download)
+        return load_sentence_transformer(name, max_length=max_length, normalize=normalize, **common)
 
+    load.device = device  # type: ignore[attr-defined] - read by the manager to free memory after an OOM
     return load
+
+
+def make_size_hint(*, cache_dir: str | None, custom_models: Sequence[CustomModel] = ()) -> Callable[[str], int | None]:
+    """Estimate a model's memory from its weight files on disk, before loading it (None when unknown)."""
+    entries = {entry.name: entry for entry in custom_models}
+
+    def hint(name: str) -> int | None:
+        entry = entries.get(name)
+        path = entry.path if entry is not None else None
+        if family_of(name, entry) == "clip":
+            return weights_bytes(local_clip_dir(name, cache_dir, path))
+        repo = repo_id(path or name)
+        local = local_model_dir(repo, cache_dir) or (None if path else hf_cached_snapshot(repo, cache_dir))
+        return weights_bytes(local)
+
+    return hint
+
+
+def build_manager(settings: Settings, device: str) -> ModelManager:
+    """The worker's :class:`ModelManager` from its settings, for models on ``device``.
+
+    On CUDA the memory budget is ``gpu_memory_limit`` (the loaded models' share
+    of GPU memory), falling back to ``models_memory_budget``; elsewhere it is
+    ``models_memory_budget`` (host RAM; MPS shares it). The default model is
+    never unloaded for being idle.
+    """
+    from models.manager import BUDGET_SETTING, ModelManager
+
+    budget, setting = settings.models_memory_budget, BUDGET_SETTING
+    if device.startswith("cuda") and settings.gpu_memory_limit:
+        budget, setting = settings.gpu_memory_limit, "VECTORIZE_WORKER_GPU_MEMORY_LIMIT (YAML device.gpu_memory_limit)"
+    custom = settings.custom_models
+    return ModelManager(
+        make_loader(
+            device=device,
+            cache_dir=settings.models_cache_dir,
+            allow_download=settings.models_allow_download,
+            custom_models=custom,
+        ),
+        max_loaded=settings.max_loaded_models,
+        memory_budget=budget,
+        budget_setting=setting,
+        size_hint=make_size_hint(cache_dir=settings.models_cache_dir, custom_models=custom),
+        idle_unload_seconds=settings.models_idle_unload_seconds,
+        keep_loaded=[settings.default_model],
+    )

@@ -1,45 +1,81 @@
-"""Resolve model names to loaded embedders: an LRU cache with one thread per device."""
+"""Resolve model names to loaded embedders: an LRU cache by count and memory, one thread per device."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
-from models.base import Embedder, EmbedderInfo
+from models.base import Embedder, EmbedderInfo, format_bytes
+from models.device import is_out_of_memory, release_memory
 
 log = logging.getLogger("worker.model_manager")
 T = TypeVar("T")
 Loader = Callable[[str], Embedder]
+BUDGET_SETTING = "VECTORIZE_WORKER_MODELS_MEMORY_BUDGET (YAML models.memory_budget)"
 
 
 class ModelManager:
-    """Keeps at most ``max_loaded`` models; the least recently used is unloaded first.
+    """Keeps at most ``max_loaded`` models within ``memory_budget`` bytes; the least recently used goes first.
 
     All loading and inference run on one dedicated thread (torch itself uses
     the cores), so the event loop never blocks on a model and two batches
     never compete for the same device. The async methods may be called from
-    the event loop; the ``*_sync`` ones block and are for scripts and tests.
-    Loading raises whatever the loader raises (``ModelLoadError`` for a model
-    that cannot be found).
+    the event loop; the ``*_sync`` ones block and are for that thread, scripts
+    and tests.
+
+    Memory: a model's size is what :meth:`Embedder.memory_bytes` reports once
+    loaded (``size_hint`` estimates it before the first load, from the weight
+    files). Loading evicts least recently used models until the new one fits;
+    a model larger than the whole budget raises :class:`ModelMemoryError`.
+    With ``idle_unload_seconds`` > 0 a model unused that long is unloaded
+    (except those in ``keep_loaded``). A device out-of-memory error during a
+    batch splits the batch in halves down to single inputs before it raises
+    :class:`ModelMemoryError`. Loading raises whatever the loader raises
+    (``ModelLoadError`` for a model that cannot be found).
     """
 
-    def __init__(self, loader: Loader, *, max_loaded: int = 3, warmup: bool = True) -> None:
+    def __init__(
+        self,
+        loader: Loader,
+        *,
+        max_loaded: int = 3,
+        warmup: bool = True,
+        memory_budget: int | None = None,
+        budget_setting: str = BUDGET_SETTING,
+        size_hint: Callable[[str], int | None] | None = None,
+        idle_unload_seconds: float = 0,
+        keep_loaded: Iterable[str] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if max_loaded < 1:
             raise ValueError("max_loaded must be >= 1")
         self._loader = loader
         self.max_loaded = max_loaded
+        self.memory_budget = memory_budget or None
+        self.budget_setting = budget_setting
+        self.idle_unload_seconds = idle_unload_seconds
+        self.keep_loaded = frozenset(keep_loaded)
         self._warmup = warmup
+        self._size_hint = size_hint
+        self._clock = clock
         self._models: OrderedDict[str, Embedder] = OrderedDict()
+        self._sizes: dict[str, int] = {}  # measured sizes, kept after unloading: the next load's estimate
+        self._last_used: dict[str, float] = {}
         self._lock = threading.RLock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-device")
+        self._stop = threading.Event()
         self.on_change: Callable[[list[EmbedderInfo]], None] | None = None
+        if idle_unload_seconds > 0:
+            interval = min(max(idle_unload_seconds / 4, 0.05), 30.0)
+            threading.Thread(target=self._idle_loop, args=(interval,), name="model-idle", daemon=True).start()
 
     # -- blocking API (runs on the caller's thread) --------------------------------
     def get_sync(self, name: str) -> Embedder:
@@ -47,13 +83,29 @@ class ModelManager:
             model = self._models.get(name)
             if model is not None:
                 self._models.move_to_end(name)
+                self._last_used[name] = self._clock()
                 return model
             while len(self._models) >= self.max_loaded:
-                self._evict_oldest()
-            model = self._loader(name)
-            if self._warmup:
+                self._evict_oldest(f"max_loaded_models={self.max_loaded}")
+            known = self._sizes.get(name)
+            if self.memory_budget and known and known > self.memory_budget:
+                raise self._too_big(name, known)  # measured on an earlier try: do not load it again
+            estimate = known or (self._size_hint(name) if self._size_hint else None)
+            if self.memory_budget and estimate and estimate <= self.memory_budget:
+                self._make_room(estimate, for_model=name)  # before loading, so the two never share memory
+            model = self._load(name)
+            size = model.memory_bytes()
+            self._sizes[name] = size
+            if self.memory_budget and size > self.memory_budget:
+                model.close()
+                raise self._too_big(name, size)
+            if self.memory_budget:
+                self._make_room(size, for_model=name)
+            if self._warmup and "text" in model.info.modalities:
                 model.embed_texts(["warm-up"], batch_size=1, normalize=None)
             self._models[name] = model
+            self._last_used[name] = self._clock()
+            log.info("Model %s holds %s; %d model(s) loaded", name, format_bytes(size), len(self._models))
             self._changed()
             return model
 
@@ -61,13 +113,18 @@ class ModelManager:
         self, name: str, texts: Sequence[str], *, batch_size: int, normalize: bool | None
     ) -> tuple[np.ndarray, EmbedderInfo]:
         model = self.get_sync(name)
-        return model.embed_texts(texts, batch_size=batch_size, normalize=normalize), model.info
+        vectors = self._split_on_oom(model, model.embed_texts, list(texts), batch_size, normalize)
+        self._last_used[name] = self._clock()
+        return vectors, model.info
 
     def embed_images_sync(
-        self, name: str, images: Sequence[object], *, batch_size: int, normalize: bool | None
+        self, name: str, images: Sequence[Any], *, batch_size: int, normalize: bool | None
     ) -> tuple[np.ndarray, EmbedderInfo]:
+        """Embed decoded PIL images; ``UnsupportedTaskError`` when the model has no image tower."""
         model = self.get_sync(name)
-        return model.embed_images(images, batch_size=batch_size, normalize=normalize), model.info
+        vectors = self._split_on_oom(model, model.embed_images, list(images), batch_size, normalize)
+        self._last_used[name] = self._clock()
+        return vectors, model.info
 
     # -- async API (work runs on the device thread) ---------------------------------
     async def run(self, func: Callable[[], T]) -> T:
@@ -83,9 +140,8 @@ class ModelManager:
         return await self.run(lambda: self.embed_texts_sync(name, texts, batch_size=batch_size, normalize=normalize))
 
     async def embed_images(
-        self, name: str, images: Sequence[object], *, batch_size: int, normalize: bool | None
+        self, name: str, images: Sequence[Any], *, batch_size: int, normalize: bool | None
     ) -> tuple[np.ndarray, EmbedderInfo]:
-        """Embed RGB ``PIL.Image.Image`` objects on the device thread (loading the model first if needed)."""
         return await self.run(lambda: self.embed_images_sync(name, images, batch_size=batch_size, normalize=normalize))
 
     # -- state ----------------------------------------------------------------------
@@ -97,17 +153,44 @@ class ModelManager:
         with self._lock:
             return name in self._models
 
+    def memory_used(self) -> int:
+        """Bytes held by the loaded models, as measured when each was loaded."""
+        with self._lock:
+            return sum(self._sizes.get(name, 0) for name in self._models)
+
     def unload(self, name: str) -> bool:
         with self._lock:
             model = self._models.pop(name, None)
             if model is None:
                 return False
+            self._last_used.pop(name, None)
             model.close()
             self._changed()
             return True
 
+    def unload_idle(self) -> list[str]:
+        """Unload the models unused for ``idle_unload_seconds`` (not those in ``keep_loaded``)."""
+        if self.idle_unload_seconds <= 0:
+            return []
+        now = self._clock()
+        with self._lock:
+            idle = [
+                name
+                for name in self._models
+                if name not in self.keep_loaded and now - self._last_used.get(name, now) >= self.idle_unload_seconds
+            ]
+            for name in idle:
+                log.info(
+                    "Unloading model %s (unused for %.0fs; models.idle_unload_seconds)",
+                    name,
+                    now - self._last_used[name],
+                )
+                self.unload(name)
+        return idle
+
     def close(self) -> None:
         """Unload every model once the call running on the device thread (if any) is done."""
+        self._stop.set()
 
         def unload_all() -> None:
             with self._lock:
@@ -117,12 +200,92 @@ class ModelManager:
         self._executor.submit(unload_all)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def _evict_oldest(self) -> None:
+    # -- internals ------------------------------------------------------------------
+    def _load(self, name: str) -> Embedder:
+        try:
+            return self._loader(name)
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled here
+            if not is_out_of_memory(exc) or not self._models:
+                raise
+        # the device is full: drop every other model and try once more
+        while self._models:
+            self._evict_oldest("the device ran out of memory loading another model")
+        release_memory(_device_of(self._loader))
+        return self._loader(name)
+
+    def _too_big(self, name: str, size: int) -> Exception:
+        from app.errors import ModelMemoryError  # not at import time: app imports this module
+
+        return ModelMemoryError(
+            f"Failed to load model {name}: it needs {format_bytes(size)} (weights and buffers) but the model "
+            f"memory budget is {format_bytes(self.memory_budget)} ({self.budget_setting}); raise the budget "
+            "or use a smaller model."
+        )
+
+    def _make_room(self, size: int, *, for_model: str) -> None:
+        assert self.memory_budget is not None
+        while self._models and self.memory_used() + size > self.memory_budget:
+            self._evict_oldest(
+                f"{for_model} needs {format_bytes(size)}, budget {format_bytes(self.memory_budget)}, "
+                f"in use {format_bytes(self.memory_used())}"
+            )
+
+    def _evict_oldest(self, reason: str) -> None:
         name, model = self._models.popitem(last=False)
-        log.info("Unloading model %s (least recently used; max_loaded_models=%d)", name, self.max_loaded)
+        self._last_used.pop(name, None)
+        log.info("Unloading model %s (least recently used; %s)", name, reason)
         model.close()
         self._changed()
+
+    def _split_on_oom(
+        self,
+        model: Embedder,
+        embed: Callable[..., np.ndarray],
+        items: list[Any],
+        batch_size: int,
+        normalize: bool | None,
+    ) -> np.ndarray:
+        try:
+            return embed(items, batch_size=batch_size, normalize=normalize)
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled here
+            if not is_out_of_memory(exc):
+                raise
+            message = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        # outside the except block, so the failed batch's tensors (held by the traceback) can be freed
+        release_memory(model.info.device)
+        info = model.info
+        if len(items) <= 1:
+            from app.errors import ModelMemoryError
+
+            raise ModelMemoryError(
+                f"Model {info.name} ran out of memory on {info.device} embedding a single input ({message}); "
+                "send shorter inputs, use a smaller model, free the device (VECTORIZE_WORKER_MAX_LOADED_MODELS, "
+                "VECTORIZE_WORKER_GPU_MEMORY_LIMIT) or run on the CPU (VECTORIZE_WORKER_DEVICE=cpu)."
+            )
+        half = len(items) // 2
+        log.warning(
+            "Model %s ran out of memory on %s with %d inputs; retrying as 2 x ~%d",
+            info.name,
+            info.device,
+            len(items),
+            half,
+        )
+        size = max(1, min(batch_size, half))
+        first = self._split_on_oom(model, embed, items[:half], size, normalize)
+        second = self._split_on_oom(model, embed, items[half:], size, normalize)
+        return np.concatenate([first, second])
+
+    def _idle_loop(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                self._executor.submit(self.unload_idle)
+            except RuntimeError:  # the executor is shut down
+                return
 
     def _changed(self) -> None:
         if self.on_change is not None:
             self.on_change(self.loaded())
+
+
+def _device_of(loader: Loader) -> str:
+    return str(getattr(loader, "device", "cpu"))

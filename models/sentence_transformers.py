@@ -3,31 +3,37 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from app.errors import ModelLoadError
-from models.base import Embedder, EmbedderInfo, l2_normalize
-from models.resolve import local_model_dir, places_searched
+from models.base import Embedder, EmbedderInfo, l2_normalize, module_bytes
+from models.resolve import downloads_allowed, local_model_dir, missing_model_error
+from models.tokenizers import HFTextTokenizer, TextTokenizer
 
 log = logging.getLogger("worker.model_manager")
 FAMILY = "sentence-transformers"
 
 
 class SentenceTransformerEmbedder(Embedder):
-    """A :class:`sentence_transformers.SentenceTransformer` behind the Embedder port."""
+    """A :class:`sentence_transformers.SentenceTransformer` behind the Embedder port.
 
-    def __init__(self, name: str, model: Any, device: str, source: str) -> None:
+    ``normalize_default`` applies when a task does not say (``normalize`` None);
+    a custom model entry may set it.
+    """
+
+    def __init__(
+        self, name: str, model: Any, device: str, source: str, *, normalize_default: bool | None = None
+    ) -> None:
         self._model = model
-        dim = _dimension(model)
+        self._normalize_default = normalize_default
+        self._tokenizer: TextTokenizer | None = None
         self._info = EmbedderInfo(
             name=name,
             family=FAMILY,
-            dim=dim,
+            dim=_dimension(model),
             device=device,
             modalities=("text",),
             max_tokens=int(getattr(model, "max_seq_length", 512) or 512),
@@ -41,43 +47,30 @@ class SentenceTransformerEmbedder(Embedder):
     def embed_texts(self, texts: Sequence[str], *, batch_size: int, normalize: bool | None) -> np.ndarray:
         vectors = self._model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
         vectors = np.asarray(vectors, dtype=np.float32)
+        if normalize is None:
+            normalize = self._normalize_default
         return l2_normalize(vectors) if normalize else vectors
 
     def text_tokenizer(self) -> TextTokenizer:
-        """Token counts and character offsets as this model's tokenizer sees them (for chunking)."""
-        return TextTokenizer(self._model.tokenizer, self._info.max_tokens)
+        if self._tokenizer is None:
+            self._tokenizer = HFTextTokenizer(self._model.tokenizer, self._info.max_tokens, model=self._info.name)
+        return self._tokenizer
 
     def memory_bytes(self) -> int:
-        return sum(p.numel() * p.element_size() for p in self._model.parameters())
+        return module_bytes(self._model) if self._model is not None else 0
 
     def close(self) -> None:
         self._model = None
 
 
-class TextTokenizer:
-    """A Hugging Face tokenizer seen as content tokens: ``count``, ``offsets`` and ``max_tokens``.
+def _length_limit(model: Any) -> int | None:
+    """The most tokens the underlying transformer takes (None when it cannot be told)."""
+    from models.hf_transformers import model_max_length
 
-    ``max_tokens`` is how many content tokens fit the model: its maximum
-    sequence length minus the special tokens (``[CLS]``/``[SEP]``) it adds.
-    Both methods block (tokenisation) and should run on the model's thread.
-    """
-
-    def __init__(self, tokenizer: Any, max_seq_length: int) -> None:
-        self._tokenizer = tokenizer
-        self.max_tokens = max(1, int(max_seq_length) - int(tokenizer.num_special_tokens_to_add(pair=False)))
-
-    def count(self, text: str) -> int:
-        return len(self._encode(text, offsets=False)["input_ids"])
-
-    def offsets(self, text: str) -> list[tuple[int, int]]:
-        """Character span ``(start, end)`` of each content token, in order."""
-        return [(int(a), int(b)) for a, b in self._encode(text, offsets=True)["offset_mapping"]]
-
-    def _encode(self, text: str, *, offsets: bool) -> Any:
-        # verbose=False: no "sequence longer than the maximum" warning, counting long texts is the point
-        return self._tokenizer(
-            text, add_special_tokens=False, truncation=False, return_offsets_mapping=offsets, verbose=False
-        )
+    first = model[0] if len(model) else None
+    config = getattr(getattr(first, "auto_model", None), "config", None)
+    # the position embeddings, not the tokenizer's model_max_length: sentence-transformers sets that to max_seq_length
+    return model_max_length(None, config) if config is not None else None
 
 
 def _dimension(model: Any) -> int:
@@ -86,9 +79,20 @@ def _dimension(model: Any) -> int:
 
 
 def load_sentence_transformer(
-    name: str, *, device: str, cache_dir: str | None, allow_download: bool
+    name: str,
+    *,
+    device: str,
+    cache_dir: str | None,
+    allow_download: bool,
+    path: str | None = None,
+    max_length: int | None = None,
+    normalize: bool | None = None,
 ) -> SentenceTransformerEmbedder:
-    """Load ``name`` offline when possible; raise :class:`ModelLoadError` with what to do."""
+    """Load ``name`` (or the directory ``path``) offline when possible; raise :class:`ModelLoadError` with what to do.
+
+    Blocks while reading the weights (seconds); downloads only when
+    ``allow_download`` and ``HF_HUB_OFFLINE`` is not set.
+    """
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError as exc:  # pragma: no cover - a core dependency
@@ -96,36 +100,31 @@ def load_sentence_transformer(
             f"Failed to load model {name}: sentence-transformers is not installed ({exc}); "
             "pip install sentence-transformers"
         ) from None
-    local = local_model_dir(name, cache_dir)
-    offline = not allow_download or os.environ.get("HF_HUB_OFFLINE") == "1"
+    local = local_model_dir(path or name, cache_dir)
+    if path is not None and local is None:
+        raise ModelLoadError(
+            f"Failed to load model {name}: its configured path {path} does not exist or is empty; "
+            "fix the path of this entry under models.sentence_transformers (VECTORIZE_WORKER_CUSTOM_MODELS)."
+        )
+    offline = not downloads_allowed(allow_download)
     try:
         if local is not None:
             model = SentenceTransformer(str(local), device=device)
             source = str(local)
         else:
             model = SentenceTransformer(
-                name, device=device, cache_folder=_cache_folder(cache_dir), local_files_only=offline
+                name, device=device, cache_folder=str(cache_dir) if cache_dir else None, local_files_only=offline
             )
             source = f"huggingface:{name}"
     except (OSError, ValueError) as exc:
-        hint = (
-            "downloads are off (VECTORIZE_WORKER_MODELS_ALLOW_DOWNLOAD=false or HF_HUB_OFFLINE=1)"
-            if offline
-            else "the download from the Hugging Face hub failed (check the network and the model name)"
-        )
-        raise ModelLoadError(
-            f"Failed to load model {name}: not found in {places_searched(name, cache_dir)}, and {hint}. "
-            f"Put the model's files in {Path(cache_dir or './.state/models') / name} or send a local path as model_name. "
-            f"({type(exc).__name__}: {_first_line(exc)})"
-        ) from None
+        raise missing_model_error(path or name, cache_dir, allow_download=allow_download, exc=exc) from None
+    if max_length is not None:
+        limit = _length_limit(model)
+        if limit is not None and max_length > limit:
+            raise ModelLoadError(
+                f"Failed to load model {name}: max_length {max_length} is more than the model's limit of {limit} "
+                "tokens; lower max_length in its models.sentence_transformers entry."
+            )
+        model.max_seq_length = int(max_length)
     log.info("Model %s loaded successfully from %s on %s", name, source, device)
-    return SentenceTransformerEmbedder(name, model, device, source)
-
-
-def _cache_folder(cache_dir: str | None) -> str | None:
-    return str(Path(cache_dir).expanduser()) if cache_dir else None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else ""
+    return SentenceTransformerEmbedder(name, model, device, source, normalize_default=normalize)

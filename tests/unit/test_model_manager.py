@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from app.errors import ModelLoadError, UnsupportedTaskError
+from app.errors import ModelLoadError
 from models.families import family_of, make_loader
 from models.manager import ModelManager
 from tests.fakes import FakeEmbedder
@@ -87,9 +87,10 @@ async def test_async_embedding_runs_off_the_event_loop() -> None:
     manager.close()
 
 
-def test_family_routing_and_clip_is_not_available_yet() -> None:
+def test_family_routing_and_a_missing_clip_model_says_where_to_put_it(tmp_path) -> None:
     assert family_of("sentence-transformers/all-MiniLM-L6-v2") == "sentence-transformers"
     assert family_of("ViT-B/32") == "clip"
-    loader = make_loader(device="cpu", cache_dir=None, allow_download=False)
-    with pytest.raises(UnsupportedTaskError, match="image models not available yet"):
+    loader = make_loader(device="cpu", cache_dir=str(tmp_path), allow_download=False)
+    with pytest.raises(ModelLoadError, match="Failed to load model ViT-B/32: not found in") as info:
         loader("ViT-B/32")
+    assert str(tmp_path / "ViT-B-32") in str(info.value) and "downloads are off" in str(info.value)
