@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from app.errors import ModelMemoryError, UnsupportedTaskError
+from models.base import Embedder
 from models.manager import ModelManager
 from tests.fakes import FakeEmbedder
 
@@ -166,7 +167,10 @@ async def test_embed_images_mirrors_embed_texts() -> None:
         def embed_images(self, images, *, batch_size, normalize):  # type: ignore[override]
             return self.embed_texts([str(i) for i in images], batch_size=batch_size, normalize=normalize)
 
-    manager = ModelManager(lambda name: Images(name) if name == "clip" else FakeEmbedder(name), max_loaded=2)
+    class TextOnly(FakeEmbedder):
+        embed_images = Embedder.embed_images  # the port's default: no image tower
+
+    manager = ModelManager(lambda name: Images(name) if name == "clip" else TextOnly(name), max_loaded=2)
     vectors, info = await manager.embed_images("clip", ["img-1", "img-2"], batch_size=2, normalize=True)
     assert vectors.shape == (2, 8) and info.name == "clip"
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
