@@ -9,7 +9,6 @@ scalar under its path with ``__`` for dots (``metadata__lang``) for filters.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 from app.errors import ConfigError, StoreRejectedError, StoreUnavailableError
 from sinks.base import BaseVectorDB, Distance, StoredPoint, VectorRecord
 from sinks.chroma import PAYLOAD_KEY, flatten
+from sinks.lazy import LazyClient
 
 try:
     import grpc
@@ -56,7 +56,7 @@ def _literal(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False) if not isinstance(value, bool) else ("true" if value else "false")
 
 
-class MilvusStore(BaseVectorDB):
+class MilvusStore(LazyClient, BaseVectorDB):
     name = "milvus"
 
     def __init__(self, *, uri: str, token: str | None = None, timeout: float = 10.0) -> None:
@@ -65,8 +65,7 @@ class MilvusStore(BaseVectorDB):
         self._uri = uri
         self._token = token
         self._timeout = timeout
-        self._client: Any = None
-        self._lock = threading.Lock()
+        self._init_client()
         self._dims: dict[str, int] = {}
 
     def describe(self) -> str:
@@ -78,18 +77,10 @@ class MilvusStore(BaseVectorDB):
             "(VECTORIZE_WORKER_MILVUS__URI; `make up` starts a local one)"
         )
 
-    def _connect(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                if not self._uri.startswith(("http://", "https://", "tcp://", "unix:")):
-                    Path(self._uri).parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    self._client = MilvusClient(uri=self._uri, token=self._token or "", timeout=self._timeout)
-                except MilvusException as exc:
-                    raise self._unavailable("connect", exc) from None
-                except Exception as exc:  # noqa: BLE001 - grpc and lite start-up errors
-                    raise self._unavailable("connect", exc) from None
-            return self._client
+    def _open(self) -> Any:
+        if not self._uri.startswith(("http://", "https://", "tcp://", "unix:")):
+            Path(self._uri).parent.mkdir(parents=True, exist_ok=True)
+        return MilvusClient(uri=self._uri, token=self._token or "", timeout=self._timeout)
 
     def _call(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("timeout", self._timeout)  # the client's own timeout covers only connecting
@@ -110,15 +101,6 @@ class MilvusStore(BaseVectorDB):
         except (ConnectionError, TimeoutError, OSError) as exc:
             self._forget()
             raise self._unavailable(what, exc) from None
-
-    def _forget(self) -> None:
-        with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            try:
-                client.close()
-            except Exception:  # noqa: BLE001 - closing a broken client must not raise
-                pass
 
     def ensure_collection(self, collection: str, dim: int, distance: Distance = "cosine") -> None:
         known = self._dims.get(collection)

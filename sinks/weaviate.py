@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlparse
@@ -20,6 +19,7 @@ from urllib.parse import urlparse
 from app.errors import ConfigError, StoreRejectedError, StoreUnavailableError
 from sinks.base import BaseVectorDB, Distance, StoredPoint, VectorRecord
 from sinks.chroma import PAYLOAD_KEY, flatten
+from sinks.lazy import LazyClient
 
 try:
     import weaviate
@@ -65,7 +65,7 @@ def prop_name(path: str) -> str:
     return path.replace(".", "__")
 
 
-class WeaviateStore(BaseVectorDB):
+class WeaviateStore(LazyClient, BaseVectorDB):
     name = "weaviate"
 
     def __init__(self, *, url: str, grpc_port: int = 50051, api_key: str | None = None, timeout: float = 10.0) -> None:
@@ -79,8 +79,7 @@ class WeaviateStore(BaseVectorDB):
         self._grpc_port = grpc_port
         self._api_key = api_key
         self._timeout = timeout
-        self._client: Any = None
-        self._lock = threading.Lock()
+        self._init_client()
         self._dims: dict[str, int] = {}
 
     def describe(self) -> str:
@@ -92,27 +91,21 @@ class WeaviateStore(BaseVectorDB):
             f"{str(exc)[:300]} — is the server running? (VECTORIZE_WORKER_WEAVIATE_URL; `make up` starts a local one)"
         )
 
-    def _connect(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                secure = self._parsed.scheme == "https"
-                try:
-                    self._client = weaviate.connect_to_custom(
-                        http_host=self._parsed.hostname,
-                        http_port=self._parsed.port or (443 if secure else 80),
-                        http_secure=secure,
-                        grpc_host=self._parsed.hostname,
-                        grpc_port=self._grpc_port,
-                        grpc_secure=secure,
-                        auth_credentials=Auth.api_key(self._api_key) if self._api_key else None,
-                        skip_init_checks=True,
-                        additional_config=AdditionalConfig(
-                            timeout=Timeout(init=self._timeout, query=self._timeout, insert=self._timeout * 6)
-                        ),
-                    )
-                except WeaviateBaseError as exc:
-                    raise self._unavailable("connect", exc) from None
-            return self._client
+    def _open(self) -> Any:
+        secure = self._parsed.scheme == "https"
+        return weaviate.connect_to_custom(
+            http_host=self._parsed.hostname,
+            http_port=self._parsed.port or (443 if secure else 80),
+            http_secure=secure,
+            grpc_host=self._parsed.hostname,
+            grpc_port=self._grpc_port,
+            grpc_secure=secure,
+            auth_credentials=Auth.api_key(self._api_key) if self._api_key else None,
+            skip_init_checks=True,
+            additional_config=AdditionalConfig(
+                timeout=Timeout(init=self._timeout, query=self._timeout, insert=self._timeout * 6)
+            ),
+        )
 
     def _call(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -131,15 +124,6 @@ class WeaviateStore(BaseVectorDB):
         except (ConnectionError, TimeoutError, OSError) as exc:
             self._forget()
             raise self._unavailable(what, exc) from None
-
-    def _forget(self) -> None:
-        with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            try:
-                client.close()
-            except Exception:  # noqa: BLE001 - closing a broken client must not raise
-                pass
 
     def _collection(self, collection: str) -> Any:
         return self._connect().collections.get(class_name(collection))

@@ -24,12 +24,8 @@ def require_milvus() -> MilvusStore:
     return store
 
 
-class TestMilvusServer(VectorDBContract):
-    @pytest.fixture
-    def store(self) -> Iterator[BaseVectorDB]:
-        store = require_milvus()
-        yield store
-        store.close()
+class MilvusContract(VectorDBContract):
+    """The contract plus Milvus's unreachable server (shared by the server and the Lite file)."""
 
     @pytest.fixture
     def unreachable(self) -> Iterator[BaseVectorDB]:
@@ -38,7 +34,15 @@ class TestMilvusServer(VectorDBContract):
         store.close()
 
 
-class TestMilvusLiteFile(VectorDBContract):
+class TestMilvusServer(MilvusContract):
+    @pytest.fixture
+    def store(self) -> Iterator[BaseVectorDB]:
+        store = require_milvus()
+        yield store
+        store.close()
+
+
+class TestMilvusLiteFile(MilvusContract):
     @pytest.fixture(scope="class")
     def lite_dir(self, tmp_path_factory: pytest.TempPathFactory) -> Path:
         return tmp_path_factory.mktemp("milvus-lite")
@@ -46,11 +50,5 @@ class TestMilvusLiteFile(VectorDBContract):
     @pytest.fixture
     def store(self, lite_dir: Path) -> Iterator[BaseVectorDB]:
         store = MilvusStore(uri=str(lite_dir / "test.db"))
-        yield store
-        store.close()
-
-    @pytest.fixture
-    def unreachable(self) -> Iterator[BaseVectorDB]:
-        store = MilvusStore(uri="http://127.0.0.1:9", timeout=2)
         yield store
         store.close()
