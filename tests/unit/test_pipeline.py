@@ -282,7 +282,6 @@ async def test_a_result_record_kafka_refuses_fails_the_task(monkeypatch: pytest.
 
 async def test_drain_waits_for_the_batch_in_flight() -> None:
     import asyncio
-
     import threading
 
     h = Harness()
