@@ -156,7 +156,7 @@ class TextLane:
             if ok and outcomes:
                 await self._to_embed.put(outcomes)
             else:
-                p._batch_finished(batch)
+                p._batch_finished(0)
 
     async def _embed(self) -> None:
         while True:
@@ -165,14 +165,14 @@ class TextLane:
             if ok:
                 await self._to_store.put(outcomes)
             else:
-                self.p._batch_finished([o.item for o in outcomes])
+                self.p._batch_finished(len(outcomes))
 
     async def _store(self) -> None:
         while True:
             outcomes = await self._to_store.get()
             items = [o.item for o in outcomes]
             await self._guard(items, self.p.store_and_report(outcomes))
-            self.p._batch_finished(items)
+            self.p._batch_finished(len(outcomes))
 
     async def _guard(self, batch: list[WorkItem], step: Awaitable[T]) -> tuple[bool, T | None]:
         """Await one stage's step; on a bug, fail the batch's unfinished tasks and return (False, None)."""

@@ -198,9 +198,10 @@ class TaskPipeline:
         self._batches_in_flight += 1
         self._idle.clear()
 
-    def _batch_finished(self, batch: list[WorkItem]) -> None:
+    def _batch_finished(self, active: int) -> None:
+        """A batch left the lane; ``active`` of its tasks had been counted by :meth:`prepare`."""
         self._batches_in_flight -= 1
-        self.active_tasks = max(0, self.active_tasks - len(batch))
+        self.active_tasks -= active
         if self._batches_in_flight <= 0:
             self._batches_in_flight = 0
             self._idle.set()
@@ -238,14 +239,16 @@ class TaskPipeline:
     async def process_text_batch(self, batch: list[WorkItem]) -> None:
         """Embed, store and report one batch, one stage after the other (the lane overlaps them)."""
         outcomes = await self.prepare(batch)
-        if outcomes:
-            await self._embed(outcomes)
-            await self.store_and_report(outcomes)
+        try:
+            if outcomes:
+                await self._embed(outcomes)
+                await self.store_and_report(outcomes)
+        finally:
+            self.active_tasks -= len(outcomes)
 
     async def prepare(self, batch: list[WorkItem]) -> list[Outcome]:
         """Fail the tasks that waited over task_timeout; queue ``processing`` for the others."""
         started = time.monotonic()
-        self.active_tasks += len(batch)
         live = []
         for item in batch:
             if started - item.received_at > self.settings.task_timeout:
@@ -261,6 +264,7 @@ class TaskPipeline:
         for item in live:
             log_main.info("Processing task %s of type %s", item.task.task_id, item.task.task_type)
             await self._early_status(item, "processing")
+        self.active_tasks += len(live)
         return [self._outcome(item) for item in live]
 
     async def store_and_report(self, outcomes: list[Outcome]) -> None:

@@ -191,7 +191,9 @@ class Driver:
             await self.producer.send_and_wait(self.tasks_topic, value, key=task_id.encode())
             await asyncio.wait_for(waiter, 60)
             times.append((time.monotonic() - t0) * 1000)
-        return {"p50_ms": statistics.median(times), "p99_ms": percentile(times, 99)}
+        timings = [self.results[f"{prefix}-{i}"][1]["timings"] for i in range(len(texts))]
+        inside = {f"worker_{k}_p50": statistics.median(t[k] for t in timings) for k in timings[0]}
+        return {"p50_ms": statistics.median(times), "p99_ms": percentile(times, 99), **inside}
 
     async def stop(self) -> None:
         self._reader.cancel()
