@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -58,11 +57,6 @@ class WorkerRuntime:
         if self.pipeline is not None:
             return
         s = self.settings
-        # The model thread needs the GIL between torch ops (hundreds per forward
-        # pass); while the event loop is busy with small tasks, each hand-over
-        # waits up to the switch interval (5 ms by default), which slowed the
-        # model several-fold in `make bench`. A shorter interval hands it over sooner.
-        sys.setswitchinterval(s.gil_switch_interval_ms / 1000)
         loop = asyncio.get_running_loop()
         self.device = await loop.run_in_executor(None, resolve_device, s.device)
         self.manager = ModelManager(

@@ -103,7 +103,6 @@ class Settings(BaseSettings):
     max_concurrent_tasks: int = Field(2048, ge=1, le=100_000)
     max_inflight_texts: int = Field(4096, ge=1, le=1_000_000)
     max_batch_tokens: int = Field(16384, ge=16, le=10_000_000)
-    gil_switch_interval_ms: float = Field(1.0, gt=0, le=100)
     task_timeout: float = Field(1800, gt=0)
     default_batch_size: int = Field(32, ge=1, le=4096)
     max_batch_size: int = Field(256, ge=1, le=4096)
@@ -197,7 +196,6 @@ YAML_KEYS: dict[str, str] = {
     "processing.batch_wait_ms": "batch_wait_ms",
     "processing.max_inflight_texts": "max_inflight_texts",
     "processing.max_batch_tokens": "max_batch_tokens",
-    "processing.gil_switch_interval_ms": "gil_switch_interval_ms",
     "processing.shutdown_timeout": "shutdown_timeout",
     "processing.include_vectors": "include_vectors",
     "stores.vector_dbs": "vector_dbs",
