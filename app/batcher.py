@@ -39,18 +39,21 @@ class Batcher(Generic[T]):
     async def next_batch(
         self,
         max_weight: int,
-        max_wait: float,
+        max_wait: float | Callable[[], float],
         on_first: Callable[[], object] | None = None,
         max_cost: int | None = None,
     ) -> list[T]:
-        """``on_first`` runs as soon as the first item is taken (the batch is then in flight)."""
+        """``on_first`` runs as soon as the first item is taken (the batch is then in flight).
+
+        ``max_wait`` may be a function, asked when the first item is taken.
+        """
         loop = asyncio.get_running_loop()
         first = self._held.pop() if self._held else await self._queue.get()
         if on_first is not None:
             on_first()
         batch = [first]
         weight, cost = self._weight(first), self._cost(first)
-        deadline = loop.time() + max_wait
+        deadline = loop.time() + (max_wait() if callable(max_wait) else max_wait)
         while weight < max_weight:
             try:
                 item = self._queue.get_nowait()

@@ -131,6 +131,7 @@ class TextLane:
         self.p = pipeline
         self._to_embed: asyncio.Queue[list[Outcome]] = asyncio.Queue(1)
         self._to_store: asyncio.Queue[list[Outcome]] = asyncio.Queue(1)
+        self._embedding = False
 
     async def run(self) -> None:
         stages = [
@@ -147,10 +148,9 @@ class TextLane:
 
     async def _gather(self) -> None:
         p = self.p
-        wait = p.settings.batch_wait_ms / 1000
         while p.accepting:
             batch: list[WorkItem] = await p._text_lane.next_batch(
-                p.settings.max_batch_size, wait, on_first=p._batch_started, max_cost=p.max_batch_tokens
+                p.settings.max_batch_size, self._wait, on_first=p._batch_started, max_cost=p.max_batch_tokens
             )
             ok, outcomes = await self._guard(batch, p.prepare(batch))
             if ok and outcomes:
@@ -158,10 +158,19 @@ class TextLane:
             else:
                 p._batch_finished(0)
 
+    def _wait(self) -> float:
+        """Waiting for more tasks pays only while the model is busy anyway; an idle one starts at once."""
+        busy = self._embedding or not self._to_embed.empty()
+        return self.p.settings.batch_wait_ms / 1000 if busy else 0.0
+
     async def _embed(self) -> None:
         while True:
             outcomes = await self._to_embed.get()
-            ok, _ = await self._guard([o.item for o in outcomes], self.p._embed(outcomes))
+            self._embedding = True
+            try:
+                ok, _ = await self._guard([o.item for o in outcomes], self.p._embed(outcomes))
+            finally:
+                self._embedding = False
             if ok:
                 await self._to_store.put(outcomes)
             else:
