@@ -11,7 +11,7 @@ export PYTHONPATH := $(CURDIR)
 export VENV
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv up down status run worker demo test chaos test-unit test-integration lint format schemas lock doctor clean
+.PHONY: help venv up down status run worker demo bench test chaos test-unit test-integration lint format schemas lock doctor clean
 
 help:
 	@echo "make run    - install, start local Kafka, run a worker (Ctrl-C stops it)"
@@ -19,6 +19,7 @@ help:
 	@echo "make demo   - with a worker running: send example tasks, show results and a nearest-neighbour query"
 	@echo "make up / make down - start / stop local services (Kafka)"
 	@echo "make doctor - check configuration, Kafka, store and model"
+	@echo "make bench  - throughput: bare model vs the worker (bench/README.md; BENCH_ARGS=\"--runs 3\")"
 
 venv: $(VENV)/.complete
 
@@ -54,6 +55,11 @@ doctor: venv
 
 demo: venv
 	$(PY) scripts/demo.py
+
+# The bare model, the per-task flow and a real worker on the same texts (bench/README.md).
+bench: venv
+	scripts/services.sh up kafka redis
+	HF_HUB_OFFLINE=1 $(PY) -m bench.run $(BENCH_ARGS)
 
 test: venv up
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests --durations=12

@@ -1,4 +1,4 @@
-"""A bounded queue that hands out batches: up to a weight, or whatever came within a wait."""
+"""A queue that hands out batches: up to a count and a cost, or whatever came within a wait."""
 
 from __future__ import annotations
 
@@ -13,44 +13,65 @@ class Batcher(Generic[T]):
     """Items go in with :meth:`put` (which waits while ``maxsize`` items are queued).
 
     :meth:`next_batch` waits for the first item, then gathers more until the
-    batch weighs ``max_weight`` (an item's weight is e.g. its number of texts)
-    or ``max_wait`` seconds passed since the first item, so a lone task is
-    released after the wait and a busy queue fills batches at once.
+    batch weighs ``max_weight`` (an item's weight is e.g. its number of texts),
+    the next item would push its cost (e.g. estimated tokens) over
+    ``max_cost``, or ``max_wait`` seconds passed since the first item. So a
+    lone task is released after the wait and a busy queue fills batches at
+    once. An item that does not fit is held back and opens the next batch; a
+    single item heavier than the bounds makes a batch of its own. Items come
+    out in the order they went in.
     """
 
-    def __init__(self, maxsize: int = 0, weight: Callable[[T], int] = lambda _: 1) -> None:
+    def __init__(
+        self, maxsize: int = 0, weight: Callable[[T], int] = lambda _: 1, cost: Callable[[T], int] = lambda _: 0
+    ) -> None:
         self._queue: asyncio.Queue[T] = asyncio.Queue(maxsize)
         self._weight = weight
+        self._cost = cost
+        self._held: list[T] = []  # at most one: the item that did not fit the last batch
 
     async def put(self, item: T) -> None:
         await self._queue.put(item)
 
     def qsize(self) -> int:
-        return self._queue.qsize()
+        return self._queue.qsize() + len(self._held)
 
     async def next_batch(
-        self, max_weight: int, max_wait: float, on_first: Callable[[], object] | None = None
+        self,
+        max_weight: int,
+        max_wait: float | Callable[[], float],
+        on_first: Callable[[], object] | None = None,
+        max_cost: int | None = None,
     ) -> list[T]:
-        """``on_first`` runs as soon as the first item is taken (the batch is then in flight)."""
+        """``on_first`` runs as soon as the first item is taken (the batch is then in flight).
+
+        ``max_wait`` may be a function, asked when the first item is taken.
+        """
         loop = asyncio.get_running_loop()
-        first = await self._queue.get()
+        first = self._held.pop() if self._held else await self._queue.get()
         if on_first is not None:
             on_first()
         batch = [first]
-        total = self._weight(first)
-        deadline = loop.time() + max_wait
-        while total < max_weight:
+        weight, cost = self._weight(first), self._cost(first)
+        deadline = loop.time() + (max_wait() if callable(max_wait) else max_wait)
+        while weight < max_weight:
             try:
                 item = self._queue.get_nowait()
             except asyncio.QueueEmpty:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
-                item = await self._get_within(remaining)
-                if item is None:
+                got = await self._get_within(remaining)
+                if got is None:
                     break
+                item = got
+            item_weight, item_cost = self._weight(item), self._cost(item)
+            if weight + item_weight > max_weight or (max_cost is not None and cost + item_cost > max_cost):
+                self._held.append(item)
+                break
             batch.append(item)
-            total += self._weight(item)
+            weight += item_weight
+            cost += item_cost
         return batch
 
     async def _get_within(self, timeout: float) -> T | None:

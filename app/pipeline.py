@@ -26,6 +26,7 @@ from app.batcher import Batcher
 from app.errors import InvalidTaskError, PermanentError, RetryableError
 from app.image_lane import ImageLane
 from app.inputs import Prepared, TextPreparer, add_document_vectors, build_records
+from app.lane import TextBudget, TextLane, embed_planned, estimate_tokens
 from app.metrics import Metrics
 from app.retry import retry_forever
 from app.schema import ImageTask, Task, parse_task, task_texts
@@ -92,10 +93,17 @@ class WorkItem:
     source: Source | None
     received_at: float = field(default_factory=time.monotonic)
     pending: list[Awaitable[Any]] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    tokens: int = 0  # estimated (app.lane.estimate_tokens)
+
+    def __post_init__(self) -> None:
+        if not self.texts and not isinstance(self.task, ImageTask):
+            self.texts = task_texts(self.task)
+            self.tokens = sum(estimate_tokens(t) for t in self.texts)
 
     @property
     def weight(self) -> int:
-        return len(self.task.data) if isinstance(self.task.data, list) else 1
+        return len(self.texts)
 
 
 @dataclass(eq=False)
@@ -133,8 +141,13 @@ class TaskPipeline:
         self._notify_done = on_done
         # max_concurrent_tasks bounds the records this worker holds unfinished:
         # a slot is taken at intake and given back when the record is done.
+        # max_inflight_texts bounds their texts. Both make intake wait (backpressure).
         self._slots = asyncio.Semaphore(settings.max_concurrent_tasks)
-        self._text_lane: Batcher[WorkItem] = Batcher(weight=lambda i: i.weight)
+        self._texts = TextBudget(getattr(settings, "max_inflight_texts", 4096))
+        self._held_texts: dict[int, int] = {}  # id(ticket) -> texts it holds of the budget
+        self.max_batch_tokens: int = getattr(settings, "max_batch_tokens", 16384)
+        self._text_lane: Batcher[WorkItem] = Batcher(weight=lambda i: i.weight, cost=lambda i: i.tokens)
+        self._batches_in_flight = 0
         self._images = ImageLane(self)
         self._preparer = TextPreparer(manager, settings)
         # one thread per store: several databases are written in parallel, each at its own pace
@@ -172,6 +185,8 @@ class TaskPipeline:
         if isinstance(task, ImageTask):
             await self._images.put(item)
             return
+        await self._texts.acquire(item.weight)  # waits while max_inflight_texts texts are unfinished
+        self._held_texts[id(ticket)] = item.weight
         await self._text_lane.put(item)
 
     async def run_lanes(self) -> None:
@@ -180,19 +195,20 @@ class TaskPipeline:
 
     # -- text lane -----------------------------------------------------------------------
     async def run_text_lane(self) -> None:
-        """Process text batches forever (cancel to stop)."""
-        wait = self.settings.batch_wait_ms / 1000
-        while self.accepting:
-            batch = await self._text_lane.next_batch(self.settings.max_batch_size, wait, on_first=self._idle.clear)
-            self.active_tasks = len(batch)
-            try:
-                await self.process_text_batch(batch)
-            except Exception as exc:  # noqa: BLE001 - a bug must not leave tickets hanging
-                log_proc.exception("Unexpected error in a batch of %d tasks; failing the unfinished ones", len(batch))
-                await self._fail_unfinished(batch, exc)
-            finally:
-                self.active_tasks = 0
-                self._idle.set()
+        """Process text batches forever, pipelined (see :mod:`app.lane`); cancel to stop."""
+        await TextLane(self).run()
+
+    def _batch_started(self) -> None:
+        self._batches_in_flight += 1
+        self._idle.clear()
+
+    def _batch_finished(self, active: int) -> None:
+        """A batch left the lane; ``active`` of its tasks had been counted by :meth:`prepare`."""
+        self._batches_in_flight -= 1
+        self.active_tasks -= active
+        if self._batches_in_flight <= 0:
+            self._batches_in_flight = 0
+            self._idle.set()
 
     async def _fail_unfinished(self, batch: list[WorkItem], exc: BaseException) -> None:
         """Dead-letter every task of a broken batch that has no final status yet.
@@ -213,7 +229,7 @@ class TaskPipeline:
             os._exit(70)
 
     async def drain(self, timeout: float) -> bool:
-        """Stop taking work and let the batch in flight finish; True when it did within ``timeout``.
+        """Stop taking work and let the batches in flight finish; True when they did within ``timeout``.
 
         Tasks still queued stay unacknowledged and are redelivered to another worker.
         """
@@ -225,19 +241,23 @@ class TaskPipeline:
         return True
 
     async def process_text_batch(self, batch: list[WorkItem]) -> None:
-        """Embed, store and report one batch; never raises except on cancellation."""
+        """Embed, store and report one batch, one stage after the other (the lane overlaps them)."""
+        outcomes = await self.prepare(batch)
+        try:
+            if outcomes:
+                await self.embed(outcomes)
+                await self.store_and_report(outcomes)
+        finally:
+            self.active_tasks -= len(outcomes)
+
+    async def prepare(self, batch: list[WorkItem]) -> list[Outcome]:
+        """Fail the tasks that waited over task_timeout; queue ``processing`` for the others."""
         live = await self._drop_expired(batch)
-        if not live:
-            return
         for item in live:
             log_main.info("Processing task %s of type %s", item.task.task_id, item.task.task_type)
             await self._early_status(item, "processing")
-        outcomes = [self._outcome(item) for item in live]
-        await self._preparer.prepare(outcomes)  # chunks documents, applies long_text
-        await self._embed(outcomes)
-        add_document_vectors(outcomes)
-        await self._store(outcomes)
-        await self._report(outcomes)
+        self.active_tasks += len(live)
+        return [self._outcome(item) for item in live]
 
     async def _drop_expired(self, batch: list[WorkItem]) -> list[WorkItem]:
         """Fail the tasks that waited longer than task_timeout; return the others."""
@@ -256,10 +276,18 @@ class TaskPipeline:
                 live.append(item)
         return live
 
+    async def embed(self, outcomes: list[Outcome]) -> None:
+        """The embed stage: fit texts to the model (chunks, long_text), embed, add document vectors."""
+        await self._preparer.prepare(outcomes)
+        await self._embed(outcomes)
+        add_document_vectors(outcomes)
+
+    async def store_and_report(self, outcomes: list[Outcome]) -> None:
+        await self._store(outcomes)
+        await self._report(outcomes)
+
     def _outcome(self, item: WorkItem) -> Outcome:
-        return Outcome(
-            item=item, texts=task_texts(item.task), model=item.task.model_name or self.settings.default_model
-        )
+        return Outcome(item=item, texts=item.texts, model=item.task.model_name or self.settings.default_model)
 
     async def _embed(self, outcomes: list[Outcome]) -> None:
         groups: dict[tuple[str, bool | None, int], list[Outcome]] = defaultdict(list)
@@ -275,7 +303,14 @@ class TaskPipeline:
             texts = [text for out in members for text in out.texts]
             t0 = time.monotonic()
             try:
-                vectors, info = await self.manager.embed_texts(model, texts, batch_size=batch_size, normalize=normalize)
+                vectors, info = await embed_planned(
+                    self.manager,
+                    model,
+                    texts,
+                    batch_size=batch_size,
+                    max_tokens=self.max_batch_tokens,
+                    normalize=normalize,
+                )
             except Exception as exc:  # noqa: BLE001 - a model failure fails these tasks, never the worker
                 if not isinstance(exc, PermanentError):
                     log_proc.exception("Embedding %d texts with %s failed", len(texts), model)
@@ -323,7 +358,14 @@ class TaskPipeline:
         )
 
     async def _report(self, outcomes: list[Outcome]) -> None:
+        """Deliver every task's result and ``completed`` status, awaiting the broker once per batch.
+
+        All records are queued first and their delivery awaited together; a
+        task whose records did not all arrive goes through :meth:`_deliver`
+        again on its own (retried; refused for good → the task fails).
+        """
         now = time.monotonic()
+        done: list[tuple[Outcome, ResultRecord, float]] = []
         for out in outcomes:
             item, task = out.item, out.item.task
             if out.error is not None:
@@ -332,46 +374,69 @@ class TaskPipeline:
                 )
                 continue
             total_ms = (now - item.received_at) * 1000
-            result = ResultRecord(
-                task_id=task.task_id,
-                status="completed",
-                worker_id=self.settings.worker_id,
-                task_type=task.task_type,
-                model=out.model,
-                dimension=out.info.dim if out.info else None,
-                count=len(out.ids),
-                vector_ids=out.ids,
-                collection=task.collection or self.settings.default_collection,
-                stores=[s.describe() for s in self.stores],
-                timings=Timings(
-                    queue_ms=max(0.0, total_ms - out.embed_ms - out.store_ms),
-                    embed_ms=out.embed_ms,
-                    store_ms=out.store_ms,
-                    total_ms=total_ms,
-                ),
-                vectors=out.vectors.tolist() if self.settings.include_vectors and out.vectors is not None else None,
-                truncated_items=out.prepared.truncated if out.prepared else [],
-                chunks=len(out.prepared.chunks) if out.prepared and out.prepared.chunks is not None else None,
-            )
-
-            async def send(result: ResultRecord = result, task: Task = task) -> list[Awaitable[Any]]:
-                return [
-                    await self.publisher.result(result),
-                    await self.publisher.status(task.task_id, "completed", task_type=task.task_type),
-                ]
-
+            done.append((out, self._result(out, total_ms), total_ms))
+        if not done:
+            return
+        await asyncio.gather(*(f for out, _, _ in done for f in out.item.pending), return_exceptions=True)
+        queued: list[list[Awaitable[Any]] | None] = []
+        for out, result, _ in done:
             try:
-                await self._deliver(send, item.pending, what=f"publishing the result of task {task.task_id}")
-            except RecordRejectedError as exc:
-                hint = " (processing.include_vectors puts every vector into it)" if result.vectors else ""
-                error = RecordRejectedError(f"Task {task.task_id}: the result record was refused{hint}: {exc}")
-                await self._fail(task.task_id, task.task_type, item.raw, error, item.ticket, item.source)
-                continue
+                queued.append(await self._send_completed(result, out.item.task))
+            except KAFKA_ERRORS:
+                queued.append(None)
+        flat = [f for futures in queued if futures for f in futures]
+        outcomes_of = iter(await asyncio.gather(*flat, return_exceptions=True))
+        for (out, result, total_ms), futures in zip(done, queued, strict=True):
+            item, task = out.item, out.item.task
+            arrived = [next(outcomes_of) for _ in futures or ()]
+            delivered = futures is not None and not any(isinstance(a, BaseException) for a in arrived)
+            if not delivered:
+                try:
+                    await self._deliver(
+                        lambda result=result, task=task: self._send_completed(result, task),
+                        [],
+                        what=f"publishing the result of task {task.task_id}",
+                    )
+                except RecordRejectedError as exc:
+                    hint = " (processing.include_vectors puts every vector into it)" if result.vectors else ""
+                    error = RecordRejectedError(f"Task {task.task_id}: the result record was refused{hint}: {exc}")
+                    await self._fail(task.task_id, task.task_type, item.raw, error, item.ticket, item.source)
+                    continue
             self.processed += 1
             self.metrics.tasks_processed.labels(task.task_type, "completed").inc()
             self.metrics.task_seconds.labels(task.task_type).observe(total_ms / 1000)
             log_proc.info("Task %s completed successfully in %.2fs", task.task_id, total_ms / 1000)
             await self._on_done(item.ticket)
+
+    def _result(self, out: Outcome, total_ms: float) -> ResultRecord:
+        task = out.item.task
+        return ResultRecord(
+            task_id=task.task_id,
+            status="completed",
+            worker_id=self.settings.worker_id,
+            task_type=task.task_type,
+            model=out.model,
+            dimension=out.info.dim if out.info else None,
+            count=len(out.ids),
+            vector_ids=out.ids,
+            collection=task.collection or self.settings.default_collection,
+            stores=[s.describe() for s in self.stores],
+            timings=Timings(
+                queue_ms=max(0.0, total_ms - out.embed_ms - out.store_ms),
+                embed_ms=out.embed_ms,
+                store_ms=out.store_ms,
+                total_ms=total_ms,
+            ),
+            vectors=out.vectors.tolist() if self.settings.include_vectors and out.vectors is not None else None,
+            truncated_items=out.prepared.truncated if out.prepared else [],
+            chunks=len(out.prepared.chunks) if out.prepared and out.prepared.chunks is not None else None,
+        )
+
+    async def _send_completed(self, result: ResultRecord, task: Task) -> list[Awaitable[Any]]:
+        return [
+            await self.publisher.result(result),
+            await self.publisher.status(task.task_id, "completed", task_type=task.task_type),
+        ]
 
     # -- failures and delivery -------------------------------------------------------------
     async def _fail(
@@ -475,6 +540,9 @@ class TaskPipeline:
 
     async def _on_done(self, ticket: Ticket) -> None:
         self._slots.release()
+        held = self._held_texts.pop(id(ticket), 0)
+        if held:
+            self._texts.release(held)
         await self._notify_done(ticket)
 
     async def in_store_thread(self, func: Callable[[], T], store: BaseVectorDB) -> T:

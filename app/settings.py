@@ -101,7 +101,11 @@ class Settings(BaseSettings):
     models_memory_budget: int | None = Field(None, ge=0)  # bytes of host RAM for loaded models; None = no limit
     models_idle_unload_seconds: float = Field(0, ge=0)  # unload a model unused this long; 0 = never
 
-    max_concurrent_tasks: int = Field(5, ge=1, le=10_000)
+    # tasks held unfinished (validated, queued, in a model batch, being stored/reported);
+    # with 256-text batches and four pipeline stages, 2048 keeps the model busy on one-text tasks
+    max_concurrent_tasks: int = Field(2048, ge=1, le=100_000)
+    max_inflight_texts: int = Field(4096, ge=1, le=1_000_000)
+    max_batch_tokens: int = Field(16384, ge=16, le=10_000_000)
     task_timeout: float = Field(1800, gt=0)
     default_batch_size: int = Field(32, ge=1, le=4096)
     max_batch_size: int = Field(256, ge=1, le=4096)
@@ -227,6 +231,8 @@ YAML_KEYS: dict[str, str] = {
     "processing.default_batch_size": "default_batch_size",
     "processing.max_batch_size": "max_batch_size",
     "processing.batch_wait_ms": "batch_wait_ms",
+    "processing.max_inflight_texts": "max_inflight_texts",
+    "processing.max_batch_tokens": "max_batch_tokens",
     "processing.shutdown_timeout": "shutdown_timeout",
     "processing.include_vectors": "include_vectors",
     "processing.long_text": "long_text",

@@ -96,7 +96,8 @@ async def test_text_batch_and_document_tasks_complete_in_one_model_batch() -> No
     assert h.acked == []  # nothing acked before it is stored
     await h.drain()
     assert h.acked == [0, 1, 2]
-    assert h.embedders["fake-model"].calls == [["hello", "a", "b", "c", "C"]]  # a document's content, chunked
+    # one model call for the three tasks, longest first (less padding); the document's content is chunked
+    assert h.embedders["fake-model"].calls == [["hello", "a", "b", "c", "C"]]
     for task_id in ("t1", "t2", "t3"):
         assert h.statuses(task_id) == ["received", "processing", "completed"]
     results = {r["task_id"]: r for r in h.kafka.on("results")}
@@ -298,15 +299,16 @@ async def test_a_result_record_kafka_refuses_fails_the_task(monkeypatch: pytest.
 
 async def test_drain_waits_for_the_batch_in_flight() -> None:
     import asyncio
+    import threading
 
     h = Harness()
-    gate = asyncio.Event()
+    gate = threading.Event()
 
-    async def slow_embed(*args: Any, **kwargs: Any) -> Any:
-        await gate.wait()
+    def slow_embed(*args: Any, **kwargs: Any) -> Any:  # runs on the device thread
+        gate.wait(10)
         return FakeEmbedder("fake-model").embed_texts(["x"], batch_size=1, normalize=None), FakeEmbedder().info
 
-    h.manager.embed_texts = slow_embed  # type: ignore[method-assign]
+    h.manager.embed_texts_sync = slow_embed  # type: ignore[method-assign]
     lane = asyncio.ensure_future(h.pipeline.run_text_lane())
     await h.send({"task_type": "text_vectorization", "data": "x", "task_id": "inflight"})
     await asyncio.sleep(0.05)

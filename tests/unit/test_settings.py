@@ -35,7 +35,8 @@ def test_documented_defaults(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> N
     assert s.weaviate_url == "http://localhost:8080"
     assert s.redis_url == "redis://localhost:6379/0"
     assert s.device == "auto"
-    assert (s.max_concurrent_tasks, s.max_loaded_models) == (5, 3)
+    assert (s.max_concurrent_tasks, s.max_loaded_models) == (2048, 3)
+    assert (s.max_inflight_texts, s.max_batch_tokens) == (4096, 16384)
     assert s.default_model == "sentence-transformers/all-MiniLM-L6-v2"
     assert s.task_timeout == 1800
     assert s.vector_dbs == ["qdrant"]

