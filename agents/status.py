@@ -1,17 +1,27 @@
-"""Faust tables fed by ``vectorization-status``: each task's status, and per-worker counters.
+"""Faust tables: each task's status (from ``vectorization-status``) and each worker's state.
 
 ``task_status`` is keyed by task id and co-partitioned with the status topic
 (records are keyed by task id), so after a rebalance each key lives with the
 worker that owns its partition; ``/tasks/{task_id}`` is routed there.
-``worker_stats`` is keyed by worker id through a ``group_by`` repartition.
+
+``worker_stats`` is keyed by worker id and fed by the workers themselves:
+every ``heartbeat_interval`` each worker sends its state (tasks processed and
+failed since it started, active tasks, loaded models, last seen) to the
+``<group>-worker-reports`` topic, keyed by its id. One record per worker every
+few seconds, where counting the status records cost a repartition of three
+records per task (see README, "Throughput").
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import time
 from typing import Any
 
 from app.faust_app import app, raw_topic, settings
+
+log = logging.getLogger("worker.main")
 
 # Tables use Faust's json codec: str keys, dict values. The task-status
 # changelog is compacted *and* time-limited, so recovery after a rebalance
@@ -56,20 +66,29 @@ async def track_task_status(stream: Any) -> None:
         _put(task_status, record["task_id"], {**record, "history": history})
 
 
-def _worker_key(value: bytes) -> bytes:
-    record = _decode(value) or {}
-    return str(record.get("worker_id", "unknown")).encode()
+worker_reports = raw_topic(f"{settings.kafka_group_id}-worker-reports")
 
 
-@app.agent(status_topic, name="worker-stats-tracker")
+@app.timer(interval=settings.heartbeat_interval)
+async def report_worker_state() -> None:
+    """Send this worker's state, keyed by its id, for the ``worker_stats`` table."""
+    from agents.intake import _runtime  # created by the intake agent; None until it starts
+
+    if _runtime is None or _runtime.pipeline is None:
+        return
+    state = {**_runtime.state(), "last_seen": time.time()}
+    try:
+        await worker_reports.send(key=settings.worker_id.encode(), value=json.dumps(state).encode())
+    except Exception as exc:  # noqa: BLE001 - Kafka down: the next report follows; tasks are not affected
+        log.debug("Could not send the worker report: %r", exc)
+
+
+@app.agent(worker_reports, name="worker-stats-tracker")
 async def track_worker_stats(stream: Any) -> None:
-    async for value in stream.group_by(_worker_key, name="by-worker"):
-        record = _decode(value)
-        if record is None:
+    async for event in stream.events():
+        try:
+            state = json.loads(event.value)
+        except (TypeError, ValueError):
             continue
-        worker = str(record.get("worker_id", "unknown"))
-        stats = table_get(worker_stats, worker) or {"worker_id": worker, "completed": 0, "failed": 0, "received": 0}
-        if record["status"] in ("completed", "failed", "received"):
-            stats[record["status"]] += 1
-        stats["last_seen"] = record["timestamp"]
-        _put(worker_stats, worker, stats)
+        if isinstance(state, dict) and state.get("worker_id"):
+            _put(worker_stats, str(state["worker_id"]), state)

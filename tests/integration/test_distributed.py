@@ -124,6 +124,17 @@ def test_two_workers_share_500_tasks_exactly_once(
         # web views: workers from Redis, task status from the table (routed), dashboard renders the data
         status, body = workers[0].get("/workers")
         assert status == 200 and {w["worker_id"] for w in body["workers"]} >= {"w-a", "w-b"}
+        # the worker-stats table (fed by each worker's periodic report): between them, the two workers'
+        # slices hold both workers, with the tasks each completed
+        deadline = time.monotonic() + 20
+        while True:
+            table = {k: v for w in workers for k, v in w.get("/workers")[1]["table_stats"].items()}
+            counts = {k: v["processed"] for k, v in table.items()}
+            if counts == by_worker or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert counts == by_worker, table
+        assert all(v["loaded_models"] == ["sentence-transformers/all-MiniLM-L6-v2"] for v in table.values())
         for task_id in ("two-0", "two-250", "two-499"):
             for w in workers:  # either worker answers for any task (the table is read where the key lives)
                 body = eventually(lambda w=w, task_id=task_id: w.get(f"/tasks/{task_id}"))
