@@ -104,8 +104,15 @@ def _check(url: str, limits: ImageLimits, where: str) -> tuple[str, _Address, st
 
 def non_public(address: _Address) -> str | None:
     """Why ``address`` is not a public internet address, or None when it is."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        # IPv4 wrapped in IPv6 (mapped, 6to4, Teredo) is judged by the IPv4 address it reaches
+        embedded = address.ipv4_mapped or address.sixtofour or (address.teredo[1] if address.teredo else None)
+        if embedded is not None:
+            reason = non_public(embedded)
+            if reason is not None:
+                return reason
+            if address.ipv4_mapped is not None:
+                address = address.ipv4_mapped
     checks = (
         ("loopback", address.is_loopback),
         ("link-local", address.is_link_local),
@@ -129,8 +136,15 @@ def _read_body(response: httpx.Response, limits: ImageLimits, where: str, deadli
     declared = response.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limits.max_bytes:
         raise _too_large(where, f"the server announces {declared} bytes", limits)
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        # a compressed body would be inflated before the byte limit can stop it (a gzip bomb)
+        raise ImageInputError(
+            f"{where}: the server sent a {encoding!r}-encoded body although the worker asks for the plain "
+            "image (Accept-Encoding: identity); serve it uncompressed or send the image inline."
+        )
     body = bytearray()
-    for chunk in response.iter_bytes():
+    for chunk in response.iter_raw():
         body += chunk
         if len(body) > limits.max_bytes:
             raise _too_large(where, f"more than {limits.max_bytes} bytes arrived", limits)

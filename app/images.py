@@ -28,6 +28,8 @@ from app.errors import PermanentError
 
 SourceKind = Literal["path", "url", "data"]
 _BASE64 = re.compile(r"^[A-Za-z0-9+/_-]+={0,2}$")
+#: Pillow decoders an image task may reach; the others (EPS runs Ghostscript, PSD, FITS, ...) stay off
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I)
 #: bare base64 is told from a path by its alphabet (no "."), a minimum length and, for strings that
 #: look like paths ("/9j/..." is JPEG in base64), an image signature in the decoded bytes
@@ -158,6 +160,13 @@ def read_local(path: str, limits: ImageLimits, where: str) -> bytes:
         fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise ImageInputError(f"{where} cannot be read ({exc.strerror}); check that the file exists.") from None
+    opened = _opened_path(fd)
+    if opened is not None and not any(_within(opened, root) for root in roots):
+        os.close(fd)  # a directory on the way was swapped for a symlink after the check above
+        raise ImageInputError(
+            f"{where} refused: the file opened is outside the allowed roots (images_allowed_roots); "
+            "paths may not leave them through symbolic links."
+        )
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
@@ -169,6 +178,14 @@ def read_local(path: str, limits: ImageLimits, where: str) -> bytes:
     if len(raw) > limits.max_bytes:  # the file grew after the check
         raise _too_many_bytes(where, len(raw), limits)
     return raw
+
+
+def _opened_path(fd: int) -> str | None:
+    """The path the kernel resolved for ``fd`` (Linux), None where the system cannot tell."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
 
 
 def decode_inline(data: str, limits: ImageLimits, where: str) -> bytes:
@@ -202,12 +219,12 @@ def decode_image(raw: bytes, limits: ImageLimits, where: str) -> Image.Image:
     if not raw:
         raise ImageInputError(f"{where} is empty (0 bytes); send an image file.")
     try:
-        image = Image.open(io.BytesIO(raw))
+        image = Image.open(io.BytesIO(raw), formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError as exc:
         raise _too_many_pixels(where, None, limits, str(exc)) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise ImageInputError(
-            f"{where} is not an image ({len(raw)} bytes, starting {raw[:8]!r}): {exc}. "
+            f"{where} is not an image in an accepted format ({len(raw)} bytes): {exc}. "
             "Send a PNG, JPEG, WebP, GIF, BMP or TIFF file."
         ) from None
     width, height = image.size

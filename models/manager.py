@@ -85,8 +85,6 @@ class ModelManager:
                 self._models.move_to_end(name)
                 self._last_used[name] = self._clock()
                 return model
-            while len(self._models) >= self.max_loaded:
-                self._evict_oldest(f"max_loaded_models={self.max_loaded}")
             known = self._sizes.get(name)
             if self.memory_budget and known and known > self.memory_budget:
                 raise self._too_big(name, known)  # measured on an earlier try: do not load it again
@@ -103,6 +101,9 @@ class ModelManager:
                 self._make_room(size, for_model=name)
             if self._warmup and "text" in model.info.modalities:
                 model.embed_texts(["warm-up"], batch_size=1, normalize=None)
+            # evicted only now: a name that fails to load (a typo in a task) never unloads a working model
+            while len(self._models) >= self.max_loaded:
+                self._evict_oldest(f"max_loaded_models={self.max_loaded}")
             self._models[name] = model
             self._last_used[name] = self._clock()
             log.info("Model %s holds %s; %d model(s) loaded", name, format_bytes(size), len(self._models))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import io
 import os
 import struct
@@ -151,7 +152,8 @@ def test_highly_compressible_huge_image_is_refused(root: Path, limits: ImageLimi
 def test_non_image_and_truncated_png(root: Path, limits: ImageLimits) -> None:
     (root / "notes.png").write_text("just some text, not pixels\n")
     message = refused(str(root / "notes.png"), limits)
-    assert "is not an image (27 bytes, starting b'just som')" in message and "Send a PNG, JPEG" in message
+    assert "is not an image in an accepted format (27 bytes)" in message and "Send a PNG, JPEG" in message
+    assert "just" not in message  # the file's content never goes into statuses and dead letters
     whole = png_bytes(photo(200, 150))
     (root / "cut.png").write_bytes(whole[: len(whole) // 2])
     message = refused(str(root / "cut.png"), limits)
@@ -159,6 +161,43 @@ def test_non_image_and_truncated_png(root: Path, limits: ImageLimits) -> None:
     assert "send the complete file" in message
     (root / "empty.png").write_bytes(b"")
     assert "is empty (0 bytes)" in refused(str(root / "empty.png"), limits)
+
+
+def test_formats_outside_the_allow_list_are_refused(root: Path, limits: ImageLimits) -> None:
+    # EPS would make Pillow run Ghostscript on untrusted input
+    (root / "doc.eps").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    (root / "pic.ico").write_bytes(_ico())
+    for name in ("doc.eps", "pic.ico"):
+        assert "is not an image in an accepted format" in refused(str(root / name), limits)
+
+
+def _ico() -> bytes:
+    buf = io.BytesIO()
+    photo(16, 16).save(buf, format="ICO")
+    return buf.getvalue()
+
+
+def test_a_directory_swapped_for_a_symlink_after_the_check_is_refused(
+    root: Path, limits: ImageLimits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.png").write_bytes(png_bytes(photo()))
+    (root / "sub").mkdir()
+    (root / "sub" / "secret.png").write_bytes(png_bytes(photo()))
+    real_open = os.open
+
+    def swap_then_open(path: str, flags: int, *args: int) -> int:
+        # the race: after the realpath check, "sub" becomes a symlink to a folder outside the root
+        if not (root / "sub").is_symlink():
+            (root / "sub" / "secret.png").unlink()
+            (root / "sub").rmdir()
+            (root / "sub").symlink_to(outside)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", swap_then_open)
+    message = refused(str(root / "sub" / "secret.png"), limits)
+    assert "the file opened is outside the allowed roots" in message
 
 
 def test_bad_base64_and_non_image_data_uri(limits: ImageLimits) -> None:
@@ -203,6 +242,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Location", "/img.png")
             self.send_header("Content-Length", "0")
             self.end_headers()
+        elif self.path == "/gzip":
+            body = gzip.compress(b"\0" * (server.big * 4))  # small on the wire, larger than the limit inflated
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
         elif self.path == "/slow":
             time.sleep(3)
             self._send(200, server.image)
@@ -262,6 +308,8 @@ def test_urls_are_off_by_default(server: _Server, limits: ImageLimits) -> None:
         ("http://localhost/x.png", "'localhost' resolves to"),
         ("http://[::1]/x.png", "resolves to ::1, a loopback address"),
         ("http://[::ffff:127.0.0.1]/x.png", "a loopback address"),
+        ("http://[2002:7f00:1::]/x.png", "a loopback address"),  # 6to4 wrapping 127.0.0.1
+        ("http://[2002:a01:203::]/x.png", "a private address"),  # 6to4 wrapping 10.1.2.3
         ("http://0.0.0.0/x.png", "0.0.0.0, a"),
     ],
 )
@@ -292,6 +340,12 @@ def test_a_redirect_to_a_private_address_is_checked_again(
     message = refused(url(server, "/redirect"), replace(limits, allow_urls=True))
     assert "resolves to 127.0.0.1, a loopback address" in message
     assert len(server.hosts) == 1  # the redirect was never followed
+
+
+def test_a_compressed_body_is_refused_before_it_is_inflated(server: _Server, limits: ImageLimits) -> None:
+    on = replace(limits, allow_urls=True, allow_private_urls=True)
+    message = refused(url(server, "/gzip"), on)
+    assert "sent a 'gzip'-encoded body" in message and "serve it uncompressed" in message
 
 
 def test_url_limits_bytes_and_time(server: _Server, limits: ImageLimits) -> None:

@@ -67,6 +67,18 @@ def test_load_errors_propagate_and_leave_cache_unchanged() -> None:
     manager.close()
 
 
+def test_a_name_that_fails_to_load_never_unloads_a_working_model() -> None:
+    loader = Loader()
+    manager = ModelManager(loader, max_loaded=1)
+    first = manager.get_sync("a")
+    for _ in range(3):  # a task with a misspelled model_name, again and again
+        with pytest.raises(ModelLoadError):
+            manager.get_sync("missing")
+    assert [m.name for m in manager.loaded()] == ["a"] and not first.closed
+    assert manager.get_sync("a") is first  # not reloaded
+    manager.close()
+
+
 async def test_async_embedding_runs_off_the_event_loop() -> None:
     import threading
 
