@@ -131,15 +131,19 @@ class TextPreparer:
 def add_document_vectors(outcomes: list[_Outcome]) -> None:
     """Append the document vector (mean of the chunk vectors) to each embedded document's vectors.
 
-    The mean is L2-normalised when the task asks for normalised vectors, so it
-    lives on the same sphere as its chunks.
+    The mean is L2-normalised when the chunks are (the task asked for it, or
+    the model normalises by default), so it lives on the same sphere as its
+    chunks; ``normalize: false`` keeps the plain mean.
     """
     for out in outcomes:
         prepared = out.prepared
         if out.error is not None or out.vectors is None or prepared is None or not prepared.document_vector:
             continue
         mean = out.vectors.mean(axis=0, keepdims=True).astype(np.float32)
-        if out.item.task.normalize:
+        normalize = out.item.task.normalize
+        if normalize is None:  # the model's default decided: follow what the chunks show
+            normalize = bool(np.allclose(np.linalg.norm(out.vectors, axis=1), 1.0, atol=1e-3))
+        if normalize:
             mean = l2_normalize(mean)
         out.vectors = np.concatenate([out.vectors, mean])
 

@@ -225,3 +225,23 @@ async def test_drain_waits_for_the_image_lane() -> None:
 def test_image_helper_photo_is_rgb() -> None:
     image = Image.open(io.BytesIO(png_bytes(photo())))
     assert image.mode == "RGB" and image.size == (96, 64)
+
+
+def test_document_vector_follows_the_model_default_normalisation() -> None:
+    from types import SimpleNamespace
+
+    from app.inputs import Prepared, add_document_vectors
+
+    unit = l2_normalize(np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32))
+    raw = np.array([[2.0, 0.0], [0.0, 4.0]], dtype=np.float32)
+
+    def doc(vectors: np.ndarray, normalize: bool | None) -> SimpleNamespace:
+        task = SimpleNamespace(normalize=normalize)
+        prepared = Prepared(texts=["a", "b"], document_vector=True)
+        return SimpleNamespace(error=None, vectors=vectors, prepared=prepared, item=SimpleNamespace(task=task))
+
+    by_default, plain, asked_off = doc(unit, None), doc(raw, None), doc(unit, False)
+    add_document_vectors([by_default, plain, asked_off])  # type: ignore[list-item]
+    assert abs(np.linalg.norm(by_default.vectors[-1]) - 1.0) < 1e-6  # the model normalised its chunks
+    assert np.allclose(plain.vectors[-1], [1.0, 2.0])  # unnormalised chunks: the plain mean
+    assert np.allclose(asked_off.vectors[-1], [0.5, 0.5])  # normalize: false is honoured
