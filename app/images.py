@@ -30,6 +30,8 @@ SourceKind = Literal["path", "url", "data"]
 _BASE64 = re.compile(r"^[A-Za-z0-9+/_-]+={0,2}$")
 #: Pillow decoders an image task may reach; the others (EPS runs Ghostscript, PSD, FITS, ...) stay off
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+#: decoded images are kept (until their batch is embedded) at most this many pixels on a side
+MAX_KEPT_SIDE = 1024
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,", re.I)
 #: bare base64 is told from a path by its alphabet (no "."), a minimum length and, for strings that
 #: look like paths ("/9j/..." is JPEG in base64), an image signature in the decoded bytes
@@ -233,7 +235,12 @@ def decode_image(raw: bytes, limits: ImageLimits, where: str) -> Image.Image:
         raise _too_many_pixels(where, (width, height), limits)
     try:
         image.load()
-        return image.convert("RGB")
+        rgb = image.convert("RGB")
+        if max(rgb.size) > MAX_KEPT_SIDE:
+            # the image models see a few hundred pixels; keeping full-size copies of a batch of large
+            # photos (up to images_max_pixels each) until the model runs would cost gigabytes
+            rgb.thumbnail((MAX_KEPT_SIDE, MAX_KEPT_SIDE), Image.Resampling.BICUBIC)
+        return rgb
     except Image.DecompressionBombError as exc:
         raise _too_many_pixels(where, (width, height), limits, str(exc)) from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:

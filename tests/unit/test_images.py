@@ -393,3 +393,12 @@ async def test_loading_runs_off_the_event_loop(root: Path, limits: ImageLimits) 
     finally:
         Image.open = real_open  # type: ignore[assignment]
     assert loaded.size == (96, 64) and seen and seen[0] != threading.main_thread().name
+
+
+def test_large_images_are_kept_downscaled_with_their_aspect(root: Path, limits: ImageLimits) -> None:
+    from app.images import MAX_KEPT_SIDE
+
+    (root / "wide.png").write_bytes(png_bytes(photo(1600, 400)))
+    roomy = replace(limits, max_bytes=4 * 1024 * 1024)
+    image = load_image_sync(str(root / "wide.png"), roomy, task_id="t").image
+    assert image.size == (MAX_KEPT_SIDE, MAX_KEPT_SIDE // 4) and image.mode == "RGB"
