@@ -24,11 +24,23 @@ _runtime: WorkerRuntime | None = None
 
 
 async def _start_offset(tp: Any) -> int:
-    """Where a freshly assigned partition resumes: its committed offset, else the log start."""
-    committed = app.consumer._committed_offset.get(tp)  # set by Faust's seek to committed on assignment
+    """Where a freshly assigned partition resumes: its committed offset (asked of the broker), else the log start.
+
+    Faust's own record of it (``_committed_offset``) is not set yet for the
+    first records after an assignment (and 0 reads as unset): trusting it
+    made a worker re-read partitions from the start after a rebalance.
+    """
+    consumer = app.consumer
+    committed: int | None = None
+    try:
+        thread = consumer._thread  # Faust runs aiokafka in its own thread; ask there
+        committed = await thread.call_thread(thread._ensure_consumer().committed, tp)
+    except Exception as exc:  # noqa: BLE001 - fall back to what Faust knows
+        log.warning("Could not ask the broker for the committed offset of %s (%r); using Faust's", tp, exc)
+        committed = consumer._committed_offset.get(tp)
     if committed is not None:
         return int(committed)
-    earliest = await app.consumer.earliest_offsets(tp)
+    earliest = await consumer.earliest_offsets(tp)
     return int(earliest.get(tp) or 0)
 
 
