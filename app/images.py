@@ -226,7 +226,7 @@ def decode_image(raw: bytes, limits: ImageLimits, where: str) -> Image.Image:
         raise _too_many_pixels(where, None, limits, str(exc)) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise ImageInputError(
-            f"{where} is not an image in an accepted format ({len(raw)} bytes): {exc}. "
+            f"{where} is not an image in an accepted format ({len(raw)} bytes: {str(exc).split(' <')[0]}). "
             "Send a PNG, JPEG, WebP, GIF, BMP or TIFF file."
         ) from None
     width, height = image.size

@@ -44,7 +44,7 @@ def image_files(tmp_path: Path) -> tuple[Path, dict[str, tuple[str, str]]]:
         "img-localhost-url": ("http://localhost:8080/cat.png", "the host 'localhost' resolves to"),
         "img-oversized": (str(root / "big.png"), "300000 bytes, over images_max_bytes (200000 bytes"),
         "img-bomb": (str(root / "bomb.png"), "decompression bomb"),
-        "img-not-image": (str(root / "notes.png"), "is not an image (28 bytes"),
+        "img-not-image": (str(root / "notes.png"), "is not an image in an accepted format (28 bytes"),
         "img-truncated": (str(root / "cut.png"), "is a PNG of 300x200 that cannot be decoded (truncated"),
     }
 

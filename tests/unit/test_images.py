@@ -152,7 +152,10 @@ def test_highly_compressible_huge_image_is_refused(root: Path, limits: ImageLimi
 def test_non_image_and_truncated_png(root: Path, limits: ImageLimits) -> None:
     (root / "notes.png").write_text("just some text, not pixels\n")
     message = refused(str(root / "notes.png"), limits)
-    assert "is not an image in an accepted format (27 bytes)" in message and "Send a PNG, JPEG" in message
+    assert (
+        "is not an image in an accepted format (27 bytes: cannot identify image file)" in message
+        and "Send a PNG, JPEG" in message
+    )
     assert "just" not in message  # the file's content never goes into statuses and dead letters
     whole = png_bytes(photo(200, 150))
     (root / "cut.png").write_bytes(whole[: len(whole) // 2])
