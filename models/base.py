@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -79,6 +79,30 @@ class Embedder(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the model's memory; the embedder is unusable afterwards."""
+
+
+class TorchEmbedder(Embedder):
+    """An embedder around one torch module held in ``_model``, described by ``_info``.
+
+    Shares what every torch family does alike: ``info``, the memory the
+    module holds, and releasing it on ``close``.
+    """
+
+    _info: EmbedderInfo
+    _model: Any = None
+
+    @property
+    def info(self) -> EmbedderInfo:
+        return self._info
+
+    def memory_bytes(self) -> int:
+        return module_bytes(self._model) if self._model is not None else 0
+
+    def close(self) -> None:
+        from models.device import release_memory
+
+        self._model = None
+        release_memory(self._info.device)
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:

@@ -23,8 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from app.errors import InvalidTaskError, ModelLoadError
-from models.base import Embedder, EmbedderInfo, l2_normalize, module_bytes
-from models.device import release_memory
+from models.base import EmbedderInfo, TorchEmbedder, l2_normalize
 from models.resolve import downloads_allowed, first_line, local_model_dir, missing_model_error
 from models.tokenizers import TextTokenizer, open_clip_text_tokenizer
 
@@ -63,7 +62,7 @@ def parse_clip_name(name: str) -> ClipName:
     return ClipName(base=base, arch=CLIP_NAMES.get(base, base.replace("/", "-")), pretrained=pretrained)
 
 
-class ClipEmbedder(Embedder):
+class ClipEmbedder(TorchEmbedder):
     """An open_clip model: ``embed_images`` with the vision tower, ``embed_texts`` with the text tower."""
 
     def __init__(
@@ -96,10 +95,6 @@ class ClipEmbedder(Embedder):
             max_tokens=self.context_length,
             source=source,
         )
-
-    @property
-    def info(self) -> EmbedderInfo:
-        return self._info
 
     def embed_texts(self, texts: Sequence[str], *, batch_size: int, normalize: bool | None) -> np.ndarray:
         def encode(batch: Sequence[str]) -> Any:
@@ -139,13 +134,6 @@ class ClipEmbedder(Embedder):
         if self._text_tokenizer is None:
             self._text_tokenizer = open_clip_text_tokenizer(self._tok, self.context_length, model=self._info.name)
         return self._text_tokenizer
-
-    def memory_bytes(self) -> int:
-        return module_bytes(self._model) if self._model is not None else 0
-
-    def close(self) -> None:
-        self._model = None
-        release_memory(self._info.device)
 
 
 def local_clip_dir(name: str, cache_dir: str | None, path: str | None = None) -> Path | None:

@@ -10,8 +10,7 @@ from typing import Any, Literal
 import numpy as np
 
 from app.errors import ModelLoadError
-from models.base import Embedder, EmbedderInfo, l2_normalize, module_bytes
-from models.device import release_memory
+from models.base import EmbedderInfo, TorchEmbedder, l2_normalize
 from models.resolve import (
     downloads_allowed,
     first_line,
@@ -35,7 +34,7 @@ HF_ALIASES: dict[str, str] = {
 _PADDING_OFFSET_TYPES = ("roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text", "xmod")
 
 
-class HFTransformerEmbedder(Embedder):
+class HFTransformerEmbedder(TorchEmbedder):
     """An ``AutoModel`` whose token states are pooled into one vector per text.
 
     ``pooling="mean"`` averages the token states weighted by the attention
@@ -72,10 +71,6 @@ class HFTransformerEmbedder(Embedder):
             source=source,
         )
 
-    @property
-    def info(self) -> EmbedderInfo:
-        return self._info
-
     def embed_texts(self, texts: Sequence[str], *, batch_size: int, normalize: bool | None) -> np.ndarray:
         import torch
 
@@ -106,13 +101,6 @@ class HFTransformerEmbedder(Embedder):
         if self._text_tokenizer is None:
             self._text_tokenizer = HFTextTokenizer(self._tok, self.max_length, model=self._info.name)
         return self._text_tokenizer
-
-    def memory_bytes(self) -> int:
-        return module_bytes(self._model) if self._model is not None else 0
-
-    def close(self) -> None:
-        self._model = None
-        release_memory(self._info.device)
 
 
 def model_max_length(tokenizer: Any, config: Any) -> int:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from app.errors import ModelLoadError
-from models.base import Embedder, EmbedderInfo, l2_normalize, module_bytes
+from models.base import EmbedderInfo, TorchEmbedder, l2_normalize
 from models.resolve import downloads_allowed, local_model_dir, missing_model_error
 from models.tokenizers import HFTextTokenizer, TextTokenizer
 
@@ -17,7 +17,7 @@ log = logging.getLogger("worker.model_manager")
 FAMILY = "sentence-transformers"
 
 
-class SentenceTransformerEmbedder(Embedder):
+class SentenceTransformerEmbedder(TorchEmbedder):
     """A :class:`sentence_transformers.SentenceTransformer` behind the Embedder port.
 
     ``normalize_default`` applies when a task does not say (``normalize`` None);
@@ -40,10 +40,6 @@ class SentenceTransformerEmbedder(Embedder):
             source=source,
         )
 
-    @property
-    def info(self) -> EmbedderInfo:
-        return self._info
-
     def embed_texts(self, texts: Sequence[str], *, batch_size: int, normalize: bool | None) -> np.ndarray:
         vectors = self._model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
         vectors = np.asarray(vectors, dtype=np.float32)
@@ -55,12 +51,6 @@ class SentenceTransformerEmbedder(Embedder):
         if self._tokenizer is None:
             self._tokenizer = HFTextTokenizer(self._model.tokenizer, self._info.max_tokens, model=self._info.name)
         return self._tokenizer
-
-    def memory_bytes(self) -> int:
-        return module_bytes(self._model) if self._model is not None else 0
-
-    def close(self) -> None:
-        self._model = None
 
 
 def _length_limit(model: Any) -> int | None:
