@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -11,23 +10,9 @@ from app.errors import ConfigError
 from app.model_settings import CustomModel, parse_byte_size
 from app.settings import load_settings
 from models.families import family_of
+from tests.unit.conftest import write_yaml
 
 GiB = 1024**3
-
-
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
-    for key in list(os.environ):
-        if key.startswith("VECTORIZE_WORKER_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
-    return monkeypatch
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "worker.yaml"
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 @pytest.mark.parametrize(
@@ -51,7 +36,7 @@ def test_byte_sizes(value: object, expected: int | None) -> None:
 
 
 def test_models_section_from_yaml(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    path = write(
+    path = write_yaml(
         tmp_path,
         """
 models:
@@ -119,7 +104,7 @@ def test_bad_models_settings_are_named(
     clean_env: pytest.MonkeyPatch, tmp_path: Path, yaml_text: str, words: list[str]
 ) -> None:
     with pytest.raises(ConfigError) as info:
-        load_settings(write(tmp_path, yaml_text))
+        load_settings(write_yaml(tmp_path, yaml_text))
     message = str(info.value)
     assert message.startswith("Invalid configuration (1 problem(s)); the worker will not start:")
     for word in words:

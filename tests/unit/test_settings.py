@@ -9,22 +9,9 @@ import pytest
 
 from app.errors import ConfigError
 from app.settings import load_settings
+from tests.unit.conftest import write_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for key in list(os.environ):
-        if key.startswith("VECTORIZE_WORKER_"):
-            monkeypatch.delenv(key)
-    return monkeypatch
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "worker.yaml"
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 def test_documented_defaults(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -43,7 +30,9 @@ def test_documented_defaults(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> N
 
 
 def test_yaml_overrides_defaults_and_env_overrides_yaml(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    path = write(tmp_path, "worker: {id: yaml-worker}\nmodels: {max_loaded: 2}\nprocessing: {max_batch_size: 64}\n")
+    path = write_yaml(
+        tmp_path, "worker: {id: yaml-worker}\nmodels: {max_loaded: 2}\nprocessing: {max_batch_size: 64}\n"
+    )
     s = load_settings(path)
     assert (s.worker_id, s.max_loaded_models, s.max_batch_size) == ("yaml-worker", 2, 64)
     clean_env.setenv("VECTORIZE_WORKER_WORKER_ID", "env-worker")
@@ -53,7 +42,7 @@ def test_yaml_overrides_defaults_and_env_overrides_yaml(clean_env: pytest.Monkey
 
 
 def test_config_path_from_environment(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    clean_env.setenv("VECTORIZE_WORKER_CONFIG", str(write(tmp_path, "device: {type: cpu}\n")))
+    clean_env.setenv("VECTORIZE_WORKER_CONFIG", str(write_yaml(tmp_path, "device: {type: cpu}\n")))
     assert load_settings().device == "cpu"
 
 
@@ -78,7 +67,7 @@ def test_lists_from_environment(clean_env: pytest.MonkeyPatch, tmp_path: Path) -
 
 
 def test_every_bad_field_is_named_with_accepted_values(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    path = write(tmp_path, "processing: {max_concurrent_tasks: 0}\n")
+    path = write_yaml(tmp_path, "processing: {max_concurrent_tasks: 0}\n")
     clean_env.setenv("VECTORIZE_WORKER_DEVICE", "gpu")
     clean_env.setenv("VECTORIZE_WORKER_LOG_LEVEL", "loud")
     with pytest.raises(ConfigError) as info:
@@ -97,7 +86,7 @@ def test_every_bad_field_is_named_with_accepted_values(clean_env: pytest.MonkeyP
 
 
 def test_unknown_yaml_keys_are_refused(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    path = write(tmp_path, "models: {max_loded: 2}\nsurprise: 1\n")
+    path = write_yaml(tmp_path, "models: {max_loded: 2}\nsurprise: 1\n")
     with pytest.raises(ConfigError, match=r"unknown key\(s\) models.max_loded, surprise"):
         load_settings(path)
 
@@ -106,7 +95,7 @@ def test_missing_and_broken_yaml(clean_env: pytest.MonkeyPatch, tmp_path: Path) 
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="Cannot read configuration file"):
-        load_settings(write(tmp_path, "worker: [unclosed\n"))
+        load_settings(write_yaml(tmp_path, "worker: [unclosed\n"))
 
 
 def test_invalid_config_stops_startup_with_one_message(tmp_path: Path) -> None:
@@ -128,7 +117,7 @@ def test_hostname_worker_id(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> No
 
 
 def test_nested_store_settings_from_yaml_and_env(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    path = write(
+    path = write_yaml(
         tmp_path, "stores: {weaviate: {url: 'http://wv:8080', grpc_port: 50052}, chroma: {url: 'http://c:8000'}}\n"
     )
     s = load_settings(path)

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from app.errors import ConfigError
 from app.settings import load_settings
-
-
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
-    for key in list(os.environ):
-        if key.startswith("VECTORIZE_WORKER_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)  # no faust.yml here
-    return monkeypatch
 
 
 def test_input_defaults_are_safe(clean_env: pytest.MonkeyPatch) -> None:
