@@ -69,16 +69,15 @@ class TextPreparer:
             groups[out.model].append(out)
         for model, members in groups.items():
             limit = self._limits.get(model)
-            if limit is not None and all(self._short(out.item.task, limit) for out in members):
-                for out in members:  # the common case: short texts, no tokenizer call
-                    out.prepared = Prepared(texts=task_texts(out.item.task))
-                    out.texts = out.prepared.texts
+            if limit is not None and all(self._short(out, limit) for out in members):
+                for out in members:  # the common case: short texts (already split at intake), no tokenizer call
+                    out.prepared = Prepared(texts=out.texts)
                 continue
             await self._manager.run(lambda model=model, members=members: self._prepare_sync(model, members))
 
     @staticmethod
-    def _short(task: Task, limit: int) -> bool:
-        return isinstance(task, TextTask | BatchTask) and all(surely_fits(t, limit) for t in task_texts(task))
+    def _short(out: _Outcome, limit: int) -> bool:
+        return isinstance(out.item.task, TextTask | BatchTask) and all(surely_fits(t, limit) for t in out.texts)
 
     def _prepare_sync(self, model: str, members: list[_Outcome]) -> None:
         try:
