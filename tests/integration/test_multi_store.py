@@ -114,16 +114,22 @@ def test_weaviate_outage_loses_and_duplicates_nothing(topics: Topics, tmp_path: 
     ).start()
     try:
         w.wait_ready()
-        run(produce(topics.tasks, tasks("wv", 200)))
-        run(collect([topics.results], lambda r: len(r[topics.results]) >= 20, timeout=120))
+        every = tasks("wv", 200)
+        run(produce(topics.tasks, every[:100]))
+        run(collect([topics.results], lambda r: len(completed_ids(r, topics.results)) >= 100, timeout=120))
+        # The second half arrives while Weaviate is down, so its writes must fail and be retried.
         weaviate_ctl("stop")
-        time.sleep(3)
+        run(produce(topics.tasks, every[100:]))
+        deadline = time.monotonic() + 60
+        while "retrying in" not in w.log() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "retrying in" in w.log(), "the worker never retried a write while Weaviate was down"
         weaviate_ctl("start")
         records = run(collect([topics.results], lambda r: len(completed_ids(r, topics.results)) >= 200, timeout=300))
         assert completed_ids(records, topics.results) == {f"wv-{i}" for i in range(200)}
         assert not [r for r in records[topics.results] if r["status"] != "completed"]
         assert store.count(collection) == 200
-        assert "retrying in" in w.log() and w.proc.poll() is None
+        assert w.proc.poll() is None
     finally:
         w.stop()
         w.kill()
