@@ -19,7 +19,7 @@ import logging
 import time
 from typing import Any
 
-from app.faust_app import app, raw_topic, settings
+from app.faust_app import TABLE_OPTIONS, app, raw_topic, settings
 
 log = logging.getLogger("worker.main")
 
@@ -30,12 +30,15 @@ task_status = app.Table(
     "task-status",
     default=None,
     partitions=settings.topic_partitions,
+    options=dict(TABLE_OPTIONS),
     extra_topic_configs={
         "cleanup.policy": "compact,delete",
         "retention.ms": str(int(settings.task_status_retention_hours * 3_600_000)),
     },
 )
-worker_stats = app.Table("worker-stats", default=None, partitions=settings.topic_partitions)
+worker_stats = app.Table(
+    "worker-stats", default=None, partitions=settings.topic_partitions, options=dict(TABLE_OPTIONS)
+)
 status_topic = raw_topic(settings.status_topic)
 
 

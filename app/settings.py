@@ -85,6 +85,7 @@ class Settings(BaseSettings):
     max_task_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     kafka_session_timeout: float = Field(30.0, ge=6, le=300)
     task_status_retention_hours: float = Field(24.0, gt=0)
+    table_store: Literal["rocksdb", "memory"] = "rocksdb"
 
     weaviate_url: str = "http://localhost:8080"
     redis_url: str = "redis://localhost:6379/0"
@@ -217,6 +218,7 @@ YAML_KEYS: dict[str, str] = {
     "kafka.max_task_bytes": "max_task_bytes",
     "kafka.session_timeout": "kafka_session_timeout",
     "kafka.task_status_retention_hours": "task_status_retention_hours",
+    "kafka.table_store": "table_store",
     "models.cache_dir": "models_cache_dir",
     "models.max_loaded": "max_loaded_models",
     "models.default": "default_model",

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STORES = {
     "qdrant": {"VECTORIZE_WORKER_VECTOR_DBS": "qdrant"},
     "chroma": {"VECTORIZE_WORKER_VECTOR_DBS": "chroma", "VECTORIZE_WORKER_CHROMA__URL": "http://127.0.0.1:8000"},
+    "weaviate": {"VECTORIZE_WORKER_VECTOR_DBS": "weaviate", "VECTORIZE_WORKER_WEAVIATE_URL": "http://127.0.0.1:8080"},
 }
 WORKER_CASES = ("worker_bulk", "worker_small", "worker_mixed")
 
@@ -83,6 +84,7 @@ async def worker_cases(args: argparse.Namespace, texts: list[str], articles: lis
                 "seconds": result["seconds"],
                 "failed": result["failed"],
                 "rss_start_mb": start_rss / 2**20,
+                "rss_min_mb": min(during) / 2**20,
                 "rss_peak_mb": max(during) / 2**20,
                 "rss_end_mb": rss.read() / 2**20,
                 "flat_within_10pct": max(during) <= 1.10 * start_rss and min(during) >= 0.90 * start_rss,
@@ -103,7 +105,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=1, help="repeat every case N times; medians are reported")
     parser.add_argument("--backlog", type=int, default=50_000, help="one-text tasks for the memory check (0: skip)")
-    parser.add_argument("--store", choices=sorted(STORES), default="qdrant")
+    parser.add_argument("--store", choices=sorted(STORES), default="weaviate")
     parser.add_argument("--worker-env", action="append", default=[], help="KEY=VALUE for the worker's environment")
     parser.add_argument("--cases", nargs="+", default=list(WORKER_CASES), help="worker cases to run (all by default)")
     parser.add_argument("--quick", action="store_true", help="worker cases only (no bare/naive reference, no ratios)")

@@ -27,6 +27,7 @@ def test_documented_defaults(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> N
     assert s.default_model == "sentence-transformers/all-MiniLM-L6-v2"
     assert s.task_timeout == 1800
     assert s.vector_dbs == ["qdrant"]
+    assert s.table_store == "rocksdb"
 
 
 def test_yaml_overrides_defaults_and_env_overrides_yaml(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -124,3 +125,13 @@ def test_nested_store_settings_from_yaml_and_env(clean_env: pytest.MonkeyPatch, 
     assert (s.weaviate_url, s.weaviate.grpc_port, s.chroma.url) == ("http://wv:8080", 50052, "http://c:8000")
     clean_env.setenv("VECTORIZE_WORKER_WEAVIATE__GRPC_PORT", "50053")
     assert load_settings(path).weaviate.grpc_port == 50053
+
+
+def test_table_store_from_yaml_and_a_clear_error_for_an_unknown_one(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert load_settings(write_yaml(tmp_path, "kafka: {table_store: memory}\n")).table_store == "memory"
+    clean_env.setenv("VECTORIZE_WORKER_TABLE_STORE", "redis")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert "table_store" in str(err.value) and "rocksdb" in str(err.value)
