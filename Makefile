@@ -58,7 +58,7 @@ demo: venv
 
 # The bare model, the per-task flow and a real worker on the same texts (bench/README.md).
 bench: venv
-	scripts/services.sh up kafka redis
+	scripts/services.sh up kafka redis weaviate
 	HF_HUB_OFFLINE=1 $(PY) -m bench.run $(BENCH_ARGS)
 
 test: venv up

@@ -56,9 +56,12 @@ async def worker_cases(args: argparse.Namespace, texts: list[str], articles: lis
             }
             cases = {}
             for case in (c for c in WORKER_CASES if c in args.cases):
-                cpu0 = rss.cpu_seconds()
+                cpu0, machine0 = rss.cpu_seconds(), rss.machine_cpu_seconds()
                 cases[case] = await driver.run(make[case]())
-                cases[case]["cpu_ms_per_text"] = (rss.cpu_seconds() - cpu0) * 1000 / cases[case]["texts"]
+                texts_done = cases[case]["texts"]
+                cases[case]["cpu_ms_per_text"] = (rss.cpu_seconds() - cpu0) * 1000 / texts_done
+                # what the worker had to share the cores with: Kafka, the store server, this driver
+                cases[case]["machine_cpu_ms_per_text"] = (rss.machine_cpu_seconds() - machine0) * 1000 / texts_done
             await asyncio.sleep(1.0)  # idle
             cases["latency"] = await driver.latency(texts[:50], f"lat{run}")
             out["runs"].append(cases)
@@ -66,6 +69,7 @@ async def worker_cases(args: argparse.Namespace, texts: list[str], articles: lis
                 f"  worker run {run + 1}: "
                 + ", ".join(
                     f"{k} {v['texts_per_s']:.0f}/s (cpu {v['cpu_ms_per_text']:.1f} ms/text, "
+                    f"machine {v['machine_cpu_ms_per_text']:.1f} ms/text, "
                     f"embed {v['mean_embed_ms']:.0f} ms, store {v['mean_store_ms']:.0f} ms)"
                     for k, v in cases.items()
                     if k in WORKER_CASES

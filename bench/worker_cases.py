@@ -107,6 +107,15 @@ class RssSampler:
             return 0.0
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    @staticmethod
+    def machine_cpu_seconds() -> float:
+        """CPU time of the whole machine so far (every process: worker, Kafka, the store, this driver)."""
+        import os
+
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
     def between(self, t0: float, t1: float) -> list[int]:
         return [rss for t, rss in self.samples if t0 <= t <= t1]
 
