@@ -11,7 +11,7 @@ export PYTHONPATH := $(CURDIR)
 export VENV
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv up down status run worker demo bench test chaos test-unit test-integration lint format schemas lock doctor clean
+.PHONY: help venv up down status run worker demo bench bench-peer test chaos test-unit test-integration lint format schemas lock doctor clean
 
 help:
 	@echo "make run    - install, start local Kafka, run a worker (Ctrl-C stops it)"
@@ -60,6 +60,11 @@ demo: venv
 bench: venv
 	scripts/services.sh up kafka redis weaviate
 	HF_HUB_OFFLINE=1 $(PY) -m bench.run $(BENCH_ARGS)
+
+# The peer for `make bench`: Infinity in its own virtualenv (it pins its own torch stack).
+bench-peer:
+	test -x $(CACHE)/infvenv/bin/python || $(PYTHON) -m venv $(CACHE)/infvenv
+	$(CACHE)/infvenv/bin/pip install -q "infinity-emb[torch]==0.0.78"
 
 test: venv up
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests --durations=12

