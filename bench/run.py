@@ -84,6 +84,12 @@ async def worker_cases(args: argparse.Namespace, texts: list[str], articles: lis
             start_rss = rss.read()
             result = await driver.run(small_tasks("backlog", backlog), timeout=3600)
             during = rss.between(result["t0"], result["t1"]) or [start_rss]
+            # the peak of each tenth of the backlog: a leak climbs, a working set levels off
+            step = (result["t1"] - result["t0"]) / 10
+            tenths = [
+                max(rss.between(result["t0"] + i * step, result["t0"] + (i + 1) * step) or [0]) for i in range(10)
+            ]
+            loaded = tenths[0] or start_rss
             out["backlog"] = {
                 "tasks": args.backlog,
                 "texts_per_s": result["texts_per_s"],
@@ -93,7 +99,12 @@ async def worker_cases(args: argparse.Namespace, texts: list[str], articles: lis
                 "rss_min_mb": min(during) / 2**20,
                 "rss_peak_mb": max(during) / 2**20,
                 "rss_end_mb": rss.read() / 2**20,
-                "flat_within_10pct": max(during) <= 1.10 * start_rss and min(during) >= 0.90 * start_rss,
+                "rss_peak_by_tenth_mb": [round(t / 2**20) for t in tenths],
+                # against the idle worker before the backlog, and against the worker
+                # under full load (the first tenth: batches, buffers and in-flight tasks at their bounds)
+                "flat_within_10pct_of_idle_start": max(during) <= 1.10 * start_rss and min(during) >= 0.90 * start_rss,
+                "flat_within_10pct_of_first_tenth": max(tenths) <= 1.10 * loaded
+                and min(t for t in tenths if t) >= 0.90 * loaded,
             }
         out["rss_peak_mb"] = max(r for _, r in rss.samples) / 2**20
     finally:
@@ -223,7 +234,9 @@ def print_table(r: dict[str, Any]) -> None:
     if b:
         print(
             f"| backlog of {b['tasks']} tasks | {b['texts_per_s']:.0f}/s; RSS start/peak/end "
-            f"{b['rss_start_mb']:.0f}/{b['rss_peak_mb']:.0f}/{b['rss_end_mb']:.0f} MB, flat ±10%: {b['flat_within_10pct']} |"
+            f"{b['rss_start_mb']:.0f}/{b['rss_peak_mb']:.0f}/{b['rss_end_mb']:.0f} MB, peak per tenth "
+            f"{b['rss_peak_by_tenth_mb']}; flat ±10% of idle start: {b['flat_within_10pct_of_idle_start']}, "
+            f"of the first tenth: {b['flat_within_10pct_of_first_tenth']} |"
         )
     print(f"| load before / after | {r['machine']['load_before']} / {r['machine']['load_after']} |")
 
