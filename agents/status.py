@@ -58,7 +58,6 @@ def _decode(value: bytes) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and "task_id" in record else None
 
 
-@app.agent(status_topic, name="task-status-tracker")
 async def track_task_status(stream: Any) -> None:
     async for event in stream.events():
         record = _decode(event.value)
@@ -67,6 +66,13 @@ async def track_task_status(stream: Any) -> None:
         previous = table_get(task_status, record["task_id"]) or {"history": []}
         history = [*previous["history"], {"status": record["status"], "timestamp": record["timestamp"]}][-10:]
         _put(task_status, record["task_id"], {**record, "history": history})
+
+
+# Reading every status record back and writing a changelog record for each
+# costs a one-text task about a sixth of its throughput (README, "Throughput");
+# kafka.task_status_table: false leaves the table empty and /tasks/{id} says so.
+if settings.task_status_table:
+    app.agent(status_topic, name="task-status-tracker")(track_task_status)
 
 
 worker_reports = raw_topic(f"{settings.kafka_group_id}-worker-reports")

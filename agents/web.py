@@ -85,6 +85,15 @@ async def local_tasks(web: Any, request: Any) -> Any:
 async def task(web: Any, request: Any, task_id: str) -> Any:
     """A task's status from the table. The key lives on the worker that owns its partition:
     when it is not here, ask the other live workers (from their heartbeats)."""
+    if not settings.task_status_table:
+        return web.json(
+            {
+                "task_id": task_id,
+                "error": "this worker keeps no task-status table (kafka.task_status_table is false); "
+                f"read the task's records on {settings.status_topic} or turn the table on",
+            },
+            status=404,
+        )
     value = table_get(task_status, task_id)
     if value is not None:
         return web.json({**value, "served_by": settings.worker_id})

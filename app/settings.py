@@ -86,6 +86,7 @@ class Settings(BaseSettings):
     kafka_session_timeout: float = Field(30.0, ge=6, le=300)
     task_status_retention_hours: float = Field(24.0, gt=0)
     table_store: Literal["rocksdb", "memory"] = "rocksdb"
+    task_status_table: bool = True
 
     weaviate_url: str = "http://localhost:8080"
     redis_url: str = "redis://localhost:6379/0"
@@ -219,6 +220,7 @@ YAML_KEYS: dict[str, str] = {
     "kafka.session_timeout": "kafka_session_timeout",
     "kafka.task_status_retention_hours": "task_status_retention_hours",
     "kafka.table_store": "table_store",
+    "kafka.task_status_table": "task_status_table",
     "models.cache_dir": "models_cache_dir",
     "models.max_loaded": "max_loaded_models",
     "models.default": "default_model",

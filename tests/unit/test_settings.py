@@ -27,7 +27,7 @@ def test_documented_defaults(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> N
     assert s.default_model == "sentence-transformers/all-MiniLM-L6-v2"
     assert s.task_timeout == 1800
     assert s.vector_dbs == ["qdrant"]
-    assert s.table_store == "rocksdb"
+    assert s.table_store == "rocksdb" and s.task_status_table is True
 
 
 def test_yaml_overrides_defaults_and_env_overrides_yaml(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -1,0 +1,54 @@
+"""The table settings on real Kafka: the in-memory table store, and the task-status table switched off."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import Topics, WorkerProcess, collect, produce, run
+from tests.integration.test_distributed import completed_ids, eventually, tasks
+
+pytestmark = pytest.mark.integration
+
+
+def test_memory_table_store_serves_task_status(topics: Topics, tmp_path: Path) -> None:
+    w = WorkerProcess(topics, tmp_path / "w", VECTORIZE_WORKER_TABLE_STORE="memory").start()
+    try:
+        w.wait_ready()
+        run(produce(topics.tasks, tasks("mem", 5)))
+        run(collect([topics.results], lambda r: len(completed_ids(r, topics.results)) >= 5, timeout=120))
+        body = eventually(lambda: w.get("/tasks/mem-3"))
+        assert [h["status"] for h in body["history"]] == ["received", "processing", "completed"]
+        # Faust's memory store: nothing of the tables on disk
+        assert not list((tmp_path / "w").rglob("task-status-*.db"))
+    finally:
+        w.stop()
+        w.kill()
+
+
+def test_without_the_task_status_table_statuses_still_flow(topics: Topics, tmp_path: Path) -> None:
+    w = WorkerProcess(topics, tmp_path / "w", VECTORIZE_WORKER_TASK_STATUS_TABLE="false").start()
+    try:
+        w.wait_ready()
+        run(produce(topics.tasks, tasks("off", 5)))
+        records = run(
+            collect(
+                [topics.results, topics.status],
+                lambda r: (
+                    len(completed_ids(r, topics.results)) >= 5
+                    and sum(s["status"] == "completed" for s in r[topics.status]) >= 5
+                ),
+                timeout=120,
+            )
+        )
+        assert completed_ids(records, topics.results) == {f"off-{i}" for i in range(5)}
+        sequence = [s["status"] for s in records[topics.status] if s["task_id"] == "off-2"]
+        assert sequence == ["received", "processing", "completed"]
+        status, body = w.get("/tasks/off-2")
+        assert status == 404
+        assert "kafka.task_status_table" in body["error"] and topics.status in body["error"], body
+        assert w.proc is not None and w.proc.poll() is None
+    finally:
+        w.stop()
+        w.kill()
