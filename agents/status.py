@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import deque
 from typing import Any
 
 from app.faust_app import TABLE_OPTIONS, app, raw_topic, settings
@@ -58,6 +59,11 @@ def _decode(value: bytes) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and "task_id" in record else None
 
 
+#: the task ids this worker's tracker wrote last, newest at the right: `/tasks`
+#: lists these instead of scanning a table that holds a day of tasks
+recent_task_ids: deque[str] = deque(maxlen=1000)
+
+
 async def track_task_status(stream: Any) -> None:
     async for event in stream.events():
         record = _decode(event.value)
@@ -66,6 +72,7 @@ async def track_task_status(stream: Any) -> None:
         previous = table_get(task_status, record["task_id"]) or {"history": []}
         history = [*previous["history"], {"status": record["status"], "timestamp": record["timestamp"]}][-10:]
         _put(task_status, record["task_id"], {**record, "history": history})
+        recent_task_ids.append(record["task_id"])
 
 
 # Reading every status record back and writing a changelog record for each

@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 
 from agents.intake import runtime
-from agents.status import table_get, task_status, worker_stats
+from agents.status import recent_task_ids, table_get, task_status, worker_stats
 from app.errors import VectorizeError
 from app.faust_app import app, settings
 from sinks.heartbeat import live_workers
@@ -64,14 +64,26 @@ async def workers(web: Any, request: Any) -> Any:
 
 @app.page("/tasks")
 async def local_tasks(web: Any, request: Any) -> Any:
-    """Task statuses held by this worker (its partitions of the table), newest first, at most 100."""
-    held = list(task_status.values())
-    held.sort(key=lambda r: r.get("timestamp", 0), reverse=True)
+    """The last 100 tasks whose status this worker's tracker wrote, newest first.
+
+    Not a scan of the table: it holds ``task_status_retention_hours`` of tasks.
+    """
+    tasks: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for task_id in reversed(recent_task_ids):
+        if task_id in seen:
+            continue
+        seen.add(task_id)
+        value = table_get(task_status, task_id)  # None once its partition moved to another worker
+        if value is not None:
+            tasks.append(value)
+            if len(tasks) == 100:
+                break
     return web.json(
         {
             "worker_id": settings.worker_id,
-            "held": len(held),
-            "tasks": held[:100],
+            "task_status_table": settings.task_status_table,
+            "tasks": tasks,
             "partitions": sorted(
                 tp.partition
                 for tp in app.assignor.assigned_actives()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,15 @@ def test_memory_table_store_serves_task_status(topics: Topics, tmp_path: Path) -
         run(collect([topics.results], lambda r: len(completed_ids(r, topics.results)) >= 5, timeout=120))
         body = eventually(lambda: w.get("/tasks/mem-3"))
         assert [h["status"] for h in body["history"]] == ["received", "processing", "completed"]
+        deadline = time.monotonic() + 20  # the tracker follows the status topic a moment behind
+        while True:
+            status, listing = w.get("/tasks")
+            done = {t["task_id"] for t in listing["tasks"] if t["status"] == "completed"}
+            if done == {f"mem-{i}" for i in range(5)} or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert status == 200 and done == {f"mem-{i}" for i in range(5)}, listing
+        assert len(listing["tasks"]) == 5  # one entry per task, not per status record
         # Faust's memory store: nothing of the tables on disk
         assert not list((tmp_path / "w").rglob("task-status-*.db"))
     finally:
