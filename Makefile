@@ -59,7 +59,7 @@ demo: venv
 # The bare model, the per-task flow and a real worker on the same texts (bench/README.md).
 bench: venv
 	scripts/services.sh up kafka redis weaviate
-	HF_HUB_OFFLINE=1 $(PY) -m bench.run $(BENCH_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m bench.run --peer-python $(CACHE)/infvenv/bin/python $(BENCH_ARGS)
 
 # The peer for `make bench`: Infinity in its own virtualenv (it pins its own torch stack).
 bench-peer:

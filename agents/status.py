@@ -31,7 +31,9 @@ task_status = app.Table(
     "task-status",
     default=None,
     partitions=settings.topic_partitions,
-    options=dict(TABLE_OPTIONS),
+    # On disk the table outlives restarts, and the changelog's time limit deletes
+    # nothing locally: RocksDB's own time-to-live drops entries past retention.
+    options={**TABLE_OPTIONS, "ttl": int(settings.task_status_retention_hours * 3600)} if TABLE_OPTIONS else {},
     extra_topic_configs={
         "cleanup.policy": "compact,delete",
         "retention.ms": str(int(settings.task_status_retention_hours * 3_600_000)),

@@ -104,7 +104,7 @@ async def worker_cases(args: argparse.Namespace, texts: list[str], articles: lis
                 # under full load (the first tenth: batches, buffers and in-flight tasks at their bounds)
                 "flat_within_10pct_of_idle_start": max(during) <= 1.10 * start_rss and min(during) >= 0.90 * start_rss,
                 "flat_within_10pct_of_first_tenth": max(tenths) <= 1.10 * loaded
-                and min(t for t in tenths if t) >= 0.90 * loaded,
+                and min((t for t in tenths if t), default=loaded) >= 0.90 * loaded,
             }
         out["rss_peak_mb"] = max(r for _, r in rss.samples) / 2**20
     finally:

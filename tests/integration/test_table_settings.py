@@ -58,6 +58,8 @@ def test_without_the_task_status_table_statuses_still_flow(topics: Topics, tmp_p
         status, body = w.get("/tasks/off-2")
         assert status == 404
         assert "kafka.task_status_table" in body["error"] and topics.status in body["error"], body
+        status, listing = w.get("/tasks")  # no tracker: nothing was written to the table
+        assert status == 200 and listing["tasks"] == [] and listing["task_status_table"] is False
         assert w.proc is not None and w.proc.poll() is None
     finally:
         w.stop()

@@ -135,3 +135,34 @@ def test_table_store_from_yaml_and_a_clear_error_for_an_unknown_one(
     with pytest.raises(ConfigError) as err:
         load_settings()
     assert "table_store" in str(err.value) and "rocksdb" in str(err.value)
+
+
+@pytest.mark.parametrize(("value", "registered"), [("true", True), ("false", False)])
+def test_task_status_table_switch_registers_the_tracker_or_not(tmp_path: Path, value: str, registered: bool) -> None:
+    """The switch decides whether the agent that reads the status topic back exists at all."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("VECTORIZE_WORKER_")},
+        "VECTORIZE_WORKER_TASK_STATUS_TABLE": value,
+        "VECTORIZE_WORKER_DATA_DIR": str(tmp_path),
+    }
+    code = "import app; from app.faust_app import app as a; print(sorted(a.agents))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    agents = proc.stdout.strip()
+    assert "intake" in agents and "worker-stats-tracker" in agents
+    assert ("task-status-tracker" in agents) is registered, agents
+
+
+@pytest.mark.parametrize(("store", "ttl"), [("rocksdb", 7200), ("memory", None)])
+def test_task_status_entries_expire_on_disk_after_the_retention(tmp_path: Path, store: str, ttl: int | None) -> None:
+    """On disk the table outlives restarts, so RocksDB's time-to-live must carry task_status_retention_hours."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("VECTORIZE_WORKER_")},
+        "VECTORIZE_WORKER_TABLE_STORE": store,
+        "VECTORIZE_WORKER_TASK_STATUS_RETENTION_HOURS": "2",
+        "VECTORIZE_WORKER_DATA_DIR": str(tmp_path),
+    }
+    code = "import app; from agents.status import task_status as t; print(repr(t.options.get('ttl')), t.data.url)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[0] == repr(ttl) and proc.stdout.split()[1].startswith(f"{store}:"), proc.stdout
