@@ -15,7 +15,7 @@ import os
 from typing import Any
 
 from app.acks import Ticket
-from app.faust_app import OUTPUT_TOPICS, add_real_gap, app, raw_topic, settings, tasks_topic
+from app.faust_app import OUTPUT_TOPICS, add_real_gap, app, claim_data_dir, raw_topic, settings, tasks_topic
 from app.offsets import OffsetGuard
 from app.runtime import WorkerRuntime
 
@@ -83,6 +83,7 @@ def runtime() -> WorkerRuntime:
 
 @app.agent(tasks_topic, name="intake")
 async def intake(stream: Any) -> None:
+    claim_data_dir()  # before the embedded store or a table opens anything there
     for name in OUTPUT_TOPICS:
         await raw_topic(name).maybe_declare()
     rt = runtime()

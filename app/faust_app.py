@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
+import logging
+import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -63,6 +66,36 @@ TABLE_OPTIONS: dict[str, Any] = (
     if settings.table_store == "rocksdb"
     else {}
 )
+
+_data_dir_lock: Any = None  # held open for the worker's lifetime
+
+
+def claim_data_dir() -> None:
+    """One worker per data folder; a second one exits at once with what to change.
+
+    Otherwise it would crash later and obscurely, on RocksDB's lock of the
+    tables (after ~30 s of Faust's retries) or the embedded Qdrant's. Called by
+    the intake agent, so only a running worker claims the folder (``faust send``
+    and ``doctor`` import the same app).
+    """
+    global _data_dir_lock
+    if _data_dir_lock is not None:
+        return
+    handle = open(DATADIR / "worker.lock", "a+")  # noqa: SIM115 - kept open: the lock lives as long as the worker
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        logging.getLogger("worker.main").critical(
+            "Another worker already runs with worker id %r and data dir %s (its tables and embedded store are "
+            "locked there). Give each worker on this machine its own VECTORIZE_WORKER_WORKER_ID (e.g. @hostname) "
+            "or VECTORIZE_WORKER_DATA_DIR, or stop the other worker.",
+            settings.worker_id,
+            settings.data_dir,
+        )
+        os._exit(2)
+    _data_dir_lock = handle
+
 
 _topics: dict[str, Any] = {}
 

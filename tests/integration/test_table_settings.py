@@ -64,3 +64,24 @@ def test_without_the_task_status_table_statuses_still_flow(topics: Topics, tmp_p
     finally:
         w.stop()
         w.kill()
+
+
+def test_a_second_worker_on_the_same_data_dir_stops_with_a_clear_message(topics: Topics, tmp_path: Path) -> None:
+    first = WorkerProcess(topics, tmp_path / "w", worker_id="same").start()
+    # the same worker id and data dir (the default id on one machine); its own log file
+    second = WorkerProcess(topics, tmp_path / "second", worker_id="same", VECTORIZE_WORKER_DATA_DIR=str(tmp_path / "w"))
+    try:
+        first.wait_ready()
+        second.start()
+        assert second.proc is not None
+        assert second.proc.wait(timeout=120) == 2
+        message = second.log()
+        assert "Another worker already runs with worker id 'same'" in message and str(tmp_path / "w") in message
+        assert "VECTORIZE_WORKER_WORKER_ID" in message
+        assert first.proc is not None and first.proc.poll() is None  # the first one is unharmed
+        run(produce(topics.tasks, tasks("lock", 3)))
+        run(collect([topics.results], lambda r: len(completed_ids(r, topics.results)) >= 3, timeout=120))
+    finally:
+        second.kill()
+        first.stop()
+        first.kill()
