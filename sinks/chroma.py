@@ -10,7 +10,6 @@ collection is created without an embedding function, so Chroma never loads
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from urllib.parse import urlparse
 
 from app.errors import ConfigError, StoreRejectedError, StoreUnavailableError
 from sinks.base import BaseVectorDB, Distance, StoredPoint, VectorRecord
+from sinks.lazy import LazyClient
 
 try:
     import chromadb
@@ -38,7 +38,7 @@ def flatten(payload: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str,
             yield path, value
 
 
-class ChromaStore(BaseVectorDB):
+class ChromaStore(LazyClient, BaseVectorDB):
     name = "chroma"
 
     def __init__(self, *, url: str | None = None, path: str | Path | None = None, timeout: float = 10.0) -> None:
@@ -48,8 +48,7 @@ class ChromaStore(BaseVectorDB):
         self._path = path
         self._where = url or f"local path {path}"
         self._timeout = timeout
-        self._client: Any = None
-        self._lock = threading.Lock()
+        self._init_client()
         self._collections: dict[str, Any] = {}
 
     def describe(self) -> str:
@@ -61,23 +60,17 @@ class ChromaStore(BaseVectorDB):
             "(VECTORIZE_WORKER_CHROMA__URL; `make up` starts a local one)"
         )
 
-    def _connect(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                try:
-                    if self._url:
-                        parsed = urlparse(self._url)
-                        self._client = chromadb.HttpClient(
-                            host=parsed.hostname or "127.0.0.1",
-                            port=parsed.port or (443 if parsed.scheme == "https" else 8000),
-                            ssl=parsed.scheme == "https",
-                        )
-                        _set_timeout(self._client, self._timeout)
-                    else:
-                        self._client = chromadb.PersistentClient(path=str(self._path))
-                except Exception as exc:  # noqa: BLE001 - the HTTP client checks the server when created
-                    raise self._unavailable("connect", exc) from None
-            return self._client
+    def _open(self) -> Any:
+        if not self._url:
+            return chromadb.PersistentClient(path=str(self._path))
+        parsed = urlparse(self._url)
+        client = chromadb.HttpClient(  # checks the server when created
+            host=parsed.hostname or "127.0.0.1",
+            port=parsed.port or (443 if parsed.scheme == "https" else 8000),
+            ssl=parsed.scheme == "https",
+        )
+        _set_timeout(client, self._timeout)
+        return client
 
     def _call(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -101,10 +94,9 @@ class ChromaStore(BaseVectorDB):
             self._forget()
             raise self._unavailable(what, exc) from None
 
-    def _forget(self) -> None:
-        with self._lock:
-            self._client = None
-            self._collections.clear()
+    def _dropped(self, client: Any) -> None:
+        # Chroma's clients share a process-wide system: not closed here, only forgotten with their collections
+        self._collections.clear()
 
     def _collection(self, name: str) -> Any:
         col = self._collections.get(name)

@@ -43,7 +43,11 @@ class LazyClient:
         with self._lock:
             client, self._client = self._client, None
         if client is not None:
-            try:
-                client.close()
-            except Exception:  # noqa: BLE001 - closing a broken client must not raise
-                pass
+            self._dropped(client)
+
+    def _dropped(self, client: Any) -> None:
+        """Release a dropped client; adapters with more per-client state override this."""
+        try:
+            client.close()
+        except Exception:  # noqa: BLE001 - closing a broken client must not raise
+            pass
