@@ -20,7 +20,7 @@ import time
 from collections import deque
 from typing import Any
 
-from app.faust_app import TABLE_OPTIONS, app, raw_topic, settings
+from app.faust_app import app, raw_topic, settings, table_options
 
 log = logging.getLogger("worker.main")
 
@@ -33,15 +33,13 @@ task_status = app.Table(
     partitions=settings.topic_partitions,
     # On disk the table outlives restarts, and the changelog's time limit deletes
     # nothing locally: RocksDB's own time-to-live drops entries past retention.
-    options={**TABLE_OPTIONS, "ttl": int(settings.task_status_retention_hours * 3600)} if TABLE_OPTIONS else {},
+    options=table_options(ttl_seconds=int(settings.task_status_retention_hours * 3600)),
     extra_topic_configs={
         "cleanup.policy": "compact,delete",
         "retention.ms": str(int(settings.task_status_retention_hours * 3_600_000)),
     },
 )
-worker_stats = app.Table(
-    "worker-stats", default=None, partitions=settings.topic_partitions, options=dict(TABLE_OPTIONS)
-)
+worker_stats = app.Table("worker-stats", default=None, partitions=settings.topic_partitions, options=table_options())
 status_topic = raw_topic(settings.status_topic)
 
 

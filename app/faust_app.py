@@ -58,14 +58,18 @@ app = faust.App(
     logging_config=logging_config(settings.log_level),
 )
 
-#: RocksDB options of each table partition: small write buffers and block
-#: cache (Faust's defaults are 3 x 64 MB and 2 GB per table, far more than a
-#: worker's tables need).
-TABLE_OPTIONS: dict[str, Any] = (
-    {"write_buffer_size": 4 << 20, "max_write_buffer_number": 2, "block_cache_size": 16 << 20}
-    if settings.table_store == "rocksdb"
-    else {}
-)
+
+def table_options(ttl_seconds: int | None = None) -> dict[str, Any]:
+    """A table's store options: for RocksDB small write buffers and block cache per partition
+    (Faust's defaults are 3 x 64 MB and 2 GB per table, far more than a worker's tables need)
+    and an optional time-to-live; none for the memory store."""
+    if settings.table_store != "rocksdb":
+        return {}
+    options: dict[str, Any] = {"write_buffer_size": 4 << 20, "max_write_buffer_number": 2, "block_cache_size": 16 << 20}
+    if ttl_seconds is not None:
+        options["ttl"] = ttl_seconds
+    return options
+
 
 _data_dir_lock: Any = None  # held open for the worker's lifetime
 

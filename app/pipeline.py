@@ -143,9 +143,9 @@ class TaskPipeline:
         # a slot is taken at intake and given back when the record is done.
         # max_inflight_texts bounds their texts. Both make intake wait (backpressure).
         self._slots = asyncio.Semaphore(settings.max_concurrent_tasks)
-        self._texts = TextBudget(getattr(settings, "max_inflight_texts", 4096))
+        self._texts = TextBudget(settings.max_inflight_texts)
         self._held_texts: dict[int, int] = {}  # id(ticket) -> texts it holds of the budget
-        self.max_batch_tokens: int = getattr(settings, "max_batch_tokens", 16384)
+        self.max_batch_tokens: int = settings.max_batch_tokens
         self._text_lane: Batcher[WorkItem] = Batcher(weight=lambda i: i.weight, cost=lambda i: i.tokens)
         self._batches_in_flight = 0
         self._images = ImageLane(self)
