@@ -166,3 +166,18 @@ def test_task_status_entries_expire_on_disk_after_the_retention(tmp_path: Path, 
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[0] == repr(ttl) and proc.stdout.split()[1].startswith(f"{store}:"), proc.stdout
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_openmp_threads_sleep_unless_the_environment_says_otherwise(
+    tmp_path: Path, given: str | None, expected: str
+) -> None:
+    """Set before torch loads, so the model's threads do not spin on the cores the event loop needs."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY" and not k.startswith("VECTORIZE_WORKER_")}
+    env["VECTORIZE_WORKER_DATA_DIR"] = str(tmp_path)
+    if given is not None:
+        env["OMP_WAIT_POLICY"] = given
+    code = "import os, sys, app; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [expected, "False"]  # and torch not loaded yet: the setting still takes effect
