@@ -7,12 +7,16 @@ batch, so at most four batches are in flight; when the model or the store
 falls behind, the gather stage stops taking tasks, intake waits for a slot and
 the Kafka agent stops pulling records (see ``TaskPipeline.intake``).
 
-Token counts are estimated as ``characters / 4`` (+2 for the special tokens):
-a real tokenizer costs about as much per text as the event loop spends on a
-whole small task, and a bound only needs an estimate. Within one model call
-the texts are sorted by length and cut into model batches of at most
-``batch_size`` texts and ``max_batch_tokens`` padded tokens (texts × longest),
-so short texts are not padded to the length of long ones.
+The gather stage bounds a batch by tokens estimated as ``characters / 4``
+(+2 for the special tokens): a real tokenizer costs about as much per text as
+the event loop spends on a whole small task, and a bound only needs an
+estimate. The embed stage, on the device thread, asks the model's tokenizer
+for each text's real token count (one batched call, about 10 µs a text),
+sorts by it and cuts model batches of at most ``batch_size`` texts and
+``max_batch_tokens`` padded tokens (texts × longest), so short texts are not
+padded to the length of long ones. Sorting by characters instead (what
+``SentenceTransformer.encode`` does) pads about a quarter more on news
+sentences: a character count is a poor guess of a token count.
 """
 
 from __future__ import annotations
@@ -76,11 +80,16 @@ async def embed_planned(
     """Embed ``texts`` in length-sorted model batches, all in one job on the device thread.
 
     Returns the vectors in the order of ``texts``. Raises whatever the model
-    raises (``ModelLoadError`` for an unknown model).
+    raises (``ModelLoadError`` for an unknown model). The texts are sorted by
+    their real token counts (the model's tokenizer, on the device thread) when
+    the model can tell them, else by the character estimate.
     """
-    plan = plan_batches([estimate_tokens(t) for t in texts], batch_size, max_tokens)
 
     def job() -> tuple[np.ndarray, EmbedderInfo]:
+        lengths = manager.token_lengths_sync(model, texts)
+        if lengths is None:
+            lengths = [estimate_tokens(t) for t in texts]
+        plan = plan_batches(lengths, batch_size, max_tokens)
         out: np.ndarray | None = None
         info = None
         for indices in plan:

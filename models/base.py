@@ -73,6 +73,22 @@ class Embedder(ABC):
 
         raise UnsupportedTaskError(f"Model {self.info.name} ({self.info.family}) has no text tokenizer.")
 
+    def token_lengths(self, texts: Sequence[str]) -> list[int] | None:
+        """Tokens each text takes in one model input (special tokens included, cut at the model's limit).
+
+        Batching sorts texts by it so each model call pads as little as
+        possible; ``None`` when the family has no fast tokenizer that can
+        tell (the caller then estimates from the characters).
+        """
+        from app.errors import UnsupportedTaskError
+
+        try:
+            tokenizer = self.text_tokenizer()
+        except UnsupportedTaskError:
+            return None
+        lengths = getattr(tokenizer, "lengths", None)
+        return lengths(texts) if lengths is not None else None
+
     def memory_bytes(self) -> int:
         """Bytes held by the model's parameters and buffers (0 when unknown). Does not block."""
         return 0

@@ -118,6 +118,10 @@ class ModelManager:
         self._last_used[name] = self._clock()
         return vectors, model.info
 
+    def token_lengths_sync(self, name: str, texts: Sequence[str]) -> list[int] | None:
+        """Tokens per text for ``name``'s model (see :meth:`Embedder.token_lengths`); loads the model."""
+        return self.get_sync(name).token_lengths(texts)
+
     def embed_images_sync(
         self, name: str, images: Sequence[Any], *, batch_size: int, normalize: bool | None
     ) -> tuple[np.ndarray, EmbedderInfo]:

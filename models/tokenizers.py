@@ -9,6 +9,7 @@ end markers) are never counted: ``max_tokens`` already leaves room for them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from app.errors import UnsupportedTaskError
@@ -51,6 +52,17 @@ class HFTextTokenizer:
         self._tok = tokenizer
         special = int(tokenizer.num_special_tokens_to_add(pair=False))
         self.max_tokens = max(1, int(max_length) - special)
+        self._max_length = self.max_tokens + special
+
+    def lengths(self, texts: Sequence[str]) -> list[int]:
+        """Tokens per text as the model sees it: special tokens included, truncated at the model's limit.
+
+        One batched call into the Rust tokenizer (about 10 µs per short text).
+        """
+        if not texts:
+            return []
+        encoded = self._tok(list(texts), truncation=True, max_length=self._max_length, verbose=False)
+        return [len(ids) for ids in encoded["input_ids"]]
 
     def _encode(self, text: str) -> Any:
         # verbose=False: a long document is expected here, not a mistake worth a warning

@@ -92,6 +92,8 @@ def test_text_tokenizer_counts_and_offsets(model: HFTransformerEmbedder) -> None
     long_text = "the cat sits " * 100
     assert tok.count(long_text) > tok.max_tokens  # what a chunker needs to see
     assert model.embed_texts([long_text], batch_size=1, normalize=None).shape == (1, 32)  # truncated, not an error
+    # what batching sorts by: the tokens each text takes in the model, special tokens in, cut at the limit
+    assert model.token_lengths([text, long_text, ""]) == [tok.count(text) + 2, TINY_MAX_LENGTH, 2]
 
 
 def test_product_names_map_to_the_cache_dir(tiny_bert: Path, tiny_distilbert: Path, tmp_path: Path) -> None:

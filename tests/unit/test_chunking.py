@@ -74,6 +74,18 @@ def test_tokenizer_adapter_counts_content_tokens(tokenizer: TextTokenizer) -> No
     assert [text[a:b] for a, b in spans][:2] == ["Token", "ization"]
 
 
+def test_token_lengths_are_what_the_model_sees(embedder: SentenceTransformerEmbedder) -> None:
+    hf = embedder._model.tokenizer
+    texts = ["Tokenization of naïve text", "", "word " * 1000, "東京 數據"]
+    lengths = embedder.token_lengths(texts)
+    assert lengths is not None
+    assert lengths[0] == len(hf(texts[0])["input_ids"]) == embedder.text_tokenizer().count(texts[0]) + 2
+    assert lengths[1] == 2  # [CLS] [SEP]
+    assert lengths[2] == 256  # cut at max_seq_length, as the model cuts it
+    assert lengths[3] == len(hf(texts[3])["input_ids"])
+    assert embedder.token_lengths([]) == []
+
+
 def test_twenty_thousand_word_document_chunks_fit_overlap_and_cover(
     tokenizer: TextTokenizer, embedder: SentenceTransformerEmbedder
 ) -> None:

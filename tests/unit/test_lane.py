@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -56,6 +57,36 @@ async def test_embed_planned_restores_input_order_across_model_batches() -> None
     assert len(embedder.calls) > 5  # several model batches, each bounded
     for call in embedder.calls:
         assert len(call) <= 3 and (len(call) == 1 or len(call) * max(map(estimate_tokens, call)) <= 64)
+    manager.close()
+
+
+class WordCountEmbedder(FakeEmbedder):
+    """Reports each text's words + 2 as its token count, which the character estimate gets badly wrong here."""
+
+    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        return [len(t.split()) + 2 for t in texts]
+
+
+async def test_embed_planned_sorts_by_the_models_token_counts_when_it_has_them() -> None:
+    # long words (few tokens, many characters) and short words (many tokens, few characters):
+    # by the character estimate the two kinds interleave, by tokens they do not
+    few = ["x" * chars + f" {i}" for i, chars in enumerate((40, 80, 120, 160))]  # 4 tokens each
+    many = [" ".join(["a"] * words) for words in (25, 45, 65, 85)]  # 27 to 87 tokens
+    assert sorted(map(estimate_tokens, few + many)) != sorted(map(estimate_tokens, few)) + sorted(
+        map(estimate_tokens, many)
+    )
+    texts = [t for pair in zip(few, many, strict=True) for t in pair]
+    embedder = WordCountEmbedder("m")
+    manager = ModelManager(lambda name: embedder, warmup=False)
+    vectors, _ = await embed_planned(manager, "m", texts, batch_size=4, max_tokens=10_000, normalize=None)
+    np.testing.assert_array_equal(vectors, FakeEmbedder("m").embed_texts(texts, batch_size=8, normalize=None))
+    # by characters the two groups would mix; by tokens each model call holds one group
+    assert sorted(map(sorted, embedder.calls)) == sorted([sorted(many), sorted(few)])
+    # and the padded-token bound counts real tokens: 33 tokens x 3 texts fit 100, x 4 do not
+    embedder.calls.clear()
+    same = [" ".join(["a"] * 31)] * 4  # 63 characters: estimated at 17 tokens, 4 x 17 would fit
+    await embed_planned(manager, "m", same, batch_size=8, max_tokens=100, normalize=None)
+    assert [len(call) for call in embedder.calls] == [3, 1]
     manager.close()
 
 
