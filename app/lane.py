@@ -1,32 +1,43 @@
-"""The pipelined text lane: gather → embed → store and report, joined by bounded queues.
+"""The pipelined text lane: gather → model queue → embed → store and report.
 
-While the model computes batch N on the device thread, the gather stage forms
-batch N+1 (validated tasks, ``processing`` statuses queued) and the store stage
-writes batch N−1's vectors and delivers its records. Each queue holds one
-batch, so at most four batches are in flight; when the model or the store
-falls behind, the gather stage stops taking tasks, intake waits for a slot and
-the Kafka agent stops pulling records (see ``TaskPipeline.intake``).
+The gather stage takes validated tasks as they come (queueing their
+``processing`` statuses, cutting documents into chunks) and puts their texts
+into the :class:`~app.model_queue.ModelQueue` with their real token counts
+(the model's tokenizer, on the device thread; characters / 4 for a model
+without a fast tokenizer). The embed stage takes model calls of texts of
+nearly the same length out of that queue and runs them on the device thread,
+one computing and the next one already queued behind it, so the device never
+waits for the event loop; a second call is queued only once a whole call's
+worth of texts waits, and an idle device takes whatever waits at once (a
+lone task is not held back). A task whose texts are all embedded goes to the
+store stage, which writes everything finished since its last write in one
+batch per collection and delivers the records, while the model goes on.
 
-The gather stage bounds a batch by tokens estimated as ``characters / 4``
-(+2 for the special tokens): a real tokenizer costs about as much per text as
-the event loop spends on a whole small task, and a bound only needs an
-estimate. The embed stage, on the device thread, asks the model's tokenizer
-for each text's real token count (one batched call, about 10 µs a text),
-sorts by it and cuts model batches of at most ``batch_size`` texts and
-``max_batch_tokens`` padded tokens (texts × longest), so short texts are not
-padded to the length of long ones. Sorting by characters instead (what
-``SentenceTransformer.encode`` does) pads about a quarter more on news
-sentences: a character count is a poor guess of a token count.
+Backpressure: the texts of unfinished tasks are bounded by
+``max_inflight_texts`` (:class:`TextBudget`) and the tasks by
+``max_concurrent_tasks``; past either, intake waits and the Kafka agent stops
+pulling records (see ``TaskPipeline.intake``).
+
+The gather stage bounds what it takes at once by tokens estimated as
+``characters / 4`` (+2 for the special tokens): a bound only needs an
+estimate. The model calls are cut by real token counts: sorting by
+characters instead (what ``SentenceTransformer.encode`` does) pads about a
+quarter more on news sentences, a character count being a poor guess of a
+token count.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Sequence
+import time
+from collections import deque
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
+
+from app.model_queue import ModelCall, ModelQueue
 
 if TYPE_CHECKING:
     from app.pipeline import Outcome, TaskPipeline, WorkItem
@@ -39,70 +50,27 @@ T = TypeVar("T")
 #: a text's token estimate is capped here: models truncate (all-MiniLM-L6-v2 at 256)
 MAX_TOKENS_PER_TEXT = 512
 
+#: model calls handed to the device thread at once: one computing, one waiting behind it
+CALLS_AHEAD = 2
+
 
 def estimate_tokens(text: str) -> int:
     """A cheap token estimate: about four characters per token, plus [CLS] and [SEP]."""
     return min(len(text) // 4 + 2, MAX_TOKENS_PER_TEXT)
 
 
-def plan_batches(lengths: Sequence[int], max_count: int, max_tokens: int) -> list[list[int]]:
-    """Indices of ``lengths`` (token estimates) grouped into model batches, longest first.
-
-    Every batch has at most ``max_count`` texts and ``len(batch) * longest <=
-    max_tokens`` (the padded size the model computes), except a single text
-    longer than ``max_tokens``, which gets a batch of its own.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches: list[list[int]] = []
-    current: list[int] = []
-    longest = 0  # the first text of a batch is its longest: the order is descending
-    for index in order:
-        if current and (len(current) >= max_count or (len(current) + 1) * longest > max_tokens):
-            batches.append(current)
-            current = []
-        if not current:
-            longest = lengths[index]
-        current.append(index)
-    if current:
-        batches.append(current)
-    return batches
+CallResult = tuple[np.ndarray, "EmbedderInfo", float, float]
 
 
-async def embed_planned(
-    manager: ModelManager,
-    model: str,
-    texts: Sequence[str],
-    *,
-    batch_size: int,
-    max_tokens: int,
-    normalize: bool | None,
-) -> tuple[np.ndarray, EmbedderInfo]:
-    """Embed ``texts`` in length-sorted model batches, all in one job on the device thread.
+async def run_call(manager: ModelManager, call: ModelCall) -> CallResult:
+    """Run one model call on the device thread: (vectors, info, started, ended) on the thread's clock."""
 
-    Returns the vectors in the order of ``texts``. Raises whatever the model
-    raises (``ModelLoadError`` for an unknown model). The texts are sorted by
-    their real token counts (the model's tokenizer, on the device thread) when
-    the model can tell them, else by the character estimate.
-    """
-
-    def job() -> tuple[np.ndarray, EmbedderInfo]:
-        lengths = manager.token_lengths_sync(model, texts)
-        if lengths is None:
-            lengths = [estimate_tokens(t) for t in texts]
-        plan = plan_batches(lengths, batch_size, max_tokens)
-        out: np.ndarray | None = None
-        info = None
-        for indices in plan:
-            vectors, info = manager.embed_texts_sync(
-                model, [texts[i] for i in indices], batch_size=len(indices), normalize=normalize
-            )
-            if len(vectors) != len(indices):
-                raise ValueError(f"Model {model} returned {len(vectors)} vectors for {len(indices)} texts")
-            if out is None:
-                out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
-            out[indices] = vectors
-        assert out is not None and info is not None
-        return out, info
+    def job() -> CallResult:
+        started = time.monotonic()
+        vectors, info = manager.embed_texts_sync(
+            call.key.model, call.texts, batch_size=len(call.texts), normalize=call.key.normalize
+        )
+        return vectors, info, started, time.monotonic()
 
     return await manager.run(job)
 
@@ -134,13 +102,15 @@ class TextBudget:
 
 
 class TextLane:
-    """Runs the three stages of the text lane until cancelled or the pipeline drains."""
+    """Runs the stages of the text lane until cancelled or the pipeline drains."""
 
     def __init__(self, pipeline: TaskPipeline) -> None:
         self.p = pipeline
-        self._to_embed: asyncio.Queue[list[Outcome]] = asyncio.Queue(1)
-        self._to_store: asyncio.Queue[list[Outcome]] = asyncio.Queue(1)
-        self._embedding = False
+        self.queue = ModelQueue(max_tokens=pipeline.max_batch_tokens)
+        self._arrived = asyncio.Event()  # texts were queued
+        self._finished: list[Outcome] = []  # tasks whose texts are all embedded (or that failed)
+        self._has_finished = asyncio.Event()
+        self._computing = 0  # model calls handed to the device thread
 
     async def run(self) -> None:
         stages = [
@@ -159,38 +129,70 @@ class TextLane:
         p = self.p
         while p.accepting:
             batch: list[WorkItem] = await p._text_lane.next_batch(
-                p.settings.max_batch_size, self._wait, on_first=p._batch_started, max_cost=p.max_batch_tokens
+                p.settings.max_batch_size, self._wait, on_first=p._work_started, max_cost=p.max_batch_tokens
             )
             ok, outcomes = await self._guard(batch, p.prepare(batch))
             if ok and outcomes:
-                await self._to_embed.put(outcomes)
-            else:
-                p._batch_finished(0)
+                p._work_started(len(outcomes))  # each task is in flight until it is reported
+                ok, refused = await self._guard(batch, p.enqueue(outcomes, self.queue))
+                if ok:
+                    self._arrived.set()
+                    self._finish(refused or [])
+                else:
+                    p._work_finished(len(outcomes), active=len(outcomes))
+            p._work_finished(1)  # the gathered batch itself
 
     def _wait(self) -> float:
         """Waiting for more tasks pays only while the model is busy anyway; an idle one starts at once."""
-        busy = self._embedding or not self._to_embed.empty()
-        return self.p.settings.batch_wait_ms / 1000 if busy else 0.0
+        return self.p.settings.batch_wait_ms / 1000 if self._computing else 0.0
 
     async def _embed(self) -> None:
+        running: deque[tuple[ModelCall, asyncio.Future[CallResult]]] = deque()
         while True:
-            outcomes = await self._to_embed.get()
-            self._embedding = True
-            try:
-                ok, _ = await self._guard([o.item for o in outcomes], self.p.embed(outcomes))
-            finally:
-                self._embedding = False
-            if ok:
-                await self._to_store.put(outcomes)
+            self._arrived.clear()
+            while len(running) < CALLS_AHEAD:
+                call = self.queue.take(full_only=bool(running))
+                if call is None:
+                    break
+                running.append((call, asyncio.ensure_future(run_call(self.p.manager, call))))
+                self._computing += 1
+            if not running:
+                await self._arrived.wait()
+                continue
+            call, computing = running[0]
+            if len(running) < CALLS_AHEAD:  # wake up for new texts too: they may fill the next call
+                arrived = asyncio.ensure_future(self._arrived.wait())
+                await asyncio.wait({computing, arrived}, return_when=asyncio.FIRST_COMPLETED)
+                arrived.cancel()
+                if not computing.done():
+                    continue
             else:
-                self.p._batch_finished(len(outcomes))
+                await asyncio.wait({computing})
+            running.popleft()
+            self._computing -= 1
+            error = computing.exception()
+            try:
+                self._finish(self.p.settle(self.queue, call, error if error is not None else computing.result()))
+            except Exception as exc:  # noqa: BLE001 - a bug must not leave tickets hanging
+                log.exception("Unexpected error after a model call of %d texts; failing its tasks", len(call.texts))
+                failed = self.queue.fail(call, exc)
+                await self.p._fail_unfinished([o.item for o in failed], exc)
+                self.p._work_finished(len(failed), active=len(failed))
+
+    def _finish(self, outcomes: list[Outcome]) -> None:
+        if outcomes:
+            self._finished.extend(outcomes)
+            self._has_finished.set()
 
     async def _store(self) -> None:
         while True:
-            outcomes = await self._to_store.get()
-            items = [o.item for o in outcomes]
-            await self._guard(items, self.p.store_and_report(outcomes))
-            self.p._batch_finished(len(outcomes))
+            await self._has_finished.wait()
+            self._has_finished.clear()
+            outcomes, self._finished = self._finished, []
+            if not outcomes:
+                continue
+            await self._guard([o.item for o in outcomes], self.p.store_and_report(outcomes))
+            self.p._work_finished(len(outcomes), active=len(outcomes))
 
     async def _guard(self, batch: list[WorkItem], step: Awaitable[T]) -> tuple[bool, T | None]:
         """Await one stage's step; on a bug, fail the batch's unfinished tasks and return (False, None)."""

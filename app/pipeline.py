@@ -23,11 +23,12 @@ import numpy as np
 
 from app.acks import Ticket
 from app.batcher import Batcher
-from app.errors import InvalidTaskError, PermanentError, RetryableError
+from app.errors import InvalidTaskError, ModelLoadError, PermanentError, RetryableError
 from app.image_lane import ImageLane
 from app.inputs import Prepared, TextPreparer, add_document_vectors, build_records
-from app.lane import TextBudget, TextLane, embed_planned, estimate_tokens
+from app.lane import CallResult, TextBudget, TextLane, estimate_tokens, run_call
 from app.metrics import Metrics
+from app.model_queue import CallKey, ModelCall, ModelQueue
 from app.retry import retry_forever
 from app.schema import ImageTask, Task, parse_task, task_texts
 from models.base import EmbedderInfo
@@ -147,7 +148,7 @@ class TaskPipeline:
         self._held_texts: dict[int, int] = {}  # id(ticket) -> texts it holds of the budget
         self.max_batch_tokens: int = settings.max_batch_tokens
         self._text_lane: Batcher[WorkItem] = Batcher(weight=lambda i: i.weight, cost=lambda i: i.tokens)
-        self._batches_in_flight = 0
+        self._in_flight = 0  # gathered batches and tasks in the text lane; drain waits for 0
         self._images = ImageLane(self)
         self._preparer = TextPreparer(manager, settings)
         # one thread per store: several databases are written in parallel, each at its own pace
@@ -198,16 +199,16 @@ class TaskPipeline:
         """Process text batches forever, pipelined (see :mod:`app.lane`); cancel to stop."""
         await TextLane(self).run()
 
-    def _batch_started(self) -> None:
-        self._batches_in_flight += 1
+    def _work_started(self, n: int = 1) -> None:
+        self._in_flight += n
         self._idle.clear()
 
-    def _batch_finished(self, active: int) -> None:
-        """A batch left the lane; ``active`` of its tasks had been counted by :meth:`prepare`."""
-        self._batches_in_flight -= 1
+    def _work_finished(self, n: int = 1, *, active: int = 0) -> None:
+        """``n`` units (a gathered batch, or tasks) left the lane; ``active`` of them were counted by :meth:`prepare`."""
+        self._in_flight -= n
         self.active_tasks -= active
-        if self._batches_in_flight <= 0:
-            self._batches_in_flight = 0
+        if self._in_flight <= 0:
+            self._in_flight = 0
             self._idle.set()
 
     async def _fail_unfinished(self, batch: list[WorkItem], exc: BaseException) -> None:
@@ -277,10 +278,69 @@ class TaskPipeline:
         return live
 
     async def embed(self, outcomes: list[Outcome]) -> None:
-        """The embed stage: fit texts to the model (chunks, long_text), embed, add document vectors."""
+        """Embed ``outcomes`` one model call after the other (the lane overlaps calls with everything else)."""
+        queue = ModelQueue(max_tokens=self.max_batch_tokens)
+        await self.enqueue(outcomes, queue)
+        while (call := queue.take()) is not None:
+            try:
+                result: CallResult | BaseException = await run_call(self.manager, call)
+            except Exception as exc:  # noqa: BLE001 - settle() fails the call's tasks
+                result = exc
+            self.settle(queue, call, result)
+
+    async def enqueue(self, outcomes: list[Outcome], queue: ModelQueue) -> list[Outcome]:
+        """Fit texts to the model (chunks, long_text) and queue them with their token counts.
+
+        Returns the outcomes that failed on the way (their ``error`` set);
+        they are finished and go straight to reporting.
+        """
         await self._preparer.prepare(outcomes)
-        await self._embed(outcomes)
-        add_document_vectors(outcomes)
+        groups: dict[CallKey, list[Outcome]] = defaultdict(list)
+        refused = []
+        for out in outcomes:
+            if out.error is None and not out.texts:
+                out.error = PermanentError(f"Task {out.item.task.task_id} has no text to embed.")
+            if out.error is not None:  # refused while preparing (e.g. a text over the model's limit)
+                refused.append(out)
+                continue
+            task = out.item.task
+            batch_size = min(
+                getattr(task, "batch_size", None) or self.settings.default_batch_size, self.settings.max_batch_size
+            )
+            groups[CallKey(out.model, task.normalize, batch_size)].append(out)
+        for key, members in groups.items():
+            texts = [text for out in members for text in out.texts]
+            try:
+                lengths = await self.manager.token_lengths(key.model, texts)
+            except Exception as exc:  # noqa: BLE001 - a model that cannot load fails these tasks, never the worker
+                if not isinstance(exc, PermanentError):
+                    log_proc.exception("Counting the tokens of %d texts with %s failed", len(texts), key.model)
+                for out in members:
+                    out.error = exc
+                refused.extend(members)
+                continue
+            if lengths is None:
+                lengths = [estimate_tokens(t) for t in texts]
+            offset = 0
+            for out in members:
+                queue.add(out, key, lengths[offset : offset + len(out.texts)])
+                offset += len(out.texts)
+        return refused
+
+    def settle(self, queue: ModelQueue, call: ModelCall, result: CallResult | BaseException) -> list[Outcome]:
+        """Hand a model call's vectors (or its error) to its tasks; returns the tasks now finished."""
+        model = call.key.model
+        if isinstance(result, BaseException):
+            if not isinstance(result, PermanentError):
+                log_proc.error("Embedding %d texts with %s failed", len(call.texts), model, exc_info=result)
+            # a model that cannot load fails every task waiting for it, not one call after the other
+            return queue.fail(call, result, whole_key=isinstance(result, ModelLoadError))
+        vectors, info, started, ended = result
+        self.metrics.batch_size.observe(len(call.texts))
+        self.metrics.inference_seconds.labels(model).observe(ended - started)
+        finished = queue.complete(call, vectors, info, started, ended)
+        add_document_vectors(finished)
+        return finished
 
     async def store_and_report(self, outcomes: list[Outcome]) -> None:
         await self._store(outcomes)
@@ -288,44 +348,6 @@ class TaskPipeline:
 
     def _outcome(self, item: WorkItem) -> Outcome:
         return Outcome(item=item, texts=item.texts, model=item.task.model_name or self.settings.default_model)
-
-    async def _embed(self, outcomes: list[Outcome]) -> None:
-        groups: dict[tuple[str, bool | None, int], list[Outcome]] = defaultdict(list)
-        for out in outcomes:
-            if out.error is not None:  # refused while preparing (e.g. a text over the model's limit)
-                continue
-            task = out.item.task
-            batch_size = min(
-                getattr(task, "batch_size", None) or self.settings.default_batch_size, self.settings.max_batch_size
-            )
-            groups[(out.model, task.normalize, batch_size)].append(out)
-        for (model, normalize, batch_size), members in groups.items():
-            texts = [text for out in members for text in out.texts]
-            t0 = time.monotonic()
-            try:
-                vectors, info = await embed_planned(
-                    self.manager,
-                    model,
-                    texts,
-                    batch_size=batch_size,
-                    max_tokens=self.max_batch_tokens,
-                    normalize=normalize,
-                )
-            except Exception as exc:  # noqa: BLE001 - a model failure fails these tasks, never the worker
-                if not isinstance(exc, PermanentError):
-                    log_proc.exception("Embedding %d texts with %s failed", len(texts), model)
-                for out in members:
-                    out.error = exc
-                continue
-            elapsed = (time.monotonic() - t0) * 1000
-            self.metrics.batch_size.observe(len(texts))
-            self.metrics.inference_seconds.labels(model).observe(elapsed / 1000)
-            offset = 0
-            for out in members:
-                out.vectors = vectors[offset : offset + len(out.texts)]
-                out.info = info
-                out.embed_ms = elapsed
-                offset += len(out.texts)
 
     async def _store(self, outcomes: list[Outcome]) -> None:
         groups: dict[tuple[str, int], list[tuple[Outcome, list[VectorRecord]]]] = defaultdict(list)

@@ -14,13 +14,14 @@ import statistics
 import subprocess
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 from bench import corpus
 from bench.model_cases import run_model_cases
 from bench.worker_cases import Driver, RssSampler, bulk_tasks, mixed_tasks, small_tasks
-from tests.integration.harness import Topics, WorkerProcess, create_topics, require_kafka
+from tests.integration.harness import Topics, WorkerProcess, create_topics, free_port, require_kafka
 
 ROOT = Path(__file__).resolve().parents[1]
 STORES = {
@@ -32,6 +33,15 @@ WORKER_CASES = ("worker_bulk", "worker_small", "worker_mixed")
 PEER_PYTHON = Path.home() / ".cache" / "vectorize-worker" / "infvenv" / "bin" / "python"
 
 
+def model_seconds(port: int) -> float:
+    """Seconds the worker's model has computed so far (the sum of its ``worker_inference_seconds``)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("worker_inference_seconds_sum")
+    )
+
+
 def load() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
@@ -40,7 +50,9 @@ async def worker_cases(args: argparse.Namespace, texts: list[str], articles: lis
     topics = Topics(suffix=f"bench-{os.getpid()}-{int(time.time())}")
     await create_topics([topics.tasks, topics.status, topics.results, topics.dlq], partitions=4)
     data_dir = Path(tempfile.mkdtemp(prefix="vectorize-bench-"))
-    extra = dict(item.split("=", 1) for item in args.worker_env)
+    metrics_port = free_port()
+    extra = {"VECTORIZE_WORKER_METRICS_PORT": str(metrics_port)}
+    extra.update(item.split("=", 1) for item in args.worker_env)
     worker = WorkerProcess(topics, data_dir, worker_id="bench", **STORES[args.store], **extra)
     worker.start()
     worker.wait_ready(timeout=300)
@@ -58,8 +70,10 @@ async def worker_cases(args: argparse.Namespace, texts: list[str], articles: lis
             }
             cases = {}
             for case in (c for c in WORKER_CASES if c in args.cases):
-                cpu0, machine0 = rss.cpu_seconds(), rss.machine_cpu_seconds()
+                cpu0, machine0, model0 = rss.cpu_seconds(), rss.machine_cpu_seconds(), model_seconds(metrics_port)
                 cases[case] = await driver.run(make[case]())
+                # how much of the case the model was computing: below 1, it waited for the rest of the worker
+                cases[case]["model_busy"] = (model_seconds(metrics_port) - model0) / cases[case]["seconds"]
                 texts_done = cases[case]["texts"]
                 cases[case]["cpu_ms_per_text"] = (rss.cpu_seconds() - cpu0) * 1000 / texts_done
                 # what the worker had to share the cores with: Kafka, the store server, this driver
@@ -71,7 +85,7 @@ async def worker_cases(args: argparse.Namespace, texts: list[str], articles: lis
                 f"  worker run {run + 1}: "
                 + ", ".join(
                     f"{k} {v['texts_per_s']:.0f}/s (cpu {v['cpu_ms_per_text']:.1f} ms/text, "
-                    f"machine {v['machine_cpu_ms_per_text']:.1f} ms/text, "
+                    f"machine {v['machine_cpu_ms_per_text']:.1f} ms/text, model busy {v['model_busy']:.0%}, "
                     f"embed {v['mean_embed_ms']:.0f} ms, store {v['mean_store_ms']:.0f} ms)"
                     for k, v in cases.items()
                     if k in WORKER_CASES

@@ -71,6 +71,8 @@ class ModelManager:
         self._last_used: dict[str, float] = {}
         self._lock = threading.RLock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-device")
+        # token counts for batching of a loaded model, so they need not wait behind model calls
+        self._tokenizer_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-tokenizer")
         self._stop = threading.Event()
         self.on_change: Callable[[list[EmbedderInfo]], None] | None = None
         if idle_unload_seconds > 0:
@@ -135,6 +137,19 @@ class ModelManager:
     async def run(self, func: Callable[[], T]) -> T:
         """Run ``func`` on the device thread and await its result."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, func)
+
+    async def token_lengths(self, name: str, texts: Sequence[str]) -> list[int] | None:
+        """Tokens per text (:meth:`Embedder.token_lengths`) without waiting behind the model's calls.
+
+        A loaded model's tokenizer runs on the tokenizer thread; a model not
+        loaded yet is loaded on the device thread first (raises like
+        :meth:`get` when it cannot be).
+        """
+        with self._lock:
+            model = self._models.get(name)
+        if model is None:
+            return await self.run(lambda: self.token_lengths_sync(name, texts))
+        return await asyncio.get_running_loop().run_in_executor(self._tokenizer_executor, model.token_lengths, texts)
 
     async def get(self, name: str) -> Embedder:
         return await self.run(lambda: self.get_sync(name))
@@ -204,6 +219,7 @@ class ModelManager:
 
         self._executor.submit(unload_all)
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._tokenizer_executor.shutdown(wait=False, cancel_futures=True)
 
     # -- internals ------------------------------------------------------------------
     def _load(self, name: str) -> Embedder:

@@ -9,6 +9,7 @@ end markers) are never counted: ``max_tokens`` already leaves room for them.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -53,15 +54,20 @@ class HFTextTokenizer:
         special = int(tokenizer.num_special_tokens_to_add(pair=False))
         self.max_tokens = max(1, int(max_length) - special)
         self._max_length = self.max_tokens + special
+        # A private copy for lengths(): a Rust tokenizer call sets its truncation and padding state, so two
+        # threads must never share one ("Already borrowed"); the model keeps using its own on the device thread.
+        self._counter = copy.deepcopy(tokenizer)
 
     def lengths(self, texts: Sequence[str]) -> list[int]:
         """Tokens per text as the model sees it: special tokens included, truncated at the model's limit.
 
-        One batched call into the Rust tokenizer (about 10 µs per short text).
+        One batched call into the Rust tokenizer (about 10 µs per short text),
+        on a copy of the tokenizer: safe on one other thread while the model
+        works (the model manager's tokenizer thread).
         """
         if not texts:
             return []
-        encoded = self._tok(list(texts), truncation=True, max_length=self._max_length, verbose=False)
+        encoded = self._counter(list(texts), truncation=True, max_length=self._max_length, verbose=False)
         return [len(ids) for ids in encoded["input_ids"]]
 
     def _encode(self, text: str) -> Any:

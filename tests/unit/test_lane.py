@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -10,54 +11,137 @@ from typing import Any
 import numpy as np
 
 from app.batcher import Batcher
-from app.lane import TextBudget, embed_planned, estimate_tokens, plan_batches
-from models.manager import ModelManager
+from app.errors import ModelLoadError
+from app.lane import TextBudget, TextLane, estimate_tokens
+from app.model_queue import CallKey, ModelQueue
+from models.base import EmbedderInfo
 from tests.fakes import FakeEmbedder
 from tests.unit.test_pipeline import Harness
 
-SENTENCES = [
-    "Short.",
-    "A somewhat longer sentence about bushfires near the Hume Highway today.",
-    "Mid-length text here.",
-    "x" * 900,  # over the per-text estimate cap
-    "The quick brown fox jumps over the lazy dog, twice, and then once more for good measure.",
-    "Hi",
-    "Another ordinary sentence of moderate size.",
-]
+
+class Out:
+    """The outcome fields the model queue touches."""
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+        self.vectors: np.ndarray | None = None
+        self.info: Any = None
+        self.error: BaseException | None = None
+        self.embed_ms = 0.0
 
 
-def test_plan_batches_respects_count_and_padded_token_bounds_and_sorts_by_length() -> None:
-    lengths = [3, 40, 7, 120, 25, 2, 60, 9, 9, 33, 1, 80]
-    plan = plan_batches(lengths, max_count=4, max_tokens=160)
-    assert sorted(i for batch in plan for i in batch) == list(range(len(lengths)))  # each text exactly once
-    for batch in plan:
-        assert len(batch) <= 4
-        assert len(batch) * max(lengths[i] for i in batch) <= 160
-    flat = [lengths[i] for batch in plan for i in batch]
-    assert flat == sorted(lengths, reverse=True)  # longest first: similar lengths share a batch
+KEY = CallKey("m", None, 4)
+INFO = EmbedderInfo(name="m", family="fake", dim=2, device="cpu")
 
 
-def test_a_text_longer_than_the_token_bound_gets_a_batch_of_its_own() -> None:
-    assert plan_batches([500, 10, 10], max_count=8, max_tokens=100) == [[0], [1, 2]]
+def vectors_for(call: Any) -> np.ndarray:
+    """A fake model: each text's vector is (its length, its first character's code)."""
+    return np.array([[len(t), ord(t[0])] for t in call.texts], dtype=np.float32)
 
 
-def test_token_estimate_is_cheap_and_capped() -> None:
-    assert estimate_tokens("abcd" * 10) == 12
-    assert estimate_tokens("x" * 100_000) == 512
+def run_all(queue: ModelQueue, **take: Any) -> list[Any]:
+    calls = []
+    while (call := queue.take(**take)) is not None:
+        calls.append(call)
+        queue.complete(call, vectors_for(call), INFO, 0.0, 0.001)
+    return calls
 
 
-async def test_embed_planned_restores_input_order_across_model_batches() -> None:
-    embedder = FakeEmbedder("m")
-    manager = ModelManager(lambda name: embedder, warmup=False)
-    texts = SENTENCES * 5
-    vectors, info = await embed_planned(manager, "m", texts, batch_size=3, max_tokens=64, normalize=None)
-    expected = FakeEmbedder("m").embed_texts(texts, batch_size=len(texts), normalize=None)
-    assert info.dim == 8 and vectors.shape == (len(texts), 8)
-    np.testing.assert_array_equal(vectors, expected)  # row i is text i's vector
-    assert len(embedder.calls) > 5  # several model batches, each bounded
-    for call in embedder.calls:
-        assert len(call) <= 3 and (len(call) == 1 or len(call) * max(map(estimate_tokens, call)) <= 64)
-    manager.close()
+def test_calls_hold_texts_of_similar_length_within_count_and_padded_token_bounds() -> None:
+    rng = random.Random(7)
+    lengths = [rng.choice([3, 5, 8, 13, 21, 34, 55, 89]) + rng.randint(0, 2) for _ in range(200)]
+    queue = ModelQueue(max_tokens=160)
+    outs = [Out([f"t{i}"]) for i in range(len(lengths))]
+    for out, n in zip(outs, lengths, strict=True):
+        queue.add(out, KEY, [n])
+    token_of = {f"t{i}": n for i, n in enumerate(lengths)}
+    calls = run_all(queue)
+    assert sorted(t for c in calls for t in c.texts) == sorted(token_of)  # each text exactly once
+    padded = 0
+    for call in calls:
+        tokens = [token_of[t] for t in call.texts]
+        assert tokens == sorted(tokens, reverse=True)  # longest first
+        assert len(call.texts) <= 4 and (len(tokens) == 1 or len(tokens) * max(tokens) <= 160)
+        padded += len(tokens) * max(tokens)
+    # nearly as little padding as sorting everything at once (the best any batching can do)
+    ordered = sorted(lengths, reverse=True)
+    best = sum(len(ordered[i : i + 4]) * ordered[i] for i in range(0, len(ordered), 4))
+    assert padded <= best * 1.1
+    assert queue.texts == 0 and all(out.vectors is not None for out in outs)
+
+
+def test_a_text_longer_than_the_token_bound_gets_a_call_of_its_own() -> None:
+    queue = ModelQueue(max_tokens=100)
+    for text, n in [("long", 500), ("a", 10), ("b", 10)]:
+        queue.add(Out([text]), CallKey("m", None, 8), [n])
+    assert [c.texts for c in run_all(queue)] == [["long"], ["a", "b"]]
+
+
+def test_every_call_holds_the_oldest_waiting_text() -> None:
+    # one outlier among many similar texts is not left waiting for ever
+    queue = ModelQueue(max_tokens=10_000)
+    queue.add(Out(["outlier"]), KEY, [200])
+    for i in range(20):
+        queue.add(Out([f"s{i}"]), KEY, [10])
+    first = queue.take()
+    assert first is not None and "outlier" in first.texts
+    # and among the rest, arrival order decides who goes next
+    second = queue.take()
+    assert second is not None and "s0" in second.texts
+
+
+def test_the_key_with_the_oldest_text_goes_first_and_full_only_waits_for_a_whole_call() -> None:
+    queue = ModelQueue(max_tokens=10_000)
+    other = CallKey("other-model", None, 4)
+    queue.add(Out(["b1", "b2"]), other, [5, 5])
+    queue.add(Out(["a1", "a2", "a3", "a4", "a5"]), KEY, [5] * 5)
+    assert queue.has_full_call()  # KEY has 5 >= 4
+    call = queue.take(full_only=True)
+    assert call is not None and call.key == KEY and len(call.texts) == 4  # other-model holds only 2
+    assert queue.take(full_only=True) is None and not queue.has_full_call()
+    nxt = queue.take()
+    assert nxt is not None and nxt.key == other  # b1 arrived before a5
+
+
+def test_a_task_finishes_when_its_last_text_is_embedded_with_vectors_in_its_order() -> None:
+    queue = ModelQueue(max_tokens=10_000)
+    texts = ["aaaa", "b", "cccccccc", "dd", "eee", "f" * 12]
+    big, small = Out(texts), Out(["zz"])
+    queue.add(big, KEY, [len(t) for t in texts])
+    queue.add(small, KEY, [2])
+    finished = []
+    while (call := queue.take()) is not None:
+        finished += queue.complete(call, vectors_for(call), INFO, 1.0, 1.5)
+    assert finished.count(big) == 1 and finished.count(small) == 1
+    assert big.vectors is not None
+    assert big.vectors[:, 0].tolist() == [len(t) for t in texts]  # row i is text i
+    assert big.vectors[:, 1].tolist() == [ord(t[0]) for t in texts]
+    assert big.info is INFO and big.embed_ms == 500.0
+
+
+def test_failing_a_call_fails_its_tasks_and_removes_their_other_texts() -> None:
+    queue = ModelQueue(max_tokens=10_000)
+    pair = CallKey("m", None, 2)
+    a, b, c = Out(["a1", "a2" * 20]), Out(["b1"]), Out(["c1"])
+    queue.add(a, pair, [2, 40])
+    queue.add(b, pair, [2])
+    queue.add(c, CallKey("m2", None, 4), [2])
+    call = queue.take()
+    assert call is not None and sorted(call.texts) == ["a1", "b1"]
+    boom = RuntimeError("boom")
+    assert queue.fail(call, boom) == [a, b]
+    assert a.error is boom and b.error is boom and queue.texts == 1  # a's long text left the queue too
+    rest = queue.take()
+    assert rest is not None and rest.texts == ["c1"]
+    # a model that cannot load fails every task waiting for it at once
+    queue = ModelQueue(max_tokens=10_000)
+    outs = [Out([f"x{i}"]) for i in range(6)]
+    for out in outs:
+        queue.add(out, KEY, [3])
+    call = queue.take()
+    assert call is not None
+    assert len(queue.fail(call, ModelLoadError("no such model"), whole_key=True)) == 6
+    assert queue.texts == 0 and queue.take() is None
 
 
 class WordCountEmbedder(FakeEmbedder):
@@ -67,7 +151,7 @@ class WordCountEmbedder(FakeEmbedder):
         return [len(t.split()) + 2 for t in texts]
 
 
-async def test_embed_planned_sorts_by_the_models_token_counts_when_it_has_them() -> None:
+async def test_model_calls_are_cut_by_the_models_token_counts_when_it_has_them() -> None:
     # long words (few tokens, many characters) and short words (many tokens, few characters):
     # by the character estimate the two kinds interleave, by tokens they do not
     few = ["x" * chars + f" {i}" for i, chars in enumerate((40, 80, 120, 160))]  # 4 tokens each
@@ -75,19 +159,25 @@ async def test_embed_planned_sorts_by_the_models_token_counts_when_it_has_them()
     assert sorted(map(estimate_tokens, few + many)) != sorted(map(estimate_tokens, few)) + sorted(
         map(estimate_tokens, many)
     )
-    texts = [t for pair in zip(few, many, strict=True) for t in pair]
-    embedder = WordCountEmbedder("m")
-    manager = ModelManager(lambda name: embedder, warmup=False)
-    vectors, _ = await embed_planned(manager, "m", texts, batch_size=4, max_tokens=10_000, normalize=None)
-    np.testing.assert_array_equal(vectors, FakeEmbedder("m").embed_texts(texts, batch_size=8, normalize=None))
-    # by characters the two groups would mix; by tokens each model call holds one group
+    h = Harness(default_batch_size=4, max_batch_tokens=10_000)
+    embedder = h.embedders["fake-model"] = WordCountEmbedder("fake-model")
+    for i, text in enumerate(t for pair in zip(few, many, strict=True) for t in pair):
+        await h.send({"task_type": "text_vectorization", "data": text, "task_id": f"w{i}"})
+    await h.drain()
     assert sorted(map(sorted, embedder.calls)) == sorted([sorted(many), sorted(few)])
+    assert len(h.acked) == 8
     # and the padded-token bound counts real tokens: 33 tokens x 3 texts fit 100, x 4 do not
-    embedder.calls.clear()
+    h = Harness(default_batch_size=8, max_batch_tokens=100)
+    embedder = h.embedders["fake-model"] = WordCountEmbedder("fake-model")
     same = [" ".join(["a"] * 31)] * 4  # 63 characters: estimated at 17 tokens, 4 x 17 would fit
-    await embed_planned(manager, "m", same, batch_size=8, max_tokens=100, normalize=None)
-    assert [len(call) for call in embedder.calls] == [3, 1]
-    manager.close()
+    await h.send({"task_type": "batch_vectorization", "data": same, "task_id": "same"})
+    await h.drain()
+    assert sorted(len(call) for call in embedder.calls) == [1, 3]
+
+
+def test_token_estimate_is_cheap_and_capped() -> None:
+    assert estimate_tokens("abcd" * 10) == 12
+    assert estimate_tokens("x" * 100_000) == 512
 
 
 async def test_batcher_cost_bound_holds_back_the_item_that_does_not_fit() -> None:
@@ -162,3 +252,46 @@ async def test_text_budget_lets_an_oversized_task_through_when_nothing_else_is_h
     budget.release(10)
     await asyncio.wait_for(budget.acquire(4), timeout=5)
     assert budget.held == 4
+
+
+class GatedEmbedder(FakeEmbedder):
+    """Blocks every model call until ``gate`` is set; counts the calls that started."""
+
+    def __init__(self, name: str, gate: threading.Event) -> None:
+        super().__init__(name)
+        self.gate = gate
+        self.started = 0
+
+    def embed_texts(self, texts: Sequence[str], *, batch_size: int, normalize: bool | None) -> np.ndarray:
+        self.started += 1
+        assert self.gate.wait(10)
+        return super().embed_texts(texts, batch_size=batch_size, normalize=normalize)
+
+
+async def until(condition: Any, what: str) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_a_second_call_waits_behind_the_running_one_only_once_it_is_full() -> None:
+    h = Harness(default_batch_size=2, batch_wait_ms=0)
+    gate = threading.Event()
+    embedder = h.embedders["fake-model"] = GatedEmbedder("fake-model", gate)
+    lane = TextLane(h.pipeline)
+    running = asyncio.ensure_future(lane.run())
+    await h.send({"task_type": "text_vectorization", "data": "first", "task_id": "g0"})
+    await until(lambda: embedder.started == 1, "the first call to start")  # an idle model takes a lone text at once
+    await h.send({"task_type": "text_vectorization", "data": "second", "task_id": "g1"})
+    await asyncio.sleep(0.1)
+    assert lane.queue.texts == 1  # half a call: it waits for more texts or for the model
+    await h.send({"task_type": "text_vectorization", "data": "third", "task_id": "g2"})
+    await until(lambda: lane.queue.texts == 0, "a whole call to be queued behind the running one")
+    assert embedder.started == 1 and h.acked == []
+    gate.set()
+    await until(lambda: len(h.acked) == 3, "all three tasks")
+    assert embedder.calls == [["first"], ["second", "third"]]
+    running.cancel()
+    await asyncio.gather(running, return_exceptions=True)
