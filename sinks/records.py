@@ -132,3 +132,12 @@ def json_schemas() -> dict[str, Any]:
         "result": ResultRecord.model_json_schema(),
         "dead_letter": DeadLetterRecord.model_json_schema(),
     }
+
+
+def fold_status(entry: dict[str, Any] | None, record: dict[str, Any]) -> dict[str, Any]:
+    """A task's ``task-status`` table entry after one more status record (a decoded :class:`StatusRecord`).
+
+    The record's fields, plus ``history``: the task's last 10 statuses with their timestamps, oldest first.
+    """
+    history = [*(entry or {}).get("history", []), {"status": record["status"], "timestamp": record["timestamp"]}]
+    return {**record, "history": history[-10:]}

@@ -115,3 +115,21 @@ def test_published_json_schema_is_in_sync() -> None:
 
     for rel, text in render().items():
         assert (ROOT / rel).read_text(encoding="utf-8") == text, f"{rel} is stale: run `make schemas`"
+
+
+def test_status_records_fold_into_a_task_status_entry_with_the_last_ten_statuses() -> None:
+    from sinks.records import StatusRecord, fold_status, to_bytes
+
+    entry = None
+    for i, status in enumerate(["received", "processing", "completed"]):
+        record = json.loads(to_bytes(StatusRecord(task_id="t", status=status, worker_id="w", timestamp=100.0 + i)))
+        entry = fold_status(entry, record)
+    assert entry["status"] == "completed" and entry["worker_id"] == "w" and entry["task_id"] == "t"
+    assert entry["history"] == [
+        {"status": "received", "timestamp": 100.0},
+        {"status": "processing", "timestamp": 101.0},
+        {"status": "completed", "timestamp": 102.0},
+    ]
+    for i in range(20):  # a task redelivered again and again keeps only its last ten
+        entry = fold_status(entry, {"task_id": "t", "status": "received", "timestamp": 200.0 + i})
+    assert len(entry["history"]) == 10 and entry["history"][-1]["timestamp"] == 219.0
