@@ -56,8 +56,14 @@ guard = OffsetGuard(seek=_seek, committed=_start_offset, real_gap=add_real_gap, 
 
 
 async def kafka_send(topic: str, key: bytes | None, value: bytes) -> Any:
-    """SendPort on Faust's producer: returns the delivery future."""
-    return await raw_topic(topic).send(key=key, value=value)
+    """SendPort on Faust's producer: returns the delivery future.
+
+    Straight to the producer: ``Topic.send`` wraps each record in Faust's
+    channel, message and sensor objects, which cost a one-text task more of
+    the event loop than its four records themselves (README, "Throughput").
+    The topics are declared when intake starts.
+    """
+    return await app.producer.send(topic, key, value, partition=None, timestamp=None, headers=None)
 
 
 def consumer_lag() -> dict[tuple[str, int], int]:
