@@ -113,10 +113,6 @@ class ModelQueue:
             bisect.insort(waiting.sorted, (int(tokens), seq))
         self.texts += len(lengths)
 
-    def has_full_call(self) -> bool:
-        """True when some key has at least a whole call's worth of texts waiting."""
-        return any(len(w.sorted) >= key.batch_size for key, w in self._keys.items())
-
     def take(self, *, full_only: bool = False) -> ModelCall | None:
         """The next model call (None when nothing, or with ``full_only`` no whole call, waits)."""
         best: tuple[int, CallKey] | None = None

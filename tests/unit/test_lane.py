@@ -95,10 +95,9 @@ def test_the_key_with_the_oldest_text_goes_first_and_full_only_waits_for_a_whole
     other = CallKey("other-model", None, 4)
     queue.add(Out(["b1", "b2"]), other, [5, 5])
     queue.add(Out(["a1", "a2", "a3", "a4", "a5"]), KEY, [5] * 5)
-    assert queue.has_full_call()  # KEY has 5 >= 4
-    call = queue.take(full_only=True)
+    call = queue.take(full_only=True)  # KEY has 5 >= 4 texts
     assert call is not None and call.key == KEY and len(call.texts) == 4  # other-model holds only 2
-    assert queue.take(full_only=True) is None and not queue.has_full_call()
+    assert queue.take(full_only=True) is None
     nxt = queue.take()
     assert nxt is not None and nxt.key == other  # b1 arrived before a5
 
