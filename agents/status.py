@@ -57,7 +57,9 @@ def _decode(value: bytes) -> dict[str, Any] | None:
         record = json.loads(value)
     except (TypeError, ValueError):
         return None
-    return record if isinstance(record, dict) and "task_id" in record else None
+    if not isinstance(record, dict) or not all(k in record for k in ("task_id", "status", "timestamp")):
+        return None  # not a status record: skipped, never a reason to lose the window's other records
+    return record
 
 
 #: the task ids this worker's tracker wrote last, newest at the right: `/tasks`
@@ -75,6 +77,8 @@ TRACKER_WINDOW_S = 0.25
 
 async def track_task_status(stream: Any) -> None:
     async for events in stream.take_events(TRACKER_BATCH, within=TRACKER_WINDOW_S):
+        # No await in this body: Faust's take buffer fills in the background and sets the stream's
+        # current event, which the table reads and writes below must not see change under them.
         latest: dict[str, tuple[Any, dict[str, Any]]] = {}
         for event in events:
             record = _decode(event.value)

@@ -16,7 +16,10 @@ batch per collection and delivers the records, while the model goes on.
 Backpressure: the texts of unfinished tasks are bounded by
 ``max_inflight_texts`` (:class:`TextBudget`) and the tasks by
 ``max_concurrent_tasks``; past either, intake waits and the Kafka agent stops
-pulling records (see ``TaskPipeline.intake``).
+pulling records (see ``TaskPipeline.intake``). A document counts as one text
+there and becomes its chunks here, so the gather stage also waits while the
+model queue holds ``max_inflight_texts`` texts. On drain, tasks none of whose
+texts reached the model leave the queue unacknowledged.
 
 The gather stage bounds what it takes at once by tokens estimated as
 ``characters / 4`` (+2 for the special tokens): a bound only needs an
@@ -111,6 +114,7 @@ class TextLane:
         self._finished: list[Outcome] = []  # tasks whose texts are all embedded (or that failed)
         self._has_finished = asyncio.Event()
         self._computing = 0  # model calls handed to the device thread
+        self._room = asyncio.Event()  # the model queue went below its bound
 
     async def run(self) -> None:
         stages = [
@@ -128,9 +132,15 @@ class TextLane:
     async def _gather(self) -> None:
         p = self.p
         while p.accepting:
+            while self.queue.texts >= p.settings.max_inflight_texts:  # documents count one text at intake
+                self._room.clear()
+                await self._room.wait()
             batch: list[WorkItem] = await p._text_lane.next_batch(
                 p.settings.max_batch_size, self._wait, on_first=p._work_started, max_cost=p.max_batch_tokens
             )
+            if not p.accepting:  # draining: these stay unacknowledged and go to another worker
+                p._work_finished(1)
+                break
             ok, outcomes = await self._guard(batch, p.prepare(batch))
             if ok and outcomes:
                 p._work_started(len(outcomes))  # each task is in flight until it is reported
@@ -156,6 +166,7 @@ class TextLane:
                     break
                 running.append((call, asyncio.ensure_future(run_call(self.p.manager, call))))
                 self._computing += 1
+                self._room.set()
             if not running:
                 await self._arrived.wait()
                 continue
@@ -178,6 +189,13 @@ class TextLane:
                 failed = self.queue.fail(call, exc)
                 await self.p._fail_unfinished([o.item for o in failed], exc)
                 self.p._work_finished(len(failed), active=len(failed))
+
+    def drop_unstarted(self) -> None:
+        """On drain: tasks none of whose texts reached the model leave the lane unacknowledged."""
+        dropped = self.queue.drop_unstarted()
+        if dropped:
+            log.info("Draining: %d queued tasks left unacknowledged for another worker", len(dropped))
+            self.p._work_finished(len(dropped), active=len(dropped))
 
     def _finish(self, outcomes: list[Outcome]) -> None:
         if outcomes:

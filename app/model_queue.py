@@ -150,18 +150,38 @@ class ModelQueue:
         _, _, tokens = waiting.where[oldest]
         position = bisect.bisect_left(lengths, (tokens, oldest))
         size = len(lengths)
-        for count in range(min(batch_size, size), 0, -1):
-            best: tuple[int, int] | None = None  # (spread, start)
-            for start in range(max(0, position - count + 1), min(position, size - count) + 1):
-                longest = lengths[start + count - 1][0]
-                if count > 1 and count * longest > self.max_tokens:
-                    continue
-                spread = longest - lengths[start][0]
-                if best is None or spread < best[0]:
-                    best = (spread, start)
-            if best is not None:
-                return best[1], count
-        return position, 1  # unreachable: a single text always fits
+        # The most texts that fit: a run of `count` around the oldest is cheapest at its leftmost start,
+        # and that cost only grows with `count`, so the first count that fits there is the largest.
+        count = min(batch_size, size)
+        while count > 1 and count * lengths[max(0, position - count + 1) + count - 1][0] > self.max_tokens:
+            count -= 1
+        best_start, best_spread = position, None
+        for start in range(max(0, position - count + 1), min(position, size - count) + 1):
+            longest = lengths[start + count - 1][0]
+            if count > 1 and count * longest > self.max_tokens:
+                break  # later starts are longer still
+            spread = longest - lengths[start][0]
+            if best_spread is None or spread < best_spread:
+                best_start, best_spread = start, spread
+        return best_start, count
+
+    def drop_unstarted(self) -> list[Any]:
+        """Take out the tasks none of whose texts has gone to the model yet; returns their outcomes."""
+        dropped = []
+        for key in list(self._keys):
+            waiting = self._keys[key]
+            jobs = {id(job): job for job, _, _ in waiting.where.values()}
+            for job in jobs.values():
+                if job.failed or len(job.waiting) != len(job.outcome.texts):
+                    continue  # some of its texts are in a model call: it finishes
+                for seq in list(job.waiting):
+                    waiting.remove(seq)
+                self.texts -= len(job.waiting)
+                job.waiting.clear()
+                dropped.append(job.outcome)
+            if not waiting.where:
+                del self._keys[key]
+        return dropped
 
     def complete(
         self, call: ModelCall, vectors: np.ndarray, info: EmbedderInfo, started: float, ended: float

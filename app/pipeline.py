@@ -149,6 +149,7 @@ class TaskPipeline:
         self.max_batch_tokens: int = settings.max_batch_tokens
         self._text_lane: Batcher[WorkItem] = Batcher(weight=lambda i: i.weight, cost=lambda i: i.tokens)
         self._in_flight = 0  # gathered batches and tasks in the text lane; drain waits for 0
+        self._lane: TextLane | None = None
         self._images = ImageLane(self)
         self._preparer = TextPreparer(manager, settings)
         # one thread per store: several databases are written in parallel, each at its own pace
@@ -197,7 +198,8 @@ class TaskPipeline:
     # -- text lane -----------------------------------------------------------------------
     async def run_text_lane(self) -> None:
         """Process text batches forever, pipelined (see :mod:`app.lane`); cancel to stop."""
-        await TextLane(self).run()
+        self._lane = TextLane(self)
+        await self._lane.run()
 
     def _work_started(self, n: int = 1) -> None:
         self._in_flight += n
@@ -230,11 +232,15 @@ class TaskPipeline:
             os._exit(70)
 
     async def drain(self, timeout: float) -> bool:
-        """Stop taking work and let the batches in flight finish; True when they did within ``timeout``.
+        """Stop taking work and let the tasks the model has started on finish; True when they did within ``timeout``.
 
-        Tasks still queued stay unacknowledged and are redelivered to another worker.
+        Tasks still queued, and those in the model queue none of whose texts
+        has reached the model yet, stay unacknowledged and are redelivered to
+        another worker.
         """
         self.accepting = False
+        if self._lane is not None:
+            self._lane.drop_unstarted()
         try:
             await asyncio.wait_for(asyncio.gather(self._idle.wait(), self._images.idle.wait()), timeout)
         except TimeoutError:
@@ -308,19 +314,27 @@ class TaskPipeline:
                 getattr(task, "batch_size", None) or self.settings.default_batch_size, self.settings.max_batch_size
             )
             groups[CallKey(out.model, task.normalize, batch_size)].append(out)
+        counted: list[tuple[CallKey, list[Outcome], list[int]]] = []
         for key, members in groups.items():
             texts = [text for out in members for text in out.texts]
             try:
                 lengths = await self.manager.token_lengths(key.model, texts)
-            except Exception as exc:  # noqa: BLE001 - a model that cannot load fails these tasks, never the worker
-                if not isinstance(exc, PermanentError):
-                    log_proc.exception("Counting the tokens of %d texts with %s failed", len(texts), key.model)
+            except PermanentError as exc:  # a model that cannot load fails these tasks, never the worker
                 for out in members:
                     out.error = exc
                 refused.extend(members)
                 continue
-            if lengths is None:
-                lengths = [estimate_tokens(t) for t in texts]
+            except Exception:  # noqa: BLE001 - counting only sorts the texts: estimate instead
+                log_proc.warning(
+                    "Counting the tokens of %d texts with %s failed; sorting them by an estimate",
+                    len(texts),
+                    key.model,
+                    exc_info=True,
+                )
+                lengths = None
+            counted.append((key, members, lengths if lengths is not None else [estimate_tokens(t) for t in texts]))
+        # only now into the queue: nothing above may leave part of the batch queued and part failed
+        for key, members, lengths in counted:
             offset = 0
             for out in members:
                 queue.add(out, key, lengths[offset : offset + len(out.texts)])

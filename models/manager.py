@@ -142,11 +142,16 @@ class ModelManager:
         """Tokens per text (:meth:`Embedder.token_lengths`) without waiting behind the model's calls.
 
         A loaded model's tokenizer runs on the tokenizer thread; a model not
-        loaded yet is loaded on the device thread first (raises like
-        :meth:`get` when it cannot be).
+        loaded yet (or any model while the device thread holds the cache's
+        lock, e.g. loading another one) goes through the device thread, which
+        loads it first (raises like :meth:`get` when it cannot be).
         """
-        with self._lock:
-            model = self._models.get(name)
+        model = None
+        if self._lock.acquire(blocking=False):  # never wait on the event loop for a load in progress
+            try:
+                model = self._models.get(name)
+            finally:
+                self._lock.release()
         if model is None:
             return await self.run(lambda: self.token_lengths_sync(name, texts))
         return await asyncio.get_running_loop().run_in_executor(self._tokenizer_executor, model.token_lengths, texts)

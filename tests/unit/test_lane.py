@@ -294,3 +294,67 @@ async def test_a_second_call_waits_behind_the_running_one_only_once_it_is_full()
     assert embedder.calls == [["first"], ["second", "third"]]
     running.cancel()
     await asyncio.gather(running, return_exceptions=True)
+
+
+def test_drop_unstarted_keeps_the_tasks_the_model_has_begun() -> None:
+    queue = ModelQueue(max_tokens=10_000)
+    begun, waiting, other = Out(["b1", "b2", "b3"]), Out(["w1"]), Out(["o1", "o2"])
+    queue.add(begun, CallKey("m", None, 2), [2, 2, 9])
+    queue.add(waiting, CallKey("m", None, 2), [9])
+    queue.add(other, CallKey("m2", None, 2), [3, 3])
+    call = queue.take()
+    assert call is not None and sorted(call.texts) == ["b1", "b2"]
+    assert queue.drop_unstarted() == [waiting, other]
+    assert queue.texts == 1  # b3 stays: its task has texts in a model call and finishes
+    rest = queue.take()
+    assert rest is not None and rest.texts == ["b3"] and queue.take() is None
+
+
+class FailingCounter(FakeEmbedder):
+    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        raise RuntimeError("tokenizer went away")
+
+
+async def test_a_failing_token_count_falls_back_to_the_estimate_and_the_tasks_complete() -> None:
+    h = Harness()
+    h.embedders["fake-model"] = FailingCounter("fake-model")
+    await h.send({"task_type": "batch_vectorization", "data": ["a", "bb", "ccc"], "task_id": "fc"})
+    await h.drain()
+    assert h.acked == [0] and h.statuses("fc") == ["received", "processing", "completed"]
+
+
+async def test_drain_leaves_the_tasks_the_model_has_not_begun_unacknowledged() -> None:
+    h = Harness(default_batch_size=1, batch_wait_ms=0)
+    gate = threading.Event()
+    embedder = h.embedders["fake-model"] = GatedEmbedder("fake-model", gate)
+    running = asyncio.ensure_future(h.pipeline.run_text_lane())
+    for i in range(4):
+        await h.send({"task_type": "text_vectorization", "data": f"text {i}", "task_id": f"d{i}"})
+    await until(lambda: embedder.started == 1, "the first call")
+    drained = asyncio.ensure_future(h.pipeline.drain(timeout=10))
+    await asyncio.sleep(0.05)
+    assert not drained.done()  # d0 is in the model, d1 queued behind it on the device thread
+    gate.set()
+    assert await drained is True
+    assert h.acked == [0, 1]  # d2 and d3 never reached the model: redelivered to another worker
+    assert h.statuses("d3") == ["received", "processing"] and len(embedder.calls) == 2
+    running.cancel()
+    await asyncio.gather(running, return_exceptions=True)
+
+
+async def test_gather_waits_while_the_model_queue_is_full_of_document_chunks() -> None:
+    h = Harness(max_inflight_texts=4, chunk_tokens=5, chunk_overlap_tokens=0, batch_wait_ms=0, default_batch_size=2)
+    gate = threading.Event()
+    embedder = h.embedders["fake-model"] = GatedEmbedder("fake-model", gate)
+    running = asyncio.ensure_future(h.pipeline.run_text_lane())
+    content = " ".join(f"w{i}" for i in range(60))  # 12 chunks of 5 words: one text at intake
+    await h.send({"task_type": "document_vectorization", "data": {"content": content}, "task_id": "doc1"})
+    await until(lambda: embedder.started == 1, "the first call")
+    await h.send({"task_type": "document_vectorization", "data": {"content": content}, "task_id": "doc2"})
+    await asyncio.sleep(0.1)
+    assert h.statuses("doc2") == ["received"]  # not taken into the lane while doc1's chunks fill the queue
+    gate.set()
+    await until(lambda: len(h.acked) == 2, "both documents")
+    assert h.statuses("doc2") == ["received", "processing", "completed"]
+    running.cancel()
+    await asyncio.gather(running, return_exceptions=True)
