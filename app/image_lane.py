@@ -65,7 +65,7 @@ class ImageLane:
             return
         for item in live:
             log_main.info("Processing task %s of type %s", item.task.task_id, item.task.task_type)
-            await self._p._early_status(item, "processing")
+            await self._p.reporter.early_status(item, "processing")
         outcomes = [
             Outcome(item=item, texts=[], model=item.task.model_name or self.settings.default_image_model)
             for item in live
@@ -89,8 +89,8 @@ class ImageLane:
             for out in outcomes:  # the pixels are not needed once embedded
                 if out.prepared is not None and out.prepared.image is not None:
                     out.prepared.image.release()
-        await self._p._store(outcomes)
-        await self._p._report(outcomes)
+        await self._p.writer.write(outcomes)
+        await self._p.reporter.report(outcomes)
 
     async def _embed(self, outcomes: list[Outcome]) -> None:
         groups: dict[tuple[str, bool | None], list[Outcome]] = defaultdict(list)

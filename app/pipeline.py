@@ -15,7 +15,6 @@ import os
 import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -23,67 +22,24 @@ import numpy as np
 
 from app.acks import Ticket
 from app.batcher import Batcher
-from app.errors import InvalidTaskError, ModelLoadError, PermanentError, RetryableError
+from app.errors import InvalidTaskError, ModelLoadError, PermanentError
 from app.image_lane import ImageLane
-from app.inputs import Prepared, TextPreparer, add_document_vectors, build_records
+from app.inputs import Prepared, TextPreparer, add_document_vectors
 from app.lane import CallResult, TextBudget, TextLane, estimate_tokens, run_call
 from app.metrics import Metrics
 from app.model_queue import CallKey, ModelCall, ModelQueue
-from app.retry import retry_forever
+from app.reporting import Reporter
 from app.schema import ImageTask, Task, parse_task, task_texts
+from app.store_writer import StoreWriter
 from models.base import EmbedderInfo
 from models.manager import ModelManager
-from sinks.base import BaseVectorDB, VectorRecord
+from sinks.base import BaseVectorDB
 from sinks.publisher import RecordPublisher
-from sinks.records import ErrorInfo, ResultRecord, Status, Timings
 
 log_main = logging.getLogger("worker.main")
 log_proc = logging.getLogger("worker.task_processor")
 T = TypeVar("T")
 Source = tuple[str, int, int]
-
-
-class DeliveryError(RetryableError):
-    kind = "kafka_unavailable"
-
-
-class RecordRejectedError(PermanentError):
-    """Kafka refused a record for good (e.g. larger than the broker's limit)."""
-
-    kind = "record_rejected"
-
-
-def _retriable(exc: BaseException) -> bool:
-    """False when the failure (or what it wraps) is a Kafka error marked not retriable."""
-    seen: set[int] = set()
-    stack: list[BaseException] = [exc]
-    while stack:
-        err = stack.pop()
-        if id(err) in seen:
-            continue
-        seen.add(id(err))
-        if getattr(err, "retriable", True) is False and type(err).__module__.startswith("aiokafka"):
-            return False
-        stack.extend(e for e in (err.__cause__, err.__context__, *err.args) if isinstance(e, BaseException))
-    return True
-
-
-def _kafka_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [ConnectionError, TimeoutError, OSError]
-    try:
-        from aiokafka.errors import KafkaError
-
-        errors.append(KafkaError)
-        from faust.exceptions import ProducerSendError
-
-        errors.append(ProducerSendError)
-    except ImportError:  # pragma: no cover - both come with faust-streaming
-        pass
-    return tuple(errors)
-
-
-#: what a failed produce raises; anything else is a bug and is not retried blindly
-KAFKA_ERRORS = _kafka_errors()
 
 
 @dataclass(eq=False)
@@ -152,18 +108,28 @@ class TaskPipeline:
         self._lane: TextLane | None = None
         self._images = ImageLane(self)
         self._preparer = TextPreparer(manager, settings)
-        # one thread per store: several databases are written in parallel, each at its own pace
-        self._store_executors = {
-            id(store): ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"store-{store.name}")
-            for store in self.stores
-        }
+        self.reporter = Reporter(
+            publisher, stores=self.stores, settings=settings, metrics=self.metrics, on_done=self._on_done
+        )
+        self.writer = StoreWriter(
+            self.stores, settings=settings, metrics=self.metrics, on_retry=self.reporter.count_retry
+        )
         self.active_tasks = 0
-        self.processed = 0
-        self.failed = 0
-        self.recent_failures: deque[dict[str, Any]] = deque(maxlen=20)
         self.accepting = True
         self._idle = asyncio.Event()
         self._idle.set()
+
+    @property
+    def processed(self) -> int:
+        return self.reporter.processed
+
+    @property
+    def failed(self) -> int:
+        return self.reporter.failed
+
+    @property
+    def recent_failures(self) -> deque[dict[str, Any]]:
+        return self.reporter.recent_failures
 
     # -- intake ------------------------------------------------------------------------
     async def intake(self, raw: bytes | str | None, ticket: Ticket, source: Source | None = None) -> None:
@@ -180,10 +146,10 @@ class TaskPipeline:
         except InvalidTaskError as exc:
             task_id = exc.task_id or _fallback_task_id(source)
             log_main.warning("Rejected record %s as task %s: %s", _where(source), task_id, exc)
-            await self._fail(task_id, None, raw, exc, ticket, source)
+            await self.reporter.fail(task_id, None, raw, exc, ticket, source)
             return
         item = WorkItem(task=task, raw=raw, ticket=ticket, source=source)
-        await self._early_status(item, "received")
+        await self.reporter.early_status(item, "received")
         if isinstance(task, ImageTask):
             await self._images.put(item)
             return
@@ -224,7 +190,7 @@ class TaskPipeline:
             for item in batch:
                 if not item.ticket.done:
                     task = item.task
-                    await self._fail(task.task_id, task.task_type, item.raw, exc, item.ticket, item.source)
+                    await self.reporter.fail(task.task_id, task.task_type, item.raw, exc, item.ticket, item.source)
         except Exception:  # noqa: BLE001 - last resort
             log_proc.critical(
                 "Cannot fail a broken batch either; exiting so another worker takes the tasks", exc_info=True
@@ -262,7 +228,7 @@ class TaskPipeline:
         live = await self._drop_expired(batch)
         for item in live:
             log_main.info("Processing task %s of type %s", item.task.task_id, item.task.task_type)
-            await self._early_status(item, "processing")
+            await self.reporter.early_status(item, "processing")
         self.active_tasks += len(live)
         return [self._outcome(item) for item in live]
 
@@ -276,7 +242,7 @@ class TaskPipeline:
                     f"Task {item.task.task_id} waited {started - item.received_at:.0f}s, over task_timeout "
                     f"({self.settings.task_timeout:.0f}s, VECTORIZE_WORKER_TASK_TIMEOUT); resend it or raise the limit."
                 )
-                await self._fail(
+                await self.reporter.fail(
                     item.task.task_id, item.task.task_type, item.raw, error, item.ticket, item.source, item.pending
                 )
             else:
@@ -357,222 +323,11 @@ class TaskPipeline:
         return finished
 
     async def store_and_report(self, outcomes: list[Outcome]) -> None:
-        await self._store(outcomes)
-        await self._report(outcomes)
+        await self.writer.write(outcomes)
+        await self.reporter.report(outcomes)
 
     def _outcome(self, item: WorkItem) -> Outcome:
         return Outcome(item=item, texts=item.texts, model=item.task.model_name or self.settings.default_model)
-
-    async def _store(self, outcomes: list[Outcome]) -> None:
-        groups: dict[tuple[str, int], list[tuple[Outcome, list[VectorRecord]]]] = defaultdict(list)
-        for out in outcomes:
-            if out.error is not None or out.vectors is None or out.info is None:
-                continue
-            records = self._records(out)
-            out.ids = [r.id for r in records]
-            collection = out.item.task.collection or self.settings.default_collection
-            groups[(collection, out.info.dim)].append((out, records))
-        for (collection, dim), entries in groups.items():
-            records = [r for _, rs in entries for r in rs]
-            t0 = time.monotonic()
-            error = await self._write_all(collection, dim, _dedupe(records))
-            if isinstance(error, PermanentError) and len(entries) > 1:
-                # one task's data was refused: write task by task so only that task fails
-                for out, task_records in entries:
-                    out.error = await self._write_all(collection, dim, _dedupe(task_records))
-            elif error is not None:
-                for out, _ in entries:
-                    out.error = error
-            elapsed = (time.monotonic() - t0) * 1000
-            for out, _ in entries:
-                out.store_ms = elapsed
-
-    def _records(self, out: Outcome) -> list[VectorRecord]:
-        assert out.vectors is not None
-        return build_records(
-            out.item.task, out.prepared, out.vectors, model=out.model, worker_id=self.settings.worker_id
-        )
-
-    async def _report(self, outcomes: list[Outcome]) -> None:
-        """Deliver every task's result and ``completed`` status, awaiting the broker once per batch.
-
-        All records are queued first and their delivery awaited together; a
-        task whose records did not all arrive goes through :meth:`_deliver`
-        again on its own (retried; refused for good → the task fails).
-        """
-        now = time.monotonic()
-        done: list[tuple[Outcome, ResultRecord, float]] = []
-        for out in outcomes:
-            item, task = out.item, out.item.task
-            if out.error is not None:
-                await self._fail(
-                    task.task_id, task.task_type, item.raw, out.error, item.ticket, item.source, item.pending
-                )
-                continue
-            total_ms = (now - item.received_at) * 1000
-            done.append((out, self._result(out, total_ms), total_ms))
-        if not done:
-            return
-        await asyncio.gather(*(f for out, _, _ in done for f in out.item.pending), return_exceptions=True)
-        queued: list[list[Awaitable[Any]] | None] = []
-        for out, result, _ in done:
-            try:
-                queued.append(await self._send_completed(result, out.item.task))
-            except KAFKA_ERRORS:
-                queued.append(None)
-        flat = [f for futures in queued if futures for f in futures]
-        outcomes_of = iter(await asyncio.gather(*flat, return_exceptions=True))
-        for (out, result, total_ms), futures in zip(done, queued, strict=True):
-            item, task = out.item, out.item.task
-            arrived = [next(outcomes_of) for _ in futures or ()]
-            delivered = futures is not None and not any(isinstance(a, BaseException) for a in arrived)
-            if not delivered:
-                try:
-                    await self._deliver(
-                        lambda result=result, task=task: self._send_completed(result, task),
-                        [],
-                        what=f"publishing the result of task {task.task_id}",
-                    )
-                except RecordRejectedError as exc:
-                    hint = " (processing.include_vectors puts every vector into it)" if result.vectors else ""
-                    error = RecordRejectedError(f"Task {task.task_id}: the result record was refused{hint}: {exc}")
-                    await self._fail(task.task_id, task.task_type, item.raw, error, item.ticket, item.source)
-                    continue
-            self.processed += 1
-            self.metrics.tasks_processed.labels(task.task_type, "completed").inc()
-            self.metrics.task_seconds.labels(task.task_type).observe(total_ms / 1000)
-            log_proc.info("Task %s completed successfully in %.2fs", task.task_id, total_ms / 1000)
-            await self._on_done(item.ticket)
-
-    def _result(self, out: Outcome, total_ms: float) -> ResultRecord:
-        task = out.item.task
-        return ResultRecord(
-            task_id=task.task_id,
-            status="completed",
-            worker_id=self.settings.worker_id,
-            task_type=task.task_type,
-            model=out.model,
-            dimension=out.info.dim if out.info else None,
-            count=len(out.ids),
-            vector_ids=out.ids,
-            collection=task.collection or self.settings.default_collection,
-            stores=[s.describe() for s in self.stores],
-            timings=Timings(
-                queue_ms=max(0.0, total_ms - out.embed_ms - out.store_ms),
-                embed_ms=out.embed_ms,
-                store_ms=out.store_ms,
-                total_ms=total_ms,
-            ),
-            vectors=out.vectors.tolist() if self.settings.include_vectors and out.vectors is not None else None,
-            truncated_items=out.prepared.truncated if out.prepared else [],
-            chunks=len(out.prepared.chunks) if out.prepared and out.prepared.chunks is not None else None,
-        )
-
-    async def _send_completed(self, result: ResultRecord, task: Task) -> list[Awaitable[Any]]:
-        return [
-            await self.publisher.result(result),
-            await self.publisher.status(task.task_id, "completed", task_type=task.task_type),
-        ]
-
-    # -- failures and delivery -------------------------------------------------------------
-    async def _fail(
-        self,
-        task_id: str,
-        task_type: str | None,
-        raw: bytes | str | None,
-        error: BaseException,
-        ticket: Ticket,
-        source: Source | None,
-        pending: list[Awaitable[Any]] | None = None,
-    ) -> None:
-        """Failed status + failed result + dead letter, delivered; then the ticket is done."""
-        info = ErrorInfo.of(error)
-        payload = raw
-
-        async def send() -> list[Awaitable[Any]]:
-            result = ResultRecord(
-                task_id=task_id, status="failed", worker_id=self.settings.worker_id, task_type=task_type, error=info
-            )
-            return [
-                await self.publisher.dead_letter(payload, error, task_id=task_id, source=source),
-                await self.publisher.result(result),
-                await self.publisher.status(task_id, "failed", task_type=task_type, error=error),
-            ]
-
-        try:
-            await self._deliver(send, pending or [], what=f"dead-lettering task {task_id}")
-        except RecordRejectedError:
-            payload = (raw or b"")[:4096]  # keep the first bytes; the whole record stays at `source`
-            await self._deliver(send, [], what=f"dead-lettering task {task_id} (payload cut to 4 KiB)")
-        self.failed += 1
-        self.metrics.tasks_processed.labels(task_type or "invalid", "failed").inc()
-        self.metrics.errors.labels(info.kind).inc()
-        self.recent_failures.appendleft(
-            {
-                "task_id": task_id,
-                "task_type": task_type,
-                "error": info.message[:300],
-                "kind": info.kind,
-                "at": time.time(),
-            }
-        )
-        log_proc.warning("Task %s failed: %s", task_id, info.message)
-        await self._on_done(ticket)
-
-    async def _deliver(
-        self, send: Callable[[], Awaitable[list[Awaitable[Any]]]], pending: list[Awaitable[Any]], *, what: str
-    ) -> None:
-        # Earlier records of the task (received/processing) go first; a lost one
-        # of those is not worth blocking the task, the final records are.
-        await asyncio.gather(*pending, return_exceptions=True)
-
-        async def attempt() -> None:
-            try:
-                await RecordPublisher.delivered(await send())
-            except KAFKA_ERRORS as exc:
-                if not _retriable(exc):
-                    raise RecordRejectedError(f"Kafka refused a record for good while {what}: {exc!r}") from exc
-                raise DeliveryError(f"Kafka did not accept records while {what}: {exc!r}") from exc
-
-        await retry_forever(attempt, what=what, on_retry=self._count_retry)
-
-    async def _write_all(self, collection: str, dim: int, records: list[VectorRecord]) -> BaseException | None:
-        """Write to every store in parallel; the first failure, or None."""
-        writes = await asyncio.gather(
-            *(self._write(store, collection, dim, records) for store in self.stores), return_exceptions=True
-        )
-        for result in writes:
-            if isinstance(result, asyncio.CancelledError):
-                raise result
-        errors = [w for w in writes if isinstance(w, BaseException)]
-        if errors and not isinstance(errors[0], PermanentError):
-            log_proc.error("Storing %d vectors in %s failed: %r", len(records), collection, errors[0])
-        return errors[0] if errors else None
-
-    async def _write(self, store: BaseVectorDB, collection: str, dim: int, records: list[VectorRecord]) -> None:
-        """Write to one store, retrying while it is unavailable (the task is not acked meanwhile)."""
-
-        def write() -> None:
-            store.ensure_collection(collection, dim)
-            store.upsert(collection, records)
-
-        t0 = time.monotonic()
-        await retry_forever(
-            lambda: self.in_store_thread(write, store),
-            what=f"Storing {len(records)} vectors in {collection} on {store.describe()}",
-            on_retry=self._count_retry,
-        )
-        self.metrics.store_seconds.labels(store.name).observe(time.monotonic() - t0)
-
-    def _count_retry(self, attempt: int, exc: BaseException) -> None:
-        self.metrics.errors.labels(ErrorInfo.of(exc).kind).inc()
-
-    async def _early_status(self, item: WorkItem, status: Status) -> None:
-        """received/processing are best effort: failing to queue them never stops the task."""
-        try:
-            item.pending.append(await self.publisher.status(item.task.task_id, status, task_type=item.task.task_type))
-        except KAFKA_ERRORS as exc:
-            log_main.warning("Could not queue the %s status of task %s: %r", status, item.task.task_id, exc)
 
     async def _on_done(self, ticket: Ticket) -> None:
         self._slots.release()
@@ -583,17 +338,11 @@ class TaskPipeline:
 
     async def in_store_thread(self, func: Callable[[], T], store: BaseVectorDB) -> T:
         """Run ``func`` on ``store``'s own thread (the adapters block)."""
-        return await asyncio.get_running_loop().run_in_executor(self._store_executors[id(store)], func)
+        return await self.writer.in_store_thread(func, store)
 
     def close(self) -> None:
-        """Stop the store thread after the write in progress (callers close the stores next)."""
-        for executor in self._store_executors.values():
-            executor.shutdown(wait=True, cancel_futures=True)
-
-
-def _dedupe(records: list[VectorRecord]) -> list[VectorRecord]:
-    """One record per id (the last wins): a task delivered twice into one batch must not send an id twice."""
-    return list({r.id: r for r in records}.values())
+        """Stop the store threads after the writes in progress (callers close the stores next)."""
+        self.writer.close()
 
 
 def _fallback_task_id(source: Source | None) -> str:

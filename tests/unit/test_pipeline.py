@@ -334,7 +334,7 @@ async def test_several_stores_are_written_in_parallel_and_retried_separately(mon
     h.pipeline.stores.append(flaky)
     from concurrent.futures import ThreadPoolExecutor
 
-    h.pipeline._store_executors[id(flaky)] = ThreadPoolExecutor(1)
+    h.pipeline.writer._executors[id(flaky)] = ThreadPoolExecutor(1)
     await h.send({"task_type": "batch_vectorization", "data": ["a", "b"], "task_id": "multi"})
     await h.drain()
     assert h.store.count("vectorize") == 2 and flaky.count("vectorize") == 2

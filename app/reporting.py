@@ -1,0 +1,242 @@
+"""Results, statuses and dead letters: what a task's end looks like on Kafka, delivered before its ack."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from app.errors import PermanentError, RetryableError
+from app.retry import retry_forever
+from sinks.publisher import RecordPublisher
+from sinks.records import ErrorInfo, ResultRecord, Status, Timings
+
+if TYPE_CHECKING:
+    from app.acks import Ticket
+    from app.metrics import Metrics
+    from app.pipeline import Outcome, Source, WorkItem
+    from app.schema import Task
+
+log_main = logging.getLogger("worker.main")
+log_proc = logging.getLogger("worker.task_processor")
+
+
+class DeliveryError(RetryableError):
+    kind = "kafka_unavailable"
+
+
+class RecordRejectedError(PermanentError):
+    """Kafka refused a record for good (e.g. larger than the broker's limit)."""
+
+    kind = "record_rejected"
+
+
+def _retriable(exc: BaseException) -> bool:
+    """False when the failure (or what it wraps) is a Kafka error marked not retriable."""
+    seen: set[int] = set()
+    stack: list[BaseException] = [exc]
+    while stack:
+        err = stack.pop()
+        if id(err) in seen:
+            continue
+        seen.add(id(err))
+        if getattr(err, "retriable", True) is False and type(err).__module__.startswith("aiokafka"):
+            return False
+        stack.extend(e for e in (err.__cause__, err.__context__, *err.args) if isinstance(e, BaseException))
+    return True
+
+
+def _kafka_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError, OSError]
+    try:
+        from aiokafka.errors import KafkaError
+
+        errors.append(KafkaError)
+        from faust.exceptions import ProducerSendError
+
+        errors.append(ProducerSendError)
+    except ImportError:  # pragma: no cover - both come with faust-streaming
+        pass
+    return tuple(errors)
+
+
+#: what a failed produce raises; anything else is a bug and is not retried blindly
+KAFKA_ERRORS = _kafka_errors()
+
+
+class Reporter:
+    """Delivers each task's final records and counts the outcomes; ``on_done`` acknowledges the task after."""
+
+    def __init__(
+        self,
+        publisher: RecordPublisher,
+        *,
+        stores: list[Any],
+        settings: Any,
+        metrics: Metrics,
+        on_done: Callable[[Ticket], Awaitable[None]],
+    ) -> None:
+        self.publisher = publisher
+        self.stores = stores  # the pipeline's list: named in every result record
+        self.settings = settings
+        self.metrics = metrics
+        self._on_done = on_done
+        self.processed = 0
+        self.failed = 0
+        self.recent_failures: deque[dict[str, Any]] = deque(maxlen=20)
+
+    async def report(self, outcomes: list[Outcome]) -> None:
+        """Deliver every task's result and ``completed`` status, awaiting the broker once per batch.
+
+        All records are queued first and their delivery awaited together; a
+        task whose records did not all arrive goes through :meth:`_deliver`
+        again on its own (retried; refused for good → the task fails).
+        """
+        now = time.monotonic()
+        done: list[tuple[Outcome, ResultRecord, float]] = []
+        for out in outcomes:
+            item, task = out.item, out.item.task
+            if out.error is not None:
+                await self.fail(
+                    task.task_id, task.task_type, item.raw, out.error, item.ticket, item.source, item.pending
+                )
+                continue
+            total_ms = (now - item.received_at) * 1000
+            done.append((out, self._result(out, total_ms), total_ms))
+        if not done:
+            return
+        await asyncio.gather(*(f for out, _, _ in done for f in out.item.pending), return_exceptions=True)
+        queued: list[list[Awaitable[Any]] | None] = []
+        for out, result, _ in done:
+            try:
+                queued.append(await self._send_completed(result, out.item.task))
+            except KAFKA_ERRORS:
+                queued.append(None)
+        flat = [f for futures in queued if futures for f in futures]
+        outcomes_of = iter(await asyncio.gather(*flat, return_exceptions=True))
+        for (out, result, total_ms), futures in zip(done, queued, strict=True):
+            item, task = out.item, out.item.task
+            arrived = [next(outcomes_of) for _ in futures or ()]
+            delivered = futures is not None and not any(isinstance(a, BaseException) for a in arrived)
+            if not delivered:
+                try:
+                    await self._deliver(
+                        lambda result=result, task=task: self._send_completed(result, task),
+                        [],
+                        what=f"publishing the result of task {task.task_id}",
+                    )
+                except RecordRejectedError as exc:
+                    hint = " (processing.include_vectors puts every vector into it)" if result.vectors else ""
+                    error = RecordRejectedError(f"Task {task.task_id}: the result record was refused{hint}: {exc}")
+                    await self.fail(task.task_id, task.task_type, item.raw, error, item.ticket, item.source)
+                    continue
+            self.processed += 1
+            self.metrics.tasks_processed.labels(task.task_type, "completed").inc()
+            self.metrics.task_seconds.labels(task.task_type).observe(total_ms / 1000)
+            log_proc.info("Task %s completed successfully in %.2fs", task.task_id, total_ms / 1000)
+            await self._on_done(item.ticket)
+
+    def _result(self, out: Outcome, total_ms: float) -> ResultRecord:
+        task = out.item.task
+        return ResultRecord(
+            task_id=task.task_id,
+            status="completed",
+            worker_id=self.settings.worker_id,
+            task_type=task.task_type,
+            model=out.model,
+            dimension=out.info.dim if out.info else None,
+            count=len(out.ids),
+            vector_ids=out.ids,
+            collection=task.collection or self.settings.default_collection,
+            stores=[s.describe() for s in self.stores],
+            timings=Timings(
+                queue_ms=max(0.0, total_ms - out.embed_ms - out.store_ms),
+                embed_ms=out.embed_ms,
+                store_ms=out.store_ms,
+                total_ms=total_ms,
+            ),
+            vectors=out.vectors.tolist() if self.settings.include_vectors and out.vectors is not None else None,
+            truncated_items=out.prepared.truncated if out.prepared else [],
+            chunks=len(out.prepared.chunks) if out.prepared and out.prepared.chunks is not None else None,
+        )
+
+    async def _send_completed(self, result: ResultRecord, task: Task) -> list[Awaitable[Any]]:
+        return [
+            await self.publisher.result(result),
+            await self.publisher.status(task.task_id, "completed", task_type=task.task_type),
+        ]
+
+    # -- failures and delivery -------------------------------------------------------------
+    async def fail(
+        self,
+        task_id: str,
+        task_type: str | None,
+        raw: bytes | str | None,
+        error: BaseException,
+        ticket: Ticket,
+        source: Source | None,
+        pending: list[Awaitable[Any]] | None = None,
+    ) -> None:
+        """Failed status + failed result + dead letter, delivered; then the ticket is done."""
+        info = ErrorInfo.of(error)
+        payload = raw
+
+        async def send() -> list[Awaitable[Any]]:
+            result = ResultRecord(
+                task_id=task_id, status="failed", worker_id=self.settings.worker_id, task_type=task_type, error=info
+            )
+            return [
+                await self.publisher.dead_letter(payload, error, task_id=task_id, source=source),
+                await self.publisher.result(result),
+                await self.publisher.status(task_id, "failed", task_type=task_type, error=error),
+            ]
+
+        try:
+            await self._deliver(send, pending or [], what=f"dead-lettering task {task_id}")
+        except RecordRejectedError:
+            payload = (raw or b"")[:4096]  # keep the first bytes; the whole record stays at `source`
+            await self._deliver(send, [], what=f"dead-lettering task {task_id} (payload cut to 4 KiB)")
+        self.failed += 1
+        self.metrics.tasks_processed.labels(task_type or "invalid", "failed").inc()
+        self.metrics.errors.labels(info.kind).inc()
+        self.recent_failures.appendleft(
+            {
+                "task_id": task_id,
+                "task_type": task_type,
+                "error": info.message[:300],
+                "kind": info.kind,
+                "at": time.time(),
+            }
+        )
+        log_proc.warning("Task %s failed: %s", task_id, info.message)
+        await self._on_done(ticket)
+
+    async def _deliver(
+        self, send: Callable[[], Awaitable[list[Awaitable[Any]]]], pending: list[Awaitable[Any]], *, what: str
+    ) -> None:
+        # Earlier records of the task (received/processing) go first; a lost one
+        # of those is not worth blocking the task, the final records are.
+        await asyncio.gather(*pending, return_exceptions=True)
+
+        async def attempt() -> None:
+            try:
+                await RecordPublisher.delivered(await send())
+            except KAFKA_ERRORS as exc:
+                if not _retriable(exc):
+                    raise RecordRejectedError(f"Kafka refused a record for good while {what}: {exc!r}") from exc
+                raise DeliveryError(f"Kafka did not accept records while {what}: {exc!r}") from exc
+
+        await retry_forever(attempt, what=what, on_retry=self.count_retry)
+
+    def count_retry(self, attempt: int, exc: BaseException) -> None:
+        self.metrics.errors.labels(ErrorInfo.of(exc).kind).inc()
+
+    async def early_status(self, item: WorkItem, status: Status) -> None:
+        """received/processing are best effort: failing to queue them never stops the task."""
+        try:
+            item.pending.append(await self.publisher.status(item.task.task_id, status, task_type=item.task.task_type))
+        except KAFKA_ERRORS as exc:
+            log_main.warning("Could not queue the %s status of task %s: %r", status, item.task.task_id, exc)

@@ -1,0 +1,120 @@
+"""Writes the vectors of finished tasks to every configured store, each store on its own thread."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from app.errors import PermanentError
+from app.inputs import build_records
+from app.retry import retry_forever
+from sinks.base import BaseVectorDB, VectorRecord
+
+if TYPE_CHECKING:
+    from app.metrics import Metrics
+    from app.pipeline import Outcome
+
+log = logging.getLogger("worker.task_processor")
+T = TypeVar("T")
+
+
+class StoreWriter:
+    """One upsert per collection for a list of finished tasks, into every store in parallel.
+
+    Sets each outcome's ``ids``, ``store_ms`` and, when its write failed for
+    good, ``error``. A store that is unavailable is retried without end (the
+    tasks are not acknowledged meanwhile); when a store refuses the data of a
+    batch of several tasks, they are written one by one so only the task at
+    fault fails.
+    """
+
+    def __init__(
+        self,
+        stores: list[BaseVectorDB],
+        *,
+        settings: Any,
+        metrics: Metrics,
+        on_retry: Callable[[int, BaseException], None],
+    ) -> None:
+        self.stores = stores  # the pipeline's list: the result records name the same stores
+        self.settings = settings
+        self.metrics = metrics
+        self._on_retry = on_retry
+        # one thread per store: several databases are written in parallel, each at its own pace
+        self._executors = {
+            id(store): ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"store-{store.name}")
+            for store in self.stores
+        }
+
+    async def write(self, outcomes: list[Outcome]) -> None:
+        groups: dict[tuple[str, int], list[tuple[Outcome, list[VectorRecord]]]] = defaultdict(list)
+        for out in outcomes:
+            if out.error is not None or out.vectors is None or out.info is None:
+                continue
+            records = build_records(
+                out.item.task, out.prepared, out.vectors, model=out.model, worker_id=self.settings.worker_id
+            )
+            out.ids = [r.id for r in records]
+            collection = out.item.task.collection or self.settings.default_collection
+            groups[(collection, out.info.dim)].append((out, records))
+        for (collection, dim), entries in groups.items():
+            records = [r for _, rs in entries for r in rs]
+            t0 = time.monotonic()
+            error = await self._write_all(collection, dim, _dedupe(records))
+            if isinstance(error, PermanentError) and len(entries) > 1:
+                # one task's data was refused: write task by task so only that task fails
+                for out, task_records in entries:
+                    out.error = await self._write_all(collection, dim, _dedupe(task_records))
+            elif error is not None:
+                for out, _ in entries:
+                    out.error = error
+            elapsed = (time.monotonic() - t0) * 1000
+            for out, _ in entries:
+                out.store_ms = elapsed
+
+    async def _write_all(self, collection: str, dim: int, records: list[VectorRecord]) -> BaseException | None:
+        """Write to every store in parallel; the first failure, or None."""
+        writes = await asyncio.gather(
+            *(self._write(store, collection, dim, records) for store in self.stores), return_exceptions=True
+        )
+        for result in writes:
+            if isinstance(result, asyncio.CancelledError):
+                raise result
+        errors = [w for w in writes if isinstance(w, BaseException)]
+        if errors and not isinstance(errors[0], PermanentError):
+            log.error("Storing %d vectors in %s failed: %r", len(records), collection, errors[0])
+        return errors[0] if errors else None
+
+    async def _write(self, store: BaseVectorDB, collection: str, dim: int, records: list[VectorRecord]) -> None:
+        """Write to one store, retrying while it is unavailable (the task is not acked meanwhile)."""
+
+        def write() -> None:
+            store.ensure_collection(collection, dim)
+            store.upsert(collection, records)
+
+        t0 = time.monotonic()
+        await retry_forever(
+            lambda: self.in_store_thread(write, store),
+            what=f"Storing {len(records)} vectors in {collection} on {store.describe()}",
+            on_retry=self._on_retry,
+        )
+        self.metrics.store_seconds.labels(store.name).observe(time.monotonic() - t0)
+
+    async def in_store_thread(self, func: Callable[[], T], store: BaseVectorDB) -> T:
+        """Run ``func`` on ``store``'s own thread (the adapters block)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executors[id(store)], func)
+
+    def close(self) -> None:
+        """Stop the store threads after the writes in progress (callers close the stores next)."""
+        for executor in self._executors.values():
+            executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _dedupe(records: list[VectorRecord]) -> list[VectorRecord]:
+    """One record per id (the last wins): a task delivered twice into one batch must not send an id twice."""
+    return list({r.id: r for r in records}.values())
