@@ -18,8 +18,9 @@ Backpressure: the texts of unfinished tasks are bounded by
 ``max_concurrent_tasks``; past either, intake waits and the Kafka agent stops
 pulling records (see ``TaskPipeline.intake``). A document counts as one text
 there and becomes its chunks here, so the gather stage also waits while the
-model queue holds ``max_inflight_texts`` texts. On drain, tasks none of whose
-texts reached the model leave the queue unacknowledged.
+model queue holds ``max_inflight_texts`` texts. On drain, the queued tasks
+the model cannot do in half of ``shutdown_timeout`` leave the queue
+unacknowledged.
 
 The gather stage bounds what it takes at once by tokens estimated as
 ``characters / 4`` (+2 for the special tokens): a bound only needs an
@@ -115,6 +116,7 @@ class TextLane:
         self._has_finished = asyncio.Event()
         self._computing = 0  # model calls handed to the device thread
         self._room = asyncio.Event()  # the model queue went below its bound
+        self.texts_per_s = 0.0  # the model's recent speed (moving average over calls)
 
     async def run(self) -> None:
         stages = [
@@ -182,6 +184,10 @@ class TextLane:
             running.popleft()
             self._computing -= 1
             error = computing.exception()
+            if error is None:
+                _, _, started, ended = computing.result()
+                rate = len(call.texts) / max(ended - started, 1e-6)
+                self.texts_per_s = rate if not self.texts_per_s else 0.8 * self.texts_per_s + 0.2 * rate
             try:
                 self._finish(self.p.settle(self.queue, call, error if error is not None else computing.result()))
             except Exception as exc:  # noqa: BLE001 - a bug must not leave tickets hanging
@@ -190,9 +196,14 @@ class TextLane:
                 await self.p._fail_unfinished([o.item for o in failed], exc)
                 self.p._work_finished(len(failed), active=len(failed))
 
-    def drop_unstarted(self) -> None:
-        """On drain: tasks none of whose texts reached the model leave the lane unacknowledged."""
-        dropped = self.queue.drop_unstarted()
+    def drop_unstarted(self, seconds: float) -> None:
+        """On drain: keep the queued tasks the model can do in ``seconds`` at its recent speed, oldest first.
+
+        The others (none of their texts reached the model) leave the lane
+        unacknowledged, for another worker; so a long queue does not hold
+        the shutdown up, and a short one is not done twice.
+        """
+        dropped = self.queue.drop_unstarted(keep_texts=int(self.texts_per_s * seconds))
         if dropped:
             log.info("Draining: %d queued tasks left unacknowledged for another worker", len(dropped))
             self.p._work_finished(len(dropped), active=len(dropped))

@@ -165,22 +165,30 @@ class ModelQueue:
                 best_start, best_spread = start, spread
         return best_start, count
 
-    def drop_unstarted(self) -> list[Any]:
-        """Take out the tasks none of whose texts has gone to the model yet; returns their outcomes."""
+    def drop_unstarted(self, keep_texts: int = 0) -> list[Any]:
+        """Take out the tasks none of whose texts has gone to the model yet; returns their outcomes.
+
+        The oldest of them stay while their texts add up to at most ``keep_texts``.
+        """
+        unstarted: dict[int, _Job] = {}
+        for waiting in self._keys.values():
+            for job, _, _ in waiting.where.values():
+                if not job.failed and len(job.waiting) == len(job.outcome.texts):
+                    unstarted.setdefault(id(job), job)  # else some of its texts are in a model call: it finishes
         dropped = []
-        for key in list(self._keys):
-            waiting = self._keys[key]
-            jobs = {id(job): job for job, _, _ in waiting.where.values()}
-            for job in jobs.values():
-                if job.failed or len(job.waiting) != len(job.outcome.texts):
-                    continue  # some of its texts are in a model call: it finishes
-                for seq in list(job.waiting):
-                    waiting.remove(seq)
-                self.texts -= len(job.waiting)
-                job.waiting.clear()
-                dropped.append(job.outcome)
+        kept = 0
+        for job in sorted(unstarted.values(), key=lambda j: min(j.waiting)):  # oldest first
+            if kept + len(job.waiting) <= keep_texts:
+                kept += len(job.waiting)
+                continue
+            waiting = self._keys[job.key]
+            for seq in job.waiting:
+                waiting.remove(seq)
+            self.texts -= len(job.waiting)
+            job.waiting.clear()
             if not waiting.where:
-                del self._keys[key]
+                del self._keys[job.key]
+            dropped.append(job.outcome)
         return dropped
 
     def complete(

@@ -201,12 +201,12 @@ class TaskPipeline:
         """Stop taking work and let the tasks the model has started on finish; True when they did within ``timeout``.
 
         Tasks still queued, and those in the model queue none of whose texts
-        has reached the model yet, stay unacknowledged and are redelivered to
-        another worker.
+        has reached the model yet beyond what the model can do in half of
+        ``timeout``, stay unacknowledged and are redelivered to another worker.
         """
         self.accepting = False
         if self._lane is not None:
-            self._lane.drop_unstarted()
+            self._lane.drop_unstarted(seconds=timeout / 2)  # half the time: storing and reporting follow
         try:
             await asyncio.wait_for(asyncio.gather(self._idle.wait(), self._images.idle.wait()), timeout)
         except TimeoutError:

@@ -308,6 +308,12 @@ def test_drop_unstarted_keeps_the_tasks_the_model_has_begun() -> None:
     assert queue.texts == 1  # b3 stays: its task has texts in a model call and finishes
     rest = queue.take()
     assert rest is not None and rest.texts == ["b3"] and queue.take() is None
+    # with room for one text the oldest unstarted task stays, the younger two-text one goes
+    queue = ModelQueue(max_tokens=10_000)
+    older, younger = Out(["o"]), Out(["y1", "y2"])
+    queue.add(older, KEY, [3])
+    queue.add(younger, KEY, [3, 3])
+    assert queue.drop_unstarted(keep_texts=1) == [younger] and queue.texts == 1
 
 
 class FailingCounter(FakeEmbedder):
@@ -356,5 +362,26 @@ async def test_gather_waits_while_the_model_queue_is_full_of_document_chunks() -
     gate.set()
     await until(lambda: len(h.acked) == 2, "both documents")
     assert h.statuses("doc2") == ["received", "processing", "completed"]
+    running.cancel()
+    await asyncio.gather(running, return_exceptions=True)
+
+
+async def test_drain_keeps_the_queued_tasks_the_model_can_do_in_half_the_timeout() -> None:
+    h = Harness(default_batch_size=1, batch_wait_ms=0)
+    gate = threading.Event()
+    gate.set()
+    embedder = h.embedders["fake-model"] = GatedEmbedder("fake-model", gate)
+    running = asyncio.ensure_future(h.pipeline.run_text_lane())
+    await h.send({"task_type": "text_vectorization", "data": "warm", "task_id": "k0"})
+    await until(lambda: h.acked == [0], "the first task")  # the lane has measured the model's speed
+    gate.clear()
+    for i in range(1, 5):
+        await h.send({"task_type": "text_vectorization", "data": f"text {i}", "task_id": f"k{i}"})
+    await until(lambda: embedder.started == 2, "the next call")
+    drained = asyncio.ensure_future(h.pipeline.drain(timeout=10))
+    await asyncio.sleep(0.05)
+    gate.set()
+    assert await drained is True
+    assert h.acked == [0, 1, 2, 3, 4]  # a fast model finishes the short queue instead of handing it on
     running.cancel()
     await asyncio.gather(running, return_exceptions=True)
