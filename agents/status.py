@@ -99,9 +99,9 @@ async def track_task_status(stream: Any) -> None:
         stream._set_current_event(None)
 
 
-# Reading every status record back and writing a changelog record for each
-# costs a one-text task about a sixth of its throughput (README, "Throughput");
-# kafka.task_status_table: false leaves the table empty and /tasks/{id} says so.
+# Reading every status record back costs one-text tasks up to 8% of their
+# throughput (README, "Throughput"); kafka.task_status_table: false leaves the
+# table empty and /tasks/{id} says so.
 if settings.task_status_table:
     app.agent(status_topic, name="task-status-tracker")(track_task_status)
 

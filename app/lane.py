@@ -3,8 +3,8 @@
 The gather stage takes validated tasks as they come (queueing their
 ``processing`` statuses, cutting documents into chunks) and puts their texts
 into the :class:`~app.model_queue.ModelQueue` with their real token counts
-(the model's tokenizer, on the device thread; characters / 4 for a model
-without a fast tokenizer). The embed stage takes model calls of texts of
+(the model's tokenizer, on the model manager's tokenizer thread; characters /
+4 for a model without a fast tokenizer). The embed stage takes model calls of texts of
 nearly the same length out of that queue and runs them on the device thread,
 one computing and the next one already queued behind it, so the device never
 waits for the event loop; a second call is queued only once a whole call's
@@ -183,13 +183,12 @@ class TextLane:
                 await asyncio.wait({computing})
             running.popleft()
             self._computing -= 1
-            error = computing.exception()
-            if error is None:
-                _, _, started, ended = computing.result()
-                rate = len(call.texts) / max(ended - started, 1e-6)
+            result: CallResult | BaseException = computing.exception() or computing.result()
+            if not isinstance(result, BaseException):
+                rate = len(call.texts) / max(result[3] - result[2], 1e-6)
                 self.texts_per_s = rate if not self.texts_per_s else 0.8 * self.texts_per_s + 0.2 * rate
             try:
-                self._finish(self.p.settle(self.queue, call, error if error is not None else computing.result()))
+                self._finish(self.p.settle(self.queue, call, result))
             except Exception as exc:  # noqa: BLE001 - a bug must not leave tickets hanging
                 log.exception("Unexpected error after a model call of %d texts; failing its tasks", len(call.texts))
                 failed = self.queue.fail(call, exc)

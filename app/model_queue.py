@@ -51,7 +51,6 @@ class _Job:
     remaining: int
     waiting: set[int] = field(default_factory=set)  # sequence numbers still in the queue
     vectors: np.ndarray | None = None
-    info: EmbedderInfo | None = None
     started: float | None = None  # when its first model call started (device thread clock)
 
     @property
@@ -97,7 +96,11 @@ class ModelQueue:
         self.max_tokens = max_tokens
         self._keys: dict[CallKey, _Waiting] = {}
         self._seq = itertools.count()
-        self.texts = 0  # texts waiting
+
+    @property
+    def texts(self) -> int:
+        """Texts waiting (not yet in a model call)."""
+        return sum(len(waiting.where) for waiting in self._keys.values())
 
     def add(self, outcome: Any, key: CallKey, lengths: Sequence[int]) -> None:
         """Queue ``outcome.texts`` (``lengths``: their token counts) for ``key``'s model."""
@@ -111,7 +114,6 @@ class ModelQueue:
             waiting.where[seq] = (job, index, int(tokens))
             waiting.arrival.append(seq)
             bisect.insort(waiting.sorted, (int(tokens), seq))
-        self.texts += len(lengths)
 
     def take(self, *, full_only: bool = False) -> ModelCall | None:
         """The next model call (None when nothing, or with ``full_only`` no whole call, waits)."""
@@ -136,7 +138,6 @@ class ModelQueue:
         del waiting.sorted[start : start + count]
         if not waiting.where:
             del self._keys[key]
-        self.texts -= count
         return ModelCall(key=key, texts=[job.outcome.texts[i] for job, i in parts], parts=parts)
 
     def _window(self, waiting: _Waiting, oldest: int, batch_size: int) -> tuple[int, int]:
@@ -181,13 +182,7 @@ class ModelQueue:
             if kept + len(job.waiting) <= keep_texts:
                 kept += len(job.waiting)
                 continue
-            waiting = self._keys[job.key]
-            for seq in job.waiting:
-                waiting.remove(seq)
-            self.texts -= len(job.waiting)
-            job.waiting.clear()
-            if not waiting.where:
-                del self._keys[job.key]
+            self._discard(job)
             dropped.append(job.outcome)
         return dropped
 
@@ -204,12 +199,11 @@ class ModelQueue:
             if job.vectors is None:
                 job.vectors = np.empty((len(job.outcome.texts), vectors.shape[1]), dtype=np.float32)
             job.vectors[index] = vectors[row]
-            job.info = info
             job.started = started if job.started is None else min(job.started, started)
             job.remaining -= 1
             if job.remaining == 0:
                 out = job.outcome
-                out.vectors, out.info = job.vectors, job.info
+                out.vectors, out.info = job.vectors, info
                 out.embed_ms = (ended - job.started) * 1000
                 done.append(out)
         return done
@@ -225,14 +219,17 @@ class ModelQueue:
                 jobs.setdefault(id(job), job)
         failed = []
         for job in jobs.values():
-            waiting = self._keys.get(job.key)
-            for seq in list(job.waiting):
-                if waiting is not None:
-                    waiting.remove(seq)
-                self.texts -= 1
-            job.waiting.clear()
-            if waiting is not None and not waiting.where:
-                del self._keys[job.key]
+            self._discard(job)
             job.outcome.error = error
             failed.append(job.outcome)
         return failed
+
+    def _discard(self, job: _Job) -> None:
+        """Take ``job``'s texts that still wait out of the queue."""
+        waiting = self._keys.get(job.key)
+        if waiting is not None:
+            for seq in job.waiting:
+                waiting.remove(seq)
+            if not waiting.where:
+                del self._keys[job.key]
+        job.waiting.clear()
