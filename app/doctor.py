@@ -73,6 +73,7 @@ def check_model(settings: Settings) -> str:
         cache_dir=settings.models_cache_dir,
         allow_download=settings.models_allow_download,
         custom_models=settings.custom_models,
+        backend=settings.models_backend,
     )
     t0 = time.monotonic()
     model = loader(settings.default_model)
@@ -80,7 +81,7 @@ def check_model(settings: Settings) -> str:
     vector = model.embed_texts([SAMPLE], batch_size=1, normalize=None)[0]
     norm = float((vector**2).sum() ** 0.5)
     return (
-        f"{settings.default_model} loaded from {model.info.source} on {device} in {loaded:.1f}s; "
+        f"{settings.default_model} loaded from {model.info.source} on {device} ({model.info.backend}) in {loaded:.1f}s; "
         f"sample vector dim={len(vector)} norm={norm:.3f}"
     )
 

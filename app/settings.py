@@ -102,6 +102,8 @@ class Settings(BaseSettings):
     custom_models: Annotated[list[CustomModel], NoDecode] = Field(default_factory=list)
     models_memory_budget: int | None = Field(None, ge=0)  # bytes of host RAM for loaded models; None = no limit
     models_idle_unload_seconds: float = Field(0, ge=0)  # unload a model unused this long; 0 = never
+    # text transformers on the CPU: auto = ONNX Runtime when it exports and matches torch, else torch
+    models_backend: Literal["auto", "onnx", "torch"] = "auto"
 
     # tasks held unfinished (validated, queued, in a model batch, being stored/reported);
     # with 256-text batches and four pipeline stages, 2048 keeps the model busy on one-text tasks
@@ -228,6 +230,7 @@ YAML_KEYS: dict[str, str] = {
     "models.sentence_transformers": "custom_models",
     "models.memory_budget": "models_memory_budget",
     "models.idle_unload_seconds": "models_idle_unload_seconds",
+    "models.backend": "models_backend",
     "device.type": "device",
     "device.gpu_memory_limit": "gpu_memory_limit",
     "processing.max_concurrent_tasks": "max_concurrent_tasks",

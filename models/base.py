@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,6 +25,7 @@ class EmbedderInfo:
     max_batch: int = 256
     max_tokens: int = 512  # the model's maximum sequence length in tokens
     source: str = ""  # where it was loaded from (path or package)
+    backend: str = "torch"  # what runs it: torch or onnxruntime (models/onnx_runtime.py)
 
 
 class Embedder(ABC):
@@ -101,23 +102,36 @@ class TorchEmbedder(Embedder):
     """An embedder around one torch module held in ``_model``, described by ``_info``.
 
     Shares what every torch family does alike: ``info``, the memory the
-    module holds, and releasing it on ``close``.
+    module holds, and releasing it on ``close``. A text family whose
+    transformer runs in ONNX Runtime holds that session in ``_onnx`` and
+    calls :meth:`_use_onnx`, which frees the transformer's torch weights.
     """
 
     _info: EmbedderInfo
     _model: Any = None
+    _onnx: Any = None
 
     @property
     def info(self) -> EmbedderInfo:
         return self._info
 
     def memory_bytes(self) -> int:
-        return module_bytes(self._model) if self._model is not None else 0
+        held = module_bytes(self._model) if self._model is not None else 0
+        return held + (self._onnx.memory_bytes() if self._onnx is not None else 0)
+
+    def _use_onnx(self, encoder: Any, transformer: Any) -> None:
+        """Run ``transformer`` through ``encoder`` from now on; its torch weights are released."""
+        if encoder is None:
+            return
+        self._onnx = encoder
+        transformer.to("meta")  # the parameters' memory goes; the module's structure stays for its config
+        self._info = replace(self._info, backend="onnxruntime")
 
     def close(self) -> None:
         from models.device import release_memory
 
         self._model = None
+        self._onnx = None
         release_memory(self._info.device)
 
 
@@ -131,7 +145,8 @@ def module_bytes(module: object) -> int:
     """Bytes of a torch module's parameters and buffers (what it holds on its device)."""
     total = 0
     for tensor in [*module.parameters(), *module.buffers()]:  # type: ignore[attr-defined]
-        total += tensor.numel() * tensor.element_size()
+        if tensor.device.type != "meta":  # released weights (a transformer now run by ONNX Runtime)
+            total += tensor.numel() * tensor.element_size()
     return total
 
 

@@ -55,9 +55,12 @@ def make_loader(
     cache_dir: str | None,
     allow_download: bool,
     custom_models: Sequence[CustomModel] = (),
+    backend: str = "auto",
 ) -> Callable[[str], Embedder]:
     """A loader for :class:`~models.manager.ModelManager` that dispatches on the family.
 
+    ``backend`` (``models.backend``) says whether text transformers may run in
+    ONNX Runtime on the CPU (models/onnx_runtime.py); CLIP always runs in torch.
     The loader blocks (it reads weights) and raises
     :class:`~app.errors.ModelLoadError` for a model it cannot find or read.
     """
@@ -78,10 +81,12 @@ def make_loader(
             from models.hf_transformers import load_hf_transformer
 
             pooling = entry.pooling if entry is not None and entry.pooling else "mean"
-            return load_hf_transformer(name, pooling=pooling, max_length=max_length, normalize=normalize, **common)
+            return load_hf_transformer(
+                name, pooling=pooling, max_length=max_length, normalize=normalize, backend=backend, **common
+            )
         from models.sentence_transformers import load_sentence_transformer
 
-        return load_sentence_transformer(name, max_length=max_length, normalize=normalize, **common)
+        return load_sentence_transformer(name, max_length=max_length, normalize=normalize, backend=backend, **common)
 
     load.device = device  # type: ignore[attr-defined] - read by the manager to free memory after an OOM
     return load
@@ -123,6 +128,7 @@ def build_manager(settings: Settings, device: str) -> ModelManager:
             cache_dir=settings.models_cache_dir,
             allow_download=settings.models_allow_download,
             custom_models=custom,
+            backend=settings.models_backend,
         ),
         max_loaded=settings.max_loaded_models,
         memory_budget=budget,

@@ -11,6 +11,7 @@ import numpy as np
 
 from app.errors import ModelLoadError
 from models.base import EmbedderInfo, TorchEmbedder, l2_normalize
+from models.onnx_runtime import PROBE_TEXTS, OnnxTransformer, export_and_check, onnx_or_torch
 from models.resolve import (
     downloads_allowed,
     first_line,
@@ -72,6 +73,12 @@ class HFTransformerEmbedder(TorchEmbedder):
         )
 
     def embed_texts(self, texts: Sequence[str], *, batch_size: int, normalize: bool | None) -> np.ndarray:
+        out = self._embed(texts, batch_size, self._onnx)
+        if normalize is None:
+            normalize = self._normalize_default
+        return l2_normalize(out) if normalize else out
+
+    def _embed(self, texts: Sequence[str], batch_size: int, encoder: OnnxTransformer | None) -> np.ndarray:
         import torch
 
         out = np.zeros((len(texts), self._info.dim), dtype=np.float32)
@@ -81,10 +88,9 @@ class HFTransformerEmbedder(TorchEmbedder):
         with torch.inference_mode():
             for start in range(0, len(order), step):
                 index = order[start : start + step]
-                out[index] = self._embed_batch([texts[i] for i in index])
-        if normalize is None:
-            normalize = self._normalize_default
-        return l2_normalize(out) if normalize else out
+                batch = [texts[i] for i in index]
+                out[index] = self._embed_batch(batch) if encoder is None else self._embed_batch_onnx(encoder, batch)
+        return out
 
     def _embed_batch(self, texts: list[str]) -> np.ndarray:
         batch = self._tok(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
@@ -96,6 +102,32 @@ class HFTransformerEmbedder(TorchEmbedder):
             mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
             pooled = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
         return pooled.float().cpu().numpy()
+
+    def _embed_batch_onnx(self, encoder: OnnxTransformer, texts: list[str]) -> np.ndarray:
+        batch = self._tok(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
+        states = encoder(batch)
+        if self.pooling == "cls":
+            return np.ascontiguousarray(states[:, 0], dtype=np.float32)
+        mask = batch["attention_mask"][..., None].astype(np.float32)
+        return ((states * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)).astype(np.float32)
+
+    def try_onnx(self, backend: str, cache_dir: str | None) -> None:
+        """Move the model to ONNX Runtime when ``backend`` and the device allow it (models/onnx_runtime.py)."""
+
+        def build() -> OnnxTransformer:
+            sample = self._tok(
+                list(PROBE_TEXTS[:2]), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            )
+            return export_and_check(
+                self._info.name,
+                self._model,
+                sample,
+                cache_dir=cache_dir,
+                embed_torch=lambda: self._embed(PROBE_TEXTS, 2, None),
+                embed_onnx=lambda encoder: self._embed(PROBE_TEXTS, 2, encoder),
+            )
+
+        self._use_onnx(onnx_or_torch(backend, name=self._info.name, device=self._info.device, build=build), self._model)
 
     def text_tokenizer(self) -> TextTokenizer:
         if self._text_tokenizer is None:
@@ -135,13 +167,14 @@ def load_hf_transformer(
     pooling: Pooling = "mean",
     max_length: int | None = None,
     normalize: bool | None = None,
+    backend: str = "auto",
 ) -> HFTransformerEmbedder:
     """Load a transformers model offline first; raise :class:`ModelLoadError` naming where we looked.
 
     Looks in: ``path`` (a custom entry's) or the name as a path;
     ``models.cache_dir/<name>`` (``/`` may be ``__``); the Hugging Face cache;
     then downloads into ``cache_dir`` when allowed. Blocks while reading the
-    weights.
+    weights (and exporting to ONNX the first time, see ``backend``).
     """
     try:
         from transformers import AutoModel, AutoTokenizer
@@ -186,8 +219,7 @@ def load_hf_transformer(
             "tokens; lower max_length in its models.sentence_transformers entry."
         )
     model.to(device).eval()
-    log.info("Model %s loaded successfully from %s on %s (%s pooling)", name, source, device, pooling)
-    return HFTransformerEmbedder(
+    embedder = HFTransformerEmbedder(
         name,
         model,
         tokenizer,
@@ -197,3 +229,13 @@ def load_hf_transformer(
         max_length=max_length or limit,
         normalize_default=normalize,
     )
+    embedder.try_onnx(backend, cache_dir)
+    log.info(
+        "Model %s loaded successfully from %s on %s (%s pooling, %s)",
+        name,
+        source,
+        device,
+        pooling,
+        embedder.info.backend,
+    )
+    return embedder

@@ -10,6 +10,7 @@ import numpy as np
 
 from app.errors import ModelLoadError
 from models.base import EmbedderInfo, TorchEmbedder, l2_normalize
+from models.onnx_runtime import PROBE_TEXTS, OnnxTransformer, OnnxUnavailable, export_and_check, onnx_or_torch
 from models.resolve import downloads_allowed, local_model_dir, missing_model_error
 from models.tokenizers import HFTextTokenizer, TextTokenizer
 
@@ -41,11 +42,72 @@ class SentenceTransformerEmbedder(TorchEmbedder):
         )
 
     def embed_texts(self, texts: Sequence[str], *, batch_size: int, normalize: bool | None) -> np.ndarray:
-        vectors = self._model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
-        vectors = np.asarray(vectors, dtype=np.float32)
+        if self._onnx is not None:
+            vectors = self._embed_onnx(self._onnx, texts, batch_size)
+        else:
+            vectors = self._embed_torch(texts, batch_size)
         if normalize is None:
             normalize = self._normalize_default
         return l2_normalize(vectors) if normalize else vectors
+
+    def _embed_torch(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
+        vectors = self._model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
+        return np.asarray(vectors, dtype=np.float32)
+
+    def _embed_onnx(self, encoder: OnnxTransformer, texts: Sequence[str], batch_size: int) -> np.ndarray:
+        """The transformer in ONNX Runtime, then the model's other modules (pooling, dense, normalize) in torch."""
+        import torch
+
+        out = np.empty((len(texts), self._info.dim), dtype=np.float32)
+        # longest first, as encode() does: batches of similar length pad less (rows go back to input order)
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        step = max(1, int(batch_size))
+        tail = list(self._model)[1:]
+        tokenizer = self._model.tokenizer
+        with torch.inference_mode():
+            for start in range(0, len(order), step):
+                index = order[start : start + step]
+                batch = tokenizer(
+                    [texts[i] for i in index],
+                    padding=True,
+                    truncation=True,
+                    max_length=self._info.max_tokens,
+                    return_tensors="np",
+                )
+                features: dict[str, Any] = {
+                    "token_embeddings": torch.from_numpy(encoder(batch)),
+                    "attention_mask": torch.from_numpy(batch["attention_mask"]),
+                }
+                for module in tail:
+                    features = module(features)
+                out[index] = features["sentence_embedding"].float().numpy()
+        return out
+
+    def try_onnx(self, backend: str, cache_dir: str | None) -> None:
+        """Move the transformer to ONNX Runtime when ``backend`` and the device allow it (models/onnx_runtime.py)."""
+        self._use_onnx(
+            onnx_or_torch(
+                backend, name=self._info.name, device=self._info.device, build=lambda: self._onnx_build(cache_dir)
+            ),
+            getattr(self._model[0], "auto_model", None),
+        )
+
+    def _onnx_build(self, cache_dir: str | None) -> OnnxTransformer:
+        first = self._model[0]
+        transformer = getattr(first, "auto_model", None)
+        if transformer is None or len(self._model) < 2:
+            raise OnnxUnavailable(f"its first module is {type(first).__name__}, not a transformers model")
+        sample = self._model.tokenizer(
+            list(PROBE_TEXTS[:2]), padding=True, truncation=True, max_length=self._info.max_tokens, return_tensors="pt"
+        )
+        return export_and_check(
+            self._info.name,
+            transformer,
+            sample,
+            cache_dir=cache_dir,
+            embed_torch=lambda: self._embed_torch(PROBE_TEXTS, 2),
+            embed_onnx=lambda encoder: self._embed_onnx(encoder, PROBE_TEXTS, 2),
+        )
 
     def text_tokenizer(self) -> TextTokenizer:
         if self._tokenizer is None:
@@ -77,11 +139,14 @@ def load_sentence_transformer(
     path: str | None = None,
     max_length: int | None = None,
     normalize: bool | None = None,
+    backend: str = "auto",
 ) -> SentenceTransformerEmbedder:
     """Load ``name`` (or the directory ``path``) offline when possible; raise :class:`ModelLoadError` with what to do.
 
-    Blocks while reading the weights (seconds); downloads only when
-    ``allow_download`` and ``HF_HUB_OFFLINE`` is not set.
+    Blocks while reading the weights (seconds) and, the first time on a CPU
+    with ``backend`` auto/onnx, while exporting the transformer to ONNX (about
+    a second for all-MiniLM-L6-v2); downloads only when ``allow_download``
+    and ``HF_HUB_OFFLINE`` is not set.
     """
     try:
         from sentence_transformers import SentenceTransformer
@@ -116,5 +181,7 @@ def load_sentence_transformer(
                 "tokens; lower max_length in its models.sentence_transformers entry."
             )
         model.max_seq_length = int(max_length)
-    log.info("Model %s loaded successfully from %s on %s", name, source, device)
-    return SentenceTransformerEmbedder(name, model, device, source, normalize_default=normalize)
+    embedder = SentenceTransformerEmbedder(name, model, device, source, normalize_default=normalize)
+    embedder.try_onnx(backend, cache_dir)
+    log.info("Model %s loaded successfully from %s on %s (%s)", name, source, device, embedder.info.backend)
+    return embedder

@@ -1,0 +1,255 @@
+"""ONNX Runtime for the text encoders on the CPU: export once, cache the file, check it against torch.
+
+On this project's 2-core build machine all-MiniLM-L6-v2 runs about twice as
+fast in ONNX Runtime as in torch (fp32 both, vectors equal to 2e-7; bench/README.md).
+The sentence-transformers and transformers families use it through
+:func:`onnx_or_torch` when ``models.backend`` is ``auto`` (the default) or
+``onnx`` and the device is the CPU:
+
+1. the family's transformer (a ``transformers`` model that returns token
+   states) is exported with ``torch.onnx.export`` into
+   ``<models.cache_dir>/onnx/<key>/model.onnx``; the key hashes the weights,
+   the config and the torch/transformers versions, so a changed model or
+   library exports anew and workers on one host share the file (written to a
+   temporary name, then renamed);
+2. the family embeds a few probe texts both ways (padded batches, mixed case,
+   one text past the length limit) and uses ONNX Runtime only when every
+   vector matches torch's to :data:`PARITY_TOLERANCE`;
+3. anything that fails (onnx not installed, an architecture the exporter
+   cannot trace, a mismatch) leaves the model on torch with a warning under
+   ``auto``, or fails the load with :class:`~app.errors.ModelLoadError` under
+   ``onnx``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+import os
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+
+from app.errors import ModelLoadError
+from models.resolve import first_line
+
+log = logging.getLogger("worker.model_manager")
+
+Backend = Literal["auto", "onnx", "torch"]
+BACKEND_SETTING = "VECTORIZE_WORKER_MODELS_BACKEND (YAML models.backend)"
+#: largest difference allowed between an ONNX Runtime vector and torch's, per component of a unit vector
+PARITY_TOLERANCE = 1e-4
+#: the texts both backends embed before ONNX Runtime is trusted: mixed case, accents, padding, truncation
+PROBE_TEXTS = (
+    "A short probe.",
+    "The Quick Brown Fox jumps over the lazy dog near the riverbank, then rests in the Café du Monde!",
+    "x",
+    " ".join(["Truncation probe sentence with several words."] * 120),
+)
+OPSET = 17
+_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+T = TypeVar("T")
+
+
+class OnnxUnavailable(Exception):
+    """ONNX Runtime cannot run this model; the message says why (the model stays on torch under ``auto``)."""
+
+
+class OnnxTransformer:
+    """A transformer's last hidden state from an ONNX Runtime session; call it with tokenizer output."""
+
+    def __init__(self, session: Any, input_names: Sequence[str], path: Path) -> None:
+        self._session = session
+        self.input_names = tuple(input_names)
+        self.path = path
+
+    def __call__(self, features: Mapping[str, Any]) -> np.ndarray:
+        feeds = {name: np.asarray(features[name], dtype=np.int64) for name in self.input_names}
+        return self._session.run(None, feeds)[0]
+
+    def memory_bytes(self) -> int:
+        """The weights ONNX Runtime holds (the file's size; its working buffers come and go per call)."""
+        try:
+            return self.path.stat().st_size
+        except OSError:
+            return 0
+
+
+def onnx_or_torch(
+    requested: str, *, name: str, device: str, build: Callable[[], T], cache_hint: str | None = None
+) -> T | None:
+    """Run ``build`` (export, open, check) when the backend and device allow it; None means stay on torch.
+
+    ``build`` raises :class:`OnnxUnavailable` for anything that keeps ONNX
+    Runtime from matching torch. Under ``onnx`` that becomes a
+    :class:`ModelLoadError`; under ``auto`` a warning.
+    """
+    if requested == "torch":
+        return None
+    if device != "cpu":
+        if requested == "onnx":
+            raise ModelLoadError(
+                f"Failed to load model {name}: models.backend onnx runs on the CPU only and the device is {device}; "
+                f"set {BACKEND_SETTING} to auto or torch, or VECTORIZE_WORKER_DEVICE=cpu."
+            )
+        return None
+    try:
+        return build()
+    except OnnxUnavailable as exc:
+        if requested == "onnx":
+            raise ModelLoadError(
+                f"Failed to load model {name} with ONNX Runtime: {exc}. Set {BACKEND_SETTING} to auto (falls back "
+                "to torch) or torch."
+            ) from None
+        log.warning(
+            "Model %s runs on torch, not ONNX Runtime: %s. Set %s=torch to skip the attempt%s.",
+            name,
+            exc,
+            BACKEND_SETTING,
+            f" ({cache_hint})" if cache_hint else "",
+        )
+        return None
+
+
+def export_transformer(
+    model: Any, sample: Mapping[str, Any], *, cache_dir: str | Path | None, threads: int | None = None
+) -> OnnxTransformer:
+    """Export ``model`` (cached) and open an ONNX Runtime session on it.
+
+    ``sample`` is tokenizer output (``return_tensors="pt"``) of at least two
+    texts of different lengths, so the traced graph sees padding. Raises
+    :class:`OnnxUnavailable` with the reason.
+    """
+    try:
+        import onnx  # noqa: F401 - torch.onnx.export writes through it
+        import onnxruntime
+        import torch
+    except ImportError as exc:
+        raise OnnxUnavailable(f"{exc.name or exc} is not installed (pip install onnx onnxruntime)") from None
+    accepted = set(inspect.signature(model.forward).parameters)
+    names = [n for n in _INPUTS if n in sample and n in accepted]
+    if "input_ids" not in names or "attention_mask" not in names:
+        raise OnnxUnavailable(f"{type(model).__name__}.forward does not take input_ids and attention_mask")
+    path = _cache_root(cache_dir) / _cache_key(model, names, torch) / "model.onnx"
+    if not path.is_file():
+        _export(model, names, sample, path, torch)
+    else:
+        log.info("Using the ONNX export %s", path)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = int(threads or torch.get_num_threads())
+    options.inter_op_num_threads = 1
+    # shapes change with every batch: a memory pattern per shape would only grow the process
+    options.enable_mem_pattern = False
+    # idle pool threads sleep instead of spinning: the event loop, Kafka client and tokenizer share these cores
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own types; the caller falls back to torch
+        raise OnnxUnavailable(
+            f"ONNX Runtime cannot open {path}: {type(exc).__name__}: {first_line(exc)} (delete that folder to export "
+            "the model again)"
+        ) from None
+    return OnnxTransformer(session, names, path)
+
+
+def check_parity(name: str, onnx_vectors: np.ndarray, torch_vectors: np.ndarray) -> None:
+    """Raise :class:`OnnxUnavailable` unless the probe vectors of both backends agree."""
+    if onnx_vectors.shape != torch_vectors.shape:
+        raise OnnxUnavailable(
+            f"probe vectors have shape {onnx_vectors.shape} from ONNX Runtime but {torch_vectors.shape} from torch"
+        )
+    scale = np.maximum(np.linalg.norm(torch_vectors, axis=1, keepdims=True), 1e-12)
+    diff = float(np.abs((onnx_vectors - torch_vectors) / scale).max())
+    if not np.isfinite(diff) or diff > PARITY_TOLERANCE:
+        raise OnnxUnavailable(
+            f"its probe vectors differ from torch's by {diff:.1e} (allowed {PARITY_TOLERANCE:.0e} of the vector norm)"
+        )
+    log.info("Model %s runs on ONNX Runtime (probe vectors within %.1e of torch's)", name, diff)
+
+
+def _cache_root(cache_dir: str | Path | None) -> Path:
+    if cache_dir:
+        return Path(cache_dir).expanduser() / "onnx"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "vectorize-worker" / "onnx"
+
+
+def _cache_key(model: Any, names: Sequence[str], torch: Any) -> str:
+    """Hash of everything the exported graph depends on: weights, config, inputs, library versions."""
+    import transformers
+
+    digest = hashlib.blake2b(digest_size=12)
+    config = getattr(model, "config", None)
+    header = [type(model).__name__, torch.__version__, transformers.__version__, str(OPSET), ",".join(names)]
+    digest.update("|".join(header).encode())
+    if config is not None and hasattr(config, "to_json_string"):
+        digest.update(config.to_json_string(use_diff=False).encode())
+    for key, tensor in model.state_dict().items():
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _last_hidden_state(model: Any, names: Sequence[str], torch: Any) -> Any:
+    """A module taking the inputs positionally and returning the model's token states (what the exporter traces)."""
+
+    class LastHiddenState(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *inputs: Any) -> Any:
+            out = self.model(**dict(zip(names, inputs, strict=True)))
+            return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+    return LastHiddenState().eval()
+
+
+def _export(model: Any, names: Sequence[str], sample: Mapping[str, Any], path: Path, torch: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    axes = {n: {0: "batch", 1: "tokens"} for n in [*names, "last_hidden_state"]}
+    log.info("Exporting %s to ONNX at %s (once per model and library version)", type(model).__name__, path)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                _last_hidden_state(model, names, torch),
+                tuple(sample[n] for n in names),
+                str(partial),
+                input_names=list(names),
+                output_names=["last_hidden_state"],
+                dynamic_axes=axes,
+                opset_version=OPSET,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        os.replace(partial, path)
+    except Exception as exc:  # noqa: BLE001 - exporters raise many types; every one means "stay on torch"
+        raise OnnxUnavailable(f"exporting to ONNX failed: {type(exc).__name__}: {first_line(exc)}") from None
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def export_and_check(
+    name: str,
+    model: Any,
+    sample: Mapping[str, Any],
+    *,
+    cache_dir: str | Path | None,
+    embed_torch: Callable[[], np.ndarray],
+    embed_onnx: Callable[[OnnxTransformer], np.ndarray],
+) -> OnnxTransformer:
+    """Export ``model``, embed :data:`PROBE_TEXTS` both ways and return the session only when they agree."""
+    encoder = export_transformer(model, sample, cache_dir=cache_dir)
+    try:
+        expected = embed_torch()
+        got = embed_onnx(encoder)
+    except Exception as exc:  # noqa: BLE001 - a model whose modules need more than token states stays on torch
+        raise OnnxUnavailable(f"embedding the probe texts failed: {type(exc).__name__}: {first_line(exc)}") from None
+    check_parity(name, got, expected)
+    return encoder

@@ -1,0 +1,156 @@
+"""ONNX Runtime for the text families (models/onnx_runtime.py), through the real loaders and the real exporter.
+
+all-MiniLM-L6-v2 comes from its PyPI package; the transformers family uses
+the seeded tiny models. Every export goes to the test's own cache folder.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.errors import ModelLoadError
+from models.families import make_loader
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+#: real sentences of very different lengths, mixed case and accents, and one past the 256-token limit
+SENTENCES = [
+    "The central bank raised interest rates by a quarter of a percentage point on Thursday.",
+    "Rain.",
+    "Café owners in Montréal say the new bylaw will hurt small businesses that rely on terraces in summer.",
+    "HOW DO I RESET MY PASSWORD?",
+    "Researchers found that the drug reduced symptoms in 60 per cent of patients, though side effects were common.",
+    "ok",
+    "Firefighters battled the blaze for six hours before bringing it under control late on Sunday evening, "
+    "officials said, adding that no one was injured but several homes were damaged.",
+    " ".join(["The committee will publish its findings after reviewing every submission it received."] * 40),
+    "Tokyo's Nikkei index closed 1.2% higher.",
+    "Ein kurzer deutscher Satz über das Wetter in Berlin.",
+]
+
+
+def load(name: str, cache: Path, backend: str):
+    return make_loader(device="cpu", cache_dir=str(cache), allow_download=False, backend=backend)(name)
+
+
+def exports(cache: Path) -> list[Path]:
+    return sorted((cache / "onnx").glob("*/*"))
+
+
+@pytest.fixture(scope="module")
+def minilm_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
+@pytest.fixture(scope="module")
+def minilm_torch(minilm_cache: Path):
+    return load(MINILM, minilm_cache, "torch")
+
+
+@pytest.fixture(scope="module")
+def minilm_onnx(minilm_cache: Path):
+    return load(MINILM, minilm_cache, "auto")
+
+
+def test_minilm_runs_on_onnx_runtime_with_torchs_vectors(minilm_torch, minilm_onnx) -> None:
+    assert (minilm_torch.info.backend, minilm_onnx.info.backend) == ("torch", "onnxruntime")
+    assert minilm_onnx.info.dim == minilm_torch.info.dim == 384
+    for normalize in (True, False):
+        expected = minilm_torch.embed_texts(SENTENCES, batch_size=4, normalize=normalize)
+        got = minilm_onnx.embed_texts(SENTENCES, batch_size=4, normalize=normalize)
+        assert got.shape == expected.shape == (len(SENTENCES), 384) and got.dtype == np.float32
+        assert float(np.abs(got - expected).max()) < 1e-5
+    # one text alone and inside a batch: padding does not change its vector
+    alone = minilm_onnx.embed_texts([SENTENCES[1]], batch_size=1, normalize=True)[0]
+    batched = minilm_onnx.embed_texts(SENTENCES, batch_size=len(SENTENCES), normalize=True)[1]
+    assert float(np.abs(alone - batched).max()) < 1e-5
+
+
+def test_the_export_is_written_once_and_reused(minilm_cache: Path, minilm_onnx, caplog) -> None:
+    files = exports(minilm_cache)
+    assert [f.name for f in files] == ["model.onnx"]  # no partial file left behind
+    written = files[0].stat().st_mtime_ns
+    with caplog.at_level(logging.INFO, logger="worker.model_manager"):
+        again = load(MINILM, minilm_cache, "onnx")
+    assert again.info.backend == "onnxruntime"
+    assert exports(minilm_cache) == files and files[0].stat().st_mtime_ns == written
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(f"Using the ONNX export {files[0]}" in m for m in messages)
+    assert not any("Exporting" in m for m in messages)
+
+
+def test_memory_counts_the_onnx_weights_not_the_released_torch_ones(minilm_torch, minilm_onnx, minilm_cache) -> None:
+    onnx_file = exports(minilm_cache)[0].stat().st_size
+    assert minilm_onnx.memory_bytes() == onnx_file  # pooling and normalize hold no weights
+    assert abs(minilm_onnx.memory_bytes() - minilm_torch.memory_bytes()) < 0.05 * minilm_torch.memory_bytes()
+
+
+def test_torch_backend_exports_nothing(tmp_path: Path) -> None:
+    model = load(MINILM, tmp_path, "torch")
+    assert model.info.backend == "torch" and not (tmp_path / "onnx").exists()
+
+
+def test_a_failing_export_stays_on_torch_under_auto_and_fails_under_onnx(tmp_path: Path, monkeypatch, caplog) -> None:
+    import torch
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Exporting the operator 'aten::fancy' to ONNX opset 17 is not supported")
+
+    monkeypatch.setattr(torch.onnx, "export", refuse)
+    with caplog.at_level(logging.WARNING, logger="worker.model_manager"):
+        model = load(MINILM, tmp_path, "auto")
+    assert model.info.backend == "torch"
+    vector = model.embed_texts(["still works"], batch_size=1, normalize=True)[0]
+    assert abs(float(np.linalg.norm(vector)) - 1) < 1e-5
+    warning = caplog.records[-1].getMessage()
+    assert f"Model {MINILM} runs on torch" in warning and "aten::fancy" in warning
+    assert not exports(tmp_path)
+    with pytest.raises(ModelLoadError, match=r"with ONNX Runtime: exporting to ONNX failed: RuntimeError.*aten::fancy"):
+        load(MINILM, tmp_path, "onnx")
+
+
+def test_vectors_that_drift_keep_the_model_on_torch(tmp_path: Path, monkeypatch, caplog) -> None:
+    import models.onnx_runtime as onnx_runtime
+
+    monkeypatch.setattr(onnx_runtime, "PARITY_TOLERANCE", 0.0)  # float noise alone now counts as drift
+    with caplog.at_level(logging.WARNING, logger="worker.model_manager"):
+        model = load(MINILM, tmp_path, "auto")
+    assert model.info.backend == "torch"
+    assert "probe vectors differ from torch's" in caplog.records[-1].getMessage()
+
+
+def test_a_corrupt_cached_export_names_its_folder(tmp_path: Path, minilm_cache: Path, caplog) -> None:
+    good = exports(minilm_cache)[0]
+    broken = tmp_path / "onnx" / good.parent.name / "model.onnx"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"not an onnx file")
+    with caplog.at_level(logging.WARNING, logger="worker.model_manager"):
+        model = load(MINILM, tmp_path, "auto")
+    assert model.info.backend == "torch"
+    warning = caplog.records[-1].getMessage()
+    assert f"ONNX Runtime cannot open {broken}" in warning and "delete that folder" in warning
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+@pytest.mark.parametrize("family", ["bert", "distilbert", "roberta"])
+def test_transformers_family_matches_torch(family: str, pooling: str, tmp_path: Path, request) -> None:
+    from app.model_settings import CustomModel
+    from models.hf_transformers import HFTransformerEmbedder
+
+    path = request.getfixturevalue(f"tiny_{family}")
+    entry = [CustomModel(name="tiny", path=str(path), family="transformers", pooling=pooling)]
+    loaded = {
+        backend: make_loader(
+            device="cpu", cache_dir=str(tmp_path), allow_download=False, custom_models=entry, backend=backend
+        )("tiny")
+        for backend in ("torch", "onnx")
+    }
+    assert all(isinstance(m, HFTransformerEmbedder) for m in loaded.values())
+    assert loaded["onnx"].info.backend == "onnxruntime"
+    texts = ["Hello world, the cat sits.", "a dog", "The quick brown fox jumps over the lazy dog " * 9, "x"]
+    expected = loaded["torch"].embed_texts(texts, batch_size=3, normalize=False)
+    got = loaded["onnx"].embed_texts(texts, batch_size=3, normalize=False)
+    assert float(np.abs(got - expected).max()) < 1e-5 * max(1.0, float(np.abs(expected).max()))
