@@ -190,6 +190,8 @@ class WorkerRuntime:
             "active_tasks": p.active_tasks if p else 0,
             "in_flight": self.tracker.in_flight(),
             "loaded_models": [m.name for m in self.manager.loaded()] if self.manager else [],
+            # what runs each loaded model: onnxruntime or torch (models.backend)
+            "model_backends": {m.name: m.backend for m in self.manager.loaded()} if self.manager else {},
         }
 
     def ready(self) -> bool:
