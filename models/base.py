@@ -123,8 +123,8 @@ class TorchEmbedder(Embedder):
         """Run ``transformer`` through ``encoder`` from now on; its torch weights are released."""
         if encoder is None:
             return
-        self._onnx = encoder
         transformer.to("meta")  # the parameters' memory goes; the module's structure stays for its config
+        self._onnx = encoder
         self._info = replace(self._info, backend="onnxruntime")
 
     def close(self) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 
 from app.errors import ModelLoadError
 from models.base import EmbedderInfo, TorchEmbedder, l2_normalize
-from models.onnx_runtime import PROBE_TEXTS, OnnxTransformer, export_and_check, onnx_or_torch
+from models.onnx_runtime import PROBE_BATCH, PROBE_TEXTS, OnnxTransformer, export_and_check, onnx_or_torch
 from models.resolve import (
     downloads_allowed,
     first_line,
@@ -123,8 +123,8 @@ class HFTransformerEmbedder(TorchEmbedder):
                 self._model,
                 sample,
                 cache_dir=cache_dir,
-                embed_torch=lambda: self._embed(PROBE_TEXTS, 2, None),
-                embed_onnx=lambda encoder: self._embed(PROBE_TEXTS, 2, encoder),
+                embed_torch=lambda: self._embed(PROBE_TEXTS, PROBE_BATCH, None),
+                embed_onnx=lambda encoder: self._embed(PROBE_TEXTS, PROBE_BATCH, encoder),
             )
 
         self._use_onnx(onnx_or_torch(backend, name=self._info.name, device=self._info.device, build=build), self._model)

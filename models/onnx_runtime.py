@@ -10,8 +10,8 @@ The sentence-transformers and transformers families use it through
    states) is exported with ``torch.onnx.export`` into
    ``<models.cache_dir>/onnx/<key>/model.onnx``; the key hashes the weights,
    the config and the torch/transformers versions, so a changed model or
-   library exports anew and workers on one host share the file (written to a
-   temporary name, then renamed);
+   library exports anew and workers on one host share the folder (written
+   under a name of the process's own, then renamed whole);
 2. the family embeds a few probe texts both ways (padded batches, mixed case,
    one text past the length limit) and uses ONNX Runtime only when every
    vector matches torch's to :data:`PARITY_TOLERANCE`;
@@ -27,6 +27,7 @@ import hashlib
 import inspect
 import logging
 import os
+import shutil
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -50,6 +51,8 @@ PROBE_TEXTS = (
     "x",
     " ".join(["Truncation probe sentence with several words."] * 120),
 )
+#: probes run in calls of 3 and 1 texts: the export is traced on 2, so a batch size baked in would show
+PROBE_BATCH = 3
 OPSET = 17
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 T = TypeVar("T")
@@ -73,9 +76,10 @@ class OnnxTransformer:
         return self._session.run(None, feeds, self._run_options)[0]
 
     def memory_bytes(self) -> int:
-        """The weights ONNX Runtime holds (the file's size; its working buffers come and go per call)."""
+        """The weights ONNX Runtime holds: the export's files (a model over 2 GB keeps its weights beside
+        ``model.onnx``). Its prepared copies and per-call buffers are not counted."""
         try:
-            return self.path.stat().st_size
+            return sum(f.stat().st_size for f in self.path.parent.iterdir() if f.is_file())
         except OSError:
             return 0
 
@@ -126,13 +130,19 @@ def export_transformer(model: Any, sample: Mapping[str, Any], *, cache_dir: str 
         import torch
     except ImportError as exc:
         raise OnnxUnavailable(f"{exc.name or exc} is not installed (pip install onnx onnxruntime)") from None
-    accepted = set(inspect.signature(model.forward).parameters)
-    names = [n for n in _INPUTS if n in sample and n in accepted]
-    if "input_ids" not in names or "attention_mask" not in names:
-        raise OnnxUnavailable(f"{type(model).__name__}.forward does not take input_ids and attention_mask")
-    path = _cache_root(cache_dir) / _cache_key(model, names, torch) / "model.onnx"
+    try:
+        accepted = set(inspect.signature(model.forward).parameters)
+        names = [n for n in _INPUTS if n in sample and n in accepted]
+        if "input_ids" not in names or "attention_mask" not in names:
+            raise OnnxUnavailable(f"{type(model).__name__}.forward does not take input_ids and attention_mask")
+        folder = _cache_root(cache_dir) / _cache_key(model, names, torch)
+    except OnnxUnavailable:
+        raise
+    except Exception as exc:  # noqa: BLE001 - no cache folder (no HOME), an unhashable model: stay on torch
+        raise OnnxUnavailable(f"preparing the export failed: {type(exc).__name__}: {first_line(exc)}") from None
+    path = folder / "model.onnx"
     if not path.is_file():
-        _export(model, names, sample, path, torch)
+        _export(model, names, sample, folder, torch)
     else:
         log.info("Using the ONNX export %s", path)
     options = onnxruntime.SessionOptions()
@@ -210,18 +220,26 @@ def _last_hidden_state(model: Any, names: Sequence[str], torch: Any) -> Any:
     return LastHiddenState().eval()
 
 
-def _export(model: Any, names: Sequence[str], sample: Mapping[str, Any], path: Path, torch: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+def _export(model: Any, names: Sequence[str], sample: Mapping[str, Any], folder: Path, torch: Any) -> None:
+    """Write the export into a folder of this process's own, then rename it into place (atomic, whole).
+
+    A model over 2 GB gets its weights as files beside ``model.onnx``; they
+    travel with the folder. When another worker renamed its export first,
+    ours is discarded and theirs used.
+    """
+    partial = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
     axes = {n: {0: "batch", 1: "tokens"} for n in [*names, "last_hidden_state"]}
-    log.info("Exporting %s to ONNX at %s (once per model and library version)", type(model).__name__, path)
+    kind = type(model).__name__
+    log.info("Exporting %s to ONNX at %s (once per model and library version)", kind, folder)
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+            warnings.simplefilter("always")
             torch.onnx.export(
                 _last_hidden_state(model, names, torch),
                 tuple(sample[n] for n in names),
-                str(partial),
+                str(partial / "model.onnx"),
                 input_names=list(names),
                 output_names=["last_hidden_state"],
                 dynamic_axes=axes,
@@ -229,11 +247,20 @@ def _export(model: Any, names: Sequence[str], sample: Mapping[str, Any], path: P
                 do_constant_folding=True,
                 dynamo=False,
             )
-        os.replace(partial, path)
+        for warning in caught:  # tracer warnings: the probe texts decide whether they matter
+            log.debug("ONNX export of %s: %s", kind, first_line(warning.message))
+        try:
+            os.replace(partial, folder)
+        except OSError:
+            if not (folder / "model.onnx").is_file():
+                raise
+            log.info("Another process exported %s first; using %s", kind, folder)
     except Exception as exc:  # noqa: BLE001 - exporters raise many types; every one means "stay on torch"
-        raise OnnxUnavailable(f"exporting to ONNX failed: {type(exc).__name__}: {first_line(exc)}") from None
+        raise OnnxUnavailable(
+            f"exporting {kind} to ONNX in {folder.parent} failed: {type(exc).__name__}: {first_line(exc)}"
+        ) from None
     finally:
-        partial.unlink(missing_ok=True)
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def export_and_check(

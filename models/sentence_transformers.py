@@ -10,7 +10,14 @@ import numpy as np
 
 from app.errors import ModelLoadError
 from models.base import EmbedderInfo, TorchEmbedder, l2_normalize
-from models.onnx_runtime import PROBE_TEXTS, OnnxTransformer, OnnxUnavailable, export_and_check, onnx_or_torch
+from models.onnx_runtime import (
+    PROBE_BATCH,
+    PROBE_TEXTS,
+    OnnxTransformer,
+    OnnxUnavailable,
+    export_and_check,
+    onnx_or_torch,
+)
 from models.resolve import downloads_allowed, local_model_dir, missing_model_error
 from models.tokenizers import HFTextTokenizer, TextTokenizer
 
@@ -55,7 +62,8 @@ class SentenceTransformerEmbedder(TorchEmbedder):
         return np.asarray(vectors, dtype=np.float32)
 
     def _embed_onnx(self, encoder: OnnxTransformer, texts: Sequence[str], batch_size: int) -> np.ndarray:
-        """The transformer in ONNX Runtime, then the model's other modules (pooling, dense, normalize) in torch."""
+        """The model's own preprocessing, its transformer in ONNX Runtime, its other modules (pooling, dense,
+        normalize) in torch on the token states."""
         import torch
 
         out = np.empty((len(texts), self._info.dim), dtype=np.float32)
@@ -63,21 +71,13 @@ class SentenceTransformerEmbedder(TorchEmbedder):
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         step = max(1, int(batch_size))
         tail = list(self._model)[1:]
-        tokenizer = self._model.tokenizer
+        # sentence-transformers >= 5 names it preprocess (tokenize is its deprecated alias)
+        preprocess = getattr(self._model, "preprocess", None) or self._model.tokenize
         with torch.inference_mode():
             for start in range(0, len(order), step):
                 index = order[start : start + step]
-                batch = tokenizer(
-                    [texts[i] for i in index],
-                    padding=True,
-                    truncation=True,
-                    max_length=self._info.max_tokens,
-                    return_tensors="np",
-                )
-                features: dict[str, Any] = {
-                    "token_embeddings": torch.from_numpy(encoder(batch)),
-                    "attention_mask": torch.from_numpy(batch["attention_mask"]),
-                }
+                features = dict(preprocess([texts[i] for i in index]))
+                features["token_embeddings"] = torch.from_numpy(encoder(features))
                 for module in tail:
                     features = module(features)
                 out[index] = features["sentence_embedding"].float().numpy()
@@ -105,8 +105,8 @@ class SentenceTransformerEmbedder(TorchEmbedder):
             transformer,
             sample,
             cache_dir=cache_dir,
-            embed_torch=lambda: self._embed_torch(PROBE_TEXTS, 2),
-            embed_onnx=lambda encoder: self._embed_onnx(encoder, PROBE_TEXTS, 2),
+            embed_torch=lambda: self._embed_torch(PROBE_TEXTS, PROBE_BATCH),
+            embed_onnx=lambda encoder: self._embed_onnx(encoder, PROBE_TEXTS, PROBE_BATCH),
         )
 
     def text_tokenizer(self) -> TextTokenizer:

@@ -40,6 +40,17 @@ def exports(cache: Path) -> list[Path]:
     return sorted((cache / "onnx").glob("*/*"))
 
 
+def warning_of(caplog: pytest.LogCaptureFixture, text: str) -> str:
+    """The model manager's warning that contains ``text`` (the test fails when there is none)."""
+    found = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "worker.model_manager" and r.levelno == logging.WARNING and text in r.getMessage()
+    ]
+    assert found, f"no warning containing {text!r} in {[r.getMessage() for r in caplog.records]}"
+    return found[-1]
+
+
 @pytest.fixture(scope="module")
 def minilm_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("onnx-cache")
@@ -105,10 +116,11 @@ def test_a_failing_export_stays_on_torch_under_auto_and_fails_under_onnx(tmp_pat
     assert model.info.backend == "torch"
     vector = model.embed_texts(["still works"], batch_size=1, normalize=True)[0]
     assert abs(float(np.linalg.norm(vector)) - 1) < 1e-5
-    warning = caplog.records[-1].getMessage()
-    assert f"Model {MINILM} runs on torch" in warning and "aten::fancy" in warning
-    assert not exports(tmp_path)
-    with pytest.raises(ModelLoadError, match=r"with ONNX Runtime: exporting to ONNX failed: RuntimeError.*aten::fancy"):
+    warning = warning_of(caplog, f"Model {MINILM} runs on torch")
+    assert "exporting BertModel to ONNX in" in warning and "aten::fancy" in warning
+    assert "VECTORIZE_WORKER_MODELS_BACKEND=torch" in warning
+    assert not exports(tmp_path) and not list((tmp_path / "onnx").iterdir())  # nothing half-written left
+    with pytest.raises(ModelLoadError, match=r"with ONNX Runtime: exporting BertModel to ONNX .*aten::fancy"):
         load(MINILM, tmp_path, "onnx")
 
 
@@ -119,10 +131,10 @@ def test_vectors_that_drift_keep_the_model_on_torch(tmp_path: Path, monkeypatch,
     with caplog.at_level(logging.WARNING, logger="worker.model_manager"):
         model = load(MINILM, tmp_path, "auto")
     assert model.info.backend == "torch"
-    assert "probe vectors differ from torch's" in caplog.records[-1].getMessage()
+    assert "probe vectors differ from torch's" in warning_of(caplog, f"Model {MINILM} runs on torch")
 
 
-def test_a_corrupt_cached_export_names_its_folder(tmp_path: Path, minilm_cache: Path, caplog) -> None:
+def test_a_corrupt_cached_export_names_its_folder(tmp_path: Path, minilm_cache: Path, minilm_onnx, caplog) -> None:
     good = exports(minilm_cache)[0]
     broken = tmp_path / "onnx" / good.parent.name / "model.onnx"
     broken.parent.mkdir(parents=True)
@@ -130,8 +142,53 @@ def test_a_corrupt_cached_export_names_its_folder(tmp_path: Path, minilm_cache: 
     with caplog.at_level(logging.WARNING, logger="worker.model_manager"):
         model = load(MINILM, tmp_path, "auto")
     assert model.info.backend == "torch"
-    warning = caplog.records[-1].getMessage()
-    assert f"ONNX Runtime cannot open {broken}" in warning and "delete that folder" in warning
+    warning = warning_of(caplog, f"ONNX Runtime cannot open {broken}")
+    assert "delete that folder" in warning
+
+
+def test_a_cache_dir_that_cannot_hold_the_export_stays_on_torch(tmp_path: Path, caplog) -> None:
+    blocked = tmp_path / "cache"
+    blocked.write_text("a file where the cache folder should be")  # root ignores permissions; this cannot be written
+    with caplog.at_level(logging.WARNING, logger="worker.model_manager"):
+        model = load(MINILM, blocked, "auto")
+    assert model.info.backend == "torch"
+    warning = warning_of(caplog, f"Model {MINILM} runs on torch")
+    assert str(blocked) in warning and "failed" in warning
+    with pytest.raises(ModelLoadError, match="with ONNX Runtime"):
+        load(MINILM, blocked, "onnx")
+
+
+def test_probes_use_other_batch_sizes_than_the_traced_one(tmp_path: Path, monkeypatch) -> None:
+    import models.onnx_runtime as onnx_runtime
+
+    seen: list[int] = []
+    call = onnx_runtime.OnnxTransformer.__call__
+
+    def spy(self, features):
+        seen.append(len(features["input_ids"]))
+        return call(self, features)
+
+    monkeypatch.setattr(onnx_runtime.OnnxTransformer, "__call__", spy)
+    assert load(MINILM, tmp_path, "onnx").info.backend == "onnxruntime"
+    assert sorted(seen) == [1, 3]  # four probe texts in calls of 3 and 1; the export was traced on 2
+
+
+def test_a_race_lost_to_another_exporter_uses_its_folder(tmp_path: Path, tiny_bert: Path, caplog) -> None:
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    import models.onnx_runtime as onnx_runtime
+
+    model, tok = AutoModel.from_pretrained(tiny_bert).eval(), AutoTokenizer.from_pretrained(tiny_bert)
+    sample = tok(["a b c", "a"], padding=True, return_tensors="pt")
+    first = onnx_runtime.export_transformer(model, sample, cache_dir=tmp_path)
+    folder = first.path.parent
+    before = first.path.stat().st_mtime_ns
+    # the other process renamed its folder between our look and our rename
+    with caplog.at_level(logging.INFO, logger="worker.model_manager"):
+        onnx_runtime._export(model, ["input_ids", "attention_mask", "token_type_ids"], sample, folder, torch)
+    assert first.path.stat().st_mtime_ns == before and sorted(p.name for p in folder.parent.iterdir()) == [folder.name]
+    assert any("exported BertModel first" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize("pooling", ["mean", "cls"])
