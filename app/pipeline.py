@@ -271,7 +271,10 @@ class TaskPipeline:
         refused = []
         for out in outcomes:
             if out.error is None and not out.texts:
-                out.error = PermanentError(f"Task {out.item.task.task_id} has no text to embed.")
+                out.error = PermanentError(
+                    f"Task {out.item.task.task_id} ({out.item.task.task_type}) has no text to embed after "
+                    "preparation; send non-empty text (the schema refuses empty texts, so this is a bug: report it)."
+                )
             if out.error is not None:  # refused while preparing (e.g. a text over the model's limit)
                 refused.append(out)
                 continue

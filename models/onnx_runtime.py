@@ -28,6 +28,7 @@ import inspect
 import logging
 import os
 import shutil
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -54,6 +55,7 @@ PROBE_TEXTS = (
 #: probes run in calls of 3 and 1 texts: the export is traced on 2, so a batch size baked in would show
 PROBE_BATCH = 3
 OPSET = 17
+STALE_PARTIAL_S = 3600.0
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 T = TypeVar("T")
 
@@ -232,6 +234,7 @@ def _export(model: Any, names: Sequence[str], sample: Mapping[str, Any], folder:
     kind = type(model).__name__
     log.info("Exporting %s to ONNX at %s (once per model and library version)", kind, folder)
     try:
+        _remove_stale_partials(folder.parent)
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         with warnings.catch_warnings(record=True) as caught, torch.no_grad():
@@ -261,6 +264,17 @@ def _export(model: Any, names: Sequence[str], sample: Mapping[str, Any], folder:
         ) from None
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+
+
+def _remove_stale_partials(root: Path, max_age_s: float = STALE_PARTIAL_S) -> None:
+    """Delete what exporters killed mid-write left behind (``*.partial`` folders untouched for an hour)."""
+    now = time.time()
+    for leftover in root.glob("*.partial"):
+        try:
+            if now - leftover.stat().st_mtime > max_age_s:
+                shutil.rmtree(leftover, ignore_errors=True)
+        except OSError:
+            continue
 
 
 def export_and_check(

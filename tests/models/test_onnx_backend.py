@@ -191,6 +191,29 @@ def test_a_race_lost_to_another_exporter_uses_its_folder(tmp_path: Path, tiny_be
     assert any("exported BertModel first" in r.getMessage() for r in caplog.records)
 
 
+def test_an_exporter_killed_mid_write_leaves_nothing_for_long(tmp_path: Path, tiny_bert: Path) -> None:
+    import os
+    import time
+
+    from transformers import AutoModel, AutoTokenizer
+
+    import models.onnx_runtime as onnx_runtime
+
+    root = tmp_path / "onnx"
+    stale, fresh = root / "abc.4242.partial", root / "def.4343.partial"
+    for leftover in (stale, fresh):
+        leftover.mkdir(parents=True)
+        (leftover / "model.onnx").write_bytes(b"half")
+    old = time.time() - 2 * onnx_runtime.STALE_PARTIAL_S
+    os.utime(stale, (old, old))
+    model, tok = AutoModel.from_pretrained(tiny_bert).eval(), AutoTokenizer.from_pretrained(tiny_bert)
+    encoder = onnx_runtime.export_transformer(
+        model, tok(["a b", "a"], padding=True, return_tensors="pt"), cache_dir=tmp_path
+    )
+    # the stale one is gone; one that may still be written by a live exporter stays
+    assert sorted(p.name for p in root.iterdir()) == sorted([encoder.path.parent.name, fresh.name])
+
+
 @pytest.mark.parametrize("pooling", ["mean", "cls"])
 @pytest.mark.parametrize("family", ["bert", "distilbert", "roberta"])
 def test_transformers_family_matches_torch(family: str, pooling: str, tmp_path: Path, request) -> None:
