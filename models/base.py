@@ -103,8 +103,8 @@ class TorchEmbedder(Embedder):
 
     Shares what every torch family does alike: ``info``, the memory the
     module holds, and releasing it on ``close``. A text family whose
-    transformer runs in ONNX Runtime holds that session in ``_onnx`` and
-    calls :meth:`_use_onnx`, which frees the transformer's torch weights.
+    transformer may run in ONNX Runtime implements :meth:`_onnx_parts` and
+    :meth:`_embed_with`; :meth:`try_onnx` then keeps the session in ``_onnx``.
     """
 
     _info: EmbedderInfo
@@ -119,13 +119,44 @@ class TorchEmbedder(Embedder):
         held = module_bytes(self._model) if self._model is not None else 0
         return held + (self._onnx.memory_bytes() if self._onnx is not None else 0)
 
-    def _use_onnx(self, encoder: Any, transformer: Any) -> None:
-        """Run ``transformer`` through ``encoder`` from now on; its torch weights are released."""
-        if encoder is None:
+    def try_onnx(self, backend: str, cache_dir: str | None) -> None:
+        """Run the transformer in ONNX Runtime when ``backend`` and the device allow it (models/onnx_runtime.py).
+
+        The family supplies :meth:`_onnx_parts` and :meth:`_embed_with`; on
+        success the transformer's torch weights are released.
+        """
+        from models.onnx_runtime import PROBE_TEXTS, export_and_check, onnx_or_torch
+
+        def build() -> tuple[Any, Any]:
+            transformer, tokenizer = self._onnx_parts()
+            sample = tokenizer(
+                list(PROBE_TEXTS[:2]),
+                padding=True,
+                truncation=True,
+                max_length=self._info.max_tokens,
+                return_tensors="pt",
+            )
+            encoder = export_and_check(
+                self._info.name, transformer, sample, cache_dir=cache_dir, embed=self._embed_with
+            )
+            return encoder, transformer
+
+        built = onnx_or_torch(backend, name=self._info.name, device=self._info.device, build=build)
+        if built is None:
             return
+        self._onnx, transformer = built
         transformer.to("meta")  # the parameters' memory goes; the module's structure stays for its config
-        self._onnx = encoder
         self._info = replace(self._info, backend="onnxruntime")
+
+    def _onnx_parts(self) -> tuple[Any, Any]:
+        """The ``transformers`` model ONNX Runtime would run, and its tokenizer; raises ``OnnxUnavailable``."""
+        from models.onnx_runtime import OnnxUnavailable
+
+        raise OnnxUnavailable(f"the {self._info.family} family does not run in ONNX Runtime")
+
+    def _embed_with(self, texts: Sequence[str], batch_size: int, encoder: Any) -> np.ndarray:
+        """Vectors of ``texts`` (not normalised), the transformer run by ``encoder`` or by torch when None."""
+        raise NotImplementedError
 
     def close(self) -> None:
         from models.device import release_memory

@@ -11,7 +11,7 @@ import numpy as np
 
 from app.errors import ModelLoadError
 from models.base import EmbedderInfo, TorchEmbedder, l2_normalize
-from models.onnx_runtime import PROBE_BATCH, PROBE_TEXTS, OnnxTransformer, export_and_check, onnx_or_torch
+from models.onnx_runtime import OnnxTransformer
 from models.resolve import (
     downloads_allowed,
     first_line,
@@ -73,12 +73,12 @@ class HFTransformerEmbedder(TorchEmbedder):
         )
 
     def embed_texts(self, texts: Sequence[str], *, batch_size: int, normalize: bool | None) -> np.ndarray:
-        out = self._embed(texts, batch_size, self._onnx)
+        out = self._embed_with(texts, batch_size, self._onnx)
         if normalize is None:
             normalize = self._normalize_default
         return l2_normalize(out) if normalize else out
 
-    def _embed(self, texts: Sequence[str], batch_size: int, encoder: OnnxTransformer | None) -> np.ndarray:
+    def _embed_with(self, texts: Sequence[str], batch_size: int, encoder: OnnxTransformer | None) -> np.ndarray:
         import torch
 
         out = np.zeros((len(texts), self._info.dim), dtype=np.float32)
@@ -88,14 +88,18 @@ class HFTransformerEmbedder(TorchEmbedder):
         with torch.inference_mode():
             for start in range(0, len(order), step):
                 index = order[start : start + step]
-                batch = [texts[i] for i in index]
-                out[index] = self._embed_batch(batch) if encoder is None else self._embed_batch_onnx(encoder, batch)
+                out[index] = self._embed_batch([texts[i] for i in index], encoder)
         return out
 
-    def _embed_batch(self, texts: list[str]) -> np.ndarray:
+    def _embed_batch(self, texts: list[str], encoder: OnnxTransformer | None) -> np.ndarray:
+        import torch
+
         batch = self._tok(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         batch = {k: v.to(self._info.device) for k, v in batch.items()}
-        states = self._model(**batch).last_hidden_state
+        if encoder is None:
+            states = self._model(**batch).last_hidden_state
+        else:  # ONNX Runtime runs on the CPU only, where these tensors already are
+            states = torch.from_numpy(encoder(batch))
         if self.pooling == "cls":
             pooled = states[:, 0]
         else:
@@ -103,31 +107,8 @@ class HFTransformerEmbedder(TorchEmbedder):
             pooled = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
         return pooled.float().cpu().numpy()
 
-    def _embed_batch_onnx(self, encoder: OnnxTransformer, texts: list[str]) -> np.ndarray:
-        batch = self._tok(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
-        states = encoder(batch)
-        if self.pooling == "cls":
-            return np.ascontiguousarray(states[:, 0], dtype=np.float32)
-        mask = batch["attention_mask"][..., None].astype(np.float32)
-        return ((states * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)).astype(np.float32)
-
-    def try_onnx(self, backend: str, cache_dir: str | None) -> None:
-        """Move the model to ONNX Runtime when ``backend`` and the device allow it (models/onnx_runtime.py)."""
-
-        def build() -> OnnxTransformer:
-            sample = self._tok(
-                list(PROBE_TEXTS[:2]), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-            )
-            return export_and_check(
-                self._info.name,
-                self._model,
-                sample,
-                cache_dir=cache_dir,
-                embed_torch=lambda: self._embed(PROBE_TEXTS, PROBE_BATCH, None),
-                embed_onnx=lambda encoder: self._embed(PROBE_TEXTS, PROBE_BATCH, encoder),
-            )
-
-        self._use_onnx(onnx_or_torch(backend, name=self._info.name, device=self._info.device, build=build), self._model)
+    def _onnx_parts(self) -> tuple[Any, Any]:
+        return self._model, self._tok
 
     def text_tokenizer(self) -> TextTokenizer:
         if self._text_tokenizer is None:

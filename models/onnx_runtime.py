@@ -72,18 +72,17 @@ class OnnxTransformer:
         self._run_options = run_options
         self.input_names = tuple(input_names)
         self.path = path
+        # a model over 2 GB keeps its weights as files beside model.onnx; the folder never changes once renamed
+        self._bytes = sum(f.stat().st_size for f in path.parent.iterdir() if f.is_file())
 
     def __call__(self, features: Mapping[str, Any]) -> np.ndarray:
         feeds = {name: np.asarray(features[name], dtype=np.int64) for name in self.input_names}
         return self._session.run(None, feeds, self._run_options)[0]
 
     def memory_bytes(self) -> int:
-        """The weights ONNX Runtime holds: the export's files (a model over 2 GB keeps its weights beside
-        ``model.onnx``). Its prepared copies and per-call buffers are not counted."""
-        try:
-            return sum(f.stat().st_size for f in self.path.parent.iterdir() if f.is_file())
-        except OSError:
-            return 0
+        """The weights ONNX Runtime holds: the export's files. Its prepared copies and per-call buffers are
+        not counted."""
+        return self._bytes
 
 
 def onnx_or_torch(requested: str, *, name: str, device: str, build: Callable[[], T]) -> T | None:
@@ -283,14 +282,17 @@ def export_and_check(
     sample: Mapping[str, Any],
     *,
     cache_dir: str | Path | None,
-    embed_torch: Callable[[], np.ndarray],
-    embed_onnx: Callable[[OnnxTransformer], np.ndarray],
+    embed: Callable[[Sequence[str], int, OnnxTransformer | None], np.ndarray],
 ) -> OnnxTransformer:
-    """Export ``model``, embed :data:`PROBE_TEXTS` both ways and return the session only when they agree."""
+    """Export ``model``, embed :data:`PROBE_TEXTS` both ways and return the session only when they agree.
+
+    ``embed(texts, batch_size, encoder)`` is the family's own embedding, on
+    torch when ``encoder`` is None.
+    """
     encoder = export_transformer(model, sample, cache_dir=cache_dir)
     try:
-        expected = embed_torch()
-        got = embed_onnx(encoder)
+        expected = embed(PROBE_TEXTS, PROBE_BATCH, None)
+        got = embed(PROBE_TEXTS, PROBE_BATCH, encoder)
     except Exception as exc:  # noqa: BLE001 - a model whose modules need more than token states stays on torch
         raise OnnxUnavailable(f"embedding the probe texts failed: {type(exc).__name__}: {first_line(exc)}") from None
     check_parity(name, got, expected)

@@ -10,14 +10,7 @@ import numpy as np
 
 from app.errors import ModelLoadError
 from models.base import EmbedderInfo, TorchEmbedder, l2_normalize
-from models.onnx_runtime import (
-    PROBE_BATCH,
-    PROBE_TEXTS,
-    OnnxTransformer,
-    OnnxUnavailable,
-    export_and_check,
-    onnx_or_torch,
-)
+from models.onnx_runtime import OnnxTransformer, OnnxUnavailable
 from models.resolve import downloads_allowed, local_model_dir, missing_model_error
 from models.tokenizers import HFTextTokenizer, TextTokenizer
 
@@ -49,15 +42,14 @@ class SentenceTransformerEmbedder(TorchEmbedder):
         )
 
     def embed_texts(self, texts: Sequence[str], *, batch_size: int, normalize: bool | None) -> np.ndarray:
-        if self._onnx is not None:
-            vectors = self._embed_onnx(self._onnx, texts, batch_size)
-        else:
-            vectors = self._embed_torch(texts, batch_size)
+        vectors = self._embed_with(texts, batch_size, self._onnx)
         if normalize is None:
             normalize = self._normalize_default
         return l2_normalize(vectors) if normalize else vectors
 
-    def _embed_torch(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
+    def _embed_with(self, texts: Sequence[str], batch_size: int, encoder: OnnxTransformer | None) -> np.ndarray:
+        if encoder is not None:
+            return self._embed_onnx(encoder, texts, batch_size)
         vectors = self._model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
         return np.asarray(vectors, dtype=np.float32)
 
@@ -83,31 +75,12 @@ class SentenceTransformerEmbedder(TorchEmbedder):
                 out[index] = features["sentence_embedding"].float().numpy()
         return out
 
-    def try_onnx(self, backend: str, cache_dir: str | None) -> None:
-        """Move the transformer to ONNX Runtime when ``backend`` and the device allow it (models/onnx_runtime.py)."""
-        self._use_onnx(
-            onnx_or_torch(
-                backend, name=self._info.name, device=self._info.device, build=lambda: self._onnx_build(cache_dir)
-            ),
-            getattr(self._model[0], "auto_model", None),
-        )
-
-    def _onnx_build(self, cache_dir: str | None) -> OnnxTransformer:
+    def _onnx_parts(self) -> tuple[Any, Any]:
         first = self._model[0]
         transformer = getattr(first, "auto_model", None)
         if transformer is None or len(self._model) < 2:
             raise OnnxUnavailable(f"its first module is {type(first).__name__}, not a transformers model")
-        sample = self._model.tokenizer(
-            list(PROBE_TEXTS[:2]), padding=True, truncation=True, max_length=self._info.max_tokens, return_tensors="pt"
-        )
-        return export_and_check(
-            self._info.name,
-            transformer,
-            sample,
-            cache_dir=cache_dir,
-            embed_torch=lambda: self._embed_torch(PROBE_TEXTS, PROBE_BATCH),
-            embed_onnx=lambda encoder: self._embed_onnx(encoder, PROBE_TEXTS, PROBE_BATCH),
-        )
+        return transformer, self._model.tokenizer
 
     def text_tokenizer(self) -> TextTokenizer:
         if self._tokenizer is None:

@@ -28,6 +28,7 @@ def test_documented_defaults(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> N
     assert s.task_timeout == 1800
     assert s.vector_dbs == ["qdrant"]
     assert s.table_store == "rocksdb" and s.task_status_table is True
+    assert s.models_backend == "auto"
 
 
 def test_yaml_overrides_defaults_and_env_overrides_yaml(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -135,6 +136,20 @@ def test_table_store_from_yaml_and_a_clear_error_for_an_unknown_one(
     with pytest.raises(ConfigError) as err:
         load_settings()
     assert "table_store" in str(err.value) and "rocksdb" in str(err.value)
+
+
+def test_models_backend_from_yaml_and_env_and_a_clear_error_for_an_unknown_one(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    path = write_yaml(tmp_path, "models: {backend: torch}\n")
+    assert load_settings(path).models_backend == "torch"
+    clean_env.setenv("VECTORIZE_WORKER_MODELS_BACKEND", "onnx")
+    assert load_settings(path).models_backend == "onnx"
+    clean_env.setenv("VECTORIZE_WORKER_MODELS_BACKEND", "tensorrt")
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    message = str(err.value)
+    assert "models_backend" in message and all(v in message for v in ("'auto'", "'onnx'", "'torch'"))
 
 
 @pytest.mark.parametrize(("value", "registered"), [("true", True), ("false", False)])
