@@ -10,6 +10,7 @@ deterministic vector ids make that an overwrite.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from typing import Any
@@ -52,7 +53,35 @@ def _assigned(tp: Any) -> bool:
     return tp in app.consumer.assignment()
 
 
-guard = OffsetGuard(seek=_seek, committed=_start_offset, real_gap=add_real_gap, assigned=_assigned)
+async def _positions() -> dict[Any, int]:
+    """The consumer's position (next offset to fetch) of each task partition it reads now; none while rebalancing."""
+    consumer = app.consumer
+    if app.rebalancing or not consumer.flow_active:
+        return {}
+    tps = [tp for tp in consumer.assignment() if tp.topic == settings.tasks_topic]
+    if not tps:
+        return {}
+    thread = consumer._thread  # aiokafka runs in Faust's consumer thread; ask there
+
+    async def read(kafka: Any) -> dict[Any, int]:
+        found: dict[Any, int] = {}
+        for tp in tps:
+            try:
+                found[tp] = await asyncio.wait_for(kafka.position(tp), timeout=1.0)
+            except Exception:  # noqa: BLE001, S112 - revoked or no position yet: checked again next second
+                continue
+        return found
+
+    try:
+        return await thread.call_thread(read, thread._ensure_consumer())
+    except Exception as exc:  # noqa: BLE001 - e.g. stopping; checked again next second
+        log.debug("Could not read the consumer's positions (%r)", exc)
+        return {}
+
+
+guard = OffsetGuard(
+    seek=_seek, committed=_start_offset, real_gap=add_real_gap, assigned=_assigned, positions=_positions
+)
 
 
 async def kafka_send(topic: str, key: bytes | None, value: bytes) -> Any:
@@ -104,12 +133,14 @@ async def intake(stream: Any) -> None:
     rt.ensure_lane()
     assert rt.pipeline is not None
     try:
+        guard.waiting()
         async for event in events.events():
             message = event.message
-            if not await guard.admit(message.tp, message.offset):
-                continue  # out of order: never processed, never acked (see app/offsets.py)
-            ticket = rt.tracker.add(message.tp, message.offset, event)
-            await rt.pipeline.intake(event.value, ticket, (message.topic, message.partition, message.offset))
+            if await guard.admit(message.tp, message.offset):
+                ticket = rt.tracker.add(message.tp, message.offset, event)
+                await rt.pipeline.intake(event.value, ticket, (message.topic, message.partition, message.offset))
+            # else out of order: never processed, never acked (see app/offsets.py)
+            guard.waiting()
     except Exception:
         # A restarted agent would inherit tickets of records it never sees
         # again and stall their partitions' commits: exit instead; nothing
@@ -133,5 +164,6 @@ async def forget_revoked(app: Any, revoked: set[Any], **kwargs: Any) -> None:
 
 @app.timer(interval=1.0)
 async def reseek_stalled() -> None:
-    """A seek back that brought nothing is repeated (see OffsetGuard.reseek_stalled)."""
+    """Records fetched but never delivered are sought back, a seek that brought nothing is repeated
+    (see OffsetGuard.reseek_stalled)."""
     await guard.reseek_stalled()

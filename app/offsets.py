@@ -15,12 +15,22 @@ is assigned, then one past each admitted record):
 * a higher offset means records went missing: the consumer is sought back to
   the expected offset and every record is dropped until that one arrives.
 
+Records can also vanish with nothing after them to reveal the hole: Faust
+fetched them (the consumer's position moved past them) but never handed
+them to the agent, and no later record arrives (the end of a backlog; the
+chaos test caught it after a rebalance, a partition's last 55 tasks never
+processed). So while the intake waits for records, the guard compares each
+partition's consumer position with the offset it expects; when records were
+fetched but have not arrived for ``stall_after`` seconds, it seeks back as
+for a hole.
+
 Faust's own gap filling is switched off for the tasks topic (see
 :func:`app.faust_app.guard_gaps`), so an offset is only ever committed after
 the guard admitted it and the pipeline finished it. A real hole (transaction
 markers from a transactional producer) is confirmed when several seeks in a
-row cannot produce the expected record; only then is it handed to Faust as a
-gap and passed.
+row cannot produce the expected record (each resuming at the same offset,
+or, while the intake waited, bringing nothing while the consumer's position
+passed the same offset); only then is it handed to Faust as a gap and passed.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ Seek = Callable[[Hashable, int], Awaitable[None]]
 Committed = Callable[[Hashable], Awaitable[int]]
 RealGap = Callable[[Hashable, int, int], Awaitable[None]]
 Assigned = Callable[[Hashable], bool]
+Positions = Callable[[], Awaitable[dict[Hashable, int]]]
 
 
 @dataclass
@@ -54,10 +65,16 @@ class OffsetGuard:
     ``seek(tp, offset)`` repositions the consumer; ``real_gap(tp, first, last)``
     tells Faust that offsets ``first..last`` do not exist. All three are
     awaited on the event loop. ``assigned(tp)`` says whether this worker owns
-    ``tp`` now: records fetched before a partition was revoked are dropped. A hole counts as real only when the last
-    ``confirm`` seeks, ``reseek_after`` seconds apart, each brought the same
-    first offset beyond it: records lost by the consumer come back on a
-    seek, and records fetched before a seek arrive in the first round only.
+    ``tp`` now: records fetched before a partition was revoked are dropped.
+    ``positions()`` returns the consumer's position (next offset to fetch)
+    of each task partition it owns and reads now (empty during a
+    rebalance). A hole counts as real only when the last ``confirm`` seeks,
+    ``reseek_after`` seconds apart, each brought the same first offset
+    beyond it: records lost by the consumer come back on a seek, and records
+    fetched before a seek arrive in the first round only.
+
+    The intake calls :meth:`waiting` each time it waits for the next record;
+    :meth:`admit` ends the wait.
     """
 
     def __init__(
@@ -67,7 +84,9 @@ class OffsetGuard:
         committed: Committed,
         real_gap: RealGap,
         assigned: Assigned = lambda tp: True,
+        positions: Positions | None = None,
         reseek_after: float = 1.0,
+        stall_after: float = 3.0,
         confirm: int = 3,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -75,16 +94,26 @@ class OffsetGuard:
         self._committed = committed
         self._real_gap = real_gap
         self._assigned = assigned
+        self._positions = positions
         self.reseek_after = reseek_after
+        self.stall_after = stall_after
         self.confirm = confirm
         self._clock = clock
         self._expected: dict[Hashable, int] = {}
         self._seeking: dict[Hashable, _Seeking] = {}
+        self._waiting_since: float | None = None
         self.seeks = 0
         self.dropped = 0
+        self.stalls = 0
+
+    def waiting(self) -> None:
+        """The intake waits for the next record (it is not held up by backpressure)."""
+        if self._waiting_since is None:
+            self._waiting_since = self._clock()
 
     async def admit(self, tp: Hashable, offset: int) -> bool:
         """True when the record at ``offset`` is the next one of ``tp`` and may be processed."""
+        self._waiting_since = None
         if not self._assigned(tp):
             self.forget({tp})
             self.dropped += 1
@@ -115,24 +144,56 @@ class OffsetGuard:
             return False
         state.lowest = offset if state.lowest is None else min(state.lowest, offset)
         if self._clock() - state.at >= self.reseek_after:
-            await self._next_round(tp, state)
+            await self._next_round(tp, state, None)
         return False
 
     async def reseek_stalled(self) -> None:
-        """Finish seek rounds that brought nothing for a while (call about every second).
+        """Seek back over records fetched but never delivered, and repeat seeks that brought nothing
+        (call about every second).
 
         Faust drops records below a read offset that records fetched before
         the seek pushed up, so a seek can come back empty; a later one works.
         """
         now = self._clock()
+        idle = self._waiting_since is not None and now - self._waiting_since >= self.stall_after
+        positions: dict[Hashable, int] = {}
+        if self._positions is not None and (idle or self._seeking):
+            positions = await self._positions()
+        if idle:
+            await self._seek_back_undelivered(positions, now)
         for tp, state in list(self._seeking.items()):
             if not self._assigned(tp):
                 self.forget({tp})
             elif now - state.at >= self.reseek_after:
-                await self._next_round(tp, state)
+                await self._next_round(tp, state, positions.get(tp))
 
-    async def _next_round(self, tp: Hashable, state: _Seeking) -> None:
-        state.rounds.append(state.lowest)
+    async def _seek_back_undelivered(self, positions: dict[Hashable, int], now: float) -> None:
+        """The intake has waited ``stall_after`` seconds: a partition read past the expected offset lost records."""
+        for tp, position in positions.items():
+            if tp in self._seeking or not self._assigned(tp):
+                continue
+            expected = self._expected.get(tp)
+            if expected is None:
+                expected = self._expected[tp] = await self._committed(tp)
+            if position <= expected:
+                continue
+            self.stalls += 1
+            log.warning(
+                "Offset guard: %s was read up to offset %d but offsets from %d never reached the intake (dropped "
+                "inside the consumer); seeking back to %d",
+                tp,
+                position - 1,
+                expected,
+                expected,
+            )
+            self._seeking[tp] = _Seeking(expected, now)
+            await self._do_seek(tp, expected)
+
+    async def _next_round(self, tp: Hashable, state: _Seeking, position: int | None) -> None:
+        resumed_at = state.lowest
+        if resumed_at is None and position is not None and position > state.target and self._idle_since(state.at):
+            resumed_at = position  # the consumer read past the target and the waiting intake got nothing
+        state.rounds.append(resumed_at)
         last = state.rounds[-self.confirm :]
         if len(state.rounds) > self.confirm and last[0] is not None and last.count(last[0]) == len(last):
             first = last[0]
@@ -152,6 +213,9 @@ class OffsetGuard:
         state.lowest = None
         state.at = self._clock()
         await self._do_seek(tp, state.target)
+
+    def _idle_since(self, moment: float) -> bool:
+        return self._waiting_since is not None and self._waiting_since <= moment
 
     def forget(self, tps: set[Hashable]) -> None:
         """Partitions revoked: their next owner starts again from the committed offset."""

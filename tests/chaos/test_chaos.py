@@ -6,15 +6,17 @@ skipping records around rebalances; app/offsets.py is the fix it judges.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaConsumer
 
 from sinks.chroma import ChromaStore
-from tests.integration.harness import Topics, collect, produce, run
+from tests.integration.harness import BOOTSTRAP, Topics, WorkerProcess, collect, committed_vs_end, produce, run
 from tests.integration.test_distributed import completed_ids, setup, tasks, worker  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
@@ -39,7 +41,10 @@ def test_chaos_kill_and_sigterm_lose_nothing(
         assert workers[1].proc.wait(90) == 0
         sigterm_exit = time.monotonic() - t0
         want = {f"chaos-{i}" for i in range(1000)}
-        records = run(collect([topics.results], lambda r: completed_ids(r, topics.results) >= want, timeout=400))
+        try:
+            records = run(collect([topics.results], lambda r: completed_ids(r, topics.results) >= want, timeout=400))
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{diagnose(topics, want, workers)}") from None
         results = records[topics.results]
         per_worker: dict[str, int] = {}
         for r in results:
@@ -57,3 +62,41 @@ def test_chaos_kill_and_sigterm_lose_nothing(
     finally:
         for w in workers:
             w.kill()
+
+
+def diagnose(topics: Topics, want: set[str], workers: list[WorkerProcess]) -> str:
+    """Which tasks never completed (partition and offset), the group's offsets, and the workers' warnings."""
+
+    async def where() -> dict[str, tuple[int, int]]:
+        consumer = AIOKafkaConsumer(
+            topics.tasks, bootstrap_servers=BOOTSTRAP, auto_offset_reset="earliest", group_id=None
+        )
+        await consumer.start()
+        found: dict[str, tuple[int, int]] = {}
+        try:
+            while len(found) < 1000:
+                batch = await consumer.getmany(timeout_ms=2000)
+                if not batch:
+                    break
+                for tp, messages in batch.items():
+                    for m in messages:
+                        found[json.loads(m.value)["task_id"]] = (tp.partition, m.offset)
+        finally:
+            await consumer.stop()
+        return found
+
+    places = run(where())
+    results = run(collect([topics.results], lambda r: False, timeout=5, quiet=True))[topics.results]
+    missing = sorted(
+        want - {r["task_id"] for r in results if r["status"] == "completed"}, key=lambda t: places.get(t, (-1, -1))
+    )
+    committed, ends = run(committed_vs_end(topics.tasks, topics.group))
+    lines = [
+        f"missing {len(missing)}: {[(t, places.get(t)) for t in missing[:40]]}",
+        f"committed {committed} end {ends}",
+    ]
+    for w in workers:
+        notable = [line for line in w.log().splitlines() if "WARNING" in line or "ERROR" in line or "guard" in line]
+        lines.append(f"--- {w.worker_id} (exit {w.proc.poll() if w.proc else None}):")
+        lines.extend(notable[-40:])
+    return "\n".join(lines)

@@ -14,21 +14,38 @@ class Consumer:
         self.committed = committed
         self.seeks: list[tuple[str, int]] = []
         self.gaps: list[tuple[str, int, int]] = []
+        self.positions: dict[str, int] = {}
+        self.asked: list[str] = []
         self.now = 0.0
 
     async def seek(self, tp: str, offset: int) -> None:
         self.seeks.append((tp, offset))
 
     async def start(self, tp: str) -> int:
+        self.asked.append(tp)
         return self.committed
+
+    async def read_positions(self) -> dict[str, int]:
+        return dict(self.positions)
 
     async def real_gap(self, tp: str, first: int, last: int) -> None:
         self.gaps.append((tp, first, last))
 
     def guard(self) -> OffsetGuard:
         return OffsetGuard(
-            seek=self.seek, committed=self.start, real_gap=self.real_gap, reseek_after=1.0, clock=lambda: self.now
+            seek=self.seek,
+            committed=self.start,
+            real_gap=self.real_gap,
+            positions=self.read_positions,
+            reseek_after=1.0,
+            stall_after=3.0,
+            clock=lambda: self.now,
         )
+
+    def tick(self, guard: OffsetGuard, seconds: float = 1.0) -> None:
+        """The intake's one-second timer."""
+        self.now += seconds
+        asyncio.run(guard.reseek_stalled())
 
 
 def admit_all(guard: OffsetGuard, tp: str, offsets: list[int]) -> list[int]:
@@ -178,3 +195,94 @@ def test_faust_read_offsets_and_gaps_are_switched_off_for_the_tasks_topic_only()
     assert len(fake._gap[status]) == 1  # other topics keep Faust's behaviour
     asyncio.run(Consumer._vw_add_gap(fake, tasks, 50, 50))  # what add_real_gap calls for a confirmed hole
     assert len(fake._gap[tasks]) == 1
+
+
+def test_records_read_but_never_delivered_are_sought_back_once_the_intake_has_waited() -> None:
+    # the chaos test's stall: Faust read p0 up to 181 but the intake got 126 last, and nothing follows
+    c = Consumer(committed=120)
+    g = c.guard()
+    assert admit_all(g, "p0", list(range(120, 127))) == list(range(120, 127))
+    c.positions = {"p0": 182}
+    g.waiting()
+    c.tick(g)
+    c.tick(g)
+    assert c.seeks == []  # waited 2 s: records may still be on their way
+    c.tick(g)
+    assert c.seeks == [("p0", 127)] and g.stalls == 1
+    assert admit_all(g, "p0", list(range(127, 182))) == list(range(127, 182))
+    g.waiting()
+    c.positions = {"p0": 182}
+    for _ in range(5):
+        c.tick(g)
+    assert c.seeks == [("p0", 127)] and c.gaps == []  # everything delivered: nothing more to do
+
+
+def test_a_partition_that_delivered_nothing_since_its_assignment_is_checked_against_its_committed_offset() -> None:
+    c = Consumer(committed=50)
+    g = c.guard()
+    c.positions = {"p1": 150, "p3": 50}
+    g.waiting()
+    for _ in range(3):
+        c.tick(g)
+    assert sorted(c.asked) == ["p1", "p3"]  # asked once each, then remembered
+    assert c.seeks == [("p1", 50)]
+    c.tick(g)
+    assert sorted(c.asked) == ["p1", "p3"]
+    assert admit_all(g, "p1", [50, 51]) == [50, 51]
+
+
+def test_no_seek_while_the_intake_is_held_up_by_backpressure() -> None:
+    c = Consumer(committed=0)
+    g = c.guard()
+    assert admit_all(g, "p0", [0, 1]) == [0, 1]
+    c.positions = {"p0": 500}  # read ahead, waiting in Faust's buffer while the pipeline is full
+    for _ in range(10):
+        c.tick(g)  # the intake never called waiting(): it is busy
+    assert c.seeks == []
+
+
+def test_nothing_is_checked_while_positions_are_unknown_or_caught_up() -> None:
+    c = Consumer(committed=7)
+    g = c.guard()
+    g.waiting()
+    c.positions = {}  # rebalancing: no positions
+    for _ in range(5):
+        c.tick(g)
+    assert c.seeks == [] and c.asked == []
+    c.positions = {"p0": 7}
+    c.tick(g)
+    assert c.seeks == [] and g.expected("p0") == 7
+
+
+def test_a_transaction_marker_at_the_end_of_a_partition_is_confirmed_as_a_real_hole() -> None:
+    # offset 50 is a commit marker and nothing follows: every seek to 50 delivers nothing and ends at 51
+    c = Consumer(committed=50)
+    g = c.guard()
+    c.positions = {"p0": 51}
+    g.waiting()
+    for _ in range(3):
+        c.tick(g)
+    assert c.seeks == [("p0", 50)]
+    for _ in range(4):
+        c.tick(g)
+    assert c.gaps == [("p0", 50, 50)]
+    assert c.seeks[-1] == ("p0", 51) and g.expected("p0") == 51
+    seeks = len(c.seeks)
+    for _ in range(5):
+        c.tick(g)
+    assert len(c.seeks) == seeks  # settled
+
+
+def test_an_empty_round_while_the_intake_was_busy_is_no_evidence_of_a_hole() -> None:
+    c = Consumer(committed=50)
+    g = c.guard()
+    c.positions = {"p0": 51}
+    g.waiting()
+    for _ in range(3):
+        c.tick(g)
+    assert c.seeks == [("p0", 50)]
+    for i in range(6):
+        assert admit_all(g, "p1", [50 + i]) == [50 + i]  # another partition's records keep the intake busy
+        c.tick(g)
+    assert c.gaps == []
+    assert c.seeks[1:] == [("p0", 50)] * 6  # still seeking, every round
