@@ -254,8 +254,8 @@ def test_nothing_is_checked_while_positions_are_unknown_or_caught_up() -> None:
     assert c.seeks == [] and g.expected("p0") == 7
 
 
-def test_a_transaction_marker_at_the_end_of_a_partition_is_confirmed_as_a_real_hole() -> None:
-    # offset 50 is a commit marker and nothing follows: every seek to 50 delivers nothing and ends at 51
+def marker_at_the_end() -> tuple[Consumer, OffsetGuard]:
+    """Offset 50 is a commit marker and nothing follows: the consumer is at 51, the guard expects 50."""
     c = Consumer(committed=50)
     g = c.guard()
     c.positions = {"p0": 51}
@@ -263,6 +263,11 @@ def test_a_transaction_marker_at_the_end_of_a_partition_is_confirmed_as_a_real_h
     for _ in range(3):
         c.tick(g)
     assert c.seeks == [("p0", 50)]
+    return c, g
+
+
+def test_a_transaction_marker_at_the_end_of_a_partition_is_confirmed_as_a_real_hole() -> None:
+    c, g = marker_at_the_end()  # every seek to 50 delivers nothing and ends at 51
     for _ in range(4):
         c.tick(g)
     assert c.gaps == [("p0", 50, 50)]
@@ -274,13 +279,7 @@ def test_a_transaction_marker_at_the_end_of_a_partition_is_confirmed_as_a_real_h
 
 
 def test_an_empty_round_while_the_intake_was_busy_is_no_evidence_of_a_hole() -> None:
-    c = Consumer(committed=50)
-    g = c.guard()
-    c.positions = {"p0": 51}
-    g.waiting()
-    for _ in range(3):
-        c.tick(g)
-    assert c.seeks == [("p0", 50)]
+    c, g = marker_at_the_end()
     for i in range(6):
         assert admit_all(g, "p1", [50 + i]) == [50 + i]  # another partition's records keep the intake busy
         c.tick(g)
