@@ -30,6 +30,15 @@ def _consumer_alive() -> bool:
     return consumer is not None and not consumer.should_stop
 
 
+def _kafka_assigned() -> bool:
+    if not _consumer_alive():
+        return False
+    try:
+        return bool(app.consumer.assignment())
+    except Exception:  # noqa: BLE001 - Faust's consumer thread is still starting (ConsumerNotStarted): not ready
+        return False
+
+
 @app.page("/healthz")
 async def healthz(web: Any, request: Any) -> Any:
     alive = _consumer_alive()
@@ -45,7 +54,7 @@ async def readyz(web: Any, request: Any) -> Any:
     checks = {
         "model_warmed": rt.model_ready,
         "store_reachable": rt.store_up is True,
-        "kafka_assigned": _consumer_alive() and bool(app.consumer.assignment()),
+        "kafka_assigned": _kafka_assigned(),
     }
     ready = all(checks.values())
     return web.json({"ready": ready, "checks": checks}, status=200 if ready else 503)
