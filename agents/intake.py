@@ -55,26 +55,25 @@ def _assigned(tp: Any) -> bool:
 
 async def _positions() -> dict[Any, int]:
     """The consumer's position (next offset to fetch) of each task partition it reads now; none while rebalancing."""
-    consumer = app.consumer
-    if app.rebalancing or not consumer.flow_active:
-        return {}
-    tps = [tp for tp in consumer.assignment() if tp.topic == settings.tasks_topic]
-    if not tps:
-        return {}
-    thread = consumer._thread  # aiokafka runs in Faust's consumer thread; ask there
-
-    async def read(kafka: Any) -> dict[Any, int]:
-        found: dict[Any, int] = {}
-        for tp in tps:
-            try:
-                found[tp] = await asyncio.wait_for(kafka.position(tp), timeout=1.0)
-            except Exception:  # noqa: BLE001, S112 - revoked or no position yet: checked again next second
-                continue
-        return found
-
     try:
-        return await thread.call_thread(read, thread._ensure_consumer())
-    except Exception as exc:  # noqa: BLE001 - e.g. stopping; checked again next second
+        consumer = app.consumer
+        if app.rebalancing or not consumer.flow_active:
+            return {}
+        tps = [tp for tp in consumer.assignment() if tp.topic == settings.tasks_topic]
+        if not tps:
+            return {}
+        thread = consumer._thread  # aiokafka runs in Faust's consumer thread; ask there
+        kafka = thread._ensure_consumer()
+
+        async def read() -> dict[Any, int]:
+            # at once for all partitions, briefly: a partition without a position yet is skipped this time
+            found = await asyncio.wait_for(
+                asyncio.gather(*(kafka.position(tp) for tp in tps), return_exceptions=True), timeout=0.5
+            )
+            return {tp: p for tp, p in zip(tps, found, strict=True) if isinstance(p, int)}
+
+        return await thread.call_thread(read)
+    except Exception as exc:  # noqa: BLE001 - starting, stopping or rebalancing: checked again next second
         log.debug("Could not read the consumer's positions (%r)", exc)
         return {}
 

@@ -19,18 +19,21 @@ Records can also vanish with nothing after them to reveal the hole: Faust
 fetched them (the consumer's position moved past them) but never handed
 them to the agent, and no later record arrives (the end of a backlog; the
 chaos test caught it after a rebalance, a partition's last 55 tasks never
-processed). So while the intake waits for records, the guard compares each
-partition's consumer position with the offset it expects; when records were
-fetched but have not arrived for ``stall_after`` seconds, it seeks back as
-for a hole.
+processed). So once the intake has waited ``stall_after`` seconds for
+records, the guard compares each partition's consumer position with the
+offset it expects; a partition read past it, at the same position at two
+checks a second apart with nothing delivered, is sought back as for a hole.
+(The check needs the whole intake idle: a partition's lost tail is found
+once the others have no more records either.)
 
 Faust's own gap filling is switched off for the tasks topic (see
 :func:`app.faust_app.guard_gaps`), so an offset is only ever committed after
 the guard admitted it and the pipeline finished it. A real hole (transaction
 markers from a transactional producer) is confirmed when several seeks in a
 row cannot produce the expected record (each resuming at the same offset,
-or, while the intake waited, bringing nothing while the consumer's position
-passed the same offset); only then is it handed to Faust as a gap and passed.
+or, for a marker at the end of a partition, each delivering nothing to the
+waiting intake while the consumer's position passed exactly that one
+offset); only then is it handed to Faust as a gap and passed.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ Committed = Callable[[Hashable], Awaitable[int]]
 RealGap = Callable[[Hashable, int, int], Awaitable[None]]
 Assigned = Callable[[Hashable], bool]
 Positions = Callable[[], Awaitable[dict[Hashable, int]]]
+STALL_ERROR_ROUNDS = 60  # a partition still not back in order after this many seeks (about a minute) is an error
 
 
 @dataclass
@@ -54,7 +58,10 @@ class _Seeking:
     target: int  # the offset the partition must deliver next
     at: float  # when the last seek was made
     lowest: int | None = None  # lowest offset delivered since that seek
-    rounds: list[int | None] = field(default_factory=list)  # ``lowest`` of each finished seek
+    # where each finished seek resumed: its ``lowest``, or the position one control record past the
+    # target when nothing came while the intake waited (the last few rounds only)
+    rounds: list[int | None] = field(default_factory=list)
+    count: int = 0  # rounds finished
 
 
 class OffsetGuard:
@@ -70,8 +77,10 @@ class OffsetGuard:
     of each task partition it owns and reads now (empty during a
     rebalance). A hole counts as real only when the last ``confirm`` seeks,
     ``reseek_after`` seconds apart, each brought the same first offset
-    beyond it: records lost by the consumer come back on a seek, and records
-    fetched before a seek arrive in the first round only.
+    beyond it, or each delivered nothing to the waiting intake while the
+    consumer passed exactly one offset (a transaction marker, which the
+    consumer skips): records lost by the consumer come back on a seek, and
+    records fetched before a seek arrive in the first round only.
 
     The intake calls :meth:`waiting` each time it waits for the next record;
     :meth:`admit` ends the wait.
@@ -102,6 +111,7 @@ class OffsetGuard:
         self._expected: dict[Hashable, int] = {}
         self._seeking: dict[Hashable, _Seeking] = {}
         self._waiting_since: float | None = None
+        self._suspects: dict[Hashable, int] = {}  # partition -> position read past the expected offset once
         self.seeks = 0
         self.dropped = 0
         self.stalls = 0
@@ -114,13 +124,16 @@ class OffsetGuard:
     async def admit(self, tp: Hashable, offset: int) -> bool:
         """True when the record at ``offset`` is the next one of ``tp`` and may be processed."""
         self._waiting_since = None
+        if self._suspects:
+            self._suspects.clear()  # something arrives: undelivered records may still be on their way
         if not self._assigned(tp):
             self.forget({tp})
             self.dropped += 1
             return False  # fetched before the partition was revoked; its new owner reads it
         expected = self._expected.get(tp)
         if expected is None:
-            expected = self._expected[tp] = await self._committed(tp)
+            committed = await self._committed(tp)
+            expected = self._expected.setdefault(tp, committed)  # the timer may have set it meanwhile
         if offset == expected:
             self._expected[tp] = offset + 1
             if self._seeking.pop(tp, None) is not None:
@@ -155,12 +168,14 @@ class OffsetGuard:
         the seek pushed up, so a seek can come back empty; a later one works.
         """
         now = self._clock()
-        idle = self._waiting_since is not None and now - self._waiting_since >= self.stall_after
         positions: dict[Hashable, int] = {}
-        if self._positions is not None and (idle or self._seeking):
+        if self._positions is not None and (self._idle_since(now - self.stall_after) or self._seeking):
             positions = await self._positions()
-        if idle:
+        # still waiting since before the positions were read: a record admitted meanwhile may be one of them
+        if self._idle_since(now - self.stall_after):
             await self._seek_back_undelivered(positions, now)
+        else:
+            self._suspects.clear()
         for tp, state in list(self._seeking.items()):
             if not self._assigned(tp):
                 self.forget({tp})
@@ -168,22 +183,37 @@ class OffsetGuard:
                 await self._next_round(tp, state, positions.get(tp))
 
     async def _seek_back_undelivered(self, positions: dict[Hashable, int], now: float) -> None:
-        """The intake has waited ``stall_after`` seconds: a partition read past the expected offset lost records."""
+        """The intake has waited ``stall_after`` seconds: a partition read past the expected offset, at the same
+        position at two checks in a row with nothing delivered between them, lost those records."""
         for tp, position in positions.items():
             if tp in self._seeking or not self._assigned(tp):
+                self._suspects.pop(tp, None)
                 continue
             expected = self._expected.get(tp)
             if expected is None:
-                expected = self._expected[tp] = await self._committed(tp)
+                try:
+                    committed = await self._committed(tp)
+                except Exception as exc:  # noqa: BLE001 - broker busy or gone: checked again next second
+                    log.debug("Offset guard: no committed offset for %s yet (%r)", tp, exc)
+                    continue
+                if not self._idle_since(now - self.stall_after):
+                    return  # a record arrived meanwhile
+                expected = self._expected.setdefault(tp, committed)
             if position <= expected:
+                self._suspects.pop(tp, None)
                 continue
+            if self._suspects.get(tp) != position:
+                self._suspects[tp] = position  # first sighting: the records may still be in Faust's buffers
+                continue
+            del self._suspects[tp]
             self.stalls += 1
             log.warning(
-                "Offset guard: %s was read up to offset %d but offsets from %d never reached the intake (dropped "
-                "inside the consumer); seeking back to %d",
+                "Offset guard: %s was read up to offset %d but offsets from %d have not reached the intake, which "
+                "has waited %.0fs for records (lost in the consumer); seeking back to %d",
                 tp,
                 position - 1,
                 expected,
+                now - (self._waiting_since or now),
                 expected,
             )
             self._seeking[tp] = _Seeking(expected, now)
@@ -191,9 +221,22 @@ class OffsetGuard:
 
     async def _next_round(self, tp: Hashable, state: _Seeking, position: int | None) -> None:
         resumed_at = state.lowest
-        if resumed_at is None and position is not None and position > state.target and self._idle_since(state.at):
-            resumed_at = position  # the consumer read past the target and the waiting intake got nothing
+        if resumed_at is None and position == state.target + 1 and self._idle_since(state.at):
+            # the consumer passed one offset and the waiting intake got nothing: a control record (transaction
+            # marker); a longer stretch read without delivery is never taken for a hole, it is sought again
+            resumed_at = position
         state.rounds.append(resumed_at)
+        del state.rounds[: -(self.confirm + 1)]
+        state.count += 1
+        if state.count == STALL_ERROR_ROUNDS:
+            log.error(
+                "Offset guard: %s has not delivered offset %d for %d seeks (consumer position %s); its tasks from "
+                "there wait. Check the broker's log for that partition, or restart this worker",
+                tp,
+                state.target,
+                state.count,
+                position,
+            )
         last = state.rounds[-self.confirm :]
         if len(state.rounds) > self.confirm and last[0] is not None and last.count(last[0]) == len(last):
             first = last[0]
@@ -222,6 +265,7 @@ class OffsetGuard:
         for tp in tps:
             self._expected.pop(tp, None)
             self._seeking.pop(tp, None)
+            self._suspects.pop(tp, None)
 
     def expected(self, tp: Hashable) -> int | None:
         return self._expected.get(tp)

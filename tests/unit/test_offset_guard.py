@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from app.offsets import OffsetGuard
+import pytest
+
+from app.offsets import STALL_ERROR_ROUNDS, OffsetGuard
 
 
 class Consumer:
@@ -20,6 +22,8 @@ class Consumer:
 
     async def seek(self, tp: str, offset: int) -> None:
         self.seeks.append((tp, offset))
+        if tp in self.positions:
+            self.positions[tp] = offset  # as aiokafka: the next fetch starts there
 
     async def start(self, tp: str) -> int:
         self.asked.append(tp)
@@ -204,17 +208,49 @@ def test_records_read_but_never_delivered_are_sought_back_once_the_intake_has_wa
     assert admit_all(g, "p0", list(range(120, 127))) == list(range(120, 127))
     c.positions = {"p0": 182}
     g.waiting()
+    for _ in range(3):
+        c.tick(g)
+    assert c.seeks == []  # waited 3 s, first sighting: the records may still be in Faust's buffers
     c.tick(g)
-    c.tick(g)
-    assert c.seeks == []  # waited 2 s: records may still be on their way
-    c.tick(g)
-    assert c.seeks == [("p0", 127)] and g.stalls == 1
+    assert c.seeks == [("p0", 127)] and g.stalls == 1  # same position a second later, nothing delivered
+    c.positions["p0"] = 182  # the seek brings them again
     assert admit_all(g, "p0", list(range(127, 182))) == list(range(127, 182))
     g.waiting()
-    c.positions = {"p0": 182}
-    for _ in range(5):
+    for _ in range(8):
         c.tick(g)
-    assert c.seeks == [("p0", 127)] and c.gaps == []  # everything delivered: nothing more to do
+    assert c.seeks == [("p0", 127)] and c.gaps == [] and g.stalls == 1  # all delivered: nothing more to do
+
+
+def test_a_record_arriving_between_the_two_checks_cancels_the_suspicion() -> None:
+    c = Consumer(committed=0)
+    g = c.guard()
+    c.positions = {"p0": 40, "p1": 0}
+    g.waiting()
+    for _ in range(3):
+        c.tick(g)  # p0 suspected
+    assert admit_all(g, "p1", [0]) == [0]  # the intake is fed
+    g.waiting()
+    for _ in range(3):
+        c.tick(g)
+    assert c.seeks == []  # idle again for 3 s: p0 is a first sighting again
+    c.tick(g)
+    assert c.seeks == [("p0", 0)]
+
+
+def test_a_record_admitted_while_the_positions_are_read_stops_the_check() -> None:
+    c = Consumer(committed=0)
+    g = c.guard()
+    g.waiting()
+
+    async def positions_while_a_record_arrives() -> dict[str, int]:
+        await g.admit("p0", 0)  # the intake takes a record during the read
+        return {"p0": 40}
+
+    g._positions = positions_while_a_record_arrives
+    for _ in range(6):
+        c.tick(g)
+        g._waiting_since = 0.0  # waiting "since the start" again before each tick
+    assert c.seeks == [] and g.stalls == 0
 
 
 def test_a_partition_that_delivered_nothing_since_its_assignment_is_checked_against_its_committed_offset() -> None:
@@ -222,13 +258,35 @@ def test_a_partition_that_delivered_nothing_since_its_assignment_is_checked_agai
     g = c.guard()
     c.positions = {"p1": 150, "p3": 50}
     g.waiting()
-    for _ in range(3):
+    for _ in range(4):
         c.tick(g)
     assert sorted(c.asked) == ["p1", "p3"]  # asked once each, then remembered
     assert c.seeks == [("p1", 50)]
-    c.tick(g)
-    assert sorted(c.asked) == ["p1", "p3"]
+    for _ in range(3):
+        c.tick(g)  # the seek round brought nothing yet; p1's position is 50 (not evidence of a hole)
+    assert sorted(c.asked) == ["p1", "p3"] and c.gaps == []
+    assert c.seeks == [("p1", 50)] * 4
     assert admit_all(g, "p1", [50, 51]) == [50, 51]
+
+
+def test_a_broker_error_while_asking_for_the_committed_offset_skips_the_partition_for_now() -> None:
+    c = Consumer(committed=5)
+    g = c.guard()
+    failures = [RuntimeError("broker not available")] * 2
+
+    async def committed(tp: str) -> int:
+        if failures:
+            raise failures.pop()
+        return 5
+
+    g._committed = committed
+    c.positions = {"p0": 9}
+    g.waiting()
+    for _ in range(5):
+        c.tick(g)  # no exception escapes the timer (a Faust timer that raises stops the worker)
+    assert g.expected("p0") == 5 and c.seeks == []
+    c.tick(g)
+    assert c.seeks == [("p0", 5)]
 
 
 def test_no_seek_while_the_intake_is_held_up_by_backpressure() -> None:
@@ -254,34 +312,61 @@ def test_nothing_is_checked_while_positions_are_unknown_or_caught_up() -> None:
     assert c.seeks == [] and g.expected("p0") == 7
 
 
-def marker_at_the_end() -> tuple[Consumer, OffsetGuard]:
-    """Offset 50 is a commit marker and nothing follows: the consumer is at 51, the guard expects 50."""
+def stalled_at(position: int) -> tuple[Consumer, OffsetGuard]:
+    """The guard expects offset 50 of p0; the consumer reads past it to ``position`` and nothing is delivered."""
     c = Consumer(committed=50)
     g = c.guard()
-    c.positions = {"p0": 51}
+    c.positions = {"p0": position}
     g.waiting()
-    for _ in range(3):
+    for _ in range(4):
         c.tick(g)
     assert c.seeks == [("p0", 50)]
     return c, g
 
 
-def test_a_transaction_marker_at_the_end_of_a_partition_is_confirmed_as_a_real_hole() -> None:
-    c, g = marker_at_the_end()  # every seek to 50 delivers nothing and ends at 51
-    for _ in range(4):
+def rounds_passing_to(c: Consumer, g: OffsetGuard, position: int, rounds: int) -> None:
+    """Seek rounds in which the consumer, sought back to 50, reads to ``position`` and delivers nothing."""
+    for _ in range(rounds):
+        c.positions["p0"] = position
         c.tick(g)
+
+
+def test_a_transaction_marker_at_the_end_of_a_partition_is_confirmed_as_a_real_hole() -> None:
+    c, g = stalled_at(51)  # offset 50 is a commit marker and nothing follows: every seek to 50 ends at 51
+    rounds_passing_to(c, g, 51, 4)
     assert c.gaps == [("p0", 50, 50)]
     assert c.seeks[-1] == ("p0", 51) and g.expected("p0") == 51
     seeks = len(c.seeks)
-    for _ in range(5):
+    for _ in range(6):
         c.tick(g)
     assert len(c.seeks) == seeks  # settled
 
 
+def test_a_longer_stretch_read_without_delivery_is_sought_again_never_passed(caplog: pytest.LogCaptureFixture) -> None:
+    c, g = stalled_at(90)  # records 50..89 exist but keep getting lost: never a reason to skip them
+    rounds_passing_to(c, g, 90, STALL_ERROR_ROUNDS + 5)
+    assert c.gaps == []
+    assert set(c.seeks) == {("p0", 50)}
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "has not delivered offset 50" in errors[0]
+
+
 def test_an_empty_round_while_the_intake_was_busy_is_no_evidence_of_a_hole() -> None:
-    c, g = marker_at_the_end()
+    c, g = stalled_at(51)
     for i in range(6):
         assert admit_all(g, "p1", [50 + i]) == [50 + i]  # another partition's records keep the intake busy
+        c.positions["p0"] = 51
         c.tick(g)
     assert c.gaps == []
     assert c.seeks[1:] == [("p0", 50)] * 6  # still seeking, every round
+
+
+def test_a_round_in_which_the_intake_was_fed_midway_is_no_evidence_either() -> None:
+    c, g = stalled_at(51)
+    for i in range(6):
+        c.now += 0.5
+        assert admit_all(g, "p1", [50 + i]) == [50 + i]
+        g.waiting()  # waiting again, but not since the round began
+        c.positions["p0"] = 51
+        c.tick(g, 0.5)
+    assert c.gaps == []
