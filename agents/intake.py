@@ -15,8 +15,8 @@ import logging
 import os
 from typing import Any
 
-from app.acks import Ticket
-from app.faust_app import OUTPUT_TOPICS, add_real_gap, app, claim_data_dir, raw_topic, settings, tasks_topic
+from app.acks import MissingOffsets, Ticket
+from app.faust_app import OUTPUT_TOPICS, ack_missing_offsets, app, claim_data_dir, raw_topic, settings, tasks_topic
 from app.offsets import OffsetGuard
 from app.runtime import WorkerRuntime
 
@@ -78,9 +78,11 @@ async def _positions() -> dict[Any, int]:
         return {}
 
 
-guard = OffsetGuard(
-    seek=_seek, committed=_start_offset, real_gap=add_real_gap, assigned=_assigned, positions=_positions
-)
+async def _real_gap(tp: Any, first: int, last: int) -> None:
+    await runtime().pass_missing(tp, first, last)
+
+
+guard = OffsetGuard(seek=_seek, committed=_start_offset, real_gap=_real_gap, assigned=_assigned, positions=_positions)
 
 
 async def kafka_send(topic: str, key: bytes | None, value: bytes) -> Any:
@@ -126,7 +128,10 @@ async def intake(stream: Any) -> None:
 
     async def ack(tickets: list[Ticket]) -> None:
         for ticket in tickets:
-            await events.ack(ticket.event)
+            if isinstance(ticket.event, MissingOffsets):
+                ack_missing_offsets(app.consumer, ticket.tp, ticket.event.first, ticket.event.last)
+            else:
+                await events.ack(ticket.event)
 
     rt.set_acker(ack)
     rt.ensure_lane()

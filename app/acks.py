@@ -15,6 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+@dataclass(frozen=True)
+class MissingOffsets:
+    """The event of a ticket for offsets that hold no record (``first``..``last``, e.g. a transaction marker)."""
+
+    first: int
+    last: int
+
+
 @dataclass(eq=False)
 class Ticket:
     """One source record in flight."""

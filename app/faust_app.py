@@ -141,7 +141,8 @@ def guard_offsets(topic: str) -> None:
     stalled partition), or records it lost make a jump (unprocessed tasks
     committed). For ``topic`` every fetched record now reaches the agent,
     whose guard admits offsets strictly in order and seeks back over holes;
-    only holes it confirmed reach Faust, through :func:`add_real_gap`.
+    offsets it confirmed hold no record reach Faust, acknowledged in order
+    through :func:`ack_missing_offsets`.
     """
     from faust.transport.consumer import Consumer
 
@@ -163,14 +164,28 @@ def guard_offsets(topic: str) -> None:
     Consumer.__init__ = __init__
     Consumer._add_gap = _add_gap
     Consumer._vw_guarded_topics = guarded
-    Consumer._vw_add_gap = add_gap
 
 
-async def add_real_gap(tp: Any, first: int, last: int) -> None:
-    """Tell Faust that offsets ``first..last`` of ``tp`` do not exist, so commits can pass them."""
-    from faust.transport.consumer import Consumer
+def ack_missing_offsets(consumer: Any, tp: Any, first: int, last: int) -> None:
+    """Acknowledge offsets ``first..last`` of ``tp``, which hold no record, so Faust's commits pass them.
 
-    await Consumer._vw_add_gap(app.consumer, tp, first, last)
+    What ``Consumer.ack`` does for a record, done for offsets without one (a
+    transaction marker the offset guard confirmed). Called in partition order
+    (the ack tracker releases it after every earlier record of ``tp``), so
+    Faust never sees them ahead of a record still in flight (faust#606).
+    Faust's own gap list would not do: it is merged only below an acked
+    record, so a marker at the end of a partition was never committed.
+    """
+    from faust.types.tuples import ack_lock
+
+    with ack_lock:
+        committed = consumer._committed_offset[tp]
+        index, acked = consumer._acked_index[tp], consumer._acked[tp]
+        for offset in range(first if committed is None else max(first, committed), last + 1):
+            if offset not in index:
+                index.add(offset)
+                acked.append(offset)
+                consumer._n_acked += 1
 
 
 guard_offsets(settings.tasks_topic)

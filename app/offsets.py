@@ -70,7 +70,7 @@ class OffsetGuard:
     ``committed(tp)`` returns where a freshly assigned partition starts (its
     committed offset, or the log start when nothing was committed);
     ``seek(tp, offset)`` repositions the consumer; ``real_gap(tp, first, last)``
-    tells Faust that offsets ``first..last`` do not exist. All three are
+    acknowledges offsets ``first..last``, which hold no record. All three are
     awaited on the event loop. ``assigned(tp)`` says whether this worker owns
     ``tp`` now: records fetched before a partition was revoked are dropped.
     ``positions()`` returns the consumer's position (next offset to fetch)

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from app.acks import AckTracker, Ticket
+from app.acks import AckTracker, MissingOffsets, Ticket
 from app.metrics import Metrics
 from app.pipeline import TaskPipeline
 from app.settings import Settings
@@ -106,6 +106,10 @@ class WorkerRuntime:
 
     def set_acker(self, acker: Callable[[list[Ticket]], Awaitable[None]]) -> None:
         self._acker = acker
+
+    async def pass_missing(self, tp: Any, first: int, last: int) -> None:
+        """Offsets ``first..last`` of ``tp`` hold no record: acknowledge them after every earlier record of ``tp``."""
+        await self._done(self.tracker.add(tp, first, MissingOffsets(first, last)))
 
     async def _done(self, ticket: Ticket) -> None:
         ready = self.tracker.complete(ticket)

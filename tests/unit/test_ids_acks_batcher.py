@@ -3,7 +3,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from app.acks import AckTracker
+from app.acks import AckTracker, MissingOffsets
 from app.batcher import Batcher
 from app.ids import vector_id
 
@@ -25,6 +25,15 @@ def test_acks_are_released_in_partition_order() -> None:
     assert tracker.in_flight() == 1
     assert tracker.complete(a2) == [a2]
     assert tracker.in_flight() == 0
+
+
+def test_offsets_without_a_record_wait_for_the_records_before_them() -> None:
+    # a transaction marker confirmed at 12 while record 11 is still being processed
+    tracker = AckTracker()
+    record = tracker.add("p0", 11)
+    marker = tracker.add("p0", 12, MissingOffsets(12, 12))
+    assert tracker.complete(marker) == []  # never acknowledged ahead of record 11 (faust#606)
+    assert tracker.complete(record) == [record, marker]
 
 
 def test_forget_drops_lost_partitions() -> None:

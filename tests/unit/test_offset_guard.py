@@ -197,8 +197,37 @@ def test_faust_read_offsets_and_gaps_are_switched_off_for_the_tasks_topic_only()
     asyncio.run(Consumer._add_gap(fake, status, 5, 6))
     assert not fake._gap[tasks]  # never counted as acknowledged behind the guard's back
     assert len(fake._gap[status]) == 1  # other topics keep Faust's behaviour
-    asyncio.run(Consumer._vw_add_gap(fake, tasks, 50, 50))  # what add_real_gap calls for a confirmed hole
-    assert len(fake._gap[tasks]) == 1
+
+
+def test_offsets_without_a_record_are_acked_so_faust_commits_past_a_marker_at_the_end() -> None:
+    from collections import defaultdict
+
+    from faust.transport.consumer import Consumer
+    from faust.types import TP
+    from intervaltree import IntervalTree
+
+    from app.faust_app import ack_missing_offsets
+
+    class FakeConsumer:
+        """The state ``Consumer.ack`` writes and ``Consumer._new_offset`` reads."""
+
+        def __init__(self) -> None:
+            self._committed_offset: defaultdict[TP, int | None] = defaultdict(lambda: None)
+            self._acked: defaultdict[TP, list[int]] = defaultdict(list)
+            self._acked_index: defaultdict[TP, set[int]] = defaultdict(set)
+            self._gap: defaultdict[TP, IntervalTree] = defaultdict(IntervalTree)
+            self._n_acked = 0
+
+    fake = FakeConsumer()
+    tp = TP("vectorization-tasks", 0)
+    fake._committed_offset[tp] = 40  # records up to 39 committed
+    for offset in (40, 41):  # the partition's last two records, acked as Consumer.ack does
+        fake._acked_index[tp].add(offset)
+        fake._acked[tp].append(offset)
+    ack_missing_offsets(fake, tp, 42, 42)  # the producer's commit marker after them
+    ack_missing_offsets(fake, tp, 30, 42)  # already committed or acked: nothing twice
+    assert fake._n_acked == 1
+    assert Consumer._new_offset(fake, tp) == 43  # Faust's own computation now commits past the marker
 
 
 def test_records_read_but_never_delivered_are_sought_back_once_the_intake_has_waited() -> None:
