@@ -18,7 +18,9 @@ The sentence-transformers and transformers families use it through
 3. anything that fails (onnx not installed, an architecture the exporter
    cannot trace, a mismatch) leaves the model on torch with a warning under
    ``auto``, or fails the load with :class:`~app.errors.ModelLoadError` under
-   ``onnx``.
+   ``onnx``. An export the exporter refused is remembered
+   (``<key>.failed`` beside the exports, with the reason): later loads skip
+   it until that file is deleted.
 """
 
 from __future__ import annotations
@@ -143,6 +145,10 @@ def export_transformer(model: Any, sample: Mapping[str, Any], *, cache_dir: str 
         raise OnnxUnavailable(f"preparing the export failed: {type(exc).__name__}: {first_line(exc)}") from None
     path = folder / "model.onnx"
     if not path.is_file():
+        failed = _failure_marker(folder)
+        if failed.is_file():  # the exporter cannot trace this model with these library versions: no new attempt
+            reason = failed.read_text(encoding="utf-8", errors="replace").strip()
+            raise OnnxUnavailable(f"{reason} (at an earlier load; delete {failed} to export again)")
         _export(model, names, sample, folder, torch)
     else:
         log.info("Using the ONNX export %s", path)
@@ -258,11 +264,25 @@ def _export(model: Any, names: Sequence[str], sample: Mapping[str, Any], folder:
                 raise
             log.info("Another process exported %s first; using %s", kind, folder)
     except Exception as exc:  # noqa: BLE001 - exporters raise many types; every one means "stay on torch"
-        raise OnnxUnavailable(
-            f"exporting {kind} to ONNX in {folder.parent} failed: {type(exc).__name__}: {first_line(exc)}"
-        ) from None
+        reason = f"exporting {kind} to ONNX in {folder.parent} failed: {type(exc).__name__}: {first_line(exc)}"
+        if not isinstance(exc, OSError):  # the exporter refused the model: remembered; a full disk is not
+            _remember_failure(folder, reason)
+        raise OnnxUnavailable(reason) from None
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+
+
+def _failure_marker(folder: Path) -> Path:
+    return folder.with_name(f"{folder.name}.failed")
+
+
+def _remember_failure(folder: Path, reason: str) -> None:
+    """Later loads of the same model (same weights and library versions) skip the export that failed (for a
+    large model it takes minutes). Best effort."""
+    try:
+        _failure_marker(folder).write_text(reason + "\n", encoding="utf-8")
+    except OSError as exc:
+        log.debug("Could not record the failed export beside %s (%r)", folder, exc)
 
 
 def _remove_stale_partials(root: Path, max_age_s: float = STALE_PARTIAL_S) -> None:

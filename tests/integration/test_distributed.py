@@ -105,10 +105,21 @@ def test_two_workers_share_500_tasks_exactly_once(
         # the metrics endpoint of w-a has every named metric, with sane values
         import urllib.request
 
-        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()  # noqa: S310
-        values = {
-            line.split(" ")[0]: float(line.split(" ")[-1]) for line in text.splitlines() if line.startswith("worker_")
-        }
+        def scrape() -> dict[str, float]:
+            url = f"http://127.0.0.1:{metrics_port}/metrics"
+            text = urllib.request.urlopen(url, timeout=10).read().decode()  # noqa: S310
+            return {
+                line.split(" ")[0]: float(line.split(" ")[-1])
+                for line in text.splitlines()
+                if line.startswith("worker_")
+            }
+
+        # gauges (lag, memory, dependencies) are refreshed every 2 s: the 500 tasks can be done before the first
+        deadline = time.monotonic() + 20
+        values = scrape()
+        while not any(k.startswith("worker_consumer_lag{") for k in values) and time.monotonic() < deadline:
+            time.sleep(0.5)
+            values = scrape()
         done = values['worker_tasks_processed_total{status="completed",task_type="text_vectorization"}']
         assert done == by_worker["w-a"]
         assert values['worker_task_processing_seconds_count{task_type="text_vectorization"}'] == done

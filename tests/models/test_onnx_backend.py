@@ -107,7 +107,11 @@ def test_torch_backend_exports_nothing(tmp_path: Path) -> None:
 def test_a_failing_export_stays_on_torch_under_auto_and_fails_under_onnx(tmp_path: Path, monkeypatch, caplog) -> None:
     import torch
 
+    calls = []
+    real_export = torch.onnx.export
+
     def refuse(*args, **kwargs):
+        calls.append(1)
         raise RuntimeError("Exporting the operator 'aten::fancy' to ONNX opset 17 is not supported")
 
     monkeypatch.setattr(torch.onnx, "export", refuse)
@@ -119,9 +123,18 @@ def test_a_failing_export_stays_on_torch_under_auto_and_fails_under_onnx(tmp_pat
     warning = warning_of(caplog, f"Model {MINILM} runs on torch")
     assert "exporting BertModel to ONNX in" in warning and "aten::fancy" in warning
     assert "VECTORIZE_WORKER_MODELS_BACKEND=torch" in warning
-    assert not exports(tmp_path) and not list((tmp_path / "onnx").iterdir())  # nothing half-written left
+    assert not exports(tmp_path)  # nothing half-written left, only the record of the failure
+    [marker] = (tmp_path / "onnx").iterdir()
+    assert marker.suffix == ".failed" and "aten::fancy" in marker.read_text()
+    # the next loads do not try again (an export can take minutes) and say how to make them
     with pytest.raises(ModelLoadError, match=r"with ONNX Runtime: exporting BertModel to ONNX .*aten::fancy"):
         load(MINILM, tmp_path, "onnx")
+    assert load(MINILM, tmp_path, "auto").info.backend == "torch"
+    assert len(calls) == 1
+    assert f"delete {marker} to export again" in warning_of(caplog, "at an earlier load")
+    marker.unlink()  # e.g. after upgrading torch's exporter
+    monkeypatch.setattr(torch.onnx, "export", real_export)
+    assert load(MINILM, tmp_path, "auto").info.backend == "onnxruntime"
 
 
 def test_vectors_that_drift_keep_the_model_on_torch(tmp_path: Path, monkeypatch, caplog) -> None:
