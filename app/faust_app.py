@@ -55,6 +55,10 @@ app = faust.App(
     # A worker killed with -9 holds its partitions until the session times out.
     broker_session_timeout=settings.kafka_session_timeout,
     broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout / 3),
+    # A group formed while the broker's metadata lacked the topics (a broker just started, topics being
+    # created) was assigned nothing at all, and the leader noticed the topics only at its next metadata
+    # refresh: 5 minutes by default, every worker idle meanwhile (seen in the distributed test). 10 s.
+    consumer_metadata_max_age_ms=10_000,
     logging_config=logging_config(settings.log_level),
 )
 
