@@ -144,11 +144,9 @@ class WorkerRuntime:
 
     async def _stores_answer(self) -> bool:
         assert self.pipeline is not None
-        try:
-            for store in self.stores:
-                await asyncio.wait_for(self.pipeline.in_store_thread(store.health, store), timeout=5)
-        except Exception:  # noqa: BLE001 - any failure means "not ready"
-            return False
+        for store in self.stores:
+            if not await self.pipeline.writer.answers(store):
+                return False
         return True
 
     async def leave(self) -> None:

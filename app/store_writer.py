@@ -50,6 +50,8 @@ class StoreWriter:
             id(store): ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"store-{store.name}")
             for store in self.stores
         }
+        self._last_ok: dict[int, float] = {}  # store -> when a write to it last succeeded
+        self._probes: dict[int, asyncio.Future[Any]] = {}  # store -> its health check, queued or running
 
     async def write(self, outcomes: list[Outcome]) -> None:
         groups: dict[tuple[str, int], list[tuple[Outcome, list[VectorRecord]]]] = defaultdict(list)
@@ -103,7 +105,29 @@ class StoreWriter:
             what=f"Storing {len(records)} vectors in {collection} on {store.describe()}",
             on_retry=self._on_retry,
         )
-        self.metrics.store_seconds.labels(store.name).observe(time.monotonic() - t0)
+        self._last_ok[id(store)] = now = time.monotonic()
+        self.metrics.store_seconds.labels(store.name).observe(now - t0)
+
+    async def answers(self, store: BaseVectorDB, *, timeout: float = 5.0, fresh: float = 10.0) -> bool:
+        """Whether ``store`` answers: a write that succeeded in the last ``fresh`` seconds says so, else its
+        ``health()`` within ``timeout``.
+
+        The check runs on the store's own thread (the clients are not all
+        thread-safe), behind any write in progress; at most one check is
+        queued at a time, so a long write no longer piles up a check every
+        two seconds behind it, and a busy store that keeps taking writes is
+        not reported down.
+        """
+        if time.monotonic() - self._last_ok.get(id(store), float("-inf")) < fresh:
+            return True
+        probe = self._probes.get(id(store))
+        if probe is None or probe.done():
+            probe = self._probes[id(store)] = asyncio.ensure_future(self.in_store_thread(store.health, store))
+        try:
+            await asyncio.wait_for(asyncio.shield(probe), timeout)
+        except Exception:  # noqa: BLE001 - any failure or a check that takes too long means "not answering"
+            return False
+        return True
 
     async def in_store_thread(self, func: Callable[[], T], store: BaseVectorDB) -> T:
         """Run ``func`` on ``store``'s own thread (the adapters block)."""
