@@ -136,4 +136,5 @@ def build_manager(settings: Settings, device: str) -> ModelManager:
         size_hint=make_size_hint(cache_dir=settings.models_cache_dir, custom_models=custom),
         idle_unload_seconds=settings.models_idle_unload_seconds,
         keep_loaded=[settings.default_model],
+        freeze_after_load=True,
     )

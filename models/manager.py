@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from models.base import Embedder, EmbedderInfo, format_bytes
-from models.device import is_out_of_memory, release_memory
+from models.device import freeze_heap, is_out_of_memory, release_memory
 
 log = logging.getLogger("worker.model_manager")
 T = TypeVar("T")
@@ -39,7 +39,9 @@ class ModelManager:
     (except those in ``keep_loaded``). A device out-of-memory error during a
     batch splits the batch in halves down to single inputs before it raises
     :class:`ModelMemoryError`. Loading raises whatever the loader raises
-    (``ModelLoadError`` for a model that cannot be found).
+    (``ModelLoadError`` for a model that cannot be found). With
+    ``freeze_after_load`` (the worker) each load ends with
+    :func:`models.device.freeze_heap`.
     """
 
     def __init__(
@@ -54,6 +56,7 @@ class ModelManager:
         idle_unload_seconds: float = 0,
         keep_loaded: Iterable[str] = (),
         clock: Callable[[], float] = time.monotonic,
+        freeze_after_load: bool = False,
     ) -> None:
         if max_loaded < 1:
             raise ValueError("max_loaded must be >= 1")
@@ -64,6 +67,7 @@ class ModelManager:
         self.idle_unload_seconds = idle_unload_seconds
         self.keep_loaded = frozenset(keep_loaded)
         self._warmup = warmup
+        self._freeze_after_load = freeze_after_load
         self._size_hint = size_hint
         self._clock = clock
         self._models: OrderedDict[str, Embedder] = OrderedDict()
@@ -110,6 +114,8 @@ class ModelManager:
             self._last_used[name] = self._clock()
             log.info("Model %s holds %s; %d model(s) loaded", name, format_bytes(size), len(self._models))
             self._changed()
+            if self._freeze_after_load:
+                freeze_heap()  # the model's objects out of every later collection's scan
             return model
 
     def embed_texts_sync(

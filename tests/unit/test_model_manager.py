@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import pytest
 
 from app.errors import ModelLoadError
+from models.device import release_memory
 from models.families import family_of, make_loader
 from models.manager import ModelManager
 from tests.fakes import FakeEmbedder
@@ -34,6 +37,37 @@ def test_lru_evicts_least_recently_used_and_closes_it() -> None:
     manager.get_sync("b")  # reloaded: evicts a
     assert len(loader.made["b"]) == 2 and a.closed
     manager.close()
+
+
+class _Node:
+    ref: _Node | None = None
+
+
+def test_a_load_freezes_the_heap_and_releasing_memory_collects_what_was_frozen() -> None:
+    """The worker's manager ends each load with ``gc.freeze`` (full collections skip the libraries and models);
+    releasing memory after an unload unfreezes and collects, so a cycle frozen at a load is not kept for good."""
+    gc.unfreeze()
+    try:
+        plain = ModelManager(Loader(), max_loaded=1)
+        plain.get_sync("a")
+        assert gc.get_freeze_count() == 0  # only when asked: tests and scripts keep Python's default
+        plain.close()
+
+        manager = ModelManager(Loader(), max_loaded=1, freeze_after_load=True)
+        cycle = _Node()
+        cycle.ref = cycle
+        alive = weakref.ref(cycle)
+        manager.get_sync("a")
+        assert gc.get_freeze_count() > 0
+        del cycle
+        gc.collect()
+        assert alive() is not None  # frozen with everything else: collections no longer scan it
+        release_memory("cpu")  # what an embedder's close() does after an unload
+        assert alive() is None
+        assert gc.get_freeze_count() > 0  # what survived is frozen again
+        manager.close()
+    finally:
+        gc.unfreeze()
 
 
 def test_max_loaded_one_alternating_keeps_one_model() -> None:
