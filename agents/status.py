@@ -71,8 +71,8 @@ recent_task_ids: deque[str] = deque(maxlen=1000)
 #: received, processing and completed records of a small task usually arrive
 #: within one window, and each table write costs a changelog record and a
 #: RocksDB write (README, "Throughput")
-TRACKER_BATCH = 1000
-TRACKER_WINDOW_S = 0.25
+TRACKER_BATCH = 5000
+TRACKER_WINDOW_S = 1.0
 
 
 async def track_task_status(stream: Any) -> None:

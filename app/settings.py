@@ -84,6 +84,7 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(4, ge=1, le=1024)
     max_task_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     kafka_session_timeout: float = Field(30.0, ge=6, le=300)
+    kafka_producer_linger_ms: float = Field(5.0, ge=0, le=1000)
     task_status_retention_hours: float = Field(24.0, gt=0)
     table_store: Literal["rocksdb", "memory"] = "rocksdb"
     task_status_table: bool = True
@@ -220,6 +221,7 @@ YAML_KEYS: dict[str, str] = {
     "kafka.topic_partitions": "topic_partitions",
     "kafka.max_task_bytes": "max_task_bytes",
     "kafka.session_timeout": "kafka_session_timeout",
+    "kafka.producer_linger_ms": "kafka_producer_linger_ms",
     "kafka.task_status_retention_hours": "task_status_retention_hours",
     "kafka.table_store": "table_store",
     "kafka.task_status_table": "task_status_table",

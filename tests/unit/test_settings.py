@@ -29,6 +29,7 @@ def test_documented_defaults(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> N
     assert s.vector_dbs == ["qdrant"]
     assert s.table_store == "rocksdb" and s.task_status_table is True
     assert s.models_backend == "auto"
+    assert s.kafka_producer_linger_ms == 5
 
 
 def test_yaml_overrides_defaults_and_env_overrides_yaml(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -166,6 +167,21 @@ def test_task_status_table_switch_registers_the_tracker_or_not(tmp_path: Path, v
     agents = proc.stdout.strip()
     assert "intake" in agents and "worker-stats-tracker" in agents
     assert ("task-status-tracker" in agents) is registered, agents
+
+
+@pytest.mark.parametrize(("value", "seconds"), [(None, 0.005), ("0", 0.0), ("20", 0.02)])
+def test_producer_linger_reaches_fausts_producer(tmp_path: Path, value: str | None, seconds: float) -> None:
+    """kafka.producer_linger_ms becomes the linger of the producer every status and result record goes through."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("VECTORIZE_WORKER_")},
+        "VECTORIZE_WORKER_DATA_DIR": str(tmp_path),
+    }
+    if value is not None:
+        env["VECTORIZE_WORKER_KAFKA_PRODUCER_LINGER_MS"] = value
+    code = "import app; from app.faust_app import app as a; print(a.conf.producer_linger, a.producer.linger_ms)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(seconds), str(int(seconds * 1000))], proc.stdout
 
 
 @pytest.mark.parametrize(("store", "ttl"), [("rocksdb", 7200), ("memory", None)])
