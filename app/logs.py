@@ -9,8 +9,29 @@ LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
+#: Faust's producer logs these whenever more than 100 table changelog records wait to be sent, and
+#: then makes the next incoming record wait until they are: under load the task-status tracker's
+#: window (agents/status.py) does that about every second, so a healthy worker printed a WARNING
+#: and an INFO line per second
+PRODUCER_BUFFER_NOISE = ("producer buffer full size", "producer flush took")
+
+
+class ProducerBufferNoise(logging.Filter):
+    """Faust's producer-buffer flow-control lines become DEBUG: shown only when ``worker`` logs at DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.msg if isinstance(record.msg, str) else ""
+        if not message.startswith(PRODUCER_BUFFER_NOISE):
+            return True
+        if not logging.getLogger("worker").isEnabledFor(logging.DEBUG):
+            return False
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
 def logging_config(level: str) -> dict[str, Any]:
-    """dictConfig merged into Faust's own (``merge``): our format, ``worker.*`` at ``level``."""
+    """dictConfig merged into Faust's own (``merge``): our format, ``worker.*`` at ``level``,
+    Faust's producer-buffer lines demoted to DEBUG (:class:`ProducerBufferNoise`)."""
     return {
         "version": 1,
         "merge": True,
@@ -19,7 +40,11 @@ def logging_config(level: str) -> dict[str, Any]:
             "default": {"format": LOG_FORMAT, "datefmt": DATE_FORMAT},
             "colored": {"format": LOG_FORMAT, "datefmt": DATE_FORMAT},
         },
-        "loggers": {"worker": {"level": level}},
+        "filters": {"producer_buffer_noise": {"()": ProducerBufferNoise}},
+        "loggers": {
+            "worker": {"level": level},
+            "faust.transport.producer": {"filters": ["producer_buffer_noise"]},
+        },
     }
 
 
