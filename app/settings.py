@@ -100,6 +100,7 @@ class Settings(BaseSettings):
     max_loaded_models: int = Field(3, ge=1, le=64)
     default_model: str = Field("sentence-transformers/all-MiniLM-L6-v2", min_length=1)
     models_allow_download: bool = True
+    models_allowed: Annotated[list[str], NoDecode] = Field(default_factory=list)
     custom_models: Annotated[list[CustomModel], NoDecode] = Field(default_factory=list)
     models_memory_budget: int | None = Field(None, ge=0)  # bytes of host RAM for loaded models; None = no limit
     models_idle_unload_seconds: float = Field(0, ge=0)  # unload a model unused this long; 0 = never
@@ -156,7 +157,7 @@ class Settings(BaseSettings):
     def _upper_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("vector_dbs", "images_allowed_roots", mode="before")
+    @field_validator("vector_dbs", "images_allowed_roots", "models_allowed", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         # "weaviate,qdrant" from the environment as well as a YAML list
@@ -229,6 +230,7 @@ YAML_KEYS: dict[str, str] = {
     "models.max_loaded": "max_loaded_models",
     "models.default": "default_model",
     "models.allow_download": "models_allow_download",
+    "models.allowed": "models_allowed",
     "models.sentence_transformers": "custom_models",
     "models.memory_budget": "models_memory_budget",
     "models.idle_unload_seconds": "models_idle_unload_seconds",

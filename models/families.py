@@ -13,8 +13,9 @@ Rules, first match wins:
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from models.base import Embedder
@@ -56,17 +57,28 @@ def make_loader(
     allow_download: bool,
     custom_models: Sequence[CustomModel] = (),
     backend: str = "auto",
+    allowed: Sequence[str] = (),
 ) -> Callable[[str], Embedder]:
     """A loader for :class:`~models.manager.ModelManager` that dispatches on the family.
 
     ``backend`` (``models.backend``) says whether text transformers may run in
     ONNX Runtime on the CPU (models/onnx_runtime.py); CLIP always runs in torch.
     The loader blocks (it reads weights) and raises
-    :class:`~app.errors.ModelLoadError` for a model it cannot find or read.
+    :class:`~app.errors.ModelLoadError` for a model it cannot find or read, and,
+    when ``allowed`` names patterns (``models.allowed``), for a name none of
+    them matches, before it looks at the disk or the network.
     """
     entries = {entry.name: entry for entry in custom_models}
 
     def load(name: str) -> Embedder:
+        if not is_allowed(name, allowed):
+            from app.errors import ModelLoadError
+
+            raise ModelLoadError(
+                f"Failed to load model {name}: it is not among the models this worker may load "
+                f"({', '.join(allowed)}; VECTORIZE_WORKER_MODELS_ALLOWED, YAML models.allowed); send the task "
+                "with one of those, or add the name (or a pattern such as sentence-transformers/*) to that setting."
+            )
         entry = entries.get(name)
         family = family_of(name, entry)
         path = entry.path if entry is not None else None
@@ -92,11 +104,24 @@ def make_loader(
     return load
 
 
-def make_size_hint(*, cache_dir: str | None, custom_models: Sequence[CustomModel] = ()) -> Callable[[str], int | None]:
-    """Estimate a model's memory from its weight files on disk, before loading it (None when unknown)."""
+def is_allowed(name: str, allowed: Sequence[str]) -> bool:
+    """Whether ``models.allowed`` lets a task name ``name``: any name when empty, else a match of one pattern."""
+    if not allowed or name in allowed:
+        return True
+    # a pattern never lets a name climb out of a folder (sentence-transformers/* is not sentence-transformers/../x)
+    return ".." not in PurePosixPath(name).parts and any(fnmatch.fnmatchcase(name, pattern) for pattern in allowed)
+
+
+def make_size_hint(
+    *, cache_dir: str | None, custom_models: Sequence[CustomModel] = (), allowed: Sequence[str] = ()
+) -> Callable[[str], int | None]:
+    """Estimate a model's memory from its weight files on disk, before loading it (None when unknown,
+    and for a name ``allowed`` refuses: the loader refuses it without looking at the disk)."""
     entries = {entry.name: entry for entry in custom_models}
 
     def hint(name: str) -> int | None:
+        if not is_allowed(name, allowed):
+            return None
         entry = entries.get(name)
         path = entry.path if entry is not None else None
         if family_of(name, entry) == "clip":
@@ -122,6 +147,12 @@ def build_manager(settings: Settings, device: str) -> ModelManager:
     if device.startswith("cuda") and settings.gpu_memory_limit:
         budget, setting = settings.gpu_memory_limit, "VECTORIZE_WORKER_GPU_MEMORY_LIMIT (YAML device.gpu_memory_limit)"
     custom = settings.custom_models
+    # the configured models are always allowed; an empty models.allowed allows any name
+    allowed = (
+        [*settings.models_allowed, settings.default_model, settings.default_image_model, *(c.name for c in custom)]
+        if settings.models_allowed
+        else []
+    )
     return ModelManager(
         make_loader(
             device=device,
@@ -129,11 +160,12 @@ def build_manager(settings: Settings, device: str) -> ModelManager:
             allow_download=settings.models_allow_download,
             custom_models=custom,
             backend=settings.models_backend,
+            allowed=allowed,
         ),
         max_loaded=settings.max_loaded_models,
         memory_budget=budget,
         budget_setting=setting,
-        size_hint=make_size_hint(cache_dir=settings.models_cache_dir, custom_models=custom),
+        size_hint=make_size_hint(cache_dir=settings.models_cache_dir, custom_models=custom, allowed=allowed),
         idle_unload_seconds=settings.models_idle_unload_seconds,
         keep_loaded=[settings.default_model],
         freeze_after_load=True,

@@ -140,3 +140,38 @@ def test_family_routing_and_a_missing_clip_model_says_where_to_put_it(tmp_path) 
     with pytest.raises(ModelLoadError, match="Failed to load model ViT-B/32: not found in") as info:
         loader("ViT-B/32")
     assert str(tmp_path / "ViT-B-32") in str(info.value) and "downloads are off" in str(info.value)
+
+
+def test_models_allowed_refuses_other_names_before_looking_for_them(tmp_path, monkeypatch) -> None:
+    """models.allowed: names and patterns; the configured models always pass; a pattern never climbs a folder."""
+    from app.settings import load_settings
+    from models.families import build_manager, is_allowed, make_size_hint
+
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "model.safetensors").write_bytes(b"x" * 1000)
+    loader = make_loader(device="cpu", cache_dir=str(tmp_path), allow_download=False, allowed=["team/*", "exact"])
+    for name in ("bert-base-uncased", str(tmp_path / "secret"), "team/../secret", "exactly"):
+        with pytest.raises(ModelLoadError, match=f"Failed to load model {name}: it is not among") as info:
+            loader(name)
+        assert "team/*, exact" in str(info.value) and "VECTORIZE_WORKER_MODELS_ALLOWED" in str(info.value)
+    with pytest.raises(ModelLoadError, match="Failed to load model team/model: not found in"):
+        loader("team/model")  # allowed: looked for, and not there
+    hint = make_size_hint(cache_dir=str(tmp_path), allowed=["team/*"])
+    assert hint(str(tmp_path / "secret")) is None  # not even measured on disk
+    assert make_size_hint(cache_dir=str(tmp_path))(str(tmp_path / "secret")) == 1000
+    assert is_allowed("anything/at-all", []) and is_allowed("exact", ["exact"])
+
+    for key in [k for k in __import__("os").environ if k.startswith("VECTORIZE_WORKER_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VECTORIZE_WORKER_MODELS_ALLOWED", "team/*, other")
+    monkeypatch.setenv("VECTORIZE_WORKER_MODELS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("VECTORIZE_WORKER_MODELS_ALLOW_DOWNLOAD", "false")
+    settings = load_settings()
+    assert settings.models_allowed == ["team/*", "other"]
+    manager = build_manager(settings, "cpu")
+    with pytest.raises(ModelLoadError, match="it is not among"):
+        manager.get_sync("bert-base-uncased")
+    with pytest.raises(ModelLoadError, match="Failed to load model ViT-B/32: not found in"):
+        manager.get_sync(settings.default_image_model)  # the configured image model is always allowed
+    manager.close()
