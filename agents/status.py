@@ -71,7 +71,7 @@ recent_task_ids: deque[str] = deque(maxlen=1000)
 #: received, processing and completed records of a small task usually arrive
 #: within one window, and each table write costs a changelog record and a
 #: RocksDB write (README, "Throughput")
-TRACKER_BATCH = 5000
+TRACKER_BATCH = 2000  # ~0.2 s of the event loop when a status backlog fills a window at once
 TRACKER_WINDOW_S = 1.0
 
 

@@ -16,13 +16,24 @@ DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 PRODUCER_BUFFER_NOISE = ("producer buffer full size", "producer flush took")
 
 
+#: a flush that took longer than this keeps Faust's own level: the broker is slow, not the tracker busy
+SLOW_FLUSH_S = 1.0
+
+
 class ProducerBufferNoise(logging.Filter):
-    """Faust's producer-buffer flow-control lines become DEBUG: shown only when ``worker`` logs at DEBUG."""
+    """Faust's producer-buffer flow-control lines become DEBUG (shown only when ``worker`` logs at DEBUG),
+    except a flush slower than :data:`SLOW_FLUSH_S`, which stays as Faust logged it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.msg if isinstance(record.msg, str) else ""
         if not message.startswith(PRODUCER_BUFFER_NOISE):
             return True
+        if message.startswith("producer flush took"):
+            try:
+                if float(message.rsplit(" ", 1)[1]) > SLOW_FLUSH_S:
+                    return True
+            except ValueError:
+                return True
         if not logging.getLogger("worker").isEnabledFor(logging.DEBUG):
             return False
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"

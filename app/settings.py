@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(4, ge=1, le=1024)
     max_task_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     kafka_session_timeout: float = Field(30.0, ge=6, le=300)
-    kafka_producer_linger_ms: float = Field(5.0, ge=0, le=1000)
+    kafka_producer_linger_ms: int = Field(5, ge=0, le=1000)
     task_status_retention_hours: float = Field(24.0, gt=0)
     table_store: Literal["rocksdb", "memory"] = "rocksdb"
     task_status_table: bool = True
@@ -163,6 +163,8 @@ class Settings(BaseSettings):
         # "weaviate,qdrant" from the environment as well as a YAML list
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            return [part.strip() if isinstance(part, str) else part for part in value]
         return value
 
     @field_validator("custom_models", mode="before")

@@ -54,8 +54,9 @@ def freeze_heap() -> None:
     that collections skip (README, "Throughput"). Called after each model
     load and, by :func:`release_memory`, after each unload: unfreezing first
     lets one collection find cycles among objects frozen earlier (a dropped
-    model, tasks that were in flight at the last freeze), so nothing frozen
-    is kept for good.
+    model). Objects of tasks in flight at a freeze are frozen too: freed as
+    usual when nothing refers to them, but a cycle among them waits for the
+    next load or unload (bounded by what was in flight at that moment).
     """
     gc.unfreeze()
     gc.collect()

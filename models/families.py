@@ -105,11 +105,19 @@ def make_loader(
 
 
 def is_allowed(name: str, allowed: Sequence[str]) -> bool:
-    """Whether ``models.allowed`` lets a task name ``name``: any name when empty, else a match of one pattern."""
+    """Whether ``models.allowed`` lets a task name ``name``: any name when empty, else an entry equal to it,
+    or a pattern matching it when it does not look like a path (``*`` also matches ``/``, so ``*MiniLM*``
+    must not let in ``/srv/x/all-MiniLM-y``; a path is allowed only when listed as it is)."""
     if not allowed or name in allowed:
         return True
-    # a pattern never lets a name climb out of a folder (sentence-transformers/* is not sentence-transformers/../x)
-    return ".." not in PurePosixPath(name).parts and any(fnmatch.fnmatchcase(name, pattern) for pattern in allowed)
+    bare = name.split(":", 1)[1] if name.split(":", 1)[0] in _NAME_PREFIXES else name
+    if bare.startswith(("/", "~", ".", "\\")) or ".." in PurePosixPath(bare).parts:
+        return False
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in allowed)
+
+
+#: prefixes that pick a family (``hf:<id>``, ``clip:<arch>``, …), stripped before the path check
+_NAME_PREFIXES = ("hf", "transformers", "clip", "open_clip")
 
 
 def make_size_hint(

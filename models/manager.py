@@ -85,12 +85,21 @@ class ModelManager:
 
     # -- blocking API (runs on the caller's thread) --------------------------------
     def get_sync(self, name: str) -> Embedder:
+        model, loaded = self._get_or_load(name)
+        if loaded and self._freeze_after_load:
+            # the model's objects out of every later collection's scan; outside the lock, which the
+            # event loop takes every 2 s (loaded models for metrics and /state) and the collection takes ~0.5 s
+            freeze_heap()
+        return model
+
+    def _get_or_load(self, name: str) -> tuple[Embedder, bool]:
+        """The model (loading it if needed, under the lock) and whether this call loaded it."""
         with self._lock:
             model = self._models.get(name)
             if model is not None:
                 self._models.move_to_end(name)
                 self._last_used[name] = self._clock()
-                return model
+                return model, False
             known = self._sizes.get(name)
             if self.memory_budget and known and known > self.memory_budget:
                 raise self._too_big(name, known)  # measured on an earlier try: do not load it again
@@ -114,9 +123,7 @@ class ModelManager:
             self._last_used[name] = self._clock()
             log.info("Model %s holds %s; %d model(s) loaded", name, format_bytes(size), len(self._models))
             self._changed()
-            if self._freeze_after_load:
-                freeze_heap()  # the model's objects out of every later collection's scan
-            return model
+            return model, True
 
     def embed_texts_sync(
         self, name: str, texts: Sequence[str], *, batch_size: int, normalize: bool | None

@@ -149,11 +149,17 @@ def test_models_allowed_refuses_other_names_before_looking_for_them(tmp_path, mo
 
     (tmp_path / "secret").mkdir()
     (tmp_path / "secret" / "model.safetensors").write_bytes(b"x" * 1000)
-    loader = make_loader(device="cpu", cache_dir=str(tmp_path), allow_download=False, allowed=["team/*", "exact"])
-    for name in ("bert-base-uncased", str(tmp_path / "secret"), "team/../secret", "exactly"):
-        with pytest.raises(ModelLoadError, match=f"Failed to load model {name}: it is not among") as info:
+    loader = make_loader(
+        device="cpu", cache_dir=str(tmp_path), allow_download=False, allowed=["team/*", "exact", "*secret*"]
+    )
+    refused = ["bert-base-uncased", "team/../secret", "exactly", str(tmp_path / "secret"), "hf:" + str(tmp_path)]
+    refused += ["~/secret", "./secret", "hf:team/model"]  # a path under a pattern; a prefix the pattern lacks
+    for name in refused:
+        with pytest.raises(ModelLoadError) as info:
             loader(name)
-        assert "team/*, exact" in str(info.value) and "VECTORIZE_WORKER_MODELS_ALLOWED" in str(info.value)
+        assert str(info.value).startswith(f"Failed to load model {name}: it is not among"), info.value
+        assert "team/*, exact, *secret*" in str(info.value) and "VECTORIZE_WORKER_MODELS_ALLOWED" in str(info.value)
+    assert is_allowed(str(tmp_path / "secret"), [str(tmp_path / "secret")])  # a path listed as it is
     with pytest.raises(ModelLoadError, match="Failed to load model team/model: not found in"):
         loader("team/model")  # allowed: looked for, and not there
     hint = make_size_hint(cache_dir=str(tmp_path), allowed=["team/*"])
@@ -164,7 +170,7 @@ def test_models_allowed_refuses_other_names_before_looking_for_them(tmp_path, mo
     for key in [k for k in __import__("os").environ if k.startswith("VECTORIZE_WORKER_")]:
         monkeypatch.delenv(key)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("VECTORIZE_WORKER_MODELS_ALLOWED", "team/*, other")
+    monkeypatch.setenv("VECTORIZE_WORKER_MODELS_ALLOWED", "team/*, other,")
     monkeypatch.setenv("VECTORIZE_WORKER_MODELS_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("VECTORIZE_WORKER_MODELS_ALLOW_DOWNLOAD", "false")
     settings = load_settings()
