@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from models.base import Embedder
 from models.clip import CLIP_NAMES, is_clip_name, local_clip_dir
+from models.clip import PREFIXES as CLIP_PREFIXES
 from models.hf_transformers import HF_ALIASES, repo_id
 from models.resolve import hf_cached_snapshot, local_model_dir, weights_bytes
 
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
 
 __all__ = ["CLIP_NAMES", "build_manager", "family_of", "make_loader", "make_size_hint"]
 TRANSFORMERS_NAMES = frozenset([*HF_ALIASES, *HF_ALIASES.values()])
+#: name prefixes that pick a family (matched in any case, as :func:`family_of` and the loaders do)
+HF_PREFIXES = ("hf:", "transformers:")
+FAMILY_PREFIXES = (*HF_PREFIXES, *CLIP_PREFIXES)
 
 
 def family_of(name: str, custom: CustomModel | None = None) -> str:
@@ -39,7 +43,7 @@ def family_of(name: str, custom: CustomModel | None = None) -> str:
     target = custom.path if custom is not None and custom.path else name
     if is_clip_name(name):
         return "clip"
-    if name.lower().startswith(("hf:", "transformers:")) or name in TRANSFORMERS_NAMES:
+    if name.lower().startswith(HF_PREFIXES) or name in TRANSFORMERS_NAMES:
         return "transformers"
     directory = Path(target).expanduser()
     if directory.is_dir():
@@ -110,14 +114,10 @@ def is_allowed(name: str, allowed: Sequence[str]) -> bool:
     must not let in ``/srv/x/all-MiniLM-y``; a path is allowed only when listed as it is)."""
     if not allowed or name in allowed:
         return True
-    bare = name.split(":", 1)[1] if name.split(":", 1)[0] in _NAME_PREFIXES else name
+    bare = next((name[len(p) :] for p in FAMILY_PREFIXES if name.lower().startswith(p)), name)
     if bare.startswith(("/", "~", ".", "\\")) or ".." in PurePosixPath(bare).parts:
         return False
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in allowed)
-
-
-#: prefixes that pick a family (``hf:<id>``, ``clip:<arch>``, …), stripped before the path check
-_NAME_PREFIXES = ("hf", "transformers", "clip", "open_clip")
 
 
 def make_size_hint(

@@ -153,7 +153,8 @@ def test_models_allowed_refuses_other_names_before_looking_for_them(tmp_path, mo
         device="cpu", cache_dir=str(tmp_path), allow_download=False, allowed=["team/*", "exact", "*secret*"]
     )
     refused = ["bert-base-uncased", "team/../secret", "exactly", str(tmp_path / "secret"), "hf:" + str(tmp_path)]
-    refused += ["~/secret", "./secret", "hf:team/model"]  # a path under a pattern; a prefix the pattern lacks
+    refused += ["~/secret", "./secret", "HF:" + str(tmp_path / "secret"), "Clip:/x/secret"]  # paths under a pattern
+    refused += ["hf:team/model"]  # a prefix the pattern lacks
     for name in refused:
         with pytest.raises(ModelLoadError) as info:
             loader(name)
