@@ -14,6 +14,17 @@ Every message says what failed, where, and what to do.
 
 from __future__ import annotations
 
+#: error messages that travel in status, result and dead-letter records are cut to this many characters
+MAX_ERROR_CHARS = 4096
+
+
+def cap_message(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    cut = f" … [{len(text) - limit + 40} more characters cut]"
+    return text[: max(0, limit - len(cut))] + cut
+
 
 class VectorizeError(Exception):
     """Base class of every error raised on purpose by vectorize-worker."""

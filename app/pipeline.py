@@ -22,14 +22,14 @@ import numpy as np
 
 from app.acks import Ticket
 from app.batcher import Batcher
-from app.errors import InvalidTaskError, ModelLoadError, PermanentError
+from app.errors import InvalidTaskError, ModelLoadError, PermanentError, cap_message
 from app.image_lane import ImageLane
 from app.inputs import Prepared, TextPreparer, add_document_vectors
 from app.lane import CallResult, TextBudget, TextLane, estimate_tokens, run_call
 from app.metrics import Metrics
 from app.model_queue import CallKey, ModelCall, ModelQueue
 from app.reporting import Reporter
-from app.schema import ImageTask, Task, parse_task, task_texts
+from app.schema import ImageTask, Limits, Task, parse_task, task_texts
 from app.store_writer import StoreWriter
 from models.base import EmbedderInfo
 from models.manager import ModelManager
@@ -101,7 +101,9 @@ class TaskPipeline:
         # max_inflight_texts bounds their texts. Both make intake wait (backpressure).
         self._slots = asyncio.Semaphore(settings.max_concurrent_tasks)
         self._texts = TextBudget(settings.max_inflight_texts)
-        self._held_texts: dict[int, int] = {}  # id(ticket) -> texts it holds of the budget
+        self._bytes = TextBudget(settings.max_inflight_bytes)  # record bytes, the same waiting rule
+        self._held: dict[int, tuple[int, int]] = {}  # id(ticket) -> (texts, bytes) it holds of the budgets
+        self.limits = Limits.of(settings)
         self.max_batch_tokens: int = settings.max_batch_tokens
         self._text_lane: Batcher[WorkItem] = Batcher(weight=lambda i: i.weight, cost=lambda i: i.tokens)
         self._in_flight = 0  # gathered batches and tasks in the text lane; drain waits for 0
@@ -141,20 +143,24 @@ class TaskPipeline:
         if not self.accepting:
             await asyncio.Event().wait()
         await self._slots.acquire()  # waits while max_concurrent_tasks records are unfinished
+        size = len(raw) if raw is not None else 0
+        await self._bytes.acquire(size)  # waits while max_inflight_bytes record bytes are unfinished
+        self._held[id(ticket)] = (0, size)
         try:
-            task = parse_task(raw, max_bytes=self.settings.max_task_bytes)
-        except InvalidTaskError as exc:
-            task_id = exc.task_id or _fallback_task_id(source)
-            log_main.warning("Rejected record %s as task %s: %s", _where(source), task_id, exc)
-            await self.reporter.fail(task_id, None, raw, exc, ticket, source)
+            task = parse_task(raw, limits=self.limits)
+            item = WorkItem(task=task, raw=raw, ticket=ticket, source=source)
+        except Exception as exc:  # noqa: BLE001 - whatever a record holds, it can fail only itself
+            error = exc if isinstance(exc, InvalidTaskError) else _unreadable(exc)
+            task_id = error.task_id or _fallback_task_id(source)
+            log_main.warning("Rejected record %s as task %s: %s", _where(source), task_id, error)
+            await self.reporter.fail(task_id, None, raw, error, ticket, source)
             return
-        item = WorkItem(task=task, raw=raw, ticket=ticket, source=source)
         await self.reporter.early_status(item, "received")
         if isinstance(task, ImageTask):
             await self._images.put(item)
             return
         await self._texts.acquire(item.weight)  # waits while max_inflight_texts texts are unfinished
-        self._held_texts[id(ticket)] = item.weight
+        self._held[id(ticket)] = (item.weight, size)
         await self._text_lane.put(item)
 
     async def run_lanes(self) -> None:
@@ -334,9 +340,11 @@ class TaskPipeline:
 
     async def _on_done(self, ticket: Ticket) -> None:
         self._slots.release()
-        held = self._held_texts.pop(id(ticket), 0)
-        if held:
-            self._texts.release(held)
+        texts, size = self._held.pop(id(ticket), (0, 0))
+        if texts:
+            self._texts.release(texts)
+        if size:
+            self._bytes.release(size)
         await self._notify_done(ticket)
 
     async def in_store_thread(self, func: Callable[[], T], store: BaseVectorDB) -> T:
@@ -346,6 +354,17 @@ class TaskPipeline:
     def close(self) -> None:
         """Stop the store threads after the writes in progress (callers close the stores next)."""
         self.writer.close()
+
+
+def _unreadable(exc: BaseException) -> InvalidTaskError:
+    """An unexpected exception while reading a record, as that record's own error (a bug to report)."""
+    return InvalidTaskError(
+        cap_message(
+            f"Invalid task: the worker could not read the record ({type(exc).__name__}: {exc}); "
+            "check the payload against docs/task.schema.json, and report this message: the validator should "
+            "have named the problem."
+        )
+    )
 
 
 def _fallback_task_id(source: Source | None) -> str:

@@ -24,6 +24,20 @@ log_main = logging.getLogger("worker.main")
 log_proc = logging.getLogger("worker.task_processor")
 
 
+def _note_delivered(future: asyncio.Future[Any], name: str, delivered: set[str]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        delivered.add(name)
+
+
+class _Minimal(Exception):
+    """An error reduced to its record form (kind, class, message already cut), for the smallest dead letter."""
+
+    def __init__(self, info: ErrorInfo) -> None:
+        super().__init__(info.message)
+        self.kind = info.kind
+        self.error_class = info.error_class
+
+
 class DeliveryError(RetryableError):
     kind = "kafka_unavailable"
 
@@ -180,25 +194,53 @@ class Reporter:
         source: Source | None,
         pending: list[Awaitable[Any]] | None = None,
     ) -> None:
-        """Failed status + failed result + dead letter, delivered; then the ticket is done."""
+        """Failed status + failed result + dead letter, delivered; then the ticket is done.
+
+        A broker that refuses these records for good (over its size limit) gets them again with the
+        dead letter's payload cut to 4 KiB, then as a minimal set: no payload, the error cut to 512
+        characters, the record's topic/partition/offset, so the record can be read from there.
+        """
         info = ErrorInfo.of(error)
-        payload = raw
+        tiers = [(raw, error, "full"), ((raw or b"")[:4096], error, "payload cut to 4 KiB")]
+        tiers.append((None, _Minimal(ErrorInfo.of(error, limit=512)), "minimal: no payload, error cut to 512 chars"))
+        delivered: set[str] = set()  # records of this task already accepted: a later attempt skips them
+        for number, (payload, err, how) in enumerate(tiers):
 
-        async def send() -> list[Awaitable[Any]]:
-            result = ResultRecord(
-                task_id=task_id, status="failed", worker_id=self.settings.worker_id, task_type=task_type, error=info
-            )
-            return [
-                await self.publisher.dead_letter(payload, error, task_id=task_id, source=source),
-                await self.publisher.result(result),
-                await self.publisher.status(task_id, "failed", task_type=task_type, error=error),
-            ]
+            async def send(payload: bytes | str | None = payload, err: BaseException = err) -> list[Awaitable[Any]]:
+                result = ResultRecord(
+                    task_id=task_id,
+                    status="failed",
+                    worker_id=self.settings.worker_id,
+                    task_type=task_type,
+                    error=ErrorInfo.of(err),
+                )
+                makers = {
+                    "dead_letter": lambda: self.publisher.dead_letter(payload, err, task_id=task_id, source=source),
+                    "result": lambda: self.publisher.result(result),
+                    "status": lambda: self.publisher.status(task_id, "failed", task_type=task_type, error=err),
+                }
+                futures = []
+                for name, make in makers.items():
+                    if name not in delivered:
+                        future = asyncio.ensure_future(await make())
+                        future.add_done_callback(lambda f, name=name: _note_delivered(f, name, delivered))
+                        futures.append(future)
+                return futures
 
-        try:
-            await self._deliver(send, pending or [], what=f"dead-lettering task {task_id}")
-        except RecordRejectedError:
-            payload = (raw or b"")[:4096]  # keep the first bytes; the whole record stays at `source`
-            await self._deliver(send, [], what=f"dead-lettering task {task_id} (payload cut to 4 KiB)")
+            try:
+                what = f"dead-lettering task {task_id} ({how})"
+                await self._deliver(send, (pending or []) if number == 0 else [], what=what)
+                break
+            except RecordRejectedError as exc:
+                if number == len(tiers) - 1:
+                    # nothing smaller to send: the record stays at its source offset, the log says where
+                    log_proc.error(
+                        "Kafka refused even a minimal dead letter for task %s from %s (%s); the task is "
+                        "acknowledged as failed without records: check the output topics' max.message.bytes",
+                        task_id,
+                        source,
+                        exc,
+                    )
         self.failed += 1
         self.metrics.tasks_processed.labels(task_type or "invalid", "failed").inc()
         self.metrics.errors.labels(info.kind).inc()

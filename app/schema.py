@@ -8,17 +8,45 @@ problem. ``python -m app.schema`` regenerates ``docs/task.schema.json``.
 from __future__ import annotations
 
 import json
+import re
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from app.errors import InvalidTaskError
+from app.errors import InvalidTaskError, cap_message
 
 TASK_TYPES = ("text_vectorization", "batch_vectorization", "image_vectorization", "document_vectorization")
 MAX_TEXTS_PER_TASK = 10_000
 MAX_JSON_DEPTH = 64
+#: at most this many field errors are listed in one message (the rest are counted)
+MAX_LISTED_ERRORS = 10
+TASK_ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+_TASK_ID_RE = re.compile(TASK_ID_PATTERN)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one record may hold, beyond the schema's own rules; the defaults are the settings' defaults."""
+
+    max_task_bytes: int = 4 * 1024 * 1024
+    max_metadata_bytes: int = 16 * 1024
+    max_metadata_keys: int = 256
+    max_metadata_depth: int = 8
+    max_title_chars: int = 1000
+
+    @classmethod
+    def of(cls, settings: Any) -> Limits:
+        return cls(
+            max_task_bytes=settings.max_task_bytes,
+            max_metadata_bytes=settings.max_metadata_bytes,
+            max_metadata_keys=settings.max_metadata_keys,
+            max_metadata_depth=settings.max_metadata_depth,
+            max_title_chars=settings.max_title_chars,
+        )
+
 
 NonEmptyText = Annotated[str, Field(min_length=1)]
 
@@ -34,7 +62,7 @@ class _TaskBase(BaseModel):
         default_factory=new_task_id,
         min_length=1,
         max_length=200,
-        pattern=r"^[^\x00-\x1f\x7f]+$",
+        pattern=TASK_ID_PATTERN,
         description="Unique id of the task; generated when absent. Vector ids derive from it.",
     )
     model_name: str | None = Field(
@@ -51,13 +79,6 @@ class _TaskBase(BaseModel):
     normalize: bool | None = Field(
         None, description="L2-normalise the vectors; when absent the model's own output is kept."
     )
-
-    @field_validator("metadata")
-    @classmethod
-    def _no_nul(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if _has_nul(value):
-            raise ValueError("must not contain NUL characters")
-        return value
 
 
 class TextTask(_TaskBase):
@@ -111,34 +132,44 @@ def task_texts(task: Task) -> list[str]:
     raise TypeError(f"{task.task_type} tasks carry no texts")
 
 
-def _has_nul(value: Any) -> bool:
-    stack = [value]
+def _check_json(value: Any) -> None:
+    """Refuse what JSON parses but no store or Kafka record can carry: NUL characters, lone surrogates
+    (not encodable as UTF-8) and nesting deeper than :data:`MAX_JSON_DEPTH`; the message names where."""
+    stack: list[tuple[Any, str, int]] = [(value, "", 1)]
     while stack:
-        item = stack.pop()
+        item, where, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise InvalidTaskError(f"Invalid task: JSON nested deeper than {MAX_JSON_DEPTH} levels at '{where}'.")
         if isinstance(item, str):
-            if "\x00" in item:
-                return True
+            _check_text(item, where)
         elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
+            for key, child in item.items():
+                _check_text(key, f"{where}.{_shown_key(key)}" if where else _shown_key(key), is_key=True)
+                stack.append((child, f"{where}.{_shown_key(key)}" if where else _shown_key(key), depth + 1))
         elif isinstance(item, list):
-            stack.extend(item)
-    return False
+            stack.extend((child, f"{where}[{i}]", depth + 1) for i, child in enumerate(item))
 
 
-def _depth(value: Any, limit: int) -> int:
-    stack = [(value, 1)]
-    deepest = 0
-    while stack:
-        item, depth = stack.pop()
-        deepest = max(deepest, depth)
-        if deepest > limit:
-            return deepest
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item)
-    return deepest
+def _shown_key(key: str) -> str:
+    """A key as it may appear in a message: printable, short, never a lone surrogate."""
+    return _short(key, 40)[1:-1] if not key.isidentifier() else key[:40]
+
+
+def _check_text(text: str, where: str, *, is_key: bool = False) -> None:
+    what = f"key '{where}'" if is_key else f"field '{where or '(payload)'}'"
+    if "\x00" in text:
+        raise InvalidTaskError(f"Invalid task: {what} contains a NUL character; remove it.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidTaskError(
+            f"Invalid task: {what} holds a lone UTF-16 surrogate ({text[exc.start]!a} at character {exc.start}) "
+            "that cannot be stored as UTF-8; send valid Unicode text (escape pairs \\ud83d\\ude00 are fine)."
+        ) from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise InvalidTaskError(f"Invalid task: {name} is not a JSON number; send finite numbers only.")
 
 
 def decode_payload(raw: bytes | str | None, *, max_bytes: int) -> dict[str, Any]:
@@ -159,11 +190,11 @@ def decode_payload(raw: bytes | str | None, *, max_bytes: int) -> dict[str, Any]
     if "\x00" in raw:
         raise InvalidTaskError("Invalid task: payload contains NUL bytes; send plain UTF-8 JSON.")
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, parse_constant=_refuse_constant)
         if isinstance(value, str) and value.lstrip().startswith("{"):
             # A producer that JSON-encodes an already-encoded string (e.g. Faust's
             # json codec around a str) double-wraps the object: unwrap once.
-            value = json.loads(value)
+            value = json.loads(value, parse_constant=_refuse_constant)
     except RecursionError:
         raise InvalidTaskError(f"Invalid task: JSON nested deeper than {MAX_JSON_DEPTH} levels.") from None
     except json.JSONDecodeError as exc:
@@ -171,42 +202,108 @@ def decode_payload(raw: bytes | str | None, *, max_bytes: int) -> dict[str, Any]
             f"Invalid task: payload is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
             "send one JSON object per record."
         ) from None
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        raise InvalidTaskError(
+            f"Invalid task: payload holds a value JSON cannot be read as ({_short(str(exc), 120)}); "
+            "send numbers of ordinary size (integers up to 4,300 digits, finite floats)."
+        ) from None
     if not isinstance(value, dict):
         raise InvalidTaskError(
             f"Invalid task: payload must be a JSON object with task_type and data, not {type(value).__name__}."
         )
-    if _depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
-        raise InvalidTaskError(f"Invalid task: JSON nested deeper than {MAX_JSON_DEPTH} levels.")
+    _check_json(value)
     return value
 
 
-def validate_task(value: dict[str, Any]) -> Task:
-    """JSON object -> typed task, or :class:`InvalidTaskError` naming each bad field."""
-    task_id = value.get("task_id") if isinstance(value.get("task_id"), str) else None
+def validate_task(value: dict[str, Any], limits: Limits | None = None) -> Task:
+    """JSON object -> typed task, or :class:`InvalidTaskError` naming each bad field (checked by
+    :func:`decode_payload` first: no NUL, no lone surrogate, bounded depth)."""
+    raw_id = value.get("task_id")
+    task_id = raw_id if isinstance(raw_id, str) and len(raw_id) <= 200 and _TASK_ID_RE.match(raw_id) else None
     task_type = value.get("task_type")
+    if not isinstance(task_type, str | None):
+        raise InvalidTaskError(
+            f"Invalid task: field 'task_type' must be a string, one of {', '.join(TASK_TYPES)} "
+            f"(got {type(task_type).__name__}).",
+            task_id=task_id,
+        )
     if task_type is None:
         raise InvalidTaskError(
             f"Invalid task: field 'task_type' is missing; expected one of {', '.join(TASK_TYPES)}.", task_id=task_id
         )
     if task_type not in TASK_TYPES:
         raise InvalidTaskError(
-            f"Invalid task: unknown task_type {task_type!r}; expected one of {', '.join(TASK_TYPES)}.",
+            f"Invalid task: unknown task_type {_short(task_type)}; expected one of {', '.join(TASK_TYPES)}.",
             task_id=task_id,
         )
     try:
-        return TASK_ADAPTER.validate_python(value)
+        task = TASK_ADAPTER.validate_python(value)
     except ValidationError as exc:
         raise InvalidTaskError(format_task_errors(exc, str(task_type)), task_id=task_id) from None
+    check_limits(task, limits or Limits())
+    return task
 
 
-def parse_task(raw: bytes | str | None, *, max_bytes: int = 4 * 1024 * 1024) -> Task:
+def check_limits(task: Task, limits: Limits) -> None:
+    """Bounds that depend on settings: metadata (bytes, keys, depth, copied into every vector) and title."""
+    where = f"Task {task.task_id}"
+    if task.metadata:
+        size = len(json.dumps(task.metadata, ensure_ascii=False).encode("utf-8"))
+        if size > limits.max_metadata_bytes:
+            raise InvalidTaskError(
+                f"{where}: field 'metadata' is {size} bytes of JSON, over the limit of {limits.max_metadata_bytes} "
+                "(VECTORIZE_WORKER_MAX_METADATA_BYTES; it is copied into every vector of the task); "
+                "store large data elsewhere and put a reference in metadata.",
+                task_id=task.task_id,
+            )
+        keys, depth = _shape(task.metadata)
+        if keys > limits.max_metadata_keys:
+            raise InvalidTaskError(
+                f"{where}: field 'metadata' has {keys} keys, over the limit of {limits.max_metadata_keys} "
+                "(VECTORIZE_WORKER_MAX_METADATA_KEYS); send fewer keys or a list of values under one key.",
+                task_id=task.task_id,
+            )
+        if depth > limits.max_metadata_depth:
+            raise InvalidTaskError(
+                f"{where}: field 'metadata' is nested {depth} levels deep, over the limit of "
+                f"{limits.max_metadata_depth} (VECTORIZE_WORKER_MAX_METADATA_DEPTH); flatten it.",
+                task_id=task.task_id,
+            )
+    if isinstance(task, DocumentTask) and len(task.data.title) > limits.max_title_chars:
+        raise InvalidTaskError(
+            f"{where}: field 'data.title' is {len(task.data.title)} characters, over the limit of "
+            f"{limits.max_title_chars} (VECTORIZE_WORKER_MAX_TITLE_CHARS; it is stored with every chunk); "
+            "shorten it or move the text into content.",
+            task_id=task.task_id,
+        )
+
+
+def _shape(value: Any) -> tuple[int, int]:
+    """(keys at every level, nesting depth) of a JSON value; the object itself is depth 1."""
+    keys, deepest = 0, 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            deepest = max(deepest, depth)
+            keys += len(item)
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in item)
+    return keys, deepest
+
+
+def parse_task(raw: bytes | str | None, *, limits: Limits | None = None) -> Task:
     """Raw record value -> validated task. Raises :class:`InvalidTaskError`."""
-    return validate_task(decode_payload(raw, max_bytes=max_bytes))
+    limits = limits or Limits()
+    return validate_task(decode_payload(raw, max_bytes=limits.max_task_bytes), limits)
 
 
 def format_task_errors(exc: ValidationError, task_type: str) -> str:
     parts = []
-    for err in exc.errors(include_url=False):
+    errors = exc.errors(include_url=False)
+    for err in errors[:MAX_LISTED_ERRORS]:
         loc = [str(p) for p in err["loc"] if str(p) != task_type]
         where = ".".join(loc) or "(task)"
         detail = "unknown field; remove it or check its spelling" if err["type"] == "extra_forbidden" else err["msg"]
@@ -214,8 +311,10 @@ def format_task_errors(exc: ValidationError, task_type: str) -> str:
         shown = (
             f" (got {type(got).__name__} {_short(got)})" if err["type"] not in ("missing", "extra_forbidden") else ""
         )
-        parts.append(f"field '{where}': {detail}{shown}")
-    return f"Invalid {task_type} task: " + "; ".join(parts)
+        parts.append(f"field '{_short(where, 120)[1:-1]}': {_short(detail, 300)[1:-1]}{shown}")
+    if len(errors) > MAX_LISTED_ERRORS:
+        parts.append(f"and {len(errors) - MAX_LISTED_ERRORS} more error(s) of the same task")
+    return cap_message(f"Invalid {_short(task_type, 60)[1:-1]} task: " + "; ".join(parts))
 
 
 def _short(value: Any, limit: int = 60) -> str:

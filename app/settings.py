@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from app.errors import ConfigError
@@ -32,7 +32,7 @@ class QdrantSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     url: str | None = None
     path: str | None = None  # default: <data_dir>/qdrant
-    api_key: str | None = None
+    api_key: SecretStr | None = None
     timeout: float = Field(10.0, gt=0)
     distance: Literal["cosine", "dot", "euclid"] = "cosine"
 
@@ -43,6 +43,7 @@ class ChromaSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     url: str | None = None
     path: str | None = None  # default: <data_dir>/chroma
+    token: SecretStr | None = None  # sent as "Authorization: Bearer <token>" (Chroma's token auth)
     timeout: float = Field(10.0, gt=0)
 
 
@@ -51,7 +52,7 @@ class MilvusSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     uri: str | None = None
-    token: str | None = None
+    token: SecretStr | None = None
     timeout: float = Field(10.0, gt=0)
 
 
@@ -60,7 +61,7 @@ class WeaviateSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     grpc_port: int = Field(50051, ge=1, le=65535)
-    api_key: str | None = None
+    api_key: SecretStr | None = None
     timeout: float = Field(10.0, gt=0)
 
 
@@ -83,6 +84,21 @@ class Settings(BaseSettings):
     dlq_topic: str = "vectorization-tasks-dlq"
     topic_partitions: int = Field(4, ge=1, le=1024)
     max_task_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # a task's metadata is copied into every one of its vectors: bounded by bytes, keys and depth
+    max_metadata_bytes: int = Field(16 * 1024, ge=0, le=16 * 1024 * 1024)
+    max_metadata_keys: int = Field(256, ge=0, le=100_000)
+    max_metadata_depth: int = Field(8, ge=1, le=64)
+    max_title_chars: int = Field(1000, ge=0, le=1_000_000)
+    # transport security (README "Security"): every managed Kafka service needs SASL, TLS or both
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None  # CA bundle that signed the brokers' certificates; system CAs when unset
+    kafka_ssl_certfile: str | None = None  # client certificate (mTLS)
+    kafka_ssl_keyfile: str | None = None  # its private key
+    kafka_ssl_key_password: SecretStr | None = None
+    kafka_ssl_check_hostname: bool = True
     kafka_session_timeout: float = Field(30.0, ge=6, le=300)
     kafka_producer_linger_ms: int = Field(5, ge=0, le=1000)
     task_status_retention_hours: float = Field(24.0, gt=0)
@@ -90,7 +106,9 @@ class Settings(BaseSettings):
     task_status_table: bool = True
 
     weaviate_url: str = "http://localhost:8080"
-    redis_url: str = "redis://localhost:6379/0"
+    redis_url: str = "redis://localhost:6379/0"  # rediss://… for TLS
+    redis_password: SecretStr | None = None  # overrides a password in the URL
+    redis_ssl_ca_file: str | None = None  # CA for rediss:// (system CAs when unset)
     heartbeat_interval: float = Field(5.0, gt=0, le=300)
 
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
@@ -111,6 +129,7 @@ class Settings(BaseSettings):
     # with 256-text batches and four pipeline stages, 2048 keeps the model busy on one-text tasks
     max_concurrent_tasks: int = Field(2048, ge=1, le=100_000)
     max_inflight_texts: int = Field(4096, ge=1, le=1_000_000)
+    max_inflight_bytes: int = Field(256 * 1024 * 1024, ge=1024)  # record bytes held unfinished
     max_batch_tokens: int = Field(16384, ge=16, le=10_000_000)
     task_timeout: float = Field(1800, gt=0)
     default_batch_size: int = Field(32, ge=1, le=4096)
@@ -139,11 +158,19 @@ class Settings(BaseSettings):
     chroma: ChromaSettings = Field(default_factory=ChromaSettings)
     weaviate: WeaviateSettings = Field(default_factory=WeaviateSettings)
     milvus: MilvusSettings = Field(default_factory=MilvusSettings)
+    # one upsert request carries at most this many vectors / bytes (Qdrant refuses requests over 32 MB)
+    store_batch_points: int = Field(1000, ge=1, le=100_000)
+    store_batch_bytes: int = Field(8 * 1024 * 1024, ge=64 * 1024)
 
-    web_host: str = "0.0.0.0"
+    web_host: str = "127.0.0.1"  # 0.0.0.0 only where a network policy or web_auth_token guards the port
     web_port: int = Field(6066, ge=1, le=65535)
+    web_auth_token: SecretStr | None = None  # bearer token for every view but /healthz and /readyz
+    web_search_enabled: bool = False  # /search/ reads stored text: off unless asked for
+    web_access_log: bool = True
     web_advertised_host: str = Field(default_factory=socket.gethostname, min_length=1)
+    metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9091, ge=0, le=65535)  # 0 disables the endpoint
+    secrets_dir: str | None = None  # a folder of files named like the settings (kafka_sasl_password, …)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
     @field_validator("worker_id", mode="before")
@@ -206,7 +233,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _YamlSource(settings_cls))
+        return (init_settings, env_settings, _SecretFilesSource(settings_cls), _YamlSource(settings_cls))
 
 
 #: YAML location (section.key) -> settings field. Top-level keys named like a
@@ -223,6 +250,19 @@ YAML_KEYS: dict[str, str] = {
     "kafka.dlq_topic": "dlq_topic",
     "kafka.topic_partitions": "topic_partitions",
     "kafka.max_task_bytes": "max_task_bytes",
+    "kafka.security_protocol": "kafka_security_protocol",
+    "kafka.sasl_mechanism": "kafka_sasl_mechanism",
+    "kafka.sasl_username": "kafka_sasl_username",
+    "kafka.sasl_password": "kafka_sasl_password",
+    "kafka.ssl_cafile": "kafka_ssl_cafile",
+    "kafka.ssl_certfile": "kafka_ssl_certfile",
+    "kafka.ssl_keyfile": "kafka_ssl_keyfile",
+    "kafka.ssl_key_password": "kafka_ssl_key_password",
+    "kafka.ssl_check_hostname": "kafka_ssl_check_hostname",
+    "tasks.max_metadata_bytes": "max_metadata_bytes",
+    "tasks.max_metadata_keys": "max_metadata_keys",
+    "tasks.max_metadata_depth": "max_metadata_depth",
+    "tasks.max_title_chars": "max_title_chars",
     "kafka.session_timeout": "kafka_session_timeout",
     "kafka.producer_linger_ms": "kafka_producer_linger_ms",
     "kafka.task_status_retention_hours": "task_status_retention_hours",
@@ -246,6 +286,7 @@ YAML_KEYS: dict[str, str] = {
     "processing.batch_wait_ms": "batch_wait_ms",
     "processing.max_inflight_texts": "max_inflight_texts",
     "processing.max_batch_tokens": "max_batch_tokens",
+    "processing.max_inflight_bytes": "max_inflight_bytes",
     "processing.shutdown_timeout": "shutdown_timeout",
     "processing.include_vectors": "include_vectors",
     "processing.long_text": "long_text",
@@ -265,16 +306,25 @@ YAML_KEYS: dict[str, str] = {
     "stores.qdrant": "qdrant",
     "stores.chroma": "chroma",
     "stores.milvus": "milvus",
+    "stores.batch_points": "store_batch_points",
+    "stores.batch_bytes": "store_batch_bytes",
     "stores.weaviate.url": "weaviate_url",
     "stores.weaviate.grpc_port": "weaviate.grpc_port",
     "stores.weaviate.api_key": "weaviate.api_key",
     "stores.weaviate.timeout": "weaviate.timeout",
     "redis.url": "redis_url",
+    "redis.password": "redis_password",
+    "redis.ssl_ca_file": "redis_ssl_ca_file",
     "redis.heartbeat_interval": "heartbeat_interval",
     "web.host": "web_host",
     "web.port": "web_port",
     "web.advertised_host": "web_advertised_host",
+    "web.auth_token": "web_auth_token",
+    "web.search_enabled": "web_search_enabled",
+    "web.access_log": "web_access_log",
+    "metrics.host": "metrics_host",
     "metrics.port": "metrics_port",
+    "secrets_dir": "secrets_dir",
     "logging.level": "log_level",
 }
 _FIELD_TO_YAML = {field: key for key, field in YAML_KEYS.items()}
@@ -349,6 +399,65 @@ class _YamlSource(PydanticBaseSettingsSource):
         return read_yaml(path) if path is not None else {}
 
 
+#: settings that hold a secret: never printed; each can also come from a file (README "Security")
+SECRET_FIELDS: tuple[tuple[str, ...], ...] = (
+    ("kafka_sasl_password",),
+    ("kafka_ssl_key_password",),
+    ("redis_password",),
+    ("web_auth_token",),
+    ("weaviate", "api_key"),
+    ("qdrant", "api_key"),
+    ("chroma", "token"),
+    ("milvus", "token"),
+)
+_SECRET_TOP = {path[0] for path in SECRET_FIELDS if len(path) == 1}
+
+
+def env_name(path: tuple[str, ...]) -> str:
+    """The environment variable of a settings field: ``("weaviate", "api_key")`` -> VECTORIZE_WORKER_WEAVIATE__API_KEY."""
+    return ENV_PREFIX + "__".join(path).upper()
+
+
+class _SecretFilesSource(PydanticBaseSettingsSource):
+    """Secrets read from files: ``<env name>_FILE`` names the file, or ``secrets_dir`` holds one named like the
+    env name without its prefix, in lower case (``kafka_sasl_password``, ``weaviate__api_key``).
+
+    One trailing newline is dropped. A file that cannot be read is a configuration error naming the variable
+    and the path, never the content.
+    """
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        folder = os.environ.get(env_name(("secrets_dir",)))
+        if folder is None:
+            path = _YamlSource.path or config_path()
+            folder = read_yaml(path).get("secrets_dir") if path is not None else None
+        values: dict[str, Any] = {}
+        for path in SECRET_FIELDS:
+            env = env_name(path)
+            file = os.environ.get(env + "_FILE")
+            origin = f"{env}_FILE"
+            if not file and folder:
+                candidate = Path(folder) / env[len(ENV_PREFIX) :].lower()
+                file, origin = (str(candidate), f"secrets_dir {folder}") if candidate.is_file() else (None, "")
+            if not file:
+                continue
+            try:
+                secret = Path(file).read_text(encoding="utf-8").removesuffix("\n").removesuffix("\r")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(
+                    f"Cannot read the secret file {file} ({origin}): {type(exc).__name__}: {getattr(exc, 'strerror', '')}; "
+                    "fix the path or the file's permissions."
+                ) from None
+            target = values
+            for part in path[:-1]:
+                target = target.setdefault(part, {})
+            target[path[-1]] = secret
+        return values
+
+
 def load_settings(config: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
     """Load and validate settings, or raise :class:`ConfigError` naming each bad field."""
     _YamlSource.path = config_path(config)
@@ -374,7 +483,8 @@ def format_validation_error(exc: ValidationError, path: Path | None) -> str:
         if len(loc) > 1:
             yaml_key = ".".join([yaml_key, *loc[1:]])
         got = err.get("input")
-        shown = "" if isinstance(got, dict) else f" got {got!r};"
+        secret = field in _SECRET_TOP or tuple(loc[:2]) in SECRET_FIELDS
+        shown = "" if isinstance(got, dict) or secret else f" got {got!r};"
         if err["type"] == "extra_forbidden":
             detail = "unknown setting; check the spelling against the README's configuration table"
         else:

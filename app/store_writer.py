@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import defaultdict
@@ -10,7 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from app.errors import PermanentError
+from app.errors import PermanentError, cap_message
 from app.inputs import build_records
 from app.retry import retry_forever
 from sinks.base import BaseVectorDB, VectorRecord
@@ -58,9 +59,13 @@ class StoreWriter:
         for out in outcomes:
             if out.error is not None or out.vectors is None or out.info is None:
                 continue
-            records = build_records(
-                out.item.task, out.prepared, out.vectors, model=out.model, worker_id=self.settings.worker_id
-            )
+            try:
+                records = build_records(
+                    out.item.task, out.prepared, out.vectors, model=out.model, worker_id=self.settings.worker_id
+                )
+            except Exception as exc:  # noqa: BLE001 - a task whose records cannot be built fails alone
+                out.error = exc if isinstance(exc, PermanentError) else _unbuildable(out, exc)
+                continue
             out.ids = [r.id for r in records]
             collection = out.item.task.collection or self.settings.default_collection
             groups[(collection, out.info.dim)].append((out, records))
@@ -95,9 +100,12 @@ class StoreWriter:
     async def _write(self, store: BaseVectorDB, collection: str, dim: int, records: list[VectorRecord]) -> None:
         """Write to one store, retrying while it is unavailable (the task is not acked meanwhile)."""
 
+        parts = split_records(records, self.settings.store_batch_points, self.settings.store_batch_bytes)
+
         def write() -> None:
             store.ensure_collection(collection, dim)
-            store.upsert(collection, records)
+            for part in parts:  # bounded requests; upserts by id, so a retry after a partial write is harmless
+                store.upsert(collection, part)
 
         t0 = time.monotonic()
         await retry_forever(
@@ -137,6 +145,39 @@ class StoreWriter:
         """Stop the store threads after the writes in progress (callers close the stores next)."""
         for executor in self._executors.values():
             executor.shutdown(wait=True, cancel_futures=True)
+
+
+def record_bytes(record: VectorRecord) -> int:
+    """About what a record weighs in a store request: its vector as JSON numbers and its payload as JSON."""
+    return 12 * len(record.vector) + len(json.dumps(record.payload, ensure_ascii=False, default=str).encode("utf-8"))
+
+
+def split_records(records: list[VectorRecord], max_points: int, max_bytes: int) -> list[list[VectorRecord]]:
+    """``records`` in order, in parts of at most ``max_points`` records and about ``max_bytes`` bytes each
+    (a single record larger than ``max_bytes`` goes alone)."""
+    parts: list[list[VectorRecord]] = []
+    part: list[VectorRecord] = []
+    size = 0
+    for record in records:
+        weight = record_bytes(record)
+        if part and (len(part) >= max_points or size + weight > max_bytes):
+            parts.append(part)
+            part, size = [], 0
+        part.append(record)
+        size += weight
+    if part:
+        parts.append(part)
+    return parts
+
+
+def _unbuildable(out: Outcome, exc: BaseException) -> PermanentError:
+    task = out.item.task
+    return PermanentError(
+        cap_message(
+            f"Task {task.task_id} ({task.task_type}): building its vector records failed "
+            f"({type(exc).__name__}: {exc}); this is a bug, report it with the task's dead letter."
+        )
+    )
 
 
 def _dedupe(records: list[VectorRecord]) -> list[VectorRecord]:

@@ -141,6 +141,13 @@ def make_size_hint(
     return hint
 
 
+def allowed_models(settings: Settings) -> list[str]:
+    """What a task's ``model_name`` may be: the configured models (default, default image, custom entries)
+    and the names or patterns of ``models.allowed``. ``*`` there opens every hub-style name, never a path."""
+    configured = [settings.default_model, settings.default_image_model, *(c.name for c in settings.custom_models)]
+    return [*settings.models_allowed, *configured]
+
+
 def build_manager(settings: Settings, device: str) -> ModelManager:
     """The worker's :class:`ModelManager` from its settings, for models on ``device``.
 
@@ -155,12 +162,7 @@ def build_manager(settings: Settings, device: str) -> ModelManager:
     if device.startswith("cuda") and settings.gpu_memory_limit:
         budget, setting = settings.gpu_memory_limit, "VECTORIZE_WORKER_GPU_MEMORY_LIMIT (YAML device.gpu_memory_limit)"
     custom = settings.custom_models
-    # the configured models are always allowed; an empty models.allowed allows any name
-    allowed = (
-        [*settings.models_allowed, settings.default_model, settings.default_image_model, *(c.name for c in custom)]
-        if settings.models_allowed
-        else []
-    )
+    allowed = allowed_models(settings)
     return ModelManager(
         make_loader(
             device=device,

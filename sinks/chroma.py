@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from app.errors import ConfigError, StoreRejectedError, StoreUnavailableError
+from app.secrets import reveal
 from sinks.base import BaseVectorDB, Distance, StoredPoint, VectorRecord
 from sinks.lazy import LazyClient
 
@@ -41,13 +42,16 @@ def flatten(payload: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str,
 class ChromaStore(LazyClient, BaseVectorDB):
     name = "chroma"
 
-    def __init__(self, *, url: str | None = None, path: str | Path | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self, *, url: str | None = None, path: str | Path | None = None, timeout: float = 10.0, token: str | None = None
+    ) -> None:
         if not url and not path:
             raise ConfigError("The Chroma store needs a URL (VECTORIZE_WORKER_CHROMA__URL) or a local path.")
         self._url = url
         self._path = path
         self._where = url or f"local path {path}"
         self._timeout = timeout
+        self._token = token
         self._init_client()
         self._collections: dict[str, Any] = {}
 
@@ -68,6 +72,7 @@ class ChromaStore(LazyClient, BaseVectorDB):
             host=parsed.hostname or "127.0.0.1",
             port=parsed.port or (443 if parsed.scheme == "https" else 8000),
             ssl=parsed.scheme == "https",
+            headers={"Authorization": f"Bearer {self._token}"} if self._token else None,
         )
         _set_timeout(client, self._timeout)
         return client
@@ -243,5 +248,5 @@ def create(settings: Any) -> ChromaStore:
     """Entry point ``vectorize_worker.vector_dbs: chroma``."""
     cfg = settings.chroma
     if cfg.url:
-        return ChromaStore(url=cfg.url, timeout=cfg.timeout)
+        return ChromaStore(url=cfg.url, timeout=cfg.timeout, token=reveal(cfg.token))
     return ChromaStore(path=cfg.path or str(Path(settings.data_dir) / "chroma"), timeout=cfg.timeout)

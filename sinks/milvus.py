@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import ConfigError, StoreRejectedError, StoreUnavailableError
+from app.secrets import reveal
 from sinks.base import BaseVectorDB, Distance, StoredPoint, VectorRecord
 from sinks.chroma import PAYLOAD_KEY, flatten
 from sinks.lazy import LazyClient
@@ -226,4 +227,4 @@ def create(settings: Any) -> MilvusStore:
     """Entry point ``vectorize_worker.vector_dbs: milvus``."""
     cfg = settings.milvus
     uri = cfg.uri or str(Path(settings.data_dir) / "milvus.db")
-    return MilvusStore(uri=uri, token=cfg.token, timeout=cfg.timeout)
+    return MilvusStore(uri=uri, token=reveal(cfg.token), timeout=cfg.timeout)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import ConfigError, StoreRejectedError, StoreUnavailableError
+from app.secrets import reveal
 from sinks.base import BaseVectorDB, Distance, StoredPoint, VectorRecord
 
 try:
@@ -193,5 +194,5 @@ def create(settings: Any) -> QdrantStore:
     """Entry point ``vectorize_worker.vector_dbs: qdrant``."""
     cfg = settings.qdrant
     if cfg.url:
-        return QdrantStore(url=cfg.url, api_key=cfg.api_key, timeout=cfg.timeout)
+        return QdrantStore(url=cfg.url, api_key=reveal(cfg.api_key), timeout=cfg.timeout)
     return QdrantStore(path=settings.qdrant_path, timeout=cfg.timeout)

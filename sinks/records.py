@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.errors import VectorizeError
+from app.errors import MAX_ERROR_CHARS, cap_message
 
 Status = Literal["received", "processing", "completed", "failed"]
 
@@ -24,9 +24,21 @@ class ErrorInfo(BaseModel):
     message: str
 
     @classmethod
-    def of(cls, exc: BaseException) -> ErrorInfo:
-        kind = exc.kind if isinstance(exc, VectorizeError) else "internal"
-        return cls(kind=kind, error_class=type(exc).__name__, message=str(exc) or repr(exc))
+    def of(cls, exc: BaseException, limit: int = MAX_ERROR_CHARS) -> ErrorInfo:
+        """The error as it travels in records: its message cut to ``limit`` characters, always valid UTF-8."""
+        kind = getattr(exc, "kind", None) if isinstance(getattr(exc, "kind", None), str) else "internal"
+        message = safe_text(str(exc) or repr(exc))
+        error_class = getattr(exc, "error_class", None) or type(exc).__name__
+        return cls(kind=kind, error_class=error_class, message=cap_message(message, limit))
+
+
+def safe_text(text: str) -> str:
+    """``text`` with anything UTF-8 cannot carry (lone surrogates) written as escapes."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class StatusRecord(BaseModel):
@@ -121,7 +133,11 @@ class DeadLetterRecord(BaseModel):
 
 
 def to_bytes(record: BaseModel) -> bytes:
-    return json.dumps(record.model_dump(mode="json", exclude_none=False), ensure_ascii=False).encode("utf-8")
+    data = record.model_dump(mode="json", exclude_none=False)
+    try:
+        return json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate somewhere: escaped, the record stays valid UTF-8 JSON
+        return json.dumps(data, ensure_ascii=True).encode("ascii")
 
 
 def json_schemas() -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from app.errors import ConfigError, StoreRejectedError, StoreUnavailableError
+from app.secrets import reveal
 from sinks.base import BaseVectorDB, Distance, StoredPoint, VectorRecord
 from sinks.chroma import PAYLOAD_KEY, flatten
 from sinks.lazy import LazyClient
@@ -261,4 +262,6 @@ def _payload(properties: Mapping[str, Any] | None) -> dict[str, Any]:
 def create(settings: Any) -> WeaviateStore:
     """Entry point ``vectorize_worker.vector_dbs: weaviate``."""
     cfg = settings.weaviate
-    return WeaviateStore(url=settings.weaviate_url, grpc_port=cfg.grpc_port, api_key=cfg.api_key, timeout=cfg.timeout)
+    return WeaviateStore(
+        url=settings.weaviate_url, grpc_port=cfg.grpc_port, api_key=reveal(cfg.api_key), timeout=cfg.timeout
+    )

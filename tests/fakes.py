@@ -81,6 +81,7 @@ class FakeStore(BaseVectorDB):
         self.dims: dict[str, int] = {}
         self.fail_next: list[Exception] = []
         self.upserts = 0
+        self.upsert_sizes: list[int] = []
 
     def _maybe_fail(self) -> None:
         if self.fail_next:
@@ -100,6 +101,7 @@ class FakeStore(BaseVectorDB):
         if any(r.payload.get("text") == "poison" for r in records):
             raise StoreRejectedError("payload refused by this database")
         self.upserts += 1
+        self.upsert_sizes.append(len(records))
         for r in records:
             self.collections[collection][r.id] = StoredPoint(
                 r.id, json.loads(json.dumps(dict(r.payload))), list(r.vector)
@@ -130,17 +132,25 @@ def unavailable() -> StoreUnavailableError:
 
 
 class FakeKafka:
-    """SendPort that records (topic, key, json value); ``fail_next`` fails deliveries."""
+    """SendPort that records (topic, key, json value); ``fail_next`` fails deliveries; a record over
+    ``max_bytes`` is refused for good, as a broker refuses one over its ``max.message.bytes``."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_bytes: int | None = None) -> None:
         self.sent: list[tuple[str, str | None, dict[str, Any]]] = []
         self.fail_next = 0
+        self.max_bytes = max_bytes
+        self.refused = 0
 
     async def send(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.fail_next:
             self.fail_next -= 1
             fut.set_exception(ConnectionError("broker down"))  # what a lost broker raises
+        elif self.max_bytes is not None and len(value) > self.max_bytes:
+            from aiokafka.errors import MessageSizeTooLargeError
+
+            self.refused += 1
+            fut.set_exception(MessageSizeTooLargeError(f"{len(value)} bytes"))
         else:
             self.sent.append((topic, key.decode() if key else None, json.loads(value)))
             fut.set_result(None)

@@ -106,6 +106,8 @@ def test_worker_runs_every_task_type_with_each_family(topics: Topics, tmp_path: 
         tmp_path / "w",
         VECTORIZE_WORKER_MODELS_CACHE_DIR=str(cache),
         VECTORIZE_WORKER_CUSTOM_MODELS=json.dumps(custom),
+        # models.allowed defaults to the configured models: these two are named by tasks only
+        VECTORIZE_WORKER_MODELS_ALLOWED="bert-base-uncased,roberta-base",
         VECTORIZE_WORKER_MAX_LOADED_MODELS="2",
         VECTORIZE_WORKER_MODELS_MEMORY_BUDGET="1GiB",
         VECTORIZE_WORKER_INCLUDE_VECTORS="true",

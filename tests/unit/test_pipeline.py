@@ -13,35 +13,40 @@ from app.acks import AckTracker, Ticket
 from app.errors import StoreRejectedError
 from app.ids import vector_id
 from app.pipeline import TaskPipeline
+from app.settings import Settings
 from models.manager import ModelManager
 from sinks.publisher import RecordPublisher
 from tests.fakes import FakeEmbedder, FakeKafka, FakeStore, unavailable
 
+# every setting at its default (new settings reach these tests by themselves), then the test values
 SETTINGS = SimpleNamespace(
-    worker_id="w-test",
-    max_task_bytes=1 << 20,
-    max_concurrent_tasks=100,
-    max_inflight_texts=4096,
-    max_batch_tokens=16384,
-    max_batch_size=64,
-    default_batch_size=32,
-    batch_wait_ms=1,
-    task_timeout=1800,
-    default_model="fake-model",
-    default_collection="vectorize",
-    include_vectors=False,
-    long_text="reject",
-    default_image_model="fake-image-model",
-    images_allowed_roots=[],
-    images_allow_urls=False,
-    images_allow_private_urls=False,
-    images_max_bytes=1 << 20,
-    images_max_pixels=4_000_000,
-    images_url_timeout=5.0,
-    images_batch_size=16,
-    chunk_tokens=None,
-    chunk_overlap_tokens=4,
-    document_vector="mean",
+    **{name: field.get_default(call_default_factory=True) for name, field in Settings.model_fields.items()}
+    | dict(
+        worker_id="w-test",
+        max_task_bytes=1 << 20,
+        max_concurrent_tasks=100,
+        max_inflight_texts=4096,
+        max_batch_tokens=16384,
+        max_batch_size=64,
+        default_batch_size=32,
+        batch_wait_ms=1,
+        task_timeout=1800,
+        default_model="fake-model",
+        default_collection="vectorize",
+        include_vectors=False,
+        long_text="reject",
+        default_image_model="fake-image-model",
+        images_allowed_roots=[],
+        images_allow_urls=False,
+        images_allow_private_urls=False,
+        images_max_bytes=1 << 20,
+        images_max_pixels=4_000_000,
+        images_url_timeout=5.0,
+        images_batch_size=16,
+        chunk_tokens=None,
+        chunk_overlap_tokens=4,
+        document_vector="mean",
+    )
 )
 
 

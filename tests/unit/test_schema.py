@@ -5,7 +5,7 @@ import json
 import pytest
 
 from app.errors import InvalidTaskError
-from app.schema import BatchTask, DocumentTask, ImageTask, TextTask, parse_task, task_texts
+from app.schema import BatchTask, Limits, DocumentTask, ImageTask, TextTask, parse_task, task_texts
 
 DOC_EXAMPLES = [
     (
@@ -101,7 +101,7 @@ def test_malformed_payloads_are_rejected_precisely(payload: bytes, message: str)
 def test_oversized_payload_is_rejected_before_parsing() -> None:
     payload = json.dumps({"task_type": "text_vectorization", "data": "x" * 5000}).encode()
     with pytest.raises(InvalidTaskError, match=r"over the limit of 4096 bytes \(VECTORIZE_WORKER_MAX_TASK_BYTES\)"):
-        parse_task(payload, max_bytes=4096)
+        parse_task(payload, limits=Limits(max_task_bytes=4096))
 
 
 def test_invalid_task_keeps_its_task_id() -> None:

@@ -212,3 +212,61 @@ def test_openmp_threads_sleep_unless_the_environment_says_otherwise(
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [expected, "False"]  # and torch not loaded yet: the setting still takes effect
+
+
+def test_safe_defaults(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    clean_env.chdir(tmp_path)
+    s = load_settings()
+    assert (s.web_host, s.metrics_host) == ("127.0.0.1", "127.0.0.1")
+    assert s.web_auth_token is None and s.web_search_enabled is False
+    assert s.kafka_security_protocol == "PLAINTEXT"
+    assert (s.max_metadata_bytes, s.max_metadata_keys, s.max_metadata_depth, s.max_title_chars) == (16384, 256, 8, 1000)
+    assert (s.store_batch_points, s.store_batch_bytes) == (1000, 8 * 1024 * 1024)
+
+
+def test_secrets_come_from_files_and_are_never_shown(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    clean_env.chdir(tmp_path)
+    (tmp_path / "pw").write_text("s3cret-from-file\n", encoding="utf-8")
+    clean_env.setenv("VECTORIZE_WORKER_KAFKA_SASL_PASSWORD_FILE", str(tmp_path / "pw"))
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "weaviate__api_key").write_text("wv-key", encoding="utf-8")
+    (secrets / "web_auth_token").write_text("tok", encoding="utf-8")
+    clean_env.setenv("VECTORIZE_WORKER_SECRETS_DIR", str(secrets))
+    clean_env.setenv("VECTORIZE_WORKER_WEB_AUTH_TOKEN", "from-env-wins")
+    s = load_settings()
+    assert s.kafka_sasl_password is not None and s.kafka_sasl_password.get_secret_value() == "s3cret-from-file"
+    assert s.weaviate.api_key is not None and s.weaviate.api_key.get_secret_value() == "wv-key"
+    assert s.web_auth_token is not None and s.web_auth_token.get_secret_value() == "from-env-wins"
+    shown = f"{s!r} {s} {s.model_dump()} {s.model_dump_json()}"
+    assert "s3cret-from-file" not in shown and "wv-key" not in shown and "from-env-wins" not in shown
+
+
+def test_an_unreadable_secret_file_names_the_variable_not_the_content(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    clean_env.chdir(tmp_path)
+    clean_env.setenv("VECTORIZE_WORKER_REDIS_PASSWORD_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="VECTORIZE_WORKER_REDIS_PASSWORD_FILE") as info:
+        load_settings()
+    assert str(tmp_path / "missing") in str(info.value)
+
+
+def test_a_bad_secret_value_is_not_echoed(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    clean_env.chdir(tmp_path)
+    path = write_yaml(tmp_path, "stores: {weaviate: {api_key: [not-a-string-secret-123]}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert "weaviate.api_key" in str(info.value) and "not-a-string-secret-123" not in str(info.value)
+
+
+def test_models_allowed_defaults_to_the_configured_models(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from models.families import allowed_models, is_allowed
+
+    clean_env.chdir(tmp_path)
+    allowed = allowed_models(load_settings())
+    assert is_allowed("sentence-transformers/all-MiniLM-L6-v2", allowed) and is_allowed("ViT-B/32", allowed)
+    assert not is_allowed("someone/else", allowed) and not is_allowed("/srv/models/x", allowed)
+    clean_env.setenv("VECTORIZE_WORKER_MODELS_ALLOWED", "*")
+    opened = allowed_models(load_settings())
+    assert is_allowed("someone/else", opened) and not is_allowed("/srv/models/x", opened)

@@ -33,7 +33,9 @@ class ProbedStore(FakeStore):
 def writer_for(store: FakeStore) -> StoreWriter:
     return StoreWriter(
         [store],
-        settings=SimpleNamespace(worker_id="w", default_collection="c"),
+        settings=SimpleNamespace(
+            worker_id="w", default_collection="c", store_batch_points=1000, store_batch_bytes=1 << 23
+        ),
         metrics=Metrics(),
         on_retry=lambda attempt, exc: None,
     )
