@@ -33,8 +33,12 @@ async def _timed(name: str, func: Callable[[], Awaitable[str]]) -> Check:
 async def check_kafka(settings: Settings, timeout: float = 10.0) -> str:
     from aiokafka.admin import AIOKafkaAdminClient
 
+    from app.kafka_security import aiokafka_security_kwargs
+
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=int(timeout * 1000)
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        request_timeout_ms=int(timeout * 1000),
+        **aiokafka_security_kwargs(settings),  # SASL/TLS as the worker uses them
     )
     try:
         await asyncio.wait_for(admin.start(), timeout)

@@ -13,6 +13,8 @@ from typing import Any
 import faust
 
 from app.errors import ConfigError
+from app.kafka_check import checked_worker
+from app.kafka_security import credentials_or_exit
 from app.logs import logging_config
 from app.settings import Settings, load_settings
 
@@ -32,6 +34,10 @@ DATADIR.mkdir(parents=True, exist_ok=True)
 app = faust.App(
     settings.kafka_group_id,
     broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap_servers.split(",") if host.strip()],
+    # SASL/TLS from kafka.security_protocol & co (app/kafka_security.py); `worker` first checks the broker
+    # accepts them (app/kafka_check.py) and exits with code 2 naming the setting, instead of retrying for ever
+    broker_credentials=credentials_or_exit(settings),
+    Worker=checked_worker(settings),
     # Task payloads are parsed by our own validator (bad JSON must become a
     # dead letter, not a codec crash); `faust send` then writes the text as is.
     key_serializer="raw",

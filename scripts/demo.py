@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
 
+from app.kafka_security import aiokafka_security_kwargs  # noqa: E402
 from app.settings import load_settings  # noqa: E402
 
 EXAMPLES = [
@@ -53,15 +54,17 @@ QUERY = "Which pet likes to nap near the window?"
 
 async def send_and_wait(settings, tasks: list[dict], timeout: float = 180) -> dict[str, dict]:
     ids = {t["task_id"] for t in tasks}
+    security = aiokafka_security_kwargs(settings)  # the worker's SASL/TLS settings
     consumer = AIOKafkaConsumer(
         settings.results_topic,
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=None,
         auto_offset_reset="latest",
         metadata_max_age_ms=1000,
+        **security,
     )
     await consumer.start()
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", **security)
     await producer.start()
     try:
         await consumer.seek_to_end()

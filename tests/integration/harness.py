@@ -174,8 +174,19 @@ class WorkerProcess:
             self.proc.wait(30)
 
 
-async def produce(topic: str, values: Iterable[bytes], key: bytes | None = None) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", max_request_size=16 * 1024 * 1024)
+async def produce(
+    topic: str,
+    values: Iterable[bytes],
+    key: bytes | None = None,
+    bootstrap: str | None = None,
+    *,
+    security: dict[str, Any] | None = None,
+) -> None:
+    """Send ``values`` one by one, each acknowledged by all replicas; ``bootstrap``: another broker than BOOTSTRAP;
+    ``security``: aiokafka's security_protocol/ssl_context/sasl_* arguments for a secured broker."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap or BOOTSTRAP, acks="all", max_request_size=16 * 1024 * 1024, **(security or {})
+    )
     await producer.start()
     try:
         for value in values:
@@ -184,10 +195,12 @@ async def produce(topic: str, values: Iterable[bytes], key: bytes | None = None)
         await producer.stop()
 
 
-async def create_topics(names: Iterable[str], partitions: int = 4) -> None:
+async def create_topics(
+    names: Iterable[str], partitions: int = 4, bootstrap: str | None = None, *, security: dict[str, Any] | None = None
+) -> None:
     from aiokafka.admin import NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap or BOOTSTRAP, **(security or {}))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -199,18 +212,26 @@ async def create_topics(names: Iterable[str], partitions: int = 4) -> None:
 
 
 async def collect(
-    topics: list[str], done: Any, timeout: float = 180, quiet: bool = False
+    topics: list[str],
+    done: Any,
+    timeout: float = 180,
+    quiet: bool = False,
+    bootstrap: str | None = None,
+    *,
+    security: dict[str, Any] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Read JSON records of ``topics`` from the beginning until ``done(records)`` or the timeout.
 
-    ``quiet``: return what was read at the timeout instead of failing.
+    ``quiet``: return what was read at the timeout instead of failing. ``bootstrap``: another broker than BOOTSTRAP.
+    ``security``: as for :func:`produce`.
     """
     consumer = AIOKafkaConsumer(
         *topics,
-        bootstrap_servers=BOOTSTRAP,
+        bootstrap_servers=bootstrap or BOOTSTRAP,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         group_id=None,
+        **(security or {}),
         metadata_max_age_ms=1000,
     )
     await consumer.start()
@@ -231,11 +252,13 @@ async def collect(
     raise AssertionError(f"timed out after {timeout}s waiting for records; got {counts}")
 
 
-async def committed_vs_end(topic: str, group: str) -> tuple[dict[int, int], dict[int, int]]:
-    """The group's committed offsets and the topic's end offsets, per partition."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+async def committed_vs_end(
+    topic: str, group: str, bootstrap: str | None = None
+) -> tuple[dict[int, int], dict[int, int]]:
+    """The group's committed offsets and the topic's end offsets, per partition (``bootstrap``: another broker)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap or BOOTSTRAP)
     await admin.start()
-    consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap or BOOTSTRAP)
     await consumer.start()
     try:
         offsets = await admin.list_consumer_group_offsets(group)
