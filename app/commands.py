@@ -20,20 +20,39 @@ async def doctor(self: Any) -> None:
 @app.command()
 async def workers(self: Any) -> None:
     """List live workers from their Redis heartbeats."""
-    from sinks.heartbeat import live_workers
+    from sinks.heartbeat import live_workers, redis_error
 
     try:
-        live = await live_workers(settings.redis_url)
-    except Exception as exc:  # noqa: BLE001 - one clear line instead of a traceback
-        print(f"Failed to connect to Redis at {settings.redis_url}: {exc} (VECTORIZE_WORKER_REDIS_URL)")
-        raise SystemExit(1) from None
-    print(
-        f"{'worker':<20} {'host':<16} {'pid':>7} {'status':<9} {'ready':<5} {'done':>7} {'failed':>6} {'device':<6} models"
-    )
-    for w in live:
-        print(
-            f"{w.get('worker_id', '?'):<20} {w.get('host', '?'):<16} {w.get('pid', 0):>7} {w.get('status', '?'):<9} "
-            f"{'yes' if w.get('ready') else 'no':<5} {w.get('processed', 0):>7} {w.get('failed', 0):>6} "
-            f"{w.get('device', '?'):<6} {', '.join(w.get('loaded_models', []))}"
+        live = await live_workers(
+            settings.redis_url, password=settings.redis_password, ssl_ca_file=settings.redis_ssl_ca_file
         )
-    print(f"{len(live)} live worker(s)")
+    except Exception as exc:  # noqa: BLE001 - one clear line instead of a traceback
+        print(redis_error(settings.redis_url, exc, settings.redis_password))
+        raise SystemExit(1) from None
+    for line in worker_table(live):
+        print(line)
+
+
+def _cell(value: Any, width: int = 60) -> str:
+    """A heartbeat field for the terminal: heartbeats come from whoever can write to Redis, so control
+    characters (terminal escapes) are replaced and the text is capped."""
+    text = "".join(c if c.isprintable() else "?" for c in str(value))
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def worker_table(live: list[dict[str, Any]]) -> list[str]:
+    """The ``workers`` command's lines: a header, one row per heartbeat, a count."""
+    lines = [
+        f"{'worker':<20} {'host':<16} {'pid':>7} {'status':<9} {'ready':<5} {'done':>7} {'failed':>6} {'device':<6} models"
+    ]
+    for w in live:
+        models = w.get("loaded_models")
+        models_text = ", ".join(str(m) for m in models) if isinstance(models, list) else ""
+        lines.append(
+            f"{_cell(w.get('worker_id', '?')):<20} {_cell(w.get('host', '?')):<16} {_cell(w.get('pid', 0)):>7} "
+            f"{_cell(w.get('status', '?')):<9} {'yes' if w.get('ready') else 'no':<5} "
+            f"{_cell(w.get('processed', 0)):>7} {_cell(w.get('failed', 0)):>6} {_cell(w.get('device', '?')):<6} "
+            f"{_cell(models_text, 200)}"
+        )
+    lines.append(f"{len(live)} live worker(s)")
+    return lines

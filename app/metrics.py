@@ -1,4 +1,4 @@
-"""Every Prometheus metric of the worker, by name, in one place (served on :9091)."""
+"""Every Prometheus metric of the worker, by name, in one place (served on metrics.host:metrics.port, 127.0.0.1:9091)."""
 
 from __future__ import annotations
 
@@ -56,8 +56,12 @@ class Metrics:
     def refresh_memory(self) -> None:
         self.memory.set(rss_bytes())
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> Any:
-        """Serve /metrics on ``port`` in a background thread (0 disables)."""
+    def serve(self, port: int, addr: str = "127.0.0.1") -> Any:
+        """Serve /metrics on ``addr``:``port`` in a background thread (0 disables).
+
+        Loopback by default (``metrics.host``): the endpoint has no authentication, so open it to a
+        network (0.0.0.0) only where a network policy limits who reaches it (README "Security").
+        """
         if port:
             return start_http_server(port, addr=addr, registry=self.registry)
         return None

@@ -37,7 +37,12 @@ class WorkerRuntime:
         self.tracker = AckTracker()
         self.metrics = Metrics()
         self.heartbeat = Heartbeat(
-            settings.redis_url, settings.worker_id, self.state, interval=settings.heartbeat_interval
+            settings.redis_url,
+            settings.worker_id,
+            self.state,
+            interval=settings.heartbeat_interval,
+            password=settings.redis_password,
+            ssl_ca_file=settings.redis_ssl_ca_file,
         )
         self.store_up: bool | None = None
         self.model_ready = False
@@ -79,7 +84,7 @@ class WorkerRuntime:
         )
         self.manager.on_change = lambda infos: self.metrics.loaded_models.set(len(infos))
         if not self._metrics_served:
-            self.metrics.serve(s.metrics_port)
+            self.metrics.serve(s.metrics_port, addr=s.metrics_host)
             self._metrics_served = True
         if not self._background:
             self._heartbeat_task = asyncio.ensure_future(self.heartbeat.run())

@@ -7,8 +7,9 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -22,6 +23,21 @@ Loader = Callable[[str], Embedder]
 BUDGET_SETTING = "VECTORIZE_WORKER_MODELS_MEMORY_BUDGET (YAML models.memory_budget)"
 
 
+@dataclass(frozen=True)
+class _Loaded:
+    """What is loaded, as of the last change: replaced whole under the lock, read without it.
+
+    A load holds the manager's lock for as long as the loader runs (seconds to
+    minutes for a download); the event loop asks what is loaded every couple of
+    seconds (metrics, heartbeats, /state). Reading this snapshot, one attribute
+    load, never waits for that lock.
+    """
+
+    models: Mapping[str, Embedder] = field(default_factory=dict)  # LRU order, least recent first
+    infos: tuple[EmbedderInfo, ...] = ()
+    memory: int = 0
+
+
 class ModelManager:
     """Keeps at most ``max_loaded`` models within ``memory_budget`` bytes; the least recently used goes first.
 
@@ -29,7 +45,9 @@ class ModelManager:
     the cores), so the event loop never blocks on a model and two batches
     never compete for the same device. The async methods may be called from
     the event loop; the ``*_sync`` ones block and are for that thread, scripts
-    and tests.
+    and tests. The state readers (:meth:`loaded`, :meth:`is_loaded`,
+    :meth:`loaded_model`, :meth:`memory_used`) read a snapshot and never wait
+    for the lock a load holds: the event loop calls them every couple of seconds.
 
     Memory: a model's size is what :meth:`Embedder.memory_bytes` reports once
     loaded (``size_hint`` estimates it before the first load, from the weight
@@ -73,7 +91,8 @@ class ModelManager:
         self._models: OrderedDict[str, Embedder] = OrderedDict()
         self._sizes: dict[str, int] = {}  # measured sizes, kept after unloading: the next load's estimate
         self._last_used: dict[str, float] = {}
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # held by a whole load: never taken by the readers of `_snapshot`
+        self._snapshot = _Loaded()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-device")
         # token counts for batching of a loaded model, so they need not wait behind model calls
         self._tokenizer_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-tokenizer")
@@ -87,8 +106,8 @@ class ModelManager:
     def get_sync(self, name: str) -> Embedder:
         model, loaded = self._get_or_load(name)
         if loaded and self._freeze_after_load:
-            # the model's objects out of every later collection's scan; outside the lock, which the
-            # event loop takes every 2 s (loaded models for metrics and /state) and the collection takes ~0.5 s
+            # the model's objects out of every later collection's scan; outside the lock (the collection
+            # takes ~0.5 s), so that a load queued behind this one is not held up by it
             freeze_heap()
         return model
 
@@ -99,6 +118,7 @@ class ModelManager:
             if model is not None:
                 self._models.move_to_end(name)
                 self._last_used[name] = self._clock()
+                self._publish()
                 return model, False
             known = self._sizes.get(name)
             if self.memory_budget and known and known > self.memory_budget:
@@ -155,16 +175,10 @@ class ModelManager:
         """Tokens per text (:meth:`Embedder.token_lengths`) without waiting behind the model's calls.
 
         A loaded model's tokenizer runs on the tokenizer thread; a model not
-        loaded yet (or any model while the device thread holds the cache's
-        lock, e.g. loading another one) goes through the device thread, which
-        loads it first (raises like :meth:`get` when it cannot be).
+        loaded yet goes through the device thread, which loads it first
+        (raises like :meth:`get` when it cannot be).
         """
-        model = None
-        if self._lock.acquire(blocking=False):  # never wait on the event loop for a load in progress
-            try:
-                model = self._models.get(name)
-            finally:
-                self._lock.release()
+        model = self._snapshot.models.get(name)  # lock-free: never waits on the event loop for a load
         if model is None:
             return await self.run(lambda: self.token_lengths_sync(name, texts))
         return await asyncio.get_running_loop().run_in_executor(self._tokenizer_executor, model.token_lengths, texts)
@@ -182,19 +196,25 @@ class ModelManager:
     ) -> tuple[np.ndarray, EmbedderInfo]:
         return await self.run(lambda: self.embed_images_sync(name, images, batch_size=batch_size, normalize=normalize))
 
-    # -- state ----------------------------------------------------------------------
+    # -- state (lock-free: safe on the event loop while a load runs) -----------------
     def loaded(self) -> list[EmbedderInfo]:
-        with self._lock:
-            return [model.info for model in self._models.values()]
+        """The loaded models, least recently used first; never waits for a load in progress."""
+        return list(self._snapshot.infos)
 
     def is_loaded(self, name: str) -> bool:
-        with self._lock:
-            return name in self._models
+        """Whether ``name`` is loaded now; never waits for a load in progress (and never loads)."""
+        return name in self._snapshot.models
+
+    def loaded_model(self, name: str) -> Embedder | None:
+        """The loaded embedder of ``name``, or None; never loads it and never waits for a load.
+
+        Call its methods on the device thread (:meth:`run`): embedders are not thread-safe.
+        """
+        return self._snapshot.models.get(name)
 
     def memory_used(self) -> int:
         """Bytes held by the loaded models, as measured when each was loaded."""
-        with self._lock:
-            return sum(self._sizes.get(name, 0) for name in self._models)
+        return self._snapshot.memory
 
     def unload(self, name: str) -> bool:
         with self._lock:
@@ -202,6 +222,7 @@ class ModelManager:
             if model is None:
                 return False
             self._last_used.pop(name, None)
+            self._publish()  # out of the readers' view before it closes
             model.close()
             self._changed()
             return True
@@ -263,15 +284,20 @@ class ModelManager:
 
     def _make_room(self, size: int, *, for_model: str) -> None:
         assert self.memory_budget is not None
-        while self._models and self.memory_used() + size > self.memory_budget:
+        while self._models and self._memory_in_use() + size > self.memory_budget:
             self._evict_oldest(
                 f"{for_model} needs {format_bytes(size)}, budget {format_bytes(self.memory_budget)}, "
-                f"in use {format_bytes(self.memory_used())}"
+                f"in use {format_bytes(self._memory_in_use())}"
             )
+
+    def _memory_in_use(self) -> int:
+        """Bytes held by the models in the cache now (call with the lock held)."""
+        return sum(self._sizes.get(name, 0) for name in self._models)
 
     def _evict_oldest(self, reason: str) -> None:
         name, model = self._models.popitem(last=False)
         self._last_used.pop(name, None)
+        self._publish()  # out of the readers' view before it closes
         log.info("Unloading model %s (least recently used; %s)", name, reason)
         model.close()
         self._changed()
@@ -321,7 +347,15 @@ class ModelManager:
             except RuntimeError:  # the executor is shut down
                 return
 
+    def _publish(self) -> None:
+        """Replace the readers' snapshot (call with the lock held, after every change to the cache)."""
+        models = dict(self._models)
+        self._snapshot = _Loaded(
+            models=models, infos=tuple(m.info for m in models.values()), memory=self._memory_in_use()
+        )
+
     def _changed(self) -> None:
+        self._publish()
         if self.on_change is not None:
             self.on_change(self.loaded())
 

@@ -3,7 +3,9 @@
 Key ``worker:{worker_id}:heartbeat``, refreshed every ``interval`` seconds with a
 TTL of ``ttl_intervals`` intervals, so a worker that dies disappears by itself.
 Redis being down never stops the worker: one warning when it goes away, one
-note when it is back.
+note when it is back. The Redis URL is shown only redacted (``redis://:***@host``);
+a password from ``redis.password`` (or a secret file) and a CA for ``rediss://``
+go into the client, never into a log line or a heartbeat.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import socket
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from pydantic import SecretStr
 from redis.exceptions import RedisError
 
 log = logging.getLogger("worker.heartbeat")
@@ -26,6 +30,57 @@ KEY = "worker:{worker_id}:heartbeat"
 
 def heartbeat_key(worker_id: str) -> str:
     return KEY.format(worker_id=worker_id)
+
+
+def redis_client(url: str, *, password: SecretStr | None = None, ssl_ca_file: str | None = None) -> aioredis.Redis:
+    """A client for ``url`` with short timeouts; ``password`` replaces one in the URL, ``ssl_ca_file``
+    verifies a ``rediss://`` server (redis-py lets the URL's own options win over keyword arguments,
+    so the URL's password is taken out first)."""
+    from app.secrets import redact_url, reveal  # not at import time: importing app imports this module
+
+    options: dict[str, Any] = {"socket_connect_timeout": 2, "socket_timeout": 2}
+    if password is not None:
+        url = _without_password(url)
+        options["password"] = reveal(password)
+    if ssl_ca_file:
+        if urlsplit(url).scheme == "rediss":
+            options["ssl_ca_certs"] = ssl_ca_file
+        else:
+            log.warning(
+                "redis.ssl_ca_file (VECTORIZE_WORKER_REDIS_SSL_CA_FILE) is set but the Redis URL %s is not "
+                "rediss://, so the connection is not encrypted and the CA is unused; use rediss:// for TLS",
+                redact_url(url),
+            )
+    return aioredis.from_url(url, **options)
+
+
+def redis_error(url: str, exc: BaseException, password: SecretStr | None = None) -> str:
+    """Why Redis at ``url`` failed, for a log line or a view: the URL redacted, any password cut out of the
+    client's message, the settings to check named."""
+    from app.secrets import redact_url, reveal  # not at import time: importing app imports this module
+
+    text = str(exc) or type(exc).__name__
+    try:
+        in_url = urlsplit(url).password
+    except ValueError:
+        in_url = None
+    for secret in (reveal(password), in_url):
+        if secret:
+            text = text.replace(secret, "***")
+    return (
+        f"Failed to connect to Redis at {redact_url(url)}: {text[:300]} (check VECTORIZE_WORKER_REDIS_URL, "
+        "VECTORIZE_WORKER_REDIS_PASSWORD, VECTORIZE_WORKER_REDIS_SSL_CA_FILE)"
+    )
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    if parts.username:
+        netloc = f"{parts.username}@{netloc}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 class Heartbeat:
@@ -39,13 +94,18 @@ class Heartbeat:
         *,
         interval: float = 5.0,
         ttl_intervals: int = 3,
+        password: SecretStr | None = None,
+        ssl_ca_file: str | None = None,
     ) -> None:
-        self.url = url
+        from app.secrets import redact_url  # not at import time: importing app imports this module
+
+        self.url = redact_url(url)  # for messages only
+        self._raw_url, self._password = url, password  # to cut secrets out of the client's error messages
         self.worker_id = worker_id
         self.interval = interval
         self.ttl = max(1, int(round(interval * ttl_intervals)))
         self._state = state
-        self._redis = aioredis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+        self._redis = redis_client(url, password=password, ssl_ca_file=ssl_ca_file)
         self.redis_up: bool | None = None  # None until the first beat
         self.beats = 0
         self._closed = False
@@ -67,10 +127,8 @@ class Heartbeat:
         except (RedisError, OSError) as exc:
             if self.redis_up is not False:
                 log.warning(
-                    "Failed to connect to Redis at %s: %s — heartbeats paused, tasks keep flowing; "
-                    "will resume when Redis is back (VECTORIZE_WORKER_REDIS_URL)",
-                    self.url,
-                    exc,
+                    "%s — heartbeats paused, tasks keep flowing; will resume when Redis is back",
+                    redis_error(self._raw_url, exc, self._password),
                 )
             self.redis_up = False
             return False
@@ -98,15 +156,24 @@ class Heartbeat:
         await self._redis.aclose()
 
 
-async def live_workers(url: str) -> list[dict[str, Any]]:
-    """Every live worker's last heartbeat, sorted by worker id."""
-    client = aioredis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+async def live_workers(
+    url: str, *, password: SecretStr | None = None, ssl_ca_file: str | None = None
+) -> list[dict[str, Any]]:
+    """Every live worker's last heartbeat, sorted by worker id (a key that is not a JSON object is skipped).
+
+    Raises what redis-py raises when Redis cannot be reached; its messages carry host and port, not the password.
+    """
+    client = redis_client(url, password=password, ssl_ca_file=ssl_ca_file)
     try:
         workers = []
         async for key in client.scan_iter(match="worker:*:heartbeat", count=500):
             raw = await client.get(key)
-            if raw:
-                workers.append(json.loads(raw))
-        return sorted(workers, key=lambda w: w.get("worker_id", ""))
+            try:
+                beat = json.loads(raw) if raw else None
+            except ValueError:
+                continue
+            if isinstance(beat, dict):
+                workers.append(beat)
+        return sorted(workers, key=lambda w: str(w.get("worker_id", "")))
     finally:
         await client.aclose()

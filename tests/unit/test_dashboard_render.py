@@ -1,0 +1,105 @@
+"""Headless Chromium renders the dashboard against hostile data behind the token: every string shows as
+text, none becomes markup; the page takes the token from ``#token=`` and asks for it when missing.
+
+The data endpoints are aiohttp fakes (no worker, no Kafka); the page, its headers (CSP) and the token
+middleware are the worker's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import pytest
+from aiohttp import web as aiohttp_web
+from aiohttp.test_utils import TestServer
+
+from agents.web_security import auth_middleware, dashboard_headers
+
+DASHBOARD = (Path(__file__).resolve().parents[2] / "agents" / "dashboard.html").read_text(encoding="utf-8")
+TOKEN = "dash-Token-42"
+HOSTILE = '<img src=x onerror="document.title=1">'
+
+pytestmark = pytest.mark.skipif(shutil.which("chromium") is None, reason="needs chromium (apt install chromium)")
+
+
+def _app() -> aiohttp_web.Application:
+    async def page(request: aiohttp_web.Request) -> aiohttp_web.Response:
+        return aiohttp_web.Response(text=DASHBOARD, content_type="text/html", headers=dashboard_headers(DASHBOARD))
+
+    async def workers(request: aiohttp_web.Request) -> aiohttp_web.Response:
+        beat = {
+            "worker_id": "w-" + HOSTILE,
+            "host": HOSTILE,
+            "web_port": "<svg onload=alert(1)>",
+            "status": "running",
+            "ready": True,
+            "processed": "<b>7</b>",
+            "failed": 1,
+            "device": HOSTILE,
+            "loaded_models": [HOSTILE],
+            "timestamp": "<i>now</i>",
+        }
+        return aiohttp_web.json_response({"workers": [beat], "this_worker": "me", "redis_error": HOSTILE})
+
+    async def models(request: aiohttp_web.Request) -> aiohttp_web.Response:
+        info = {"name": "model-" + HOSTILE, "family": HOSTILE, "dim": "<u>384</u>", "device": "cpu", "source": HOSTILE}
+        return aiohttp_web.json_response({"loaded": [info]})
+
+    async def state(request: aiohttp_web.Request) -> aiohttp_web.Response:
+        failure = {"at": 1.0, "task_id": "task-" + HOSTILE, "task_type": HOSTILE, "kind": HOSTILE, "error": HOSTILE}
+        return aiohttp_web.json_response({"recent_failures": [failure], "time": 1.0})
+
+    application = aiohttp_web.Application(middlewares=[auth_middleware(TOKEN)])
+    application.router.add_get("/", page)
+    application.router.add_get("/workers", workers)
+    application.router.add_get("/models", models)
+    application.router.add_get("/state", state)
+    return application
+
+
+async def _dump_dom(url: str, profile: Path) -> str:
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=5000",
+    ]
+    process = await asyncio.create_subprocess_exec(
+        "chromium", *flags, "--dump-dom", url, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=120)
+    assert process.returncode == 0, stderr.decode(errors="replace")[-2000:]
+    return stdout.decode()
+
+
+async def test_hostile_strings_render_as_text_with_the_token_from_the_fragment(tmp_path: Path) -> None:
+    server = TestServer(_app(), host="127.0.0.1")
+    await server.start_server()
+    try:
+        dom = await _dump_dom(str(server.make_url("/")) + f"#token={TOKEN}", tmp_path / "profile")
+    finally:
+        await server.close()
+    assert '<td>w-&lt;img src=x onerror="document.title=1"&gt;</td>' in dom, dom[-3000:]  # rows came: token used
+    assert "<td>task-&lt;img" in dom and "<td>model-&lt;img" in dom
+    assert "<img" not in dom and "<svg" not in dom and "<b>7" not in dom and "<u>384" not in dom
+    assert '<form id="login" hidden="">' in dom  # the token worked: no prompt
+    assert "<title>vectorize-worker</title>" in dom
+
+
+async def test_without_a_token_the_page_asks_for_it(tmp_path: Path) -> None:
+    server = TestServer(_app(), host="127.0.0.1")
+    await server.start_server()
+    try:
+        dom = await _dump_dom(str(server.make_url("/")), tmp_path / "profile")
+    finally:
+        await server.close()
+    assert '<form id="login">' in dom and "needs the web token" in dom, dom[-3000:]
+    assert "w-&lt;img" not in dom
