@@ -43,9 +43,10 @@ status:
 	scripts/services.sh status
 
 # The worker's defaults (embedded Qdrant) need only Kafka and Redis.
+# /search/ is on here (the port is on 127.0.0.1) so that `make demo` can query the store; off by default elsewhere.
 run: venv
 	scripts/services.sh up kafka redis
-	$(PY) -m app worker -l info
+	VECTORIZE_WORKER_WEB_SEARCH_ENABLED=$${VECTORIZE_WORKER_WEB_SEARCH_ENABLED:-true} $(PY) -m app worker -l info
 
 worker: venv
 	$(PY) -m app worker -l info

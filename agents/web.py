@@ -90,9 +90,11 @@ def _loopback(host: str) -> bool:
 
 
 async def _live_workers() -> list[dict[str, Any]]:
-    return await live_workers(
+    """The live workers of this worker's group (a Redis shared by several groups holds theirs too)."""
+    beats = await live_workers(
         settings.redis_url, password=settings.redis_password, ssl_ca_file=settings.redis_ssl_ca_file
     )
+    return [w for w in beats if w.get("group") == settings.kafka_group_id]
 
 
 def _redis_error(exc: Exception) -> str:

@@ -49,6 +49,11 @@ app = faust.App(
     store=f"{settings.table_store}://",
     web_port=settings.web_port,
     web_bind=settings.web_host,
+    # Faust's own /router/, /table/ and /graph/ views expose tables and topology and forward between
+    # workers without our token; the worker's views (agents/web.py) cover what an operator needs
+    web_router_enabled=False,
+    web_tables_enabled=False,
+    web_graph_enabled=False,
     topic_partitions=settings.topic_partitions,
     topic_disable_leader=True,
     consumer_auto_offset_reset="earliest",

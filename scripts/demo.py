@@ -12,6 +12,7 @@ import asyncio
 import json
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
@@ -92,8 +93,17 @@ async def send_and_wait(settings, tasks: list[dict], timeout: float = 180) -> di
 
 def search(settings, query: str, k: int = 3) -> dict:
     url = f"http://127.0.0.1:{settings.web_port}/search/?" + urllib.parse.urlencode({"q": query, "k": k})
-    with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 - our own worker on localhost
-        return json.loads(response.read())
+    request = urllib.request.Request(url)
+    if settings.web_auth_token is not None:
+        request.add_header("Authorization", f"Bearer {settings.web_auth_token.get_secret_value()}")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - our own worker on localhost
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise SystemExit(
+            f"demo: the worker's /search/ answered {exc.code}: {exc.read().decode(errors='replace')[:300]} "
+            "(`make run` turns search on; elsewhere set VECTORIZE_WORKER_WEB_SEARCH_ENABLED=true)"
+        ) from None
 
 
 def main() -> int:
