@@ -169,6 +169,13 @@ def guard_offsets(topic: str) -> None:
     if guarded is not None:
         guarded.add(topic)
         return
+    from app.compat import check_versions
+
+    try:  # before patching: on an unverified faust-streaming/aiokafka/mode the patch could lose tasks silently
+        check_versions()
+    except ConfigError as exc:
+        print(f"vectorize-worker: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     guarded = {topic}
     init, add_gap = Consumer.__init__, Consumer._add_gap
 

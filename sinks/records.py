@@ -154,6 +154,13 @@ def fold_status(entry: dict[str, Any] | None, record: dict[str, Any]) -> dict[st
     """A task's ``task-status`` table entry after one more status record (a decoded :class:`StatusRecord`).
 
     The record's fields, plus ``history``: the task's last 10 statuses with their timestamps, oldest first.
+    Idempotent: the tracker reads the status topic at least once (after a rebalance Faust re-reads the
+    records it had not committed, whose fold the changelog already holds), so a record already in the
+    history (same status and timestamp) leaves the entry as it is. A redelivered task's new records
+    carry new timestamps and are added.
     """
-    history = [*(entry or {}).get("history", []), {"status": record["status"], "timestamp": record["timestamp"]}]
-    return {**record, "history": history[-10:]}
+    step = {"status": record["status"], "timestamp": record["timestamp"]}
+    history = (entry or {}).get("history", [])
+    if entry is not None and step in history:
+        return entry
+    return {**record, "history": [*history, step][-10:]}
