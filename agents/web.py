@@ -178,6 +178,21 @@ async def local_tasks(web: Any, request: Any) -> Any:
     )
 
 
+def _owned_here(task_id: str) -> bool:
+    """Whether this worker actively owns the table partition of ``task_id``: Faust keeps the local copy of a
+    partition that moved to another worker, and a read there would answer a stale status.
+
+    The status records are keyed by task id with Kafka's default partitioner (murmur2), as is the table."""
+    from aiokafka.partitioner import murmur2
+
+    changelog = task_status.changelog_topic.get_topic_name()
+    owned = [tp.partition for tp in app.assignor.assigned_actives() if tp.topic == changelog]
+    count = app.consumer.topic_partitions(settings.status_topic) if owned else None
+    if not count:
+        return bool(owned)
+    return (murmur2(task_id.encode("utf-8")) & 0x7FFFFFFF) % count in owned
+
+
 @app.page("/tasks/{task_id}")
 async def task(web: Any, request: Any, task_id: str) -> Any:
     """A task's status from the table. The key lives on the worker that owns its partition:
@@ -196,7 +211,7 @@ async def task(web: Any, request: Any, task_id: str) -> Any:
             },
             status=404,
         )
-    value = table_get(task_status, task_id)
+    value = table_get(task_status, task_id) if _owned_here(task_id) else None
     if value is not None:
         return web.json({**value, "served_by": settings.worker_id})
     forwarded = FORWARDED_HEADER in request.headers or request.query.get("local") == "1"
