@@ -292,7 +292,7 @@ async def search(web: Any, request: Any) -> Any:
     try:
         vectors, info = await manager.run(embed_query)
         hits = await rt.pipeline.in_store_thread(
-            lambda: store.search(params.collection, vectors[0].tolist(), k=params.k), store
+            lambda: store.search(params.collection, vectors[0].tolist(), k=params.k, filter=params.filter), store
         )
     except _NotLoaded:
         loaded = ", ".join(m.name for m in manager.loaded()) or "none"

@@ -173,6 +173,7 @@ class SearchQuery:
     k: int
     model: str
     collection: str
+    filter: dict[str, Any] | None = None  # the store port's filter language over declared fields (sinks.filters)
 
 
 def parse_search(query: Mapping[str, str], *, default_model: str, default_collection: str) -> SearchQuery:
@@ -194,7 +195,18 @@ def parse_search(query: Mapping[str, str], *, default_model: str, default_collec
             "collection must start with a letter and hold at most 63 letters, digits, '_' or '-' "
             "(the task schema's rule)"
         )
-    return SearchQuery(q=q, k=int(raw_k), model=model, collection=collection)
+    raw_filter = query.get("filter")
+    where = None
+    if raw_filter:
+        if len(raw_filter) > MAX_QUERY_CHARS:
+            raise BadInput(f"query parameter filter is {len(raw_filter)} characters; at most {MAX_QUERY_CHARS}")
+        try:
+            where = json.loads(raw_filter)
+        except ValueError:
+            where = None
+        if not isinstance(where, dict):
+            raise BadInput('filter must be a JSON object, e.g. filter={"lang":"en","year":{"gte":2020}}')
+    return SearchQuery(q=q, k=int(raw_k), model=model, collection=collection, filter=where)
 
 
 # -- peers ----------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from app.chunking import Chunk, TextTokenizer, chunk_text, fit_text, surely_fits
 from app.errors import PermanentError
 from app.ids import DOCUMENT_VECTOR, vector_id
 from app.images import LoadedImage
+from app.metadata_contract import MetadataContract
 from app.schema import BatchTask, DocumentTask, ImageTask, Task, TextTask, task_texts
 from models.base import l2_normalize
 from models.manager import ModelManager
@@ -148,9 +149,24 @@ def add_document_vectors(outcomes: list[_Outcome]) -> None:
 
 
 def build_records(
-    task: Task, prepared: Prepared | None, vectors: np.ndarray, *, model: str, worker_id: str
+    task: Task,
+    prepared: Prepared | None,
+    vectors: np.ndarray,
+    *,
+    model: str,
+    worker_id: str,
+    contract: MetadataContract | None = None,
+    collection: str | None = None,
 ) -> list[VectorRecord]:
-    """The records to store for one task, with deterministic ids (see :mod:`app.ids`)."""
+    """The records to store for one task, with deterministic ids (see :mod:`app.ids`).
+
+    The whole ``metadata`` goes into every record's payload; the fields ``contract`` declares filterable in
+    ``collection`` are also checked and carried as the records' ``filterable`` values. A declared field of
+    the wrong type raises :class:`~app.errors.InvalidTaskError` (this task fails alone, nothing is written).
+    """
+    filterable: dict[str, Any] = {}
+    if contract is not None and collection is not None:
+        filterable = contract.extract(task.metadata, collection=collection, task_id=task.task_id)
     base: dict[str, Any] = {
         "task_id": task.task_id,
         "task_type": task.task_type,
@@ -166,9 +182,12 @@ def build_records(
             payload |= {"source": image.source, "width": image.size[0], "height": image.size[1]}
             if image.source != "data":
                 payload["image_ref"] = image.ref
-        return [VectorRecord(id=vector_id(task.task_id, 0), vector=vectors[0].tolist(), payload=payload)]
+        record = VectorRecord(
+            id=vector_id(task.task_id, 0), vector=vectors[0].tolist(), payload=payload, filterable=filterable
+        )
+        return [record]
     if isinstance(task, DocumentTask) and prepared is not None and prepared.chunks is not None:
-        return _document_records(task, prepared, vectors, base)
+        return _document_records(task, prepared, vectors, base, filterable)
     texts = prepared.texts if prepared else task_texts(task)
     truncated = set(prepared.truncated) if prepared else set()
     records = []
@@ -176,12 +195,16 @@ def build_records(
         payload = {**base, "item_index": index, "text": text}
         if index in truncated:
             payload["truncated"] = True
-        records.append(VectorRecord(id=vector_id(task.task_id, index), vector=vector.tolist(), payload=payload))
+        records.append(
+            VectorRecord(
+                id=vector_id(task.task_id, index), vector=vector.tolist(), payload=payload, filterable=filterable
+            )
+        )
     return records
 
 
 def _document_records(
-    task: DocumentTask, prepared: Prepared, vectors: np.ndarray, base: dict[str, Any]
+    task: DocumentTask, prepared: Prepared, vectors: np.ndarray, base: dict[str, Any], filterable: dict[str, Any]
 ) -> list[VectorRecord]:
     chunks = prepared.chunks or []
     title = task.data.title
@@ -199,11 +222,15 @@ def _document_records(
             "text": chunk.text,
             "title": title,
         }
-        records.append(VectorRecord(id=vector_id(task.task_id, chunk.index), vector=vector.tolist(), payload=payload))
+        chunk_id = vector_id(task.task_id, chunk.index)
+        records.append(VectorRecord(id=chunk_id, vector=vector.tolist(), payload=payload, filterable=filterable))
     if prepared.document_vector:
         payload = {**base, "vector_kind": "document", "chunk_count": len(chunks), "title": title}
         doc = VectorRecord(
-            id=vector_id(task.task_id, DOCUMENT_VECTOR), vector=vectors[len(chunks)].tolist(), payload=payload
+            id=vector_id(task.task_id, DOCUMENT_VECTOR),
+            vector=vectors[len(chunks)].tolist(),
+            payload=payload,
+            filterable=filterable,
         )
         records.append(doc)
     return records

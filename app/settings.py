@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from app.errors import ConfigError
+from app.metadata_contract import FieldType, parse_filterable
 from app.model_settings import CustomModel, parse_byte_size, parse_custom_models
 
 ENV_PREFIX = "VECTORIZE_WORKER_"
@@ -161,6 +162,8 @@ class Settings(BaseSettings):
     # one upsert request carries at most this many vectors / bytes (Qdrant refuses requests over 32 MB)
     store_batch_points: int = Field(1000, ge=1, le=100_000)
     store_batch_bytes: int = Field(8 * 1024 * 1024, ge=64 * 1024)
+    # metadata fields stored as native, filterable fields: {collection or "*": {name: type}} (app.metadata_contract)
+    filterable: dict[str, dict[str, FieldType]] = Field(default_factory=dict)
 
     web_host: str = "127.0.0.1"  # 0.0.0.0 only where a network policy or web_auth_token guards the port
     web_port: int = Field(6066, ge=1, le=65535)
@@ -193,6 +196,11 @@ class Settings(BaseSettings):
         if isinstance(value, list):
             return [part.strip() if isinstance(part, str) else part for part in value]
         return value
+
+    @field_validator("filterable", mode="before")
+    @classmethod
+    def _filterable(cls, value: Any) -> Any:
+        return parse_filterable(value)
 
     @field_validator("custom_models", mode="before")
     @classmethod
@@ -308,6 +316,7 @@ YAML_KEYS: dict[str, str] = {
     "stores.milvus": "milvus",
     "stores.batch_points": "store_batch_points",
     "stores.batch_bytes": "store_batch_bytes",
+    "stores.filterable": "filterable",
     "stores.weaviate.url": "weaviate_url",
     "stores.weaviate.grpc_port": "weaviate.grpc_port",
     "stores.weaviate.api_key": "weaviate.api_key",

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from app.errors import PermanentError, cap_message
 from app.inputs import build_records
+from app.metadata_contract import MetadataContract
 from app.retry import retry_forever
 from sinks.base import BaseVectorDB, VectorRecord
 
@@ -46,6 +47,7 @@ class StoreWriter:
         self.settings = settings
         self.metrics = metrics
         self._on_retry = on_retry
+        self.contract = MetadataContract.from_settings(settings)  # declared filterable fields (stores.filterable)
         # one thread per store: several databases are written in parallel, each at its own pace
         self._executors = {
             id(store): ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"store-{store.name}")
@@ -59,15 +61,21 @@ class StoreWriter:
         for out in outcomes:
             if out.error is not None or out.vectors is None or out.info is None:
                 continue
+            collection = out.item.task.collection or self.settings.default_collection
             try:
                 records = build_records(
-                    out.item.task, out.prepared, out.vectors, model=out.model, worker_id=self.settings.worker_id
+                    out.item.task,
+                    out.prepared,
+                    out.vectors,
+                    model=out.model,
+                    worker_id=self.settings.worker_id,
+                    contract=self.contract,
+                    collection=collection,
                 )
             except Exception as exc:  # noqa: BLE001 - a task whose records cannot be built fails alone
                 out.error = exc if isinstance(exc, PermanentError) else _unbuildable(out, exc)
                 continue
             out.ids = [r.id for r in records]
-            collection = out.item.task.collection or self.settings.default_collection
             groups[(collection, out.info.dim)].append((out, records))
         for (collection, dim), entries in groups.items():
             records = [r for _, rs in entries for r in rs]

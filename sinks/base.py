@@ -1,13 +1,55 @@
-"""The :class:`BaseVectorDB` port every vector database adapter implements."""
+"""The :class:`BaseVectorDB` port every vector database adapter implements.
+
+What a stored record holds, in every store (README "Metadata and filters"):
+
+* the whole payload as one JSON string (``_payload``; Qdrant keeps it as its
+  native JSON payload) — the only thing read back, so a hit's ``payload`` is
+  exactly what was written, ``metadata`` included, whatever its keys;
+* the worker's own fields (:data:`WORKER_FIELDS`) as native fields, defined
+  when a collection is created where the store has a schema;
+* the declared metadata fields (:mod:`app.metadata_contract`) as native,
+  indexed fields ``meta_<name>``, the only ones filters address.
+
+No other key ever becomes a store field, so a task's metadata cannot change
+a collection's schema.
+"""
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:  # importing app at run time would build the Faust app under the adapters
+    from app.metadata_contract import MetadataContract
 
 Distance = Literal["cosine", "dot", "euclid"]
+#: the payload as JSON, in stores whose fields are flat scalars
+PAYLOAD_KEY = "_payload"
+#: the payload fields of app.inputs.build_records, with their types ("text": long, not for filtering)
+WORKER_FIELDS: dict[str, str] = {
+    "task_id": "string",
+    "task_type": "string",
+    "model": "string",
+    "worker_id": "string",
+    "created_at": "float",
+    "item_index": "int",
+    "text": "text",
+    "truncated": "bool",
+    "vector_kind": "string",
+    "chunk_index": "int",
+    "chunk_count": "int",
+    "char_start": "int",
+    "char_end": "int",
+    "token_count": "int",
+    "title": "text",
+    "source": "string",
+    "width": "int",
+    "height": "int",
+    "image_ref": "string",
+}
 
 
 @dataclass(frozen=True)
@@ -15,6 +57,8 @@ class VectorRecord:
     id: str  # a UUID string (see app.ids.vector_id)
     vector: Sequence[float]
     payload: Mapping[str, Any] = field(default_factory=dict)
+    #: the declared metadata fields' values, already checked by MetadataContract.extract (declared name -> value)
+    filterable: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -39,10 +83,13 @@ class BaseVectorDB(ABC):
 
     #: registry name, e.g. "qdrant"
     name: str = "base"
+    #: the declared filterable fields, set by each adapter's constructor (``contract=``; none when omitted)
+    contract: MetadataContract
 
     @abstractmethod
     def ensure_collection(self, collection: str, dim: int, distance: Distance = "cosine") -> None:
-        """Create the collection if missing; reject an existing one of another dimension."""
+        """Create the collection if missing, with its fixed and declared fields; reject an existing one of
+        another dimension. Another worker creating it at the same moment is success, not an error."""
 
     @abstractmethod
     def upsert(self, collection: str, records: Sequence[VectorRecord]) -> None:
@@ -56,7 +103,11 @@ class BaseVectorDB(ABC):
     def search(
         self, collection: str, vector: Sequence[float], k: int = 10, filter: Mapping[str, Any] | None = None
     ) -> list[StoredPoint]:
-        """The ``k`` nearest records, nearest first; ``filter`` is payload equality (keys may be dotted)."""
+        """The ``k`` nearest records, nearest first, among those matching ``filter``.
+
+        ``filter`` is the language of :mod:`sinks.filters` over the collection's declared fields; a filter
+        on anything else raises :class:`~sinks.filters.InvalidFilterError` (permanent).
+        """
 
     @abstractmethod
     def retrieve(self, collection: str, ids: Sequence[str], *, with_vectors: bool = True) -> list[StoredPoint]:
@@ -76,3 +127,33 @@ class BaseVectorDB(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections or file locks."""
+
+
+def worker_value(kind: str, value: Any) -> Any:
+    """A worker field's value as its native type, or None when it does not have that type (the value stays
+    in the payload JSON; a native field never gets a value of another type)."""
+    if kind in ("string", "text"):
+        return value if isinstance(value, str) else None
+    if kind == "int":
+        return value if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63 else None
+    if kind == "float":
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return None
+        try:
+            number = float(value)
+        except OverflowError:
+            return None
+        return number if math.isfinite(number) else None
+    if kind == "bool":
+        return value if isinstance(value, bool) else None
+    return None  # pragma: no cover - WORKER_FIELDS has no other kinds
+
+
+def worker_values(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The worker fields present in ``payload`` with their native types (see :func:`worker_value`)."""
+    found = {}
+    for name, kind in WORKER_FIELDS.items():
+        value = payload.get(name)
+        if value is not None and (native := worker_value(kind, value)) is not None:
+            found[name] = native
+    return found

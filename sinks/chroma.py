@@ -1,23 +1,32 @@
 """Chroma adapter: an HTTP server (``chroma run``) or an embedded persistent client.
 
 Chroma keeps flat metadata (scalars and lists), so the full payload travels as
-JSON under ``_payload`` and every scalar is also stored flat under its dotted
-path (``metadata.lang``) for filtering. Vectors are always passed in: the
-collection is created without an embedding function, so Chroma never loads
-(or downloads) its default model.
+JSON under ``_payload``; beside it each record carries only the worker's own
+fields (:data:`~sinks.base.WORKER_FIELDS`) and the declared metadata fields
+``meta_<name>`` (datetimes as microseconds since 1970, so ranges work), never
+a task's other metadata keys: those once filled Chroma's metadata segment until
+its compaction failed. Vectors are always passed in: the collection is
+created without an embedding function, so Chroma never loads (or downloads)
+its default model.
+
+Records of the old layout (every scalar flattened under its dotted path, such
+as ``metadata.lang``) read the same, from their ``_payload``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from app.errors import ConfigError, StoreRejectedError, StoreUnavailableError
+from app.metadata_contract import MetadataContract, epoch_micros, native_name
 from app.secrets import reveal
-from sinks.base import BaseVectorDB, Distance, StoredPoint, VectorRecord
+from sinks.base import PAYLOAD_KEY, BaseVectorDB, Distance, StoredPoint, VectorRecord, worker_values
+from sinks.filters import Condition, parse_filter
 from sinks.lazy import LazyClient
 
 try:
@@ -27,23 +36,20 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError(f"The Chroma store needs chromadb: pip install chromadb ({exc})") from exc
 
 _SPACES = {"cosine": "cosine", "dot": "ip", "euclid": "l2"}
-PAYLOAD_KEY = "_payload"
-
-
-def flatten(payload: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    for key, value in payload.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            yield from flatten(value, f"{path}.")
-        elif isinstance(value, str | int | float | bool):
-            yield path, value
+_RANGES = {"gt": "$gt", "gte": "$gte", "lt": "$lt", "lte": "$lte"}
 
 
 class ChromaStore(LazyClient, BaseVectorDB):
     name = "chroma"
 
     def __init__(
-        self, *, url: str | None = None, path: str | Path | None = None, timeout: float = 10.0, token: str | None = None
+        self,
+        *,
+        url: str | None = None,
+        path: str | Path | None = None,
+        timeout: float = 10.0,
+        token: str | None = None,
+        contract: MetadataContract | None = None,
     ) -> None:
         if not url and not path:
             raise ConfigError("The Chroma store needs a URL (VECTORIZE_WORKER_CHROMA__URL) or a local path.")
@@ -52,6 +58,7 @@ class ChromaStore(LazyClient, BaseVectorDB):
         self._where = url or f"local path {path}"
         self._timeout = timeout
         self._token = token
+        self.contract = contract or MetadataContract()
         self._init_client()
         self._collections: dict[str, Any] = {}
 
@@ -112,14 +119,7 @@ class ChromaStore(LazyClient, BaseVectorDB):
         return col
 
     def ensure_collection(self, collection: str, dim: int, distance: Distance = "cosine") -> None:
-        client = self._connect()
-        col = self._call(
-            f"creating collection {collection}",
-            client.get_or_create_collection,
-            name=collection,
-            metadata={"hnsw:space": _SPACES[distance], "dimension": dim},
-            embedding_function=None,
-        )
+        col = self._create_collection(collection, dim, distance)
         known = int((col.metadata or {}).get("dimension", dim))
         if known != dim:
             raise StoreRejectedError(
@@ -127,6 +127,24 @@ class ChromaStore(LazyClient, BaseVectorDB):
                 f"produces {dim}; send the task to another collection or use the model the collection was made with."
             )
         self._collections[collection] = col
+
+    def _create_collection(self, collection: str, dim: int, distance: Distance) -> Any:
+        """The collection, created if missing; a create that races another worker's reads theirs."""
+        client = self._connect()
+
+        def create() -> Any:
+            try:
+                return client.get_or_create_collection(
+                    name=collection,
+                    metadata={"hnsw:space": _SPACES[distance], "dimension": dim},
+                    embedding_function=None,
+                )
+            except Exception as exc:  # noqa: BLE001 - chromadb raises UniqueConstraintError or a bare Exception
+                if "already exists" not in str(exc).lower():
+                    raise
+                return client.get_collection(name=collection, embedding_function=None)
+
+        return self._call(f"creating collection {collection}", create)
 
     def _check_dim(self, collection: str, col: Any, vectors: Sequence[Sequence[float]]) -> None:
         dim = (col.metadata or {}).get("dimension")
@@ -143,10 +161,15 @@ class ChromaStore(LazyClient, BaseVectorDB):
         col = self._collection(collection)
         self._check_dim(collection, col, [r.vector for r in records])
         step = self._max_batch()
+        declared = self.contract.fields(collection)
         for start in range(0, len(records), step):  # the client refuses batches over the server's limit
             chunk = records[start : start + step]
             metadatas = [
-                {**dict(flatten(r.payload)), PAYLOAD_KEY: json.dumps(dict(r.payload), ensure_ascii=False)}
+                {
+                    **worker_values(r.payload),
+                    **{native_name(n): _native(v) for n, v in r.filterable.items() if n in declared},
+                    PAYLOAD_KEY: json.dumps(dict(r.payload), ensure_ascii=False),
+                }
                 for r in chunk
             ]
             self._call(
@@ -170,24 +193,32 @@ class ChromaStore(LazyClient, BaseVectorDB):
     def search(
         self, collection: str, vector: Sequence[float], k: int = 10, filter: Mapping[str, Any] | None = None
     ) -> list[StoredPoint]:
+        conditions = parse_filter(filter, self.contract.fields(collection), collection=collection)
+        where = chroma_where(conditions)
+        lists = [c for c in conditions if c.is_list]
         col = self._collection(collection)
         self._check_dim(collection, col, [vector])
-        where: Any = None
-        if filter:
-            clauses = [{key: value} for key, value in filter.items()]
-            where = clauses[0] if len(clauses) == 1 else {"$and": clauses}
-        res = self._call(
-            f"search in {collection}",
-            col.query,
-            query_embeddings=[[float(x) for x in vector]],
-            n_results=k,
-            where=where,
-            include=["metadatas", "distances"],
-        )
-        return [
-            StoredPoint(id=i, payload=_payload(m), score=1.0 - float(d))
-            for i, m, d in zip(res["ids"][0], res["metadatas"][0], res["distances"][0], strict=True)
-        ]
+        wanted = k
+        while True:
+            res = self._call(
+                f"search in {collection}",
+                col.query,
+                query_embeddings=[[float(x) for x in vector]],
+                n_results=wanted,
+                where=where,
+                include=["metadatas", "distances"],
+            )
+            hits = [
+                StoredPoint(id=i, payload=_payload(m), score=1.0 - float(d))
+                for i, m, d in zip(res["ids"][0], res["metadatas"][0], res["distances"][0], strict=True)
+            ]
+            # Chroma's delete_collection leaves list values behind, and records that later reuse their row ids
+            # inherit them (chroma-core/chroma#7594): a list condition is checked again on the payload, and
+            # when that drops hits, more are asked for until k remain or the collection has no more.
+            kept = [h for h in hits if _lists_hold(h.payload, lists)] if lists else hits
+            if len(kept) >= k or len(hits) < wanted:
+                return kept[:k]
+            wanted *= 4
 
     def retrieve(self, collection: str, ids: Sequence[str], *, with_vectors: bool = True) -> list[StoredPoint]:
         include = ["metadatas", "embeddings"] if with_vectors else ["metadatas"]
@@ -244,9 +275,47 @@ def _payload(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
     return dict(metadata)
 
 
+def _native(value: Any) -> Any:
+    return epoch_micros(value) if isinstance(value, datetime) else value
+
+
+def _lists_hold(payload: Mapping[str, Any], conditions: Sequence[Condition]) -> bool:
+    """Whether the payload's own metadata satisfies the string_list ``conditions``."""
+    metadata = payload.get("metadata")
+    for c in conditions:
+        value = metadata.get(c.name) if isinstance(metadata, Mapping) else None
+        items = set(value) if isinstance(value, list) and all(isinstance(v, str) for v in value) else set()
+        wanted = set(c.value) if c.op == "in" else {c.value}
+        if not items & wanted:
+            return False
+    return True
+
+
+def chroma_where(conditions: Sequence[Condition]) -> dict[str, Any] | None:
+    """The conditions as one Chroma ``where`` (None for none)."""
+    clauses = [_chroma_clause(c) for c in conditions]
+    if not clauses:
+        return None
+    return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+
+
+def _chroma_clause(c: Condition) -> dict[str, Any]:
+    if c.op == "in":
+        values = [_native(v) for v in c.value]
+        if c.is_list:  # a list field holds any of the values
+            contains = [{c.field: {"$contains": v}} for v in values]
+            return contains[0] if len(contains) == 1 else {"$or": contains}
+        return {c.field: {"$in": values}}
+    if c.op == "eq":
+        return {c.field: {"$contains" if c.is_list else "$eq": _native(c.value)}}
+    return {c.field: {_RANGES[c.op]: _native(c.value)}}
+
+
 def create(settings: Any) -> ChromaStore:
     """Entry point ``vectorize_worker.vector_dbs: chroma``."""
     cfg = settings.chroma
+    contract = MetadataContract.from_settings(settings)
     if cfg.url:
-        return ChromaStore(url=cfg.url, timeout=cfg.timeout, token=reveal(cfg.token))
-    return ChromaStore(path=cfg.path or str(Path(settings.data_dir) / "chroma"), timeout=cfg.timeout)
+        return ChromaStore(url=cfg.url, timeout=cfg.timeout, token=reveal(cfg.token), contract=contract)
+    path = cfg.path or str(Path(settings.data_dir) / "chroma")
+    return ChromaStore(path=path, timeout=cfg.timeout, contract=contract)

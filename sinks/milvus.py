@@ -2,21 +2,36 @@
 
 Each collection has a VARCHAR primary key ``id`` (our UUIDs), a FLOAT_VECTOR
 ``vector`` field with a FLAT index, the payload as JSON in ``_payload`` (at
-most 65,535 bytes, Milvus' VARCHAR limit), and dynamic fields for every
-scalar under its path with ``__`` for dots (``metadata__lang``) for filters.
+most 65,535 bytes, Milvus' VARCHAR limit; the only field read back), and the
+worker's own fields (:data:`~sinks.base.WORKER_FIELDS`) as schema fields made
+with the collection. Milvus Lite has no nullable fields, so a worker field a
+record lacks holds its type's empty value ("", -1, 0.0, false) there.
+
+The declared metadata fields are dynamic fields ``meta_<name>`` (Milvus Lite
+can neither add a schema field later nor leave one empty): typed by the
+worker's check, absent when a task has no value, and the only dynamic fields
+ever written, so a task's other metadata keys never reach Milvus outside
+``_payload``. Datetimes are microseconds since 1970.
+
+Collections of the old layout (every scalar a dynamic field ``metadata__lang``)
+read the same, from ``_payload``; new rows there carry only ``_payload`` and
+the declared fields.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from app.errors import ConfigError, StoreRejectedError, StoreUnavailableError
+from app.metadata_contract import MetadataContract, epoch_micros, native_name
 from app.secrets import reveal
-from sinks.base import BaseVectorDB, Distance, StoredPoint, VectorRecord
-from sinks.chroma import PAYLOAD_KEY, flatten
+from sinks.base import PAYLOAD_KEY, WORKER_FIELDS, BaseVectorDB, Distance, StoredPoint, VectorRecord, worker_value
+from sinks.filters import Condition, parse_filter
 from sinks.lazy import LazyClient
 
 try:
@@ -43,31 +58,44 @@ _UNAVAILABLE_WORDS = (
     "busy",
 )
 MAX_PAYLOAD = 65535
+_TYPES = {
+    "string": DataType.VARCHAR,
+    "text": DataType.VARCHAR,
+    "int": DataType.INT64,
+    "float": DataType.DOUBLE,
+    "bool": DataType.BOOL,
+}
+_EMPTY: dict[str, Any] = {"string": "", "text": "", "int": -1, "float": 0.0, "bool": False}
+_RANGES = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 
 
 def collection_name(collection: str) -> str:
     return collection.replace("-", "_")
 
 
-def field_name(path: str) -> str:
-    return path.replace(".", "__")
-
-
 def _literal(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False) if not isinstance(value, bool) else ("true" if value else "false")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return str(epoch_micros(value))
+    return json.dumps(value, ensure_ascii=False)
 
 
 class MilvusStore(LazyClient, BaseVectorDB):
     name = "milvus"
 
-    def __init__(self, *, uri: str, token: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self, *, uri: str, token: str | None = None, timeout: float = 10.0, contract: MetadataContract | None = None
+    ) -> None:
         if not uri:
             raise ConfigError("The Milvus store needs a URI (VECTORIZE_WORKER_MILVUS__URI) or a Milvus Lite file path.")
         self._uri = uri
         self._token = token
         self._timeout = timeout
+        self.contract = contract or MetadataContract()
         self._init_client()
         self._dims: dict[str, int] = {}
+        self._fixed: dict[str, set[str]] = {}  # collection -> worker fields its schema has
 
     def describe(self) -> str:
         return f"Milvus at {self._uri}"
@@ -81,7 +109,10 @@ class MilvusStore(LazyClient, BaseVectorDB):
     def _open(self) -> Any:
         if not self._uri.startswith(("http://", "https://", "tcp://", "unix:")):
             Path(self._uri).parent.mkdir(parents=True, exist_ok=True)
-        return MilvusClient(uri=self._uri, token=self._token or "", timeout=self._timeout)
+        # pymilvus shares one connection per URI unless told otherwise: closing another store (or a client
+        # dropped after an outage) would close this one's too, so each client gets its own
+        alias = f"vectorize-worker-{uuid.uuid4().hex}"
+        return MilvusClient(uri=self._uri, token=self._token or "", timeout=self._timeout, alias=alias)
 
     def _call(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("timeout", self._timeout)  # the client's own timeout covers only connecting
@@ -109,18 +140,9 @@ class MilvusStore(LazyClient, BaseVectorDB):
             client = self._connect()
             name = collection_name(collection)
             if self._call("collection lookup", client.has_collection, name):
-                known = self._stored_dim(name) or dim
+                known = self._read_schema(collection) or dim
             else:
-                schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=True)
-                schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
-                schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
-                schema.add_field(PAYLOAD_KEY, DataType.VARCHAR, max_length=MAX_PAYLOAD)
-                index = client.prepare_index_params()
-                index.add_index(field_name="vector", index_type="FLAT", metric_type=_METRICS[distance])
-                self._call(
-                    f"creating collection {name}", client.create_collection, name, schema=schema, index_params=index
-                )
-                known = dim
+                known = self._create_collection(collection, dim, distance)
             self._dims[collection] = known
         if known != dim:
             raise StoreRejectedError(
@@ -128,17 +150,50 @@ class MilvusStore(LazyClient, BaseVectorDB):
                 f"but the model produces {dim}; send the task to another collection or use the model it was made with."
             )
 
-    def _stored_dim(self, name: str) -> int | None:
-        info = self._call("collection lookup", self._connect().describe_collection, name)
-        for field in info.get("fields", []):
-            if field.get("name") == "vector":
-                return int(field.get("params", {}).get("dim", 0)) or None
-        return None
+    def _create_collection(self, collection: str, dim: int, distance: Distance) -> int:
+        """Create the collection with every fixed field and return its dimension; when another worker created it
+        first, the dimension of theirs."""
+        client = self._connect()
+        name = collection_name(collection)
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=True)
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+        schema.add_field(PAYLOAD_KEY, DataType.VARCHAR, max_length=MAX_PAYLOAD)
+        for field, kind in WORKER_FIELDS.items():  # a worker field is never longer than the payload holding it
+            extra = {"max_length": MAX_PAYLOAD} if _TYPES[kind] == DataType.VARCHAR else {}
+            schema.add_field(field, _TYPES[kind], **extra)
+        index = client.prepare_index_params()
+        index.add_index(field_name="vector", index_type="FLAT", metric_type=_METRICS[distance])
+
+        def create(timeout: float) -> bool:
+            try:
+                client.create_collection(name, schema=schema, index_params=index, timeout=timeout)
+            except MilvusException as exc:
+                # the same schema again is success; another worker's of another dimension is "duplicate"
+                if not any(word in str(exc).lower() for word in ("already exist", "duplicate collection")):
+                    raise
+                return False
+            return True
+
+        if not self._call(f"creating collection {name}", create):
+            return self._read_schema(collection) or dim  # another worker's
+        self._fixed[collection] = set(WORKER_FIELDS)
+        return dim
+
+    def _read_schema(self, collection: str) -> int | None:
+        """The stored dimension (None when unknown); remembers which worker fields the schema has."""
+        info = self._call("collection lookup", self._connect().describe_collection, collection_name(collection))
+        fields = {f.get("name"): f for f in info.get("fields", [])}
+        self._fixed[collection] = {
+            name for name, kind in WORKER_FIELDS.items() if fields.get(name, {}).get("type") == _TYPES[kind]
+        }
+        vector = fields.get("vector", {})
+        return int(vector.get("params", {}).get("dim", 0)) or None
 
     def _check_dim(self, collection: str, vectors: Sequence[Sequence[float]]) -> None:
         dim = self._dims.get(collection)
         if dim is None and self._call("collection lookup", self._connect().has_collection, collection_name(collection)):
-            dim = self._dims.setdefault(collection, self._stored_dim(collection_name(collection)) or 0)
+            dim = self._dims.setdefault(collection, self._read_schema(collection) or 0)
         for vector in vectors:
             if dim and len(vector) != dim:
                 raise StoreRejectedError(
@@ -150,6 +205,8 @@ class MilvusStore(LazyClient, BaseVectorDB):
         if not records:
             return
         self._check_dim(collection, [r.vector for r in records])
+        fixed = self._fixed.get(collection, set())
+        declared = self.contract.fields(collection)
         rows = []
         for r in records:
             payload = json.dumps(dict(r.payload), ensure_ascii=False)
@@ -163,7 +220,8 @@ class MilvusStore(LazyClient, BaseVectorDB):
                     "id": r.id,
                     "vector": [float(x) for x in r.vector],
                     PAYLOAD_KEY: payload,
-                    **{field_name(k): v for k, v in flatten(r.payload)},
+                    **{name: _worker_value(name, r.payload) for name in fixed},
+                    **{native_name(n): _native(v) for n, v in r.filterable.items() if n in declared},
                 }
             )
         self._call(
@@ -177,8 +235,8 @@ class MilvusStore(LazyClient, BaseVectorDB):
     def search(
         self, collection: str, vector: Sequence[float], k: int = 10, filter: Mapping[str, Any] | None = None
     ) -> list[StoredPoint]:
+        expr = milvus_expr(parse_filter(filter, self.contract.fields(collection), collection=collection))
         self._check_dim(collection, [vector])
-        expr = " and ".join(f"{field_name(key)} == {_literal(value)}" for key, value in (filter or {}).items())
         res = self._call(
             f"search in {collection_name(collection)}",
             self._connect().search,
@@ -223,8 +281,34 @@ class MilvusStore(LazyClient, BaseVectorDB):
         self._forget()
 
 
+def _worker_value(name: str, payload: Mapping[str, Any]) -> Any:
+    kind = WORKER_FIELDS[name]
+    value = payload.get(name)
+    native = worker_value(kind, value) if value is not None else None
+    return _EMPTY[kind] if native is None else native
+
+
+def _native(value: Any) -> Any:
+    return epoch_micros(value) if isinstance(value, datetime) else value
+
+
+def milvus_expr(conditions: Sequence[Condition]) -> str:
+    """The conditions as one Milvus boolean expression ("" for none)."""
+    return " and ".join(_milvus_clause(c) for c in conditions)
+
+
+def _milvus_clause(c: Condition) -> str:
+    if c.op == "in":
+        values = "[" + ", ".join(_literal(v) for v in c.value) + "]"
+        return f"json_contains_any({c.field}, {values})" if c.is_list else f"{c.field} in {values}"
+    if c.op == "eq":
+        return f"json_contains({c.field}, {_literal(c.value)})" if c.is_list else f"{c.field} == {_literal(c.value)}"
+    return f"{c.field} {_RANGES[c.op]} {_literal(c.value)}"
+
+
 def create(settings: Any) -> MilvusStore:
     """Entry point ``vectorize_worker.vector_dbs: milvus``."""
     cfg = settings.milvus
     uri = cfg.uri or str(Path(settings.data_dir) / "milvus.db")
-    return MilvusStore(uri=uri, token=reveal(cfg.token), timeout=cfg.timeout)
+    contract = MetadataContract.from_settings(settings)
+    return MilvusStore(uri=uri, token=reveal(cfg.token), timeout=cfg.timeout, contract=contract)

@@ -3,18 +3,27 @@
 Local mode keeps the data in a folder, locks it for one process and searches
 by brute force: right for one worker and for development; several workers
 need a Qdrant server (``VECTORIZE_WORKER_QDRANT__URL``).
+
+The payload is stored as Qdrant's own JSON payload (nested metadata included:
+Qdrant has no schema to grow), plus the declared metadata fields as top-level
+``meta_<name>`` keys with a payload index each (on a server; local mode has no
+indexes), which filters use. Reads leave the ``meta_`` keys out, so a hit's
+payload is what was written.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from app.errors import ConfigError, StoreRejectedError, StoreUnavailableError
+from app.metadata_contract import FIELD_PREFIX, MetadataContract, native_name
 from app.secrets import reveal
 from sinks.base import BaseVectorDB, Distance, StoredPoint, VectorRecord
+from sinks.filters import Condition, parse_filter
 
 try:
     from qdrant_client import QdrantClient, models
@@ -23,6 +32,14 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError(f"The Qdrant store needs qdrant-client: pip install qdrant-client ({exc})") from exc
 
 _DISTANCES = {"cosine": "Cosine", "dot": "Dot", "euclid": "Euclid"}
+_INDEXES = {
+    "string": models.PayloadSchemaType.KEYWORD,
+    "string_list": models.PayloadSchemaType.KEYWORD,
+    "int": models.PayloadSchemaType.INTEGER,
+    "float": models.PayloadSchemaType.FLOAT,
+    "bool": models.PayloadSchemaType.BOOL,
+    "datetime": models.PayloadSchemaType.DATETIME,
+}
 
 
 class QdrantStore(BaseVectorDB):
@@ -35,10 +52,13 @@ class QdrantStore(BaseVectorDB):
         path: str | Path | None = None,
         api_key: str | None = None,
         timeout: float = 10.0,
+        contract: MetadataContract | None = None,
     ) -> None:
         if not url and not path:
             raise ConfigError("The Qdrant store needs a URL (VECTORIZE_WORKER_QDRANT__URL) or a local path.")
         self._where = url or f"local path {path}"
+        self._local = not url
+        self.contract = contract or MetadataContract()
         self._dims: dict[str, int] = {}
         try:
             if url:
@@ -86,16 +106,10 @@ class QdrantStore(BaseVectorDB):
         known = self._dims.get(collection)
         if known is None:
             if self._call("collection lookup", self._client.collection_exists, collection):
-                info = self._call("collection lookup", self._client.get_collection, collection)
-                known = int(info.config.params.vectors.size)
+                known = self._stored_dim(collection)
             else:
-                self._call(
-                    f"creating collection {collection}",
-                    self._client.create_collection,
-                    collection_name=collection,
-                    vectors_config=models.VectorParams(size=dim, distance=models.Distance(_DISTANCES[distance])),
-                )
-                known = dim
+                known = self._create_collection(collection, dim, distance)
+            self._index_declared(collection)
             self._dims[collection] = known
         if known != dim:
             raise StoreRejectedError(
@@ -103,11 +117,47 @@ class QdrantStore(BaseVectorDB):
                 f"produces {dim}; send the task to another collection or use the model the collection was made with."
             )
 
+    def _stored_dim(self, collection: str) -> int:
+        info = self._call("collection lookup", self._client.get_collection, collection)
+        return int(info.config.params.vectors.size)
+
+    def _create_collection(self, collection: str, dim: int, distance: Distance) -> int:
+        """Create the collection and return its dimension; when another worker created it first (HTTP 409 from
+        a server, ValueError in local mode), the dimension of theirs."""
+
+        def create() -> bool:
+            try:
+                self._client.create_collection(
+                    collection_name=collection,
+                    vectors_config=models.VectorParams(size=dim, distance=models.Distance(_DISTANCES[distance])),
+                )
+            except ValueError as exc:
+                if "already exists" not in str(exc):
+                    raise
+                return False
+            return True
+
+        created = self._call(f"creating collection {collection}", create)  # None: 409, already there
+        return dim if created else self._stored_dim(collection)
+
+    def _index_declared(self, collection: str) -> None:
+        """A payload index per declared field (idempotent on the server; local mode has no indexes)."""
+        if self._local:
+            return
+        for name, kind in self.contract.fields(collection).items():
+            self._call(
+                f"indexing {native_name(name)} in {collection}",
+                self._client.create_payload_index,
+                collection_name=collection,
+                field_name=native_name(name),
+                field_schema=_INDEXES[kind],
+                wait=True,
+            )
+
     def _check_dim(self, collection: str, vectors: Sequence[Sequence[float]]) -> None:
         dim = self._dims.get(collection)
         if dim is None:
-            info = self._call("collection lookup", self._client.get_collection, collection)
-            dim = self._dims.setdefault(collection, int(info.config.params.vectors.size))
+            dim = self._dims.setdefault(collection, self._stored_dim(collection))
         for vector in vectors:
             if len(vector) != dim:
                 raise StoreRejectedError(
@@ -119,8 +169,17 @@ class QdrantStore(BaseVectorDB):
         if not records:
             return
         self._check_dim(collection, [r.vector for r in records])
+        declared = self.contract.fields(collection)
         points = [
-            models.PointStruct(id=r.id, vector=[float(x) for x in r.vector], payload=dict(r.payload)) for r in records
+            models.PointStruct(
+                id=r.id,
+                vector=[float(x) for x in r.vector],
+                payload={
+                    **r.payload,
+                    **{native_name(n): _native(v) for n, v in r.filterable.items() if n in declared},
+                },
+            )
+            for r in records
         ]
         self._call(
             f"upsert into {collection}", self._client.upsert, collection_name=collection, points=points, wait=True
@@ -139,15 +198,8 @@ class QdrantStore(BaseVectorDB):
     def search(
         self, collection: str, vector: Sequence[float], k: int = 10, filter: Mapping[str, Any] | None = None
     ) -> list[StoredPoint]:
+        query_filter = qdrant_filter(parse_filter(filter, self.contract.fields(collection), collection=collection))
         self._check_dim(collection, [vector])
-        query_filter = None
-        if filter:
-            query_filter = models.Filter(
-                must=[
-                    models.FieldCondition(key=key, match=models.MatchValue(value=value))
-                    for key, value in filter.items()
-                ]
-            )
         response = self._call(
             f"search in {collection}",
             self._client.query_points,
@@ -157,7 +209,7 @@ class QdrantStore(BaseVectorDB):
             query_filter=query_filter,
             with_payload=True,
         )
-        return [StoredPoint(id=str(p.id), payload=dict(p.payload or {}), score=p.score) for p in response.points]
+        return [StoredPoint(id=str(p.id), payload=_payload(p.payload), score=p.score) for p in response.points]
 
     def retrieve(self, collection: str, ids: Sequence[str], *, with_vectors: bool = True) -> list[StoredPoint]:
         points = self._call(
@@ -169,7 +221,7 @@ class QdrantStore(BaseVectorDB):
             with_payload=True,
         )
         return [
-            StoredPoint(id=str(p.id), payload=dict(p.payload or {}), vector=list(p.vector) if with_vectors else None)
+            StoredPoint(id=str(p.id), payload=_payload(p.payload), vector=list(p.vector) if with_vectors else None)
             for p in points
         ]
 
@@ -190,9 +242,41 @@ class QdrantStore(BaseVectorDB):
             pass
 
 
+def _native(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value  # RFC 3339, what DATETIME indexes read
+
+
+def _payload(stored: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (stored or {}).items() if not k.startswith(FIELD_PREFIX)}
+
+
+def qdrant_filter(conditions: Sequence[Condition]) -> models.Filter | None:
+    """The conditions as one Qdrant filter (None for none)."""
+    if not conditions:
+        return None
+    return models.Filter(must=[_qdrant_condition(c) for c in conditions])
+
+
+def _qdrant_condition(c: Condition) -> Any:
+    if c.op == "in":
+        if c.kind in ("string", "string_list", "int"):
+            return models.FieldCondition(key=c.field, match=models.MatchAny(any=list(c.value)))
+        return models.Filter(should=[_qdrant_condition(Condition(c.name, c.field, c.kind, "eq", v)) for v in c.value])
+    if c.kind == "datetime":
+        bounds = {"gte": c.value, "lte": c.value} if c.op == "eq" else {c.op: c.value}
+        return models.FieldCondition(key=c.field, range=models.DatetimeRange(**bounds))
+    if c.kind == "float":  # MatchValue takes no floats
+        bounds = {"gte": c.value, "lte": c.value} if c.op == "eq" else {c.op: c.value}
+        return models.FieldCondition(key=c.field, range=models.Range(**bounds))
+    if c.op == "eq":  # on a list field, Qdrant matches when any item equals
+        return models.FieldCondition(key=c.field, match=models.MatchValue(value=c.value))
+    return models.FieldCondition(key=c.field, range=models.Range(**{c.op: c.value}))
+
+
 def create(settings: Any) -> QdrantStore:
     """Entry point ``vectorize_worker.vector_dbs: qdrant``."""
     cfg = settings.qdrant
+    contract = MetadataContract.from_settings(settings)
     if cfg.url:
-        return QdrantStore(url=cfg.url, api_key=reveal(cfg.api_key), timeout=cfg.timeout)
-    return QdrantStore(path=settings.qdrant_path, timeout=cfg.timeout)
+        return QdrantStore(url=cfg.url, api_key=reveal(cfg.api_key), timeout=cfg.timeout, contract=contract)
+    return QdrantStore(path=settings.qdrant_path, timeout=cfg.timeout, contract=contract)

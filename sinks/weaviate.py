@@ -1,11 +1,18 @@
 """Weaviate adapter (weaviate-client v4): collections with vectors we supply, no vectorizer module.
 
 Weaviate class names start with a capital letter, so the collection
-``vectorize`` is the class ``Vectorize`` (``-`` becomes ``_``). Each object
-holds the full payload as JSON in ``_payload`` and every scalar under its path
-with ``__`` for dots (``metadata__lang``); Weaviate's auto-schema infers those
-properties from the first object, so a metadata key must keep one type per
-collection. The collection's description records its dimension.
+``vectorize`` is the class ``Vectorize`` (``-`` becomes ``_``). Every property
+is created explicitly with the collection (its description records the
+dimension and ``layout=2``): ``_payload`` (the whole payload as JSON, not
+indexed), the worker's own fields (:data:`~sinks.base.WORKER_FIELDS`) and the
+declared metadata fields ``meta_<name>``. Objects never carry another
+property, so Weaviate's auto-schema never adds one: a task's metadata cannot
+change the schema. A field declared later is added explicitly, once.
+
+Collections of the old layout (no ``layout=2``; every scalar flattened into an
+auto-schema property such as ``metadata__lang``) keep working: reads use
+``_payload`` as before, and new objects carry only ``_payload`` and the
+declared fields, so their old properties stay for the old objects.
 """
 
 from __future__ import annotations
@@ -17,14 +24,16 @@ from typing import Any
 from urllib.parse import urlparse
 
 from app.errors import ConfigError, StoreRejectedError, StoreUnavailableError
+from app.metadata_contract import MetadataContract, native_name
 from app.secrets import reveal
-from sinks.base import BaseVectorDB, Distance, StoredPoint, VectorRecord
-from sinks.chroma import PAYLOAD_KEY, flatten
+from sinks.base import PAYLOAD_KEY, WORKER_FIELDS, BaseVectorDB, Distance, StoredPoint, VectorRecord, worker_values
+from sinks.filters import parse_filter
 from sinks.lazy import LazyClient
+from sinks.weaviate_fields import LAYOUT, PAYLOAD_PROPERTY, TYPES, Layout, make_property, weaviate_filter
 
 try:
     import weaviate
-    from weaviate.classes.config import Configure, VectorDistances
+    from weaviate.classes.config import Configure, Property, VectorDistances
     from weaviate.classes.data import DataObject
     from weaviate.classes.init import AdditionalConfig, Auth, Timeout
     from weaviate.classes.query import Filter, MetadataQuery
@@ -49,7 +58,6 @@ _REJECTED_WORDS = (
     "invalid value",
     "invalid uuid",
 )
-_PROPERTY = re.compile(r"^[_A-Za-z][_0-9A-Za-z]*$")
 
 
 def _is_rejection(message: str) -> bool:
@@ -57,19 +65,27 @@ def _is_rejection(message: str) -> bool:
     return any(word in text for word in _REJECTED_WORDS)
 
 
+def _already_exists(exc: UnexpectedStatusCodeError) -> bool:
+    return exc.status_code == 422 and "already exists" in str(exc).lower()
+
+
 def class_name(collection: str) -> str:
     name = collection.replace("-", "_")
     return name[:1].upper() + name[1:]
 
 
-def prop_name(path: str) -> str:
-    return path.replace(".", "__")
-
-
 class WeaviateStore(LazyClient, BaseVectorDB):
     name = "weaviate"
 
-    def __init__(self, *, url: str, grpc_port: int = 50051, api_key: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        *,
+        url: str,
+        grpc_port: int = 50051,
+        api_key: str | None = None,
+        timeout: float = 10.0,
+        contract: MetadataContract | None = None,
+    ) -> None:
         parsed = urlparse(url)
         if not parsed.hostname:
             raise ConfigError(
@@ -80,8 +96,9 @@ class WeaviateStore(LazyClient, BaseVectorDB):
         self._grpc_port = grpc_port
         self._api_key = api_key
         self._timeout = timeout
+        self.contract = contract or MetadataContract()
         self._init_client()
-        self._dims: dict[str, int] = {}
+        self._layouts: dict[str, Layout] = {}
 
     def describe(self) -> str:
         return f"Weaviate at {self._url}"
@@ -130,36 +147,97 @@ class WeaviateStore(LazyClient, BaseVectorDB):
         return self._connect().collections.get(class_name(collection))
 
     def ensure_collection(self, collection: str, dim: int, distance: Distance = "cosine") -> None:
-        known = self._dims.get(collection)
-        if known is None:
-            client = self._connect()
-            name = class_name(collection)
-            if self._call("collection lookup", client.collections.exists, name):
-                description = self._call(
-                    "collection lookup", lambda: client.collections.get(name).config.get().description
-                )
-                match = _DIM.search(description or "")
-                known = int(match.group(1)) if match else dim
-            else:
-                self._call(
-                    f"creating collection {name}",
-                    client.collections.create,
+        layout = self._layouts.get(collection)
+        if layout is None:
+            layout = self._lookup(collection) or self._create_collection(collection, dim, distance)
+            if layout.dim is None:  # a class not made by this worker: trust the model
+                layout.dim = dim
+            self._add_missing_properties(collection, layout)
+            self._layouts[collection] = layout
+        if layout.dim != dim:
+            raise StoreRejectedError(
+                f"Weaviate collection {class_name(collection)!r} at {self._url} holds {layout.dim}-dimensional "
+                f"vectors but the model produces {dim}; send the task to another collection or use the model it "
+                "was made with."
+            )
+
+    def _lookup(self, collection: str) -> Layout | None:
+        """The collection's layout, or None when it does not exist."""
+        client = self._connect()
+        if not self._call("collection lookup", client.collections.exists, class_name(collection)):
+            return None
+        return self._read_layout(collection)
+
+    def _read_layout(self, collection: str) -> Layout:
+        config = self._call("collection lookup", lambda: self._collection(collection).config.get())
+        description = config.description or ""
+        match = _DIM.search(description)
+        return Layout(
+            dim=int(match.group(1)) if match else None,
+            legacy=LAYOUT not in description,
+            props={p.name: p.data_type for p in config.properties},
+        )
+
+    def _create_collection(self, collection: str, dim: int, distance: Distance) -> Layout:
+        """Create the class with every property; when another worker created it first, read theirs."""
+        client = self._connect()
+        name = class_name(collection)
+        properties = [PAYLOAD_PROPERTY, *(make_property(n, kind) for n, kind in WORKER_FIELDS.items())]
+        properties += [
+            make_property(native_name(n), kind, ranged=True) for n, kind in self.contract.fields(collection).items()
+        ]
+
+        def create() -> bool:
+            try:
+                client.collections.create(
                     name,
-                    description=f"vectorize-worker dim={dim}",
+                    description=f"vectorize-worker dim={dim} {LAYOUT}",
+                    properties=properties,
                     vector_config=Configure.Vectors.self_provided(
                         vector_index_config=Configure.VectorIndex.hnsw(distance_metric=_DISTANCES[distance])
                     ),
                 )
-                known = dim
-            self._dims[collection] = known
-        if known != dim:
-            raise StoreRejectedError(
-                f"Weaviate collection {class_name(collection)!r} at {self._url} holds {known}-dimensional vectors but "
-                f"the model produces {dim}; send the task to another collection or use the model it was made with."
-            )
+            except UnexpectedStatusCodeError as exc:
+                if _already_exists(exc):  # three workers starting on a new collection: the losers read it
+                    return False
+                raise
+            return True
+
+        if not self._call(f"creating collection {name}", create):
+            return self._read_layout(collection)
+        return Layout(dim=dim, legacy=False, props={p.name: p.dataType for p in properties})
+
+    def _add_missing_properties(self, collection: str, layout: Layout) -> None:
+        """Declared fields (and, in the new layout, worker fields) the class lacks, added explicitly; a declared
+        field whose property has another type is refused (filters on it would be wrong)."""
+        wanted = {native_name(n): (n, kind) for n, kind in self.contract.fields(collection).items()}
+        if not layout.legacy:
+            wanted |= {n: (None, kind) for n, kind in WORKER_FIELDS.items()}
+        for prop, (declared, kind) in wanted.items():
+            have = layout.props.get(prop)
+            if have is None:
+                self._add_property(collection, make_property(prop, kind, ranged=declared is not None))
+                layout.props[prop] = TYPES[kind]
+            elif have != TYPES[kind] and declared is not None:
+                raise StoreRejectedError(
+                    f"Weaviate collection {class_name(collection)!r} at {self._url} has property {prop!r} of type "
+                    f"{have.value}, but stores.filterable declares {declared!r} as {kind}; declare it as before "
+                    "or write to a new collection."
+                )
+
+    def _add_property(self, collection: str, prop: Property) -> None:
+        def add() -> None:
+            try:
+                self._collection(collection).config.add_property(prop)
+            except UnexpectedStatusCodeError as exc:
+                if not _already_exists(exc):  # another worker added it first
+                    raise
+
+        self._call(f"adding property {prop.name} to {class_name(collection)}", add)
 
     def _check_dim(self, collection: str, vectors: Sequence[Sequence[float]]) -> None:
-        dim = self._dims.get(collection)
+        layout = self._layouts.get(collection)
+        dim = layout.dim if layout else None
         for vector in vectors:
             if dim is not None and len(vector) != dim:
                 raise StoreRejectedError(
@@ -171,18 +249,15 @@ class WeaviateStore(LazyClient, BaseVectorDB):
         if not records:
             return
         self._check_dim(collection, [r.vector for r in records])
-        objects = [
-            DataObject(
-                uuid=r.id,
-                vector=[float(x) for x in r.vector],
-                properties={
-                    # keys Weaviate cannot name stay in _payload only
-                    **{p: v for k, v in flatten(r.payload) if _PROPERTY.match(p := prop_name(k))},
-                    PAYLOAD_KEY: json.dumps(dict(r.payload), ensure_ascii=False),
-                },
-            )
-            for r in records
-        ]
+        layout = self._layouts.get(collection) or self._lookup(collection) or Layout(dim=None, legacy=True)
+        fixed = layout.fixed()
+        declared = self.contract.fields(collection)
+        objects = []
+        for r in records:
+            properties: dict[str, Any] = {PAYLOAD_KEY: json.dumps(dict(r.payload), ensure_ascii=False)}
+            properties |= {name: value for name, value in worker_values(r.payload).items() if name in fixed}
+            properties |= {native_name(name): value for name, value in r.filterable.items() if name in declared}
+            objects.append(DataObject(uuid=r.id, vector=[float(x) for x in r.vector], properties=properties))
         result = self._call(
             f"upsert into {class_name(collection)}", self._collection(collection).data.insert_many, objects
         )
@@ -204,11 +279,8 @@ class WeaviateStore(LazyClient, BaseVectorDB):
     def search(
         self, collection: str, vector: Sequence[float], k: int = 10, filter: Mapping[str, Any] | None = None
     ) -> list[StoredPoint]:
+        where = weaviate_filter(parse_filter(filter, self.contract.fields(collection), collection=collection))
         self._check_dim(collection, [vector])
-        where = None
-        for key, value in (filter or {}).items():
-            clause = Filter.by_property(prop_name(key)).equal(value)
-            where = clause if where is None else where & clause
         col = self._collection(collection)
         res = self._call(
             f"search in {class_name(collection)}",
@@ -216,6 +288,7 @@ class WeaviateStore(LazyClient, BaseVectorDB):
             near_vector=[float(x) for x in vector],
             limit=k,
             filters=where,
+            return_properties=[PAYLOAD_KEY],
             return_metadata=MetadataQuery(distance=True),
         )
         return [
@@ -226,7 +299,12 @@ class WeaviateStore(LazyClient, BaseVectorDB):
     def retrieve(self, collection: str, ids: Sequence[str], *, with_vectors: bool = True) -> list[StoredPoint]:
         col = self._collection(collection)
         res = self._call(
-            "retrieve", col.query.fetch_objects_by_ids, list(ids), include_vector=with_vectors, limit=max(1, len(ids))
+            "retrieve",
+            col.query.fetch_objects_by_ids,
+            list(ids),
+            include_vector=with_vectors,
+            limit=max(1, len(ids)),
+            return_properties=[PAYLOAD_KEY],
         )
         found = {
             str(o.uuid): StoredPoint(
@@ -256,12 +334,16 @@ class WeaviateStore(LazyClient, BaseVectorDB):
 def _payload(properties: Mapping[str, Any] | None) -> dict[str, Any]:
     if properties and properties.get(PAYLOAD_KEY):
         return json.loads(properties[PAYLOAD_KEY])
-    return dict(properties or {})
+    return {k: v for k, v in (properties or {}).items() if k != PAYLOAD_KEY}
 
 
 def create(settings: Any) -> WeaviateStore:
     """Entry point ``vectorize_worker.vector_dbs: weaviate``."""
     cfg = settings.weaviate
     return WeaviateStore(
-        url=settings.weaviate_url, grpc_port=cfg.grpc_port, api_key=reveal(cfg.api_key), timeout=cfg.timeout
+        url=settings.weaviate_url,
+        grpc_port=cfg.grpc_port,
+        api_key=reveal(cfg.api_key),
+        timeout=cfg.timeout,
+        contract=MetadataContract.from_settings(settings),
     )

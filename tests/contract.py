@@ -1,17 +1,40 @@
-"""The behaviour every vector database adapter must show; subclass and provide ``store``."""
+"""The behaviour every vector database adapter must show; subclass and provide the store hooks.
+
+Every store is built with :data:`CONTRACT` (declared filterable fields for all
+collections). Beside the fixtures, a subclass implements what can only be said
+with the store's own client: :meth:`VectorDBContract.native_fields` (the
+fields the database holds for a collection: its schema, or what stands for it
+in a schemaless store), :meth:`VectorDBContract.legacy_upsert` (records written
+the way the adapter did before the metadata contract, every scalar flattened
+into a field) and :meth:`VectorDBContract.drop`.
+"""
 
 from __future__ import annotations
 
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import pytest
 
 from app.errors import StoreRejectedError, StoreUnavailableError
-from sinks.base import BaseVectorDB, VectorRecord
+from app.metadata_contract import MetadataContract, native_name
+from sinks.base import PAYLOAD_KEY, WORKER_FIELDS, BaseVectorDB, VectorRecord
+from sinks.filters import InvalidFilterError
 
 DIM = 8
+DECLARED = {
+    "lang": "string",
+    "year": "int",
+    "score": "float",
+    "ok": "bool",
+    "when": "datetime",
+    "tags": "string_list",
+}
+CONTRACT = MetadataContract({"*": DECLARED})
+DECLARED_NATIVE = {native_name(n) for n in DECLARED}
 
 
 def _vec(seed: int) -> list[float]:
@@ -23,20 +46,119 @@ def _ids(n: int) -> list[str]:
     return [str(uuid.uuid4()) for _ in range(n)]
 
 
+def worker_payload(task: str, metadata: Mapping[str, Any], index: int = 0) -> dict[str, Any]:
+    """A payload shaped like app.inputs.build_records' for a text task."""
+    return {
+        "task_id": task,
+        "task_type": "text",
+        "model": "test-model",
+        "worker_id": "contract",
+        "created_at": 1_700_000_000.5,
+        "metadata": dict(metadata),
+        "item_index": index,
+        "text": f"text of {task}",
+    }
+
+
+def record(collection: str, rid: str, seed: int, metadata: Mapping[str, Any], task: str = "t") -> VectorRecord:
+    """A record as the worker builds it: the declared fields checked and carried beside the whole payload."""
+    filterable = CONTRACT.extract(metadata, collection=collection, task_id=task)
+    return VectorRecord(rid, _vec(seed), worker_payload(task, metadata), filterable=filterable)
+
+
+def old_flatten(payload: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """How the adapters flattened a payload before the metadata contract: every scalar under its dotted path."""
+    for key, value in payload.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            yield from old_flatten(value, f"{path}.")
+        elif isinstance(value, str | int | float | bool):
+            yield path, value
+
+
+#: the filter language's cases: metadata of six records, then filter -> indices of the records it matches
+FILTER_DATA: list[dict[str, Any]] = [
+    {"lang": "en", "year": 2019, "score": 0.5, "ok": True, "when": "2020-01-01T00:00:00Z", "tags": ["a"]},
+    {"lang": "fr", "year": 2020, "score": 1.5, "ok": False, "when": "2021-06-01T12:00:00+02:00", "tags": ["a", "b"]},
+    {"lang": "en", "year": 2021, "score": 2.5, "ok": True, "when": "2022-01-01", "tags": ["b"]},
+    {"lang": "de", "year": 2022, "score": 3.5, "ok": False, "when": "2023-03-03T03:03:03Z", "tags": []},
+    {"other": "no declared field at all", "lang": None},
+    {"lang": "en", "year": 2024, "score": -1, "ok": True, "when": "2024-12-31T23:59:59.999999Z", "tags": ["c"]},
+    {"lang": 'a "quoted" \\ back-slashed, ü', "tags": ["it's", 'say "x"']},
+]
+FILTER_CASES: list[tuple[dict[str, Any], set[int]]] = [
+    ({"lang": "en"}, {0, 2, 5}),
+    ({"lang": {"eq": "fr"}}, {1}),
+    ({"lang": {"in": ["fr", "de"]}}, {1, 3}),
+    ({"year": {"gte": 2020, "lt": 2022}}, {1, 2}),
+    ({"year": 2022}, {3}),
+    ({"year": {"in": [2019, 2024]}}, {0, 5}),
+    ({"year": {"gt": 2021}}, {3, 5}),
+    ({"year": {"lte": 2019}}, {0}),
+    ({"score": {"gt": 1.5}}, {2, 3}),
+    ({"score": {"lte": 0.5}}, {0, 5}),
+    ({"score": 2.5}, {2}),
+    ({"score": {"in": [1.5, 3.5]}}, {1, 3}),
+    ({"ok": True}, {0, 2, 5}),
+    ({"ok": False}, {1, 3}),
+    ({"when": {"gte": "2021-06-01T10:00:00Z"}}, {1, 2, 3, 5}),
+    ({"when": {"lt": "2021-06-01T10:00:00Z"}}, {0}),
+    ({"when": "2022-01-01T00:00:00+00:00"}, {2}),
+    ({"when": {"gt": "2024-12-31T23:59:59.999998Z"}}, {5}),
+    ({"tags": "a"}, {0, 1}),
+    ({"tags": {"in": ["b", "c"]}}, {1, 2, 5}),
+    ({"lang": "en", "year": {"gt": 2019}, "ok": True}, {2, 5}),
+    ({"lang": "xx"}, set()),
+    ({"lang": 'a "quoted" \\ back-slashed, ü'}, {6}),
+    ({"tags": {"in": ['say "x"', "z"]}}, {6}),
+    ({"lang": {"in": ["de", 'a "quoted" \\ back-slashed, ü']}}, {3, 6}),
+]
+#: metadata keys no store field may ever be made of
+AWKWARD_KEYS = ["a.b", "x.y.z", "with space", "$dollar", "", "ünï €", "__proto__", "-dash", "0digit", "meta_lang"]
+
+
 class VectorDBContract:
-    """Inherit in ``test_<db>.py`` and define the ``store`` and ``unreachable`` fixtures."""
+    """Inherit in ``test_<db>.py``; implement :meth:`make_store` and the hooks, define ``unreachable``."""
+
+    #: top-level fields a store lists beside the payload fields (Qdrant's payload keeps "metadata" as JSON)
+    extra_fields: frozenset[str] = frozenset()
+    #: a field the old layout made of metadata {"lang": ...} (see legacy_upsert)
+    legacy_field: str = "metadata__lang"
+
+    def make_store(self) -> BaseVectorDB:  # pragma: no cover - overridden
+        """A new store instance (another worker's view of the same database), built with CONTRACT."""
+        raise NotImplementedError
+
+    def second_store(self, store: BaseVectorDB) -> BaseVectorDB:
+        """Another worker on the same database, with nothing cached."""
+        return self.make_store()
+
+    def native_fields(self, store: BaseVectorDB, collection: str) -> set[str]:  # pragma: no cover - overridden
+        """The fields the database holds for ``collection`` beside id and vector, read with its own client."""
+        raise NotImplementedError
+
+    def legacy_upsert(self, store: BaseVectorDB, collection: str, records: list[VectorRecord]) -> None:
+        """Create ``collection`` and write ``records`` as the adapter did before the contract."""
+        raise NotImplementedError  # pragma: no cover - overridden
+
+    def drop(self, store: BaseVectorDB, collection: str) -> None:
+        """Remove ``collection`` from a shared server after the test (nothing for a temporary folder)."""
 
     @pytest.fixture
-    def store(self) -> Iterator[BaseVectorDB]:  # pragma: no cover - overridden
-        raise NotImplementedError
+    def store(self) -> Iterator[BaseVectorDB]:
+        store = self.make_store()
+        yield store
+        store.close()
 
     @pytest.fixture
     def unreachable(self) -> Iterator[BaseVectorDB]:  # pragma: no cover - overridden
         raise NotImplementedError
 
     @pytest.fixture
-    def collection(self) -> str:
-        return f"Contract_{uuid.uuid4().hex[:10]}"
+    def collection(self, store: BaseVectorDB) -> Iterator[str]:
+        name = f"Contract_{uuid.uuid4().hex[:10]}"
+        yield name
+        self.drop(store, name)
 
     def test_create_upsert_count(self, store: BaseVectorDB, collection: str) -> None:
         assert store.count(collection) == 0
@@ -75,21 +197,141 @@ class VectorDBContract:
 
     def test_metadata_round_trip(self, store: BaseVectorDB, collection: str) -> None:
         store.ensure_collection(collection, DIM)
-        payload = {"text": "向量化 ✓ café", "metadata": {"tags": ["a", "é"], "nested": {"x": 1.5, "ok": True}}}
+        metadata = {
+            "tags": ["a", "é"],
+            "nested": {"x": 1.5, "ok": True, "deeper": {"$k": None}},
+            **{key: f"value of {key!r}" for key in AWKWARD_KEYS},
+            "lang": "zh",
+        }
+        payload = {"text": "向量化 ✓ café", "metadata": metadata}
         rid = str(uuid.uuid4())
-        store.upsert(collection, [VectorRecord(rid, _vec(1), payload)])
+        store.upsert(collection, [VectorRecord(rid, _vec(1), payload, filterable={"lang": "zh"})])
         [point] = store.retrieve(collection, [rid])
         assert point.payload == payload
+        [hit] = store.search(collection, _vec(1), k=1)
+        assert hit.payload == payload
 
-    def test_filter_search(self, store: BaseVectorDB, collection: str) -> None:
+    def test_filter_language(self, store: BaseVectorDB, collection: str) -> None:
+        """Equality, ranges and ``in`` over every declared type give the same records in every store."""
         store.ensure_collection(collection, DIM)
-        ids = _ids(4)
-        store.upsert(
-            collection,
-            [VectorRecord(i, _vec(n), {"metadata": {"lang": "zh" if n % 2 else "en"}}) for n, i in enumerate(ids)],
-        )
-        hits = store.search(collection, _vec(0), k=4, filter={"metadata.lang": "zh"})
-        assert {h.id for h in hits} == {ids[1], ids[3]}
+        ids = _ids(len(FILTER_DATA))
+        store.upsert(collection, [record(collection, i, n, FILTER_DATA[n]) for n, i in enumerate(ids)])
+        for filter, expected in FILTER_CASES:
+            hits = store.search(collection, _vec(0), k=len(ids) + 2, filter=filter)
+            assert {ids.index(h.id) for h in hits} == expected, filter
+
+    def test_invalid_filters_are_refused_clearly(self, store: BaseVectorDB, collection: str) -> None:
+        store.ensure_collection(collection, DIM)
+        cases = [
+            ({"metadata.lang": "en"}, "only declared metadata fields"),
+            ({"task_id": "t"}, "only declared metadata fields"),
+            ({"year": {"like": 3}}, "unknown operator 'like'"),
+            ({"lang": {"gt": "a"}}, "gt needs an int, float or datetime field"),
+            ({"year": "2020"}, r"must be int but is a string \('2020'\)"),
+            ({"year": True}, "must be int but is a bool"),
+            ({"when": {"gte": "yesterday"}}, "not an ISO 8601 date-time"),
+            ({"tags": {"in": []}}, "'in' takes a list"),
+            ({"ok": None}, "must be bool but is null"),
+        ]
+        for filter, message in cases:
+            with pytest.raises(InvalidFilterError, match=message) as info:
+                store.search(collection, _vec(0), k=3, filter=filter)
+            assert collection in str(info.value)
+
+    def test_metadata_never_changes_the_schema(self, store: BaseVectorDB, collection: str) -> None:
+        """10,000 distinct undeclared keys over 1,000 records, awkward keys and a key that changes type: the
+        store's fields stay as created, every write succeeds, and the store keeps answering."""
+        store.ensure_collection(collection, DIM)
+        first = record(collection, str(uuid.uuid4()), 0, FILTER_DATA[0], task="first")
+        store.upsert(collection, [first])
+        before = self.native_fields(store, collection)
+        assert before - self.extra_fields <= set(WORKER_FIELDS) | DECLARED_NATIVE | {PAYLOAD_KEY}, before
+        shifting: list[Any] = [1, "one", [1, "x"], {"n": 1}, True, 1.5, None, "2020-01-01", -7, []]
+        records = []
+        for n in range(1000):
+            metadata: dict[str, Any] = {f"key_{n}_{j}": n * 10 + j for j in range(10)}  # 10,000 distinct keys
+            metadata |= {key: n for key in AWKWARD_KEYS}
+            metadata |= {"shifty": shifting[n % len(shifting)], "nested": {"a.b": {"$c": n}, "": [n]}}
+            metadata |= {"lang": "bulk", "year": 3000 + n}
+            records.append(record(collection, str(uuid.uuid4()), n + 1, metadata, task=f"bulk-{n}"))
+        for start in range(0, len(records), 250):
+            store.upsert(collection, records[start : start + 250])
+        assert self.native_fields(store, collection) == before
+        assert store.count(collection) == 1001
+        sample = [records[0], records[3], records[999]]
+        got = {p.id: p.payload for p in store.retrieve(collection, [r.id for r in sample], with_vectors=False)}
+        assert got == {r.id: r.payload for r in sample}
+        hits = store.search(collection, _vec(0), k=5, filter={"lang": "en"})
+        assert [h.id for h in hits] == [first.id]
+        hits = store.search(collection, records[500].vector, k=3, filter={"year": {"gte": 3500}, "lang": "bulk"})
+        assert hits[0].id == records[500].id and len(hits) == 3
+
+    def test_legacy_collection_keeps_reading(self, store: BaseVectorDB, collection: str) -> None:
+        """A collection written by the old flattening: old records read back whole; new records use the new
+        layout there, and only the declared fields are added to what the store holds."""
+        old = [
+            VectorRecord(i, _vec(n), worker_payload("old", {"lang": "en", "deep": {"k": n}}, n))
+            for n, i in enumerate(_ids(3))
+        ]
+        self.legacy_upsert(store, collection, old)
+        fields_before = self.native_fields(store, collection)
+        assert self.legacy_field in fields_before, fields_before
+        store.ensure_collection(collection, DIM)
+        new = [record(collection, i, 10 + n, {"lang": "en", "year": 2030, "x.y": n}) for n, i in enumerate(_ids(2))]
+        store.upsert(collection, new)
+        every = old + new
+        got = {p.id: p.payload for p in store.retrieve(collection, [r.id for r in every])}
+        assert got == {r.id: r.payload for r in every}
+        assert {h.id for h in store.search(collection, _vec(0), k=10, filter={"year": 2030})} == {r.id for r in new}
+        added = self.native_fields(store, collection) - fields_before
+        assert added <= DECLARED_NATIVE | set(WORKER_FIELDS), added
+
+    def test_losing_the_creation_race_is_success(self, store: BaseVectorDB, collection: str) -> None:
+        """Workers that looked a new collection up before another created it go on to create it too: for
+        them "already exists" is success, and the collection they then use is the one that exists."""
+        store.ensure_collection(collection, DIM)
+        other = self.second_store(store)
+        try:
+            other._create_collection(collection, DIM, "cosine")  # type: ignore[attr-defined]
+            other.ensure_collection(collection, DIM)
+            other.upsert(collection, [record(collection, str(uuid.uuid4()), 1, {"lang": "en"})])
+            assert store.count(collection) == 1
+        finally:
+            if other is not store:
+                other.close()
+        late = self.second_store(store)
+        try:
+            with pytest.raises(StoreRejectedError, match="dimension"):
+                late._create_collection(collection, DIM + 1, "cosine")  # type: ignore[attr-defined]
+                late.ensure_collection(collection, DIM + 1)
+        finally:
+            if late is not store:
+                late.close()
+
+    def test_workers_creating_one_collection_at_once(self, store: BaseVectorDB, collection: str) -> None:
+        """Three workers starting on a new collection at the same moment all succeed."""
+        workers = [self.second_store(store) for _ in range(3)]
+        barrier = threading.Barrier(len(workers))
+        errors: list[BaseException] = []
+
+        def start(worker: BaseVectorDB) -> None:
+            barrier.wait()
+            try:
+                worker.ensure_collection(collection, DIM)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=start, args=(w,)) for w in workers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for worker in workers:
+            if worker is not store:
+                worker.close()
+        assert not errors, [repr(e) for e in errors]
+        store.ensure_collection(collection, DIM)
+        assert store.count(collection) == 0
 
     def test_dimension_mismatch_is_permanent_and_clear(self, store: BaseVectorDB, collection: str) -> None:
         store.ensure_collection(collection, DIM)

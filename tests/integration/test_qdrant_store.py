@@ -6,19 +6,43 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from qdrant_client import models
 
 from app.errors import ConfigError
-from sinks.base import BaseVectorDB
+from sinks.base import BaseVectorDB, VectorRecord
 from sinks.qdrant import QdrantStore
-from tests.contract import VectorDBContract
+from tests.contract import CONTRACT, DIM, VectorDBContract
 
 
 class TestQdrantLocal(VectorDBContract):
-    @pytest.fixture
-    def store(self, tmp_path: Path) -> Iterator[BaseVectorDB]:
-        store = QdrantStore(path=tmp_path / "qdrant")
-        yield store
-        store.close()
+    extra_fields = frozenset({"metadata"})  # Qdrant keeps the payload as its own JSON: "metadata" is one key
+    legacy_field = "metadata"
+
+    @pytest.fixture(autouse=True)
+    def _folder(self, tmp_path: Path) -> None:
+        self.path = tmp_path / "qdrant"
+
+    def make_store(self) -> BaseVectorDB:
+        return QdrantStore(path=self.path, contract=CONTRACT)
+
+    def second_store(self, store: BaseVectorDB) -> BaseVectorDB:
+        """Local mode locks its folder to one client: the other workers are threads sharing it, caches cleared."""
+        store._dims.clear()  # type: ignore[attr-defined]
+        return store
+
+    def native_fields(self, store: BaseVectorDB, collection: str) -> set[str]:
+        """Qdrant's schema is its payload indexes (none in local mode); its fields, the payloads' top-level keys."""
+        client = store._client  # type: ignore[attr-defined]
+        indexed = set(client.get_collection(collection).payload_schema)
+        points, _ = client.scroll(collection, limit=10_000, with_payload=True)
+        return indexed | {key for p in points for key in p.payload or {}}
+
+    def legacy_upsert(self, store: BaseVectorDB, collection: str, records: list[VectorRecord]) -> None:
+        """Before the contract the Qdrant payload was the payload itself, as it still is (no meta_ keys)."""
+        client = store._client  # type: ignore[attr-defined]
+        client.create_collection(collection, vectors_config=models.VectorParams(size=DIM, distance="Cosine"))
+        points = [models.PointStruct(id=r.id, vector=list(r.vector), payload=dict(r.payload)) for r in records]
+        client.upsert(collection, points=points, wait=True)
 
     @pytest.fixture
     def unreachable(self) -> Iterator[BaseVectorDB]:
@@ -37,8 +61,6 @@ def test_local_storage_is_single_process(tmp_path: Path) -> None:
 
 
 def test_data_survives_reopening(tmp_path: Path) -> None:
-    from sinks.base import VectorRecord
-
     store = QdrantStore(path=tmp_path / "q")
     store.ensure_collection("c", 2)
     store.upsert("c", [VectorRecord("00000000-0000-0000-0000-000000000001", [1.0, 0.0], {"a": 1})])

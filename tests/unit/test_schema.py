@@ -5,7 +5,7 @@ import json
 import pytest
 
 from app.errors import InvalidTaskError
-from app.schema import BatchTask, Limits, DocumentTask, ImageTask, TextTask, parse_task, task_texts
+from app.schema import BatchTask, DocumentTask, ImageTask, Limits, TextTask, parse_task, task_texts
 
 DOC_EXAMPLES = [
     (
