@@ -30,6 +30,16 @@ class TestQdrantLocal(VectorDBContract):
         store._dims.clear()  # type: ignore[attr-defined]
         return store
 
+    def test_workers_creating_one_collection_at_once(self, store: BaseVectorDB, collection: str) -> None:
+        """Local mode has one client per folder (a file lock), and the worker calls a store from its one store
+        thread, so no two creations ever run at once here (qdrant-client's local mode is not thread-safe: it
+        rewrites meta.json). What applies: three workers' worth of creations, caches cleared in between, all
+        succeed and leave one collection."""
+        for _ in range(3):
+            self.second_store(store).ensure_collection(collection, DIM)
+        assert store.count(collection) == 0
+        assert collection in {c.name for c in store._client.get_collections().collections}  # type: ignore[attr-defined]
+
     def native_fields(self, store: BaseVectorDB, collection: str) -> set[str]:
         """Qdrant's schema is its payload indexes (none in local mode); its fields, the payloads' top-level keys."""
         client = store._client  # type: ignore[attr-defined]

@@ -188,7 +188,8 @@ def test_doctor_reports_pass_and_a_clear_kafka_failure(topics: Topics, tmp_path:
 
 
 def test_make_demo_against_a_running_worker(topics: Topics, tmp_path: Path) -> None:
-    worker = WorkerProcess(topics, tmp_path / "w-demo").start()
+    # /search/ on, as `make run` has it for `make demo`
+    worker = WorkerProcess(topics, tmp_path / "w-demo", VECTORIZE_WORKER_WEB_SEARCH_ENABLED="true").start()
     try:
         worker.wait_for_log(r"Model sentence-transformers/all-MiniLM-L6-v2 loaded successfully", timeout=180)
         env = {**worker.env}
