@@ -83,6 +83,7 @@ test-integration: venv up
 lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	cd $(CURDIR) && $(VENV)/bin/lint-imports
 
 format: venv
 	$(PY) -m ruff format .

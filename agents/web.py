@@ -35,9 +35,9 @@ from agents.web_security import (
     task_path,
     valid_task_id,
 )
-from app.errors import ConfigError, VectorizeError
 from app.faust_app import app, settings
-from app.secrets import reveal
+from core.errors import ConfigError, VectorizeError
+from core.secrets import reveal
 from sinks.heartbeat import live_workers, redis_error
 
 log = logging.getLogger("worker.web")

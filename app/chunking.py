@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from app.errors import PermanentError
+from core.errors import PermanentError
 
 
 class TextTokenizer(Protocol):

@@ -25,7 +25,7 @@ import importlib
 from dataclasses import dataclass
 from importlib import metadata
 
-from app.errors import ConfigError
+from core.errors import ConfigError
 
 FAUST, AIOKAFKA, MODE = "faust-streaming", "aiokafka", "mode-streaming"
 

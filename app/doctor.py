@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from app.settings import Settings
+from core.settings import Settings
 
 SAMPLE = "Vectorize-worker self check: the quick brown fox jumps over the lazy dog."
 

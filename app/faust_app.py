@@ -12,11 +12,11 @@ from typing import Any
 
 import faust
 
-from app.errors import ConfigError
 from app.kafka_check import checked_worker
 from app.kafka_security import credentials_or_exit
 from app.logs import logging_config
-from app.settings import Settings, load_settings
+from core.errors import ConfigError
+from core.settings import Settings, load_settings
 
 
 def _load() -> Settings:

@@ -16,9 +16,9 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 from app.batcher import Batcher
-from app.errors import ModelLoadError, PermanentError
 from app.images import ImageLimits, LoadedImage, load_image
 from app.inputs import Prepared
+from core.errors import ModelLoadError, PermanentError
 
 if TYPE_CHECKING:
     from app.pipeline import Outcome, TaskPipeline, WorkItem

@@ -7,7 +7,7 @@ reserved addresses unless ``images_allow_private_urls`` (see
 :mod:`app.image_fetch`); bytes are capped by ``images_max_bytes`` and pixels
 by ``images_max_pixels`` (read from the header, before the pixel data is
 decoded). Every refusal is an :class:`ImageInputError` (a
-:class:`~app.errors.PermanentError`) naming the task, the input and what to do.
+:class:`~core.errors.PermanentError`) naming the task, the input and what to do.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from PIL import Image, UnidentifiedImageError
 
-from app.errors import PermanentError
+from core.errors import PermanentError
 
 SourceKind = Literal["path", "url", "data"]
 _BASE64 = re.compile(r"^[A-Za-z0-9+/_-]+={0,2}$")

@@ -21,11 +21,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from app.chunking import Chunk, TextTokenizer, chunk_text, fit_text, surely_fits
-from app.errors import PermanentError
-from app.ids import DOCUMENT_VECTOR, vector_id
 from app.images import LoadedImage
-from app.metadata_contract import MetadataContract
 from app.schema import BatchTask, DocumentTask, ImageTask, Task, TextTask, task_texts
+from core.errors import PermanentError
+from core.ids import DOCUMENT_VECTOR, vector_id
+from core.metadata_contract import MetadataContract
 from models.base import l2_normalize
 from models.manager import ModelManager
 from sinks.base import VectorRecord
@@ -158,11 +158,11 @@ def build_records(
     contract: MetadataContract | None = None,
     collection: str | None = None,
 ) -> list[VectorRecord]:
-    """The records to store for one task, with deterministic ids (see :mod:`app.ids`).
+    """The records to store for one task, with deterministic ids (see :mod:`core.ids`).
 
     The whole ``metadata`` goes into every record's payload; the fields ``contract`` declares filterable in
     ``collection`` are also checked and carried as the records' ``filterable`` values. A declared field of
-    the wrong type raises :class:`~app.errors.InvalidTaskError` (this task fails alone, nothing is written).
+    the wrong type raises :class:`~core.errors.InvalidTaskError` (this task fails alone, nothing is written).
     """
     filterable: dict[str, Any] = {}
     if contract is not None and collection is not None:

@@ -4,7 +4,7 @@ Why: with a wrong password or an untrusted certificate, Faust and aiokafka log t
 failure and retry for ever; a worker would sit there looking alive.
 :func:`check_kafka_connection` connects once with the worker's own security
 arguments (:func:`app.kafka_security.aiokafka_security_kwargs`), turns a refusal into
-a :class:`~app.errors.ConfigError` that names the setting to fix, and the worker
+a :class:`~core.errors.ConfigError` that names the setting to fix, and the worker
 exits with code 2 within seconds (:func:`checked_worker`, Faust's ``App(Worker=...)``,
 so only the ``worker`` command runs it). A broker that is merely down is not a
 configuration error: the worker starts and Faust waits for it.
@@ -20,9 +20,9 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from app.errors import ConfigError
 from app.kafka_security import aiokafka_security_kwargs, error_reason, setting
-from app.settings import Settings
+from core.errors import ConfigError
+from core.settings import Settings
 
 log = logging.getLogger("worker.main")
 

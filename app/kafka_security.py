@@ -9,7 +9,7 @@ plain clients (the start-up check in :mod:`app.kafka_check`, tools) take the sam
 mapping from Faust, so they cannot drift apart.
 
 Inconsistent settings (SASL without a password, a CA file with PLAINTEXT, an unreadable
-file, an encrypted key without its password) are one :class:`~app.errors.ConfigError`
+file, an encrypted key without its password) are one :class:`~core.errors.ConfigError`
 naming each variable. Secrets are revealed only for the client's constructor; no
 message here contains one.
 """
@@ -20,9 +20,9 @@ import ssl
 import sys
 from typing import Any
 
-from app.errors import ConfigError
-from app.secrets import reveal
-from app.settings import YAML_KEYS, Settings, env_name
+from core.errors import ConfigError
+from core.secrets import reveal
+from core.settings import YAML_KEYS, Settings, env_name
 
 SASL_PROTOCOLS = frozenset({"SASL_PLAINTEXT", "SASL_SSL"})
 TLS_PROTOCOLS = frozenset({"SSL", "SASL_SSL"})

@@ -22,7 +22,6 @@ import numpy as np
 
 from app.acks import Ticket
 from app.batcher import Batcher
-from app.errors import InvalidTaskError, ModelLoadError, PermanentError, cap_message
 from app.image_lane import ImageLane
 from app.inputs import Prepared, TextPreparer, add_document_vectors
 from app.lane import CallResult, TextBudget, TextLane, estimate_tokens, run_call
@@ -31,6 +30,7 @@ from app.model_queue import CallKey, ModelCall, ModelQueue
 from app.reporting import Reporter
 from app.schema import ImageTask, Limits, Task, parse_task, task_texts
 from app.store_writer import StoreWriter
+from core.errors import InvalidTaskError, ModelLoadError, PermanentError, cap_message
 from models.base import EmbedderInfo
 from models.manager import ModelManager
 from sinks.base import BaseVectorDB

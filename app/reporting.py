@@ -9,8 +9,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from app.errors import PermanentError, RetryableError
-from app.retry import retry_forever
+from core.errors import PermanentError, RetryableError
+from core.retry import retry_forever
 from sinks.publisher import RecordPublisher
 from sinks.records import ErrorInfo, ResultRecord, Status, Timings
 

@@ -14,7 +14,7 @@ from typing import Any
 from app.acks import AckTracker, MissingOffsets, Ticket
 from app.metrics import Metrics
 from app.pipeline import TaskPipeline
-from app.settings import Settings
+from core.settings import Settings
 from models.device import resolve_device
 from models.manager import ModelManager
 from sinks.base import BaseVectorDB
@@ -63,7 +63,7 @@ class WorkerRuntime:
         s = self.settings
         loop = asyncio.get_running_loop()
         self.device = await loop.run_in_executor(None, resolve_device, s.device)
-        from models.families import build_manager  # the families import app.errors: keep app's import light
+        from models.families import build_manager  # the families import core.errors: keep app's import light
 
         self.manager = build_manager(s, self.device)
         self.stores = await loop.run_in_executor(None, create_stores, s)

@@ -1,7 +1,7 @@
 """Task schema: the four task kinds of the product documentation.
 
 ``parse_task`` turns the raw bytes of a Kafka record into a validated task or
-raises :class:`~app.errors.InvalidTaskError` with a message that names every
+raises :class:`~core.errors.InvalidTaskError` with a message that names every
 problem. ``python -m app.schema`` regenerates ``docs/task.schema.json``.
 """
 
@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from app.errors import InvalidTaskError, cap_message
+from core.errors import InvalidTaskError, cap_message
 
 TASK_TYPES = ("text_vectorization", "batch_vectorization", "image_vectorization", "document_vectorization")
 MAX_TEXTS_PER_TASK = 10_000

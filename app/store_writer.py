@@ -11,10 +11,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from app.errors import PermanentError, cap_message
 from app.inputs import build_records
-from app.metadata_contract import MetadataContract
-from app.retry import retry_forever
+from core.errors import PermanentError, cap_message
+from core.metadata_contract import MetadataContract
+from core.retry import retry_forever
 from sinks.base import BaseVectorDB, VectorRecord
 
 if TYPE_CHECKING:

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import app.errors  # noqa: E402,F401  (import the app package before models: see app/__init__.py)
+import core.errors  # noqa: E402,F401  (import the app package before models: see app/__init__.py)
 from models.base import Embedder  # noqa: E402
 from models.families import make_loader  # noqa: E402
 

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from core.errors import UnsupportedTaskError
+
 if TYPE_CHECKING:
     from PIL.Image import Image
 
@@ -34,7 +36,7 @@ class Embedder(ABC):
     Every ``embed_*`` method blocks (it runs the model) and must be called from
     a worker thread, never from the event loop. Implementations are not
     required to be thread-safe: the manager runs one model call at a time per
-    device. They raise :class:`~app.errors.PermanentError` for inputs they
+    device. They raise :class:`~core.errors.PermanentError` for inputs they
     cannot handle.
     """
 
@@ -51,10 +53,8 @@ class Embedder(ABC):
 
         ``images`` are decoded PIL images (any mode; converted to what the
         model needs). Only families with ``"image"`` in ``info.modalities``
-        implement it; the others raise :class:`~app.errors.UnsupportedTaskError`.
+        implement it; the others raise :class:`~core.errors.UnsupportedTaskError`.
         """
-        from app.errors import UnsupportedTaskError
-
         raise UnsupportedTaskError(
             f"Model {self.info.name} ({self.info.family}) cannot embed images; "
             "send image tasks with a CLIP model such as ViT-B/32."
@@ -67,11 +67,9 @@ class Embedder(ABC):
         input), ``count(text)`` and ``offsets(text)`` (character spans of the
         content tokens); see :class:`models.tokenizers.TextTokenizer`. Cheap to
         call repeatedly (the same object is returned). Raises
-        :class:`~app.errors.UnsupportedTaskError` when the model cannot report
+        :class:`~core.errors.UnsupportedTaskError` when the model cannot report
         token offsets.
         """
-        from app.errors import UnsupportedTaskError
-
         raise UnsupportedTaskError(f"Model {self.info.name} ({self.info.family}) has no text tokenizer.")
 
     def token_lengths(self, texts: Sequence[str]) -> list[int] | None:
@@ -81,8 +79,6 @@ class Embedder(ABC):
         possible; ``None`` when the family has no fast tokenizer that can
         tell (the caller then estimates from the characters).
         """
-        from app.errors import UnsupportedTaskError
-
         try:
             tokenizer = self.text_tokenizer()
         except UnsupportedTaskError:

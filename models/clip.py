@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from app.errors import InvalidTaskError, ModelLoadError
+from core.errors import InvalidTaskError, ModelLoadError
 from models.base import EmbedderInfo, TorchEmbedder, l2_normalize
 from models.resolve import downloads_allowed, first_line, local_model_dir, missing_model_error
 from models.tokenizers import TextTokenizer, open_clip_text_tokenizer

@@ -6,6 +6,8 @@ import gc
 import logging
 import os
 
+from core.errors import ConfigError
+
 log = logging.getLogger("worker.model_manager")
 
 
@@ -18,8 +20,6 @@ def resolve_device(requested: str) -> str:
     explicitly but absent. Blocks while torch initialises CUDA (a second or so).
     """
     import torch
-
-    from app.errors import ConfigError  # not at import time: the app package imports this module
 
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if requested == "auto":

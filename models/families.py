@@ -25,8 +25,8 @@ from models.hf_transformers import HF_ALIASES, repo_id
 from models.resolve import hf_cached_snapshot, local_model_dir, weights_bytes
 
 if TYPE_CHECKING:
-    from app.model_settings import CustomModel
-    from app.settings import Settings
+    from core.model_settings import CustomModel
+    from core.settings import Settings
     from models.manager import ModelManager
 
 __all__ = ["CLIP_NAMES", "build_manager", "family_of", "make_loader", "make_size_hint"]
@@ -68,7 +68,7 @@ def make_loader(
     ``backend`` (``models.backend``) says whether text transformers may run in
     ONNX Runtime on the CPU (models/onnx_runtime.py); CLIP always runs in torch.
     The loader blocks (it reads weights) and raises
-    :class:`~app.errors.ModelLoadError` for a model it cannot find or read, and,
+    :class:`~core.errors.ModelLoadError` for a model it cannot find or read, and,
     when ``allowed`` names patterns (``models.allowed``), for a name none of
     them matches, before it looks at the disk or the network.
     """
@@ -76,7 +76,7 @@ def make_loader(
 
     def load(name: str) -> Embedder:
         if not is_allowed(name, allowed):
-            from app.errors import ModelLoadError
+            from core.errors import ModelLoadError
 
             raise ModelLoadError(
                 f"Failed to load model {name}: it is not among the models this worker may load "

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from app.errors import ModelLoadError
+from core.errors import ModelLoadError
 from models.base import EmbedderInfo, TorchEmbedder, l2_normalize
 from models.onnx_runtime import OnnxTransformer
 from models.resolve import (

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from core.errors import ModelMemoryError
 from models.base import Embedder, EmbedderInfo, format_bytes
 from models.device import freeze_heap, is_out_of_memory, release_memory
 
@@ -274,7 +275,6 @@ class ModelManager:
         return self._loader(name)
 
     def _too_big(self, name: str, size: int) -> Exception:
-        from app.errors import ModelMemoryError  # not at import time: app imports this module
 
         return ModelMemoryError(
             f"Failed to load model {name}: it needs {format_bytes(size)} (weights and buffers) but the model "
@@ -320,8 +320,6 @@ class ModelManager:
         release_memory(model.info.device)
         info = model.info
         if len(items) <= 1:
-            from app.errors import ModelMemoryError
-
             raise ModelMemoryError(
                 f"Model {info.name} ran out of memory on {info.device} embedding a single input ({message}); "
                 "send shorter inputs, use a smaller model, free the device (VECTORIZE_WORKER_MAX_LOADED_MODELS, "

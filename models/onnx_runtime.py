@@ -17,7 +17,7 @@ The sentence-transformers and transformers families use it through
    vector matches torch's to :data:`PARITY_TOLERANCE`;
 3. anything that fails (onnx not installed, an architecture the exporter
    cannot trace, a mismatch) leaves the model on torch with a warning under
-   ``auto``, or fails the load with :class:`~app.errors.ModelLoadError` under
+   ``auto``, or fails the load with :class:`~core.errors.ModelLoadError` under
    ``onnx``. An export the exporter refused is remembered
    (``<key>.failed`` beside the exports, with the reason): later loads skip
    it until that file is deleted.
@@ -38,7 +38,7 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from app.errors import ModelLoadError
+from core.errors import ModelLoadError
 from models.resolve import first_line
 
 log = logging.getLogger("worker.model_manager")

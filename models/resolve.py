@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from app.errors import ModelLoadError
+from core.errors import ModelLoadError
 
 #: model name -> (python module, function returning the model directory)
 PACKAGED_MODELS: dict[str, tuple[str, str]] = {

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from app.errors import ModelLoadError
+from core.errors import ModelLoadError
 from models.base import EmbedderInfo, TorchEmbedder, l2_normalize
 from models.onnx_runtime import OnnxTransformer, OnnxUnavailable
 from models.resolve import downloads_allowed, local_model_dir, missing_model_error

@@ -13,7 +13,7 @@ import copy
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from app.errors import UnsupportedTaskError
+from core.errors import UnsupportedTaskError
 
 
 @runtime_checkable

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
 
 from app.kafka_security import aiokafka_security_kwargs  # noqa: E402
-from app.settings import load_settings  # noqa: E402
+from core.settings import load_settings  # noqa: E402
 
 EXAMPLES = [
     {

@@ -12,8 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.errors import ConfigError  # noqa: E402
-from app.settings import load_settings  # noqa: E402
+from core.errors import ConfigError  # noqa: E402
+from core.settings import load_settings  # noqa: E402
 
 
 def main() -> int:

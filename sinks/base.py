@@ -7,7 +7,7 @@ What a stored record holds, in every store (README "Metadata and filters"):
   exactly what was written, ``metadata`` included, whatever its keys;
 * the worker's own fields (:data:`WORKER_FIELDS`) as native fields, defined
   when a collection is created where the store has a schema;
-* the declared metadata fields (:mod:`app.metadata_contract`) as native,
+* the declared metadata fields (:mod:`core.metadata_contract`) as native,
   indexed fields ``meta_<name>``, the only ones filters address.
 
 No other key ever becomes a store field, so a task's metadata cannot change
@@ -20,10 +20,9 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-if TYPE_CHECKING:  # importing app at run time would build the Faust app under the adapters
-    from app.metadata_contract import MetadataContract
+from core.metadata_contract import MetadataContract
 
 Distance = Literal["cosine", "dot", "euclid"]
 #: the payload as JSON, in stores whose fields are flat scalars
@@ -54,7 +53,7 @@ WORKER_FIELDS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class VectorRecord:
-    id: str  # a UUID string (see app.ids.vector_id)
+    id: str  # a UUID string (see core.ids.vector_id)
     vector: Sequence[float]
     payload: Mapping[str, Any] = field(default_factory=dict)
     #: the declared metadata fields' values, already checked by MetadataContract.extract (declared name -> value)
@@ -75,9 +74,9 @@ class BaseVectorDB(ABC):
     Every method blocks (network or disk I/O) and is called from a worker
     thread, never from the event loop. Adapters translate their client's
     exceptions at this boundary: an unreachable or overloaded database raises
-    :class:`~app.errors.StoreUnavailableError` (retryable); data the database
+    :class:`~core.errors.StoreUnavailableError` (retryable); data the database
     refuses, such as a vector of the wrong dimension, raises
-    :class:`~app.errors.StoreRejectedError` (permanent). Both messages name the
+    :class:`~core.errors.StoreRejectedError` (permanent). Both messages name the
     database, where it is, and what to do.
     """
 

@@ -22,8 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from app.errors import PermanentError
-from app.metadata_contract import FieldType, WrongType, check_value, describe_type, native_name
+from core.errors import PermanentError
+from core.metadata_contract import FieldType, WrongType, check_value, describe_type, native_name
 
 Op = Literal["eq", "gt", "gte", "lt", "lte", "in"]
 RANGE_OPS = ("gt", "gte", "lt", "lte")

@@ -24,6 +24,8 @@ import redis.asyncio as aioredis
 from pydantic import SecretStr
 from redis.exceptions import RedisError
 
+from core.secrets import redact_url, reveal
+
 log = logging.getLogger("worker.heartbeat")
 KEY = "worker:{worker_id}:heartbeat"
 
@@ -36,7 +38,6 @@ def redis_client(url: str, *, password: SecretStr | None = None, ssl_ca_file: st
     """A client for ``url`` with short timeouts; ``password`` replaces one in the URL, ``ssl_ca_file``
     verifies a ``rediss://`` server (redis-py lets the URL's own options win over keyword arguments,
     so the URL's password is taken out first)."""
-    from app.secrets import redact_url, reveal  # not at import time: importing app imports this module
 
     options: dict[str, Any] = {"socket_connect_timeout": 2, "socket_timeout": 2}
     if password is not None:
@@ -57,7 +58,6 @@ def redis_client(url: str, *, password: SecretStr | None = None, ssl_ca_file: st
 def redis_error(url: str, exc: BaseException, password: SecretStr | None = None) -> str:
     """Why Redis at ``url`` failed, for a log line or a view: the URL redacted, any password cut out of the
     client's message, the settings to check named."""
-    from app.secrets import redact_url, reveal  # not at import time: importing app imports this module
 
     text = str(exc) or type(exc).__name__
     try:
@@ -97,7 +97,6 @@ class Heartbeat:
         password: SecretStr | None = None,
         ssl_ca_file: str | None = None,
     ) -> None:
-        from app.secrets import redact_url  # not at import time: importing app imports this module
 
         self.url = redact_url(url)  # for messages only
         self._raw_url, self._password = url, password  # to cut secrets out of the client's error messages

@@ -6,7 +6,7 @@ import threading
 from abc import abstractmethod
 from typing import Any
 
-from app.errors import StoreUnavailableError
+from core.errors import StoreUnavailableError
 
 
 class LazyClient:

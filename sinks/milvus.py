@@ -27,9 +27,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from app.errors import ConfigError, StoreRejectedError, StoreUnavailableError
-from app.metadata_contract import MetadataContract, epoch_micros, native_name
-from app.secrets import reveal
+from core.errors import ConfigError, StoreRejectedError, StoreUnavailableError
+from core.metadata_contract import MetadataContract, epoch_micros, native_name
+from core.secrets import reveal
 from sinks.base import PAYLOAD_KEY, WORKER_FIELDS, BaseVectorDB, Distance, StoredPoint, VectorRecord, worker_value
 from sinks.filters import Condition, parse_filter
 from sinks.lazy import LazyClient

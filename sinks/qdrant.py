@@ -19,9 +19,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from app.errors import ConfigError, StoreRejectedError, StoreUnavailableError
-from app.metadata_contract import FIELD_PREFIX, MetadataContract, native_name
-from app.secrets import reveal
+from core.errors import ConfigError, StoreRejectedError, StoreUnavailableError
+from core.metadata_contract import FIELD_PREFIX, MetadataContract, native_name
+from core.secrets import reveal
 from sinks.base import BaseVectorDB, Distance, StoredPoint, VectorRecord
 from sinks.filters import Condition, parse_filter
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.errors import MAX_ERROR_CHARS, cap_message
+from core.errors import MAX_ERROR_CHARS, cap_message
 
 Status = Literal["received", "processing", "completed", "failed"]
 

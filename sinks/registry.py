@@ -15,7 +15,7 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
 
-from app.errors import ConfigError
+from core.errors import ConfigError
 from sinks.base import BaseVectorDB
 
 ENTRY_POINT_GROUP = "vectorize_worker.vector_dbs"

@@ -23,9 +23,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
-from app.errors import ConfigError, StoreRejectedError, StoreUnavailableError
-from app.metadata_contract import MetadataContract, native_name
-from app.secrets import reveal
+from core.errors import ConfigError, StoreRejectedError, StoreUnavailableError
+from core.metadata_contract import MetadataContract, native_name
+from core.secrets import reveal
 from sinks.base import PAYLOAD_KEY, WORKER_FIELDS, BaseVectorDB, Distance, StoredPoint, VectorRecord, worker_values
 from sinks.filters import parse_filter
 from sinks.lazy import LazyClient

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app.errors import StoreRejectedError, StoreUnavailableError
-from app.metadata_contract import MetadataContract, native_name
+from core.errors import StoreRejectedError, StoreUnavailableError
+from core.metadata_contract import MetadataContract, native_name
 from sinks.base import PAYLOAD_KEY, WORKER_FIELDS, BaseVectorDB, VectorRecord
 from sinks.filters import InvalidFilterError
 

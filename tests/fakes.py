@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from app.errors import StoreRejectedError, StoreUnavailableError
+from core.errors import StoreRejectedError, StoreUnavailableError
 from models.base import Embedder, EmbedderInfo, l2_normalize
 from sinks.base import BaseVectorDB, StoredPoint, VectorRecord
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from app.metadata_contract import native_name
+from core.metadata_contract import native_name
 from sinks.base import PAYLOAD_KEY, BaseVectorDB, VectorRecord
 from sinks.chroma import ChromaStore
 from tests.contract import CONTRACT, DECLARED, DIM, VectorDBContract, _vec, old_flatten, record

@@ -138,5 +138,5 @@ def test_weaviate_outage_loses_and_duplicates_nothing(topics: Topics, tmp_path: 
 
 
 def _write_retried(log: str) -> bool:
-    """A retried write to Weaviate (app/retry.py's warning for a failed store write)."""
+    """A retried write to Weaviate (core/retry.py's warning for a failed store write)."""
     return any("Storing" in line and "on Weaviate" in line and "retrying in" in line for line in log.splitlines())

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from qdrant_client import models
 
-from app.errors import ConfigError
+from core.errors import ConfigError
 from sinks.base import BaseVectorDB, VectorRecord
 from sinks.qdrant import QdrantStore
 from tests.contract import CONTRACT, DIM, VectorDBContract

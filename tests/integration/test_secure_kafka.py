@@ -231,9 +231,9 @@ def test_faust_send_over_mtls_with_an_encrypted_client_key(secure_kafka: SecureK
 
 def test_start_up_check_on_the_mtls_listener(secure_kafka: SecureKafka) -> None:
     """The check lets a client certificate in, and without one names the certificate settings."""
-    from app.errors import ConfigError
     from app.kafka_check import check_kafka_connection
-    from app.settings import Settings
+    from core.errors import ConfigError
+    from core.settings import Settings
 
     base: dict[str, Any] = {
         "kafka_bootstrap_servers": secure_kafka.ssl_bootstrap,

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.errors import ModelLoadError
+from core.errors import ModelLoadError
 from models.manager import ModelManager
 from models.resolve import packaged_model_dir
 from models.sentence_transformers import load_sentence_transformer

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.errors import InvalidTaskError, ModelLoadError
-from app.model_settings import CustomModel
+from core.errors import InvalidTaskError, ModelLoadError
+from core.model_settings import CustomModel
 from models.clip import ClipEmbedder, cached_weights, load_clip, parse_clip_name
 from models.families import make_loader
 from models.manager import ModelManager

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.errors import ModelLoadError
+from core.errors import ModelLoadError
 from models.families import make_loader
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -230,7 +230,7 @@ def test_an_exporter_killed_mid_write_leaves_nothing_for_long(tmp_path: Path, ti
 @pytest.mark.parametrize("pooling", ["mean", "cls"])
 @pytest.mark.parametrize("family", ["bert", "distilbert", "roberta"])
 def test_transformers_family_matches_torch(family: str, pooling: str, tmp_path: Path, request) -> None:
-    from app.model_settings import CustomModel
+    from core.model_settings import CustomModel
     from models.hf_transformers import HFTransformerEmbedder
 
     path = request.getfixturevalue(f"tiny_{family}")

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.errors import ModelMemoryError
-from app.settings import load_settings
+from core.errors import ModelMemoryError
+from core.settings import load_settings
 from models.families import build_manager, make_loader, make_size_hint
 from models.manager import ModelManager
 from tests.models.conftest import cache_with, cos
@@ -105,8 +105,8 @@ def test_minilm_tokenizer_and_quality_through_the_manager() -> None:
 
 
 def test_minilm_custom_entry_length_and_normalize(tmp_path: Path) -> None:
-    from app.errors import ModelLoadError
-    from app.model_settings import CustomModel
+    from core.errors import ModelLoadError
+    from core.model_settings import CustomModel
     from models.resolve import packaged_model_dir
 
     path = str(packaged_model_dir(MINILM))

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.errors import ModelLoadError
-from app.model_settings import CustomModel
+from core.errors import ModelLoadError
+from core.model_settings import CustomModel
 from models.families import make_loader
 from models.hf_transformers import HFTransformerEmbedder, load_hf_transformer
 from tests.models.conftest import cache_with, cos

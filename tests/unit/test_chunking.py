@@ -7,7 +7,7 @@ import random
 import pytest
 
 from app.chunking import Chunk, TextTooLongError, chunk_text, fit_text, surely_fits
-from app.errors import PermanentError
+from core.errors import PermanentError
 from models.sentence_transformers import SentenceTransformerEmbedder, TextTokenizer, load_sentence_transformer
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"

@@ -17,7 +17,7 @@ import pytest
 
 from app import compat
 from app.compat import AIOKAFKA, FAUST, MODE, PRIVATE_USES, VERIFIED, PrivateUse, check_versions
-from app.errors import ConfigError
+from core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 

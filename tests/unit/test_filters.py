@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from qdrant_client import models
 
-from app.metadata_contract import MetadataContract
+from core.metadata_contract import MetadataContract
 from sinks.base import PAYLOAD_KEY, WORKER_FIELDS, worker_value, worker_values
 from sinks.chroma import chroma_where
 from sinks.filters import Condition, InvalidFilterError, parse_filter

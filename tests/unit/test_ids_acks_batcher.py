@@ -5,7 +5,7 @@ import uuid
 
 from app.acks import AckTracker, MissingOffsets
 from app.batcher import Batcher
-from app.ids import vector_id
+from core.ids import vector_id
 
 
 def test_vector_ids_are_deterministic_uuids() -> None:

@@ -20,10 +20,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from app.errors import ConfigError
 from app.kafka_check import bootstrap_hosts, check_kafka_connection
 from app.kafka_security import aiokafka_security_kwargs, broker_credentials, credentials_or_exit
-from app.settings import Settings, load_settings
+from core.errors import ConfigError
+from core.settings import Settings, load_settings
 
 SECRET = "s3cret-Pa55word"
 

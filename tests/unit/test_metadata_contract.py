@@ -9,17 +9,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app.errors import ConfigError, InvalidTaskError
 from app.inputs import Prepared, build_records
-from app.metadata_contract import (
+from app.schema import TASK_ADAPTER
+from core.errors import ConfigError, InvalidTaskError
+from core.metadata_contract import (
     MAX_LIST_ITEMS,
     MAX_STRING_BYTES,
     MetadataContract,
     epoch_micros,
     parse_filterable,
 )
-from app.schema import TASK_ADAPTER
-from app.settings import load_settings
+from core.settings import load_settings
 
 DECLARED = {"*": {"lang": "string"}, "docs": {"year": "int", "tags": "string_list", "lang": "bool"}}
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.ids import vector_id
+from core.ids import vector_id
 from tests.unit.test_pipeline import Harness
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.errors import ModelMemoryError, UnsupportedTaskError
+from core.errors import ModelMemoryError, UnsupportedTaskError
 from models.base import Embedder
 from models.manager import ModelManager
 from tests.fakes import FakeEmbedder
@@ -180,7 +180,7 @@ async def test_embed_images_mirrors_embed_texts() -> None:
 
 
 def test_device_auto_prefers_cuda_then_mps_then_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.errors import ConfigError
+    from core.errors import ConfigError
     from models.device import resolve_device
 
     class MPS:

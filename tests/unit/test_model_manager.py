@@ -6,7 +6,7 @@ import weakref
 
 import pytest
 
-from app.errors import ModelLoadError
+from core.errors import ModelLoadError
 from models.device import release_memory
 from models.families import family_of, make_loader
 from models.manager import ModelManager
@@ -144,7 +144,7 @@ def test_family_routing_and_a_missing_clip_model_says_where_to_put_it(tmp_path) 
 
 def test_models_allowed_refuses_other_names_before_looking_for_them(tmp_path, monkeypatch) -> None:
     """models.allowed: names and patterns; the configured models always pass; a pattern never climbs a folder."""
-    from app.settings import load_settings
+    from core.settings import load_settings
     from models.families import build_manager, is_allowed, make_size_hint
 
     (tmp_path / "secret").mkdir()

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import ConfigError
-from app.model_settings import CustomModel, parse_byte_size
-from app.settings import load_settings
+from core.errors import ConfigError
+from core.model_settings import CustomModel, parse_byte_size
+from core.settings import load_settings
 from models.families import family_of
 from tests.unit.conftest import write_yaml
 

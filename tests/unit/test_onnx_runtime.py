@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 
-from app.errors import ModelLoadError
+from core.errors import ModelLoadError
 from models.onnx_runtime import PARITY_TOLERANCE, OnnxUnavailable, check_parity, onnx_or_torch
 
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from app.acks import AckTracker, Ticket
-from app.errors import StoreRejectedError
-from app.ids import vector_id
 from app.pipeline import TaskPipeline
-from app.settings import Settings
+from core.errors import StoreRejectedError
+from core.ids import vector_id
+from core.settings import Settings
 from models.manager import ModelManager
 from sinks.publisher import RecordPublisher
 from tests.fakes import FakeEmbedder, FakeKafka, FakeStore, unavailable
@@ -69,7 +69,7 @@ class Harness:
 
     def _load(self, name: str) -> FakeEmbedder:
         if name == "missing-model":
-            from app.errors import ModelLoadError
+            from core.errors import ModelLoadError
 
             raise ModelLoadError("Failed to load model missing-model: not found in local path 'missing-model'")
         return self.embedders.setdefault(name, FakeEmbedder(name))
@@ -173,9 +173,9 @@ async def test_unknown_model_fails_only_its_task() -> None:
 
 
 async def test_store_outage_is_retried_and_ack_waits(monkeypatch: pytest.MonkeyPatch) -> None:
-    import app.retry
+    import core.retry
 
-    monkeypatch.setattr(app.retry, "backoff_delay", lambda attempt, **_: 0.0)
+    monkeypatch.setattr(core.retry, "backoff_delay", lambda attempt, **_: 0.0)
     h = Harness()
     h.store.fail_next = [unavailable(), unavailable(), unavailable()]
     await h.send({"task_type": "text_vectorization", "data": "a", "task_id": "t"})
@@ -195,9 +195,9 @@ async def test_dimension_mismatch_is_permanent() -> None:
 
 
 async def test_failed_delivery_is_retried_before_ack(monkeypatch: pytest.MonkeyPatch) -> None:
-    import app.retry
+    import core.retry
 
-    monkeypatch.setattr(app.retry, "backoff_delay", lambda attempt, **_: 0.0)
+    monkeypatch.setattr(core.retry, "backoff_delay", lambda attempt, **_: 0.0)
     h = Harness()
     await h.send({"task_type": "text_vectorization", "data": "a", "task_id": "t"})
     h.kafka.fail_next = 1
@@ -329,9 +329,9 @@ async def test_drain_waits_for_the_batch_in_flight() -> None:
 
 
 async def test_several_stores_are_written_in_parallel_and_retried_separately(monkeypatch: pytest.MonkeyPatch) -> None:
-    import app.retry
+    import core.retry
 
-    monkeypatch.setattr(app.retry, "backoff_delay", lambda attempt, **_: 0.0)
+    monkeypatch.setattr(core.retry, "backoff_delay", lambda attempt, **_: 0.0)
     h = Harness()
     flaky = FakeStore()
     flaky.name = "flaky"

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from app.ids import DOCUMENT_VECTOR, vector_id
+from core.ids import DOCUMENT_VECTOR, vector_id
 from models.base import l2_normalize
 from tests.fakes import FakeEmbedder
 from tests.unit.test_images import photo, png_bytes

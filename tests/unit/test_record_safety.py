@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from app.errors import MAX_ERROR_CHARS, InvalidTaskError
 from app.schema import Limits, parse_task
 from app.store_writer import record_bytes, split_records
+from core.errors import MAX_ERROR_CHARS, InvalidTaskError
 from sinks.base import VectorRecord
 from sinks.records import ErrorInfo, to_bytes
 from tests.unit.test_pipeline import Harness

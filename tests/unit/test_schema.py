@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from app.errors import InvalidTaskError
 from app.schema import BatchTask, DocumentTask, ImageTask, Limits, TextTask, parse_task, task_texts
+from core.errors import InvalidTaskError
 
 DOC_EXAMPLES = [
     (

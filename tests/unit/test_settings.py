@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import ConfigError
-from app.settings import load_settings
+from core.errors import ConfigError
+from core.settings import load_settings
 from tests.unit.conftest import write_yaml
 
 ROOT = Path(__file__).resolve().parents[2]

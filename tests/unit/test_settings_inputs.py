@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import ConfigError
-from app.settings import load_settings
+from core.errors import ConfigError
+from core.settings import load_settings
 
 
 def test_input_defaults_are_safe(clean_env: pytest.MonkeyPatch) -> None:

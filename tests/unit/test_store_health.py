@@ -6,9 +6,9 @@ import asyncio
 import threading
 from types import SimpleNamespace
 
-from app.errors import StoreUnavailableError
 from app.metrics import Metrics
 from app.store_writer import StoreWriter
+from core.errors import StoreUnavailableError
 from sinks.base import VectorRecord
 from tests.fakes import FakeStore
 

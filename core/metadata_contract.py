@@ -17,7 +17,7 @@ them apart from the worker's own payload fields. All metadata, declared or not,
 also stays whole in the payload, so nothing is lost and nothing else becomes
 schema. A collection's own entry overrides ``"*"`` field by field.
 
-Imports nothing of ours but :mod:`app.errors`: settings validate with it, and
+Imports nothing of ours but :mod:`core.errors`: settings validate with it, and
 both the record builder and the store adapters use it.
 """
 
@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
-from app.errors import InvalidTaskError
+from core.errors import InvalidTaskError
 
 FieldType = Literal["string", "int", "float", "bool", "datetime", "string_list"]
 FIELD_TYPES: tuple[str, ...] = get_args(FieldType)
@@ -119,7 +119,7 @@ class MetadataContract:
         """The declared fields of one task's ``metadata``, checked and normalised (datetimes parsed, floats as
         float); a missing or null field is left out (it matches no filter).
 
-        Raises :class:`~app.errors.InvalidTaskError` naming the field, the collection, the expected and the
+        Raises :class:`~core.errors.InvalidTaskError` naming the field, the collection, the expected and the
         given type: the task fails alone, before anything is written.
         """
         values: dict[str, Any] = {}

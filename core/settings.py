@@ -18,9 +18,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
-from app.errors import ConfigError
-from app.metadata_contract import FieldType, parse_filterable
-from app.model_settings import CustomModel, parse_byte_size, parse_custom_models
+from core.errors import ConfigError
+from core.metadata_contract import FieldType, parse_filterable
+from core.model_settings import CustomModel, parse_byte_size, parse_custom_models
 
 ENV_PREFIX = "VECTORIZE_WORKER_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
@@ -162,7 +162,7 @@ class Settings(BaseSettings):
     # one upsert request carries at most this many vectors / bytes (Qdrant refuses requests over 32 MB)
     store_batch_points: int = Field(1000, ge=1, le=100_000)
     store_batch_bytes: int = Field(8 * 1024 * 1024, ge=64 * 1024)
-    # metadata fields stored as native, filterable fields: {collection or "*": {name: type}} (app.metadata_contract)
+    # metadata fields stored as native, filterable fields: {collection or "*": {name: type}} (core.metadata_contract)
     filterable: dict[str, dict[str, FieldType]] = Field(default_factory=dict)
 
     web_host: str = "127.0.0.1"  # 0.0.0.0 only where a network policy or web_auth_token guards the port

@@ -8,7 +8,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from app.errors import RetryableError
+from core.errors import RetryableError
 
 T = TypeVar("T")
 log = logging.getLogger("worker.retry")
