@@ -1,4 +1,4 @@
-"""Faust agents and web views: thin glue between Kafka streams and :mod:`app.pipeline`."""
+"""Faust agents and web views: thin glue between Kafka streams and :mod:`engine.pipeline`."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The intake agent: every record of ``vectorization-tasks`` enters the pipeline here.
 
 The stream runs without automatic acks. Each record gets a ticket in the
-ordered :class:`~app.acks.AckTracker`; the pipeline completes the ticket when
+ordered :class:`~engine.acks.AckTracker`; the pipeline completes the ticket when
 the task is stored and reported (or dead-lettered), and only then is the
 offset acknowledged, in partition order. A worker that dies mid-batch leaves
 its records unacknowledged, so another worker processes them again; the
@@ -15,10 +15,10 @@ import logging
 import os
 from typing import Any
 
-from app.acks import MissingOffsets, Ticket
 from app.faust_app import OUTPUT_TOPICS, ack_missing_offsets, app, claim_data_dir, raw_topic, settings, tasks_topic
 from app.offsets import OffsetGuard
 from app.runtime import WorkerRuntime
+from engine.acks import MissingOffsets, Ticket
 
 log = logging.getLogger("worker.main")
 _runtime: WorkerRuntime | None = None

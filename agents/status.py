@@ -21,7 +21,7 @@ from collections import deque
 from typing import Any
 
 from app.faust_app import app, raw_topic, settings, table_options
-from sinks.records import fold_status
+from tasks.records import fold_status
 
 log = logging.getLogger("worker.main")
 

@@ -38,7 +38,7 @@ from agents.web_security import (
 from app.faust_app import app, settings
 from core.errors import ConfigError, VectorizeError
 from core.secrets import reveal
-from sinks.heartbeat import live_workers, redis_error
+from ops.heartbeat import live_workers, redis_error
 
 log = logging.getLogger("worker.web")
 DASHBOARD = (Path(__file__).resolve().parent / "dashboard.html").read_text(encoding="utf-8")

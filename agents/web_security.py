@@ -41,7 +41,7 @@ OPEN_PATHS: frozenset[tuple[str, str]] = frozenset(
 #: a request one worker sends another for a task it does not hold; never forwarded again
 FORWARDED_HEADER = "X-Vectorize-Forwarded"
 
-# the task schema's bounds (app/schema.py, _TaskBase.task_id and .collection)
+# the task schema's bounds (tasks/schema.py, _TaskBase.task_id and .collection)
 TASK_ID_PATTERN = re.compile(r"^[^\x00-\x1f\x7f]{1,200}$")
 COLLECTION_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
 MODEL_NAME_PATTERN = re.compile(r"^[^\x00-\x1f\x7f]{1,500}$")

@@ -20,7 +20,7 @@ async def doctor(self: Any) -> None:
 @app.command()
 async def workers(self: Any) -> None:
     """List live workers from their Redis heartbeats."""
-    from sinks.heartbeat import live_workers, redis_error
+    from ops.heartbeat import live_workers, redis_error
 
     try:
         live = await live_workers(

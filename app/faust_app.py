@@ -14,9 +14,9 @@ import faust
 
 from app.kafka_check import checked_worker
 from app.kafka_security import credentials_or_exit
-from app.logs import logging_config
 from core.errors import ConfigError
 from core.settings import Settings, load_settings
+from ops.logs import logging_config
 
 
 def _load() -> Settings:

@@ -11,15 +11,18 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from app.acks import AckTracker, MissingOffsets, Ticket
-from app.metrics import Metrics
-from app.pipeline import TaskPipeline
+from aiokafka.errors import KafkaError
+from faust.exceptions import ProducerSendError
+
 from core.settings import Settings
+from engine.acks import AckTracker, MissingOffsets, Ticket
+from engine.pipeline import TaskPipeline
+from engine.publisher import SEND_ERRORS, RecordPublisher, SendPort
 from models.device import resolve_device
 from models.manager import ModelManager
+from ops.heartbeat import Heartbeat
+from ops.metrics import Metrics
 from sinks.base import BaseVectorDB
-from sinks.heartbeat import Heartbeat
-from sinks.publisher import RecordPublisher, SendPort
 from sinks.registry import create_stores
 
 log = logging.getLogger("worker.main")
@@ -69,6 +72,7 @@ class WorkerRuntime:
         self.stores = await loop.run_in_executor(None, create_stores, s)
         publisher = RecordPublisher(
             self._send,
+            errors=(*SEND_ERRORS, KafkaError, ProducerSendError),  # what Faust's producer raises
             worker_id=s.worker_id,
             status_topic=s.status_topic,
             results_topic=s.results_topic,

@@ -10,8 +10,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.schema import json_schema  # noqa: E402
-from sinks.records import json_schemas  # noqa: E402
+from tasks.records import json_schemas  # noqa: E402
+from tasks.schema import json_schema  # noqa: E402
 
 
 def render() -> dict[str, str]:

@@ -27,7 +27,7 @@ from core.metadata_contract import MetadataContract
 Distance = Literal["cosine", "dot", "euclid"]
 #: the payload as JSON, in stores whose fields are flat scalars
 PAYLOAD_KEY = "_payload"
-#: the payload fields of app.inputs.build_records, with their types ("text": long, not for filtering)
+#: the payload fields of tasks.inputs.build_records, with their types ("text": long, not for filtering)
 WORKER_FIELDS: dict[str, str] = {
     "task_id": "string",
     "task_type": "string",

@@ -47,7 +47,7 @@ def _ids(n: int) -> list[str]:
 
 
 def worker_payload(task: str, metadata: Mapping[str, Any], index: int = 0) -> dict[str, Any]:
-    """A payload shaped like app.inputs.build_records' for a text task."""
+    """A payload shaped like tasks.inputs.build_records' for a text task."""
     return {
         "task_id": task,
         "task_type": "text",

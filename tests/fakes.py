@@ -59,7 +59,7 @@ class FakeEmbedder(Embedder):
 
 
 class FakeTokenizer:
-    """Whitespace-separated words are tokens (the TextTokenizer protocol of app/chunking.py)."""
+    """Whitespace-separated words are tokens (the TextTokenizer protocol of tasks/chunking.py)."""
 
     def __init__(self, max_tokens: int) -> None:
         self.max_tokens = max_tokens

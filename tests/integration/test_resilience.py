@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis
 
-from sinks.heartbeat import heartbeat_key
+from ops.heartbeat import heartbeat_key
 from tests.integration.harness import ROOT, Topics, WorkerProcess, collect, produce, run
 from tests.integration.test_distributed import CHROMA_URL, completed_ids, tasks, worker
 from tests.unit.test_schema import MALFORMED

@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from app.chunking import Chunk, TextTooLongError, chunk_text, fit_text, surely_fits
 from core.errors import PermanentError
 from models.sentence_transformers import SentenceTransformerEmbedder, TextTokenizer, load_sentence_transformer
+from tasks.chunking import Chunk, TextTooLongError, chunk_text, fit_text, surely_fits
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 WORDS = (

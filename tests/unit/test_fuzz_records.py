@@ -16,8 +16,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.schema import TASK_TYPES, ImageTask, parse_task, task_texts
 from core.errors import MAX_ERROR_CHARS, InvalidTaskError
+from tasks.schema import TASK_TYPES, ImageTask, parse_task, task_texts
 from tests.unit.test_pipeline import Harness
 
 SCALE = float(os.environ.get("FUZZ_EXAMPLES", "1"))

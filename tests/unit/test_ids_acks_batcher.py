@@ -3,9 +3,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from app.acks import AckTracker, MissingOffsets
-from app.batcher import Batcher
 from core.ids import vector_id
+from engine.acks import AckTracker, MissingOffsets
+from engine.batcher import Batcher
 
 
 def test_vector_ids_are_deterministic_uuids() -> None:

@@ -1,4 +1,4 @@
-"""The image loader's security limits and input forms (app/images.py, app/image_fetch.py)."""
+"""The image loader's security limits and input forms (tasks/images.py, tasks/image_fetch.py)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import app.image_fetch
-from app.images import ImageInputError, ImageLimits, classify, load_image, load_image_sync
+import tasks.image_fetch
+from tasks.images import ImageInputError, ImageLimits, classify, load_image, load_image_sync
 
 
 def photo(width: int = 96, height: int = 64, seed: int = 0) -> Image.Image:
@@ -333,13 +333,13 @@ def test_a_redirect_to_a_private_address_is_checked_again(
 ) -> None:
     """The first hop passes (its address is treated as public here); the redirect target is checked anew."""
     calls: list[str] = []
-    real = app.image_fetch.non_public
+    real = tasks.image_fetch.non_public
 
     def first_hop_public(address: object) -> str | None:
         calls.append(str(address))
         return None if len(calls) == 1 else real(address)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(app.image_fetch, "non_public", first_hop_public)
+    monkeypatch.setattr(tasks.image_fetch, "non_public", first_hop_public)
     message = refused(url(server, "/redirect"), replace(limits, allow_urls=True))
     assert "resolves to 127.0.0.1, a loopback address" in message
     assert len(server.hosts) == 1  # the redirect was never followed
@@ -399,7 +399,7 @@ async def test_loading_runs_off_the_event_loop(root: Path, limits: ImageLimits) 
 
 
 def test_large_images_are_kept_downscaled_with_their_aspect(root: Path, limits: ImageLimits) -> None:
-    from app.images import MAX_KEPT_SIDE
+    from tasks.images import MAX_KEPT_SIDE
 
     (root / "wide.png").write_bytes(png_bytes(photo(1600, 400)))
     roomy = replace(limits, max_bytes=4 * 1024 * 1024)

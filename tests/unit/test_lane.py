@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from app.batcher import Batcher
-from app.lane import TextBudget, TextLane, estimate_tokens
-from app.model_queue import CallKey, ModelQueue
 from core.errors import ModelLoadError
+from engine.batcher import Batcher
+from engine.lane import TextBudget, TextLane, estimate_tokens
+from engine.model_queue import CallKey, ModelQueue
 from models.base import EmbedderInfo
 from tests.fakes import FakeEmbedder
 from tests.unit.test_pipeline import Harness

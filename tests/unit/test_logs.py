@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.logs import ProducerBufferNoise, logging_config
+from ops.logs import ProducerBufferNoise, logging_config
 
 
 @pytest.fixture

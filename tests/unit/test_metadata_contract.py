@@ -9,8 +9,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app.inputs import Prepared, build_records
-from app.schema import TASK_ADAPTER
 from core.errors import ConfigError, InvalidTaskError
 from core.metadata_contract import (
     MAX_LIST_ITEMS,
@@ -20,6 +18,8 @@ from core.metadata_contract import (
     parse_filterable,
 )
 from core.settings import load_settings
+from tasks.inputs import Prepared, build_records
+from tasks.schema import TASK_ADAPTER
 
 DECLARED = {"*": {"lang": "string"}, "docs": {"year": "int", "tags": "string_list", "lang": "bool"}}
 
@@ -132,7 +132,7 @@ def test_build_records_carries_the_declared_fields_on_every_record() -> None:
 
 
 def test_build_records_for_documents_carries_them_on_chunks_and_document_vector() -> None:
-    from app.chunking import Chunk
+    from tasks.chunking import Chunk
 
     task = _task(
         {"task_type": "document_vectorization", "data": {"title": "T", "content": "x y"}, "metadata": {"lang": "en"}}

@@ -8,14 +8,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+from aiokafka.errors import KafkaError
 
-from app.acks import AckTracker, Ticket
-from app.pipeline import TaskPipeline
 from core.errors import StoreRejectedError
 from core.ids import vector_id
 from core.settings import Settings
+from engine.acks import AckTracker, Ticket
+from engine.pipeline import TaskPipeline
+from engine.publisher import SEND_ERRORS, RecordPublisher
 from models.manager import ModelManager
-from sinks.publisher import RecordPublisher
 from tests.fakes import FakeEmbedder, FakeKafka, FakeStore, unavailable
 
 # every setting at its default (new settings reach these tests by themselves), then the test values
@@ -60,7 +61,12 @@ class Harness:
         self.tracker = AckTracker()
         self.acked: list[int] = []
         publisher = RecordPublisher(
-            self.kafka.send, worker_id="w-test", status_topic="status", results_topic="results", dlq_topic="dlq"
+            self.kafka.send,
+            worker_id="w-test",
+            status_topic="status",
+            results_topic="results",
+            dlq_topic="dlq",
+            errors=(*SEND_ERRORS, KafkaError),  # as the worker's Faust producer (app/runtime.py)
         )
         self.pipeline = TaskPipeline(
             settings=self.settings, manager=self.manager, stores=[self.store], publisher=publisher, on_done=self._done

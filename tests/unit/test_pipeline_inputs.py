@@ -230,7 +230,7 @@ def test_image_helper_photo_is_rgb() -> None:
 def test_document_vector_follows_the_model_default_normalisation() -> None:
     from types import SimpleNamespace
 
-    from app.inputs import Prepared, add_document_vectors
+    from tasks.inputs import Prepared, add_document_vectors
 
     unit = l2_normalize(np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32))
     raw = np.array([[2.0, 0.0], [0.0, 4.0]], dtype=np.float32)

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from app.schema import Limits, parse_task
-from app.store_writer import record_bytes, split_records
 from core.errors import MAX_ERROR_CHARS, InvalidTaskError
+from engine.store_writer import record_bytes, split_records
 from sinks.base import VectorRecord
-from sinks.records import ErrorInfo, to_bytes
+from tasks.records import ErrorInfo, to_bytes
+from tasks.schema import Limits, parse_task
 from tests.unit.test_pipeline import Harness
 
 TEXT = {"task_type": "text_vectorization", "data": "hello"}
@@ -121,13 +121,13 @@ async def test_a_large_valid_task_is_stored_in_several_requests() -> None:
 async def test_an_unexpected_exception_while_reading_a_record_fails_that_record(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import app.pipeline
+    import engine.pipeline
 
     def broken(raw: Any, **kwargs: Any) -> Any:
         raise KeyError("a bug in the validator")
 
     h = Harness()
-    monkeypatch.setattr(app.pipeline, "parse_task", broken)
+    monkeypatch.setattr(engine.pipeline, "parse_task", broken)
     await h.send(TEXT)
     monkeypatch.undo()
     await h.send({**TEXT, "task_id": "after"})

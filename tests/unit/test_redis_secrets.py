@@ -10,7 +10,7 @@ import pytest
 from pydantic import SecretStr
 
 from app.commands import worker_table
-from sinks.heartbeat import Heartbeat, redis_client
+from ops.heartbeat import Heartbeat, redis_client
 
 
 def _options(client: Any) -> dict[str, Any]:

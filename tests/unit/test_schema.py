@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from app.schema import BatchTask, DocumentTask, ImageTask, Limits, TextTask, parse_task, task_texts
 from core.errors import InvalidTaskError
+from tasks.schema import BatchTask, DocumentTask, ImageTask, Limits, TextTask, parse_task, task_texts
 
 DOC_EXAMPLES = [
     (
@@ -118,7 +118,7 @@ def test_published_json_schema_is_in_sync() -> None:
 
 
 def test_status_records_fold_into_a_task_status_entry_with_the_last_ten_statuses() -> None:
-    from sinks.records import StatusRecord, fold_status, to_bytes
+    from tasks.records import StatusRecord, fold_status, to_bytes
 
     entry = None
     for i, status in enumerate(["received", "processing", "completed"]):

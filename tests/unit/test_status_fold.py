@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sinks.records import StatusRecord, fold_status, to_bytes
+from tasks.records import StatusRecord, fold_status, to_bytes
 
 
 def record(status: str, timestamp: float, worker: str = "w-a") -> dict[str, Any]:

@@ -6,9 +6,9 @@ import asyncio
 import threading
 from types import SimpleNamespace
 
-from app.metrics import Metrics
-from app.store_writer import StoreWriter
 from core.errors import StoreUnavailableError
+from engine.store_writer import StoreWriter
+from ops.metrics import Metrics
 from sinks.base import VectorRecord
 from tests.fakes import FakeStore
 

@@ -32,9 +32,9 @@ from agents.web_security import (
     unauthorized_body,
     valid_task_id,
 )
-from app.schema import _TaskBase
 from models.manager import ModelManager
 from sinks.base import StoredPoint
+from tasks.schema import _TaskBase
 from tests.fakes import FakeEmbedder
 
 TOKEN = "s3cret-Token_0123"

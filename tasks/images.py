@@ -4,7 +4,7 @@ Every way in is bounded before anything is decoded: local paths must resolve
 (symlinks and ``..`` included) under ``images_allowed_roots``; URLs are off
 unless ``images_allow_urls`` and never reach private, loopback, link-local or
 reserved addresses unless ``images_allow_private_urls`` (see
-:mod:`app.image_fetch`); bytes are capped by ``images_max_bytes`` and pixels
+:mod:`tasks.image_fetch`); bytes are capped by ``images_max_bytes`` and pixels
 by ``images_max_pixels`` (read from the header, before the pixel data is
 decoded). Every refusal is an :class:`ImageInputError` (a
 :class:`~core.errors.PermanentError`) naming the task, the input and what to do.
@@ -133,7 +133,7 @@ def load_image_sync(data: str, limits: ImageLimits, *, task_id: str) -> LoadedIm
     if kind == "path":
         raw, ref = read_local(data, limits, where), os.path.realpath(data)
     elif kind == "url":
-        from app.image_fetch import fetch_url
+        from tasks.image_fetch import fetch_url
 
         raw, ref = fetch_url(data, limits, where), data
     else:

@@ -13,7 +13,7 @@ text never waits behind more than the calls already queued ahead of it; of
 several models (or normalize/batch-size settings) the one with the oldest
 text goes first.
 
-The queue is plain data (no asyncio, no threads): :class:`app.lane.TextLane`
+The queue is plain data (no asyncio, no threads): :class:`engine.lane.TextLane`
 takes calls, runs them on the device thread and reports back with
 :meth:`ModelQueue.complete` or :meth:`ModelQueue.fail`, which return the
 tasks (outcomes) whose every text is done.
@@ -46,7 +46,7 @@ class CallKey(NamedTuple):
 class _Job:
     """One task's texts in the queue."""
 
-    outcome: Any  # app.pipeline.Outcome: texts, vectors, info, error, embed_ms
+    outcome: Any  # engine.pipeline.Outcome: texts, vectors, info, error, embed_ms
     key: CallKey
     remaining: int
     waiting: set[int] = field(default_factory=set)  # sequence numbers still in the queue

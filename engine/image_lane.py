@@ -2,7 +2,7 @@
 
 It shares the pipeline's store, report and failure steps; only loading and
 embedding differ from the text lane. Images are loaded (read, downloaded,
-decoded; see :mod:`app.images`) in threads before the model is asked for, so
+decoded; see :mod:`tasks.images`) in threads before the model is asked for, so
 a refused or broken image fails its own task with a precise message even when
 the image model cannot load, and never blocks the event loop.
 """
@@ -15,13 +15,13 @@ import time
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
-from app.batcher import Batcher
-from app.images import ImageLimits, LoadedImage, load_image
-from app.inputs import Prepared
 from core.errors import ModelLoadError, PermanentError
+from engine.batcher import Batcher
+from tasks.images import ImageLimits, LoadedImage, load_image
+from tasks.inputs import Prepared
 
 if TYPE_CHECKING:
-    from app.pipeline import Outcome, TaskPipeline, WorkItem
+    from engine.pipeline import Outcome, TaskPipeline, WorkItem
 
 log_main = logging.getLogger("worker.main")
 log_proc = logging.getLogger("worker.task_processor")
@@ -58,7 +58,7 @@ class ImageLane:
 
     async def process(self, batch: list[WorkItem]) -> None:
         """Load, embed, store and report one batch of image tasks; never raises except on cancellation."""
-        from app.pipeline import Outcome
+        from engine.pipeline import Outcome
 
         live = await self._p._drop_expired(batch)
         if not live:

@@ -2,7 +2,7 @@
 
 The gather stage takes validated tasks as they come (queueing their
 ``processing`` statuses, cutting documents into chunks) and puts their texts
-into the :class:`~app.model_queue.ModelQueue` with their real token counts
+into the :class:`~engine.model_queue.ModelQueue` with their real token counts
 (the model's tokenizer, on the model manager's tokenizer thread; characters /
 4 for a model without a fast tokenizer). The embed stage takes model calls of texts of
 nearly the same length out of that queue and runs them on the device thread,
@@ -41,10 +41,10 @@ from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
-from app.model_queue import ModelCall, ModelQueue
+from engine.model_queue import ModelCall, ModelQueue
 
 if TYPE_CHECKING:
-    from app.pipeline import Outcome, TaskPipeline, WorkItem
+    from engine.pipeline import Outcome, TaskPipeline, WorkItem
     from models.base import EmbedderInfo
     from models.manager import ModelManager
 

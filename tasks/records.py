@@ -1,6 +1,6 @@
 """Records the worker writes to Kafka: status updates, results and dead letters.
 
-``python -m sinks.records`` regenerates ``docs/records.schema.json``.
+``python -m tasks.records`` regenerates ``docs/records.schema.json``.
 """
 
 from __future__ import annotations

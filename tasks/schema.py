@@ -2,7 +2,7 @@
 
 ``parse_task`` turns the raw bytes of a Kafka record into a validated task or
 raises :class:`~core.errors.InvalidTaskError` with a message that names every
-problem. ``python -m app.schema`` regenerates ``docs/task.schema.json``.
+problem. ``python -m tasks.schema`` regenerates ``docs/task.schema.json``.
 """
 
 from __future__ import annotations

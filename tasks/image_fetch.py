@@ -24,10 +24,10 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
 
-from app.images import ImageInputError
+from tasks.images import ImageInputError
 
 if TYPE_CHECKING:
-    from app.images import ImageLimits
+    from tasks.images import ImageLimits
 
 MAX_REDIRECTS = 5
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address

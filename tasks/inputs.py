@@ -2,9 +2,9 @@
 
 * text / batch tasks: one text per item; a text over the model's limit is
   rejected or truncated per ``long_text`` (reported as ``truncated_items``).
-* document tasks: the content in token-aware chunks (:mod:`app.chunking`),
+* document tasks: the content in token-aware chunks (:mod:`tasks.chunking`),
   plus a document vector (the mean of the chunk vectors) per ``document_vector``.
-* image tasks: one image (loaded by :mod:`app.images`).
+* image tasks: one image (loaded by :mod:`tasks.images`).
 
 :class:`TextPreparer` runs the tokenizer on the model's thread (Hugging Face
 tokenizers are not safe to use while the same model encodes on another thread).
@@ -20,15 +20,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from app.chunking import Chunk, TextTokenizer, chunk_text, fit_text, surely_fits
-from app.images import LoadedImage
-from app.schema import BatchTask, DocumentTask, ImageTask, Task, TextTask, task_texts
 from core.errors import PermanentError
 from core.ids import DOCUMENT_VECTOR, vector_id
 from core.metadata_contract import MetadataContract
 from models.base import l2_normalize
 from models.manager import ModelManager
 from sinks.base import VectorRecord
+from tasks.chunking import Chunk, TextTokenizer, chunk_text, fit_text, surely_fits
+from tasks.images import LoadedImage
+from tasks.schema import BatchTask, DocumentTask, ImageTask, Task, TextTask, task_texts
 
 log = logging.getLogger("worker.task_processor")
 _UNCHECKED = 1 << 62  # the "limit" of a model without a tokenizer

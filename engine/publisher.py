@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sinks.records import (
+from tasks.records import (
     DeadLetterRecord,
     ErrorInfo,
     ResultRecord,
@@ -19,6 +19,10 @@ from sinks.records import (
 #: send(topic, key, value) queues a record and returns an awaitable that
 #: resolves when the broker has it (raises when delivery failed).
 SendPort = Callable[[str, bytes | None, bytes], Awaitable[Awaitable[Any]]]
+
+
+#: what any send port raises for a record that did not arrive; the Faust app adds Kafka's own (app/runtime.py)
+SEND_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, OSError)
 
 
 class RecordPublisher:
@@ -34,9 +38,19 @@ class RecordPublisher:
     DLQ_PAYLOAD_LIMIT = 512 * 1024
 
     def __init__(
-        self, send: SendPort, *, worker_id: str, status_topic: str, results_topic: str, dlq_topic: str
+        self,
+        send: SendPort,
+        *,
+        worker_id: str,
+        status_topic: str,
+        results_topic: str,
+        dlq_topic: str,
+        errors: tuple[type[BaseException], ...] = SEND_ERRORS,
     ) -> None:
         self._send = send
+        #: what ``send`` and its delivery futures raise when a record does not arrive (retried, or refused for
+        #: good when the error says it is not retriable); anything else is a bug and is not retried blindly
+        self.errors = errors
         self.worker_id = worker_id
         self.status_topic = status_topic
         self.results_topic = results_topic

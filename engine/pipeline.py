@@ -1,7 +1,7 @@
 """The Kafka-free heart of the worker: validate, batch, embed, store, report.
 
 Agents hand every source record to :meth:`TaskPipeline.intake` together with
-a :class:`~app.acks.Ticket`; the pipeline calls ``on_done(ticket)`` once the
+a :class:`~engine.acks.Ticket`; the pipeline calls ``on_done(ticket)`` once the
 task's vectors are stored and its status/result records are delivered (or,
 for a task that cannot succeed, once its ``failed`` status and dead letter
 are delivered). Only then may the source offset be acknowledged.
@@ -20,21 +20,21 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from app.acks import Ticket
-from app.batcher import Batcher
-from app.image_lane import ImageLane
-from app.inputs import Prepared, TextPreparer, add_document_vectors
-from app.lane import CallResult, TextBudget, TextLane, estimate_tokens, run_call
-from app.metrics import Metrics
-from app.model_queue import CallKey, ModelCall, ModelQueue
-from app.reporting import Reporter
-from app.schema import ImageTask, Limits, Task, parse_task, task_texts
-from app.store_writer import StoreWriter
 from core.errors import InvalidTaskError, ModelLoadError, PermanentError, cap_message
+from engine.acks import Ticket
+from engine.batcher import Batcher
+from engine.image_lane import ImageLane
+from engine.lane import CallResult, TextBudget, TextLane, estimate_tokens, run_call
+from engine.model_queue import CallKey, ModelCall, ModelQueue
+from engine.publisher import RecordPublisher
+from engine.reporting import Reporter
+from engine.store_writer import StoreWriter
 from models.base import EmbedderInfo
 from models.manager import ModelManager
+from ops.metrics import Metrics
 from sinks.base import BaseVectorDB
-from sinks.publisher import RecordPublisher
+from tasks.inputs import Prepared, TextPreparer, add_document_vectors
+from tasks.schema import ImageTask, Limits, Task, parse_task, task_texts
 
 log_main = logging.getLogger("worker.main")
 log_proc = logging.getLogger("worker.task_processor")
@@ -51,7 +51,7 @@ class WorkItem:
     received_at: float = field(default_factory=time.monotonic)
     pending: list[Awaitable[Any]] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
-    tokens: int = 0  # estimated (app.lane.estimate_tokens)
+    tokens: int = 0  # estimated (engine.lane.estimate_tokens)
 
     def __post_init__(self) -> None:
         if not self.texts and not isinstance(self.task, ImageTask):
@@ -74,7 +74,7 @@ class Outcome:
     ids: list[str] = field(default_factory=list)
     embed_ms: float = 0.0
     store_ms: float = 0.0
-    prepared: Prepared | None = None  # chunks, truncation, image (app/inputs.py)
+    prepared: Prepared | None = None  # chunks, truncation, image (tasks/inputs.py)
 
 
 class TaskPipeline:
@@ -169,7 +169,7 @@ class TaskPipeline:
 
     # -- text lane -----------------------------------------------------------------------
     async def run_text_lane(self) -> None:
-        """Process text batches forever, pipelined (see :mod:`app.lane`); cancel to stop."""
+        """Process text batches forever, pipelined (see :mod:`engine.lane`); cancel to stop."""
         self._lane = TextLane(self)
         await self._lane.run()
 

@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 from core.errors import PermanentError, RetryableError
 from core.retry import retry_forever
-from sinks.publisher import RecordPublisher
-from sinks.records import ErrorInfo, ResultRecord, Status, Timings
+from engine.publisher import RecordPublisher
+from tasks.records import ErrorInfo, ResultRecord, Status, Timings
 
 if TYPE_CHECKING:
-    from app.acks import Ticket
-    from app.metrics import Metrics
-    from app.pipeline import Outcome, Source, WorkItem
-    from app.schema import Task
+    from engine.acks import Ticket
+    from engine.pipeline import Outcome, Source, WorkItem
+    from ops.metrics import Metrics
+    from tasks.schema import Task
 
 log_main = logging.getLogger("worker.main")
 log_proc = logging.getLogger("worker.task_processor")
@@ -61,24 +61,6 @@ def _retriable(exc: BaseException) -> bool:
             return False
         stack.extend(e for e in (err.__cause__, err.__context__, *err.args) if isinstance(e, BaseException))
     return True
-
-
-def _kafka_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [ConnectionError, TimeoutError, OSError]
-    try:
-        from aiokafka.errors import KafkaError
-
-        errors.append(KafkaError)
-        from faust.exceptions import ProducerSendError
-
-        errors.append(ProducerSendError)
-    except ImportError:  # pragma: no cover - both come with faust-streaming
-        pass
-    return tuple(errors)
-
-
-#: what a failed produce raises; anything else is a bug and is not retried blindly
-KAFKA_ERRORS = _kafka_errors()
 
 
 class Reporter:
@@ -127,7 +109,7 @@ class Reporter:
         for out, result, _ in done:
             try:
                 queued.append(await self._send_completed(result, out.item.task))
-            except KAFKA_ERRORS:
+            except self.publisher.errors:
                 queued.append(None)
         flat = [f for futures in queued if futures for f in futures]
         outcomes_of = iter(await asyncio.gather(*flat, return_exceptions=True))
@@ -266,7 +248,7 @@ class Reporter:
         async def attempt() -> None:
             try:
                 await RecordPublisher.delivered(await send())
-            except KAFKA_ERRORS as exc:
+            except self.publisher.errors as exc:
                 if not _retriable(exc):
                     raise RecordRejectedError(f"Kafka refused a record for good while {what}: {exc!r}") from exc
                 raise DeliveryError(f"Kafka did not accept records while {what}: {exc!r}") from exc
@@ -280,5 +262,5 @@ class Reporter:
         """received/processing are best effort: failing to queue them never stops the task."""
         try:
             item.pending.append(await self.publisher.status(item.task.task_id, status, task_type=item.task.task_type))
-        except KAFKA_ERRORS as exc:
+        except self.publisher.errors as exc:
             log_main.warning("Could not queue the %s status of task %s: %r", status, item.task.task_id, exc)

@@ -11,15 +11,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from app.inputs import build_records
 from core.errors import PermanentError, cap_message
 from core.metadata_contract import MetadataContract
 from core.retry import retry_forever
 from sinks.base import BaseVectorDB, VectorRecord
+from tasks.inputs import build_records
 
 if TYPE_CHECKING:
-    from app.metrics import Metrics
-    from app.pipeline import Outcome
+    from engine.pipeline import Outcome
+    from ops.metrics import Metrics
 
 log = logging.getLogger("worker.task_processor")
 T = TypeVar("T")

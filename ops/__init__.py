@@ -1,0 +1,4 @@
+"""Operating the worker: Prometheus metrics, log configuration, Redis heartbeats.
+
+Imports core only; nothing happens on import.
+"""
