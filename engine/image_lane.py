@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from core.errors import ModelLoadError, PermanentError
 from engine.batcher import Batcher
+from engine.work import Outcome, WorkItem
 from tasks.images import ImageLimits, LoadedImage, load_image
 from tasks.inputs import Prepared
 
 if TYPE_CHECKING:
-    from engine.pipeline import Outcome, TaskPipeline, WorkItem
+    from engine.pipeline import TaskPipeline
 
 log_main = logging.getLogger("worker.main")
 log_proc = logging.getLogger("worker.task_processor")
@@ -58,8 +59,6 @@ class ImageLane:
 
     async def process(self, batch: list[WorkItem]) -> None:
         """Load, embed, store and report one batch of image tasks; never raises except on cancellation."""
-        from engine.pipeline import Outcome
-
         live = await self._p._drop_expired(batch)
         if not live:
             return

@@ -42,25 +42,18 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 
 from engine.model_queue import ModelCall, ModelQueue
+from engine.work import Outcome, WorkItem
 
 if TYPE_CHECKING:
-    from engine.pipeline import Outcome, TaskPipeline, WorkItem
+    from engine.pipeline import TaskPipeline
     from models.base import EmbedderInfo
     from models.manager import ModelManager
 
 log = logging.getLogger("worker.task_processor")
 T = TypeVar("T")
 
-#: a text's token estimate is capped here: models truncate (all-MiniLM-L6-v2 at 256)
-MAX_TOKENS_PER_TEXT = 512
-
 #: model calls handed to the device thread at once: one computing, one waiting behind it
 CALLS_AHEAD = 2
-
-
-def estimate_tokens(text: str) -> int:
-    """A cheap token estimate: about four characters per token, plus [CLS] and [SEP]."""
-    return min(len(text) // 4 + 2, MAX_TOKENS_PER_TEXT)
 
 
 CallResult = tuple[np.ndarray, "EmbedderInfo", float, float]

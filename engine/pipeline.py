@@ -15,66 +15,27 @@ import os
 import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
-
-import numpy as np
 
 from core.errors import InvalidTaskError, ModelLoadError, PermanentError, cap_message
 from engine.acks import Ticket
 from engine.batcher import Batcher
 from engine.image_lane import ImageLane
-from engine.lane import CallResult, TextBudget, TextLane, estimate_tokens, run_call
+from engine.lane import CallResult, TextBudget, TextLane, run_call
 from engine.model_queue import CallKey, ModelCall, ModelQueue
 from engine.publisher import RecordPublisher
 from engine.reporting import Reporter
 from engine.store_writer import StoreWriter
-from models.base import EmbedderInfo
+from engine.work import Outcome, Source, WorkItem, estimate_tokens
 from models.manager import ModelManager
 from ops.metrics import Metrics
 from sinks.base import BaseVectorDB
-from tasks.inputs import Prepared, TextPreparer, add_document_vectors
-from tasks.schema import ImageTask, Limits, Task, parse_task, task_texts
+from tasks.inputs import TextPreparer, add_document_vectors
+from tasks.schema import ImageTask, Limits, parse_task
 
 log_main = logging.getLogger("worker.main")
 log_proc = logging.getLogger("worker.task_processor")
 T = TypeVar("T")
-Source = tuple[str, int, int]
-
-
-@dataclass(eq=False)
-class WorkItem:
-    task: Task
-    raw: bytes | str | None
-    ticket: Ticket
-    source: Source | None
-    received_at: float = field(default_factory=time.monotonic)
-    pending: list[Awaitable[Any]] = field(default_factory=list)
-    texts: list[str] = field(default_factory=list)
-    tokens: int = 0  # estimated (engine.lane.estimate_tokens)
-
-    def __post_init__(self) -> None:
-        if not self.texts and not isinstance(self.task, ImageTask):
-            self.texts = task_texts(self.task)
-            self.tokens = sum(estimate_tokens(t) for t in self.texts)
-
-    @property
-    def weight(self) -> int:
-        return len(self.texts)
-
-
-@dataclass(eq=False)
-class Outcome:
-    item: WorkItem
-    texts: list[str]
-    model: str
-    vectors: np.ndarray | None = None
-    info: EmbedderInfo | None = None
-    error: BaseException | None = None
-    ids: list[str] = field(default_factory=list)
-    embed_ms: float = 0.0
-    store_ms: float = 0.0
-    prepared: Prepared | None = None  # chunks, truncation, image (tasks/inputs.py)
 
 
 class TaskPipeline:

@@ -16,7 +16,7 @@ from tasks.records import ErrorInfo, ResultRecord, Status, Timings
 
 if TYPE_CHECKING:
     from engine.acks import Ticket
-    from engine.pipeline import Outcome, Source, WorkItem
+    from engine.work import Outcome, Source, WorkItem
     from ops.metrics import Metrics
     from tasks.schema import Task
 

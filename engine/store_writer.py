@@ -18,7 +18,7 @@ from sinks.base import BaseVectorDB, VectorRecord
 from tasks.inputs import build_records
 
 if TYPE_CHECKING:
-    from engine.pipeline import Outcome
+    from engine.work import Outcome
     from ops.metrics import Metrics
 
 log = logging.getLogger("worker.task_processor")

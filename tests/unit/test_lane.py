@@ -12,8 +12,9 @@ import numpy as np
 
 from core.errors import ModelLoadError
 from engine.batcher import Batcher
-from engine.lane import TextBudget, TextLane, estimate_tokens
+from engine.lane import TextBudget, TextLane
 from engine.model_queue import CallKey, ModelQueue
+from engine.work import estimate_tokens
 from models.base import EmbedderInfo
 from tests.fakes import FakeEmbedder
 from tests.unit.test_pipeline import Harness

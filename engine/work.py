@@ -1,0 +1,63 @@
+"""The work that travels through the engine: a task taken in (:class:`WorkItem`) and its outcome in a
+batch (:class:`Outcome`). A leaf: the lanes, the store writer and the reporter import these types, and
+this module imports none of them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from engine.acks import Ticket
+from models.base import EmbedderInfo
+from tasks.inputs import Prepared
+from tasks.schema import ImageTask, Task, task_texts
+
+#: where a record came from: (topic, partition, offset)
+Source = tuple[str, int, int]
+#: a text's token estimate is capped here: models truncate (all-MiniLM-L6-v2 at 256)
+MAX_TOKENS_PER_TEXT = 512
+
+
+def estimate_tokens(text: str) -> int:
+    """A cheap token estimate: about four characters per token, plus [CLS] and [SEP]."""
+    return min(len(text) // 4 + 2, MAX_TOKENS_PER_TEXT)
+
+
+@dataclass(eq=False)
+class WorkItem:
+    task: Task
+    raw: bytes | str | None
+    ticket: Ticket
+    source: Source | None
+    received_at: float = field(default_factory=time.monotonic)
+    pending: list[Awaitable[Any]] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    tokens: int = 0  # estimated (engine.lane.estimate_tokens)
+
+    def __post_init__(self) -> None:
+        if not self.texts and not isinstance(self.task, ImageTask):
+            self.texts = task_texts(self.task)
+            self.tokens = sum(estimate_tokens(t) for t in self.texts)
+
+    @property
+    def weight(self) -> int:
+        return len(self.texts)
+
+
+@dataclass(eq=False)
+class Outcome:
+    item: WorkItem
+    texts: list[str]
+    model: str
+    vectors: np.ndarray | None = None
+    info: EmbedderInfo | None = None
+    error: BaseException | None = None
+    ids: list[str] = field(default_factory=list)
+    embed_ms: float = 0.0
+    store_ms: float = 0.0
+    prepared: Prepared | None = None  # chunks, truncation, image (tasks/inputs.py)
