@@ -142,7 +142,9 @@ async def intake(stream: Any) -> None:
             message = event.message
             if await guard.admit(message.tp, message.offset):
                 ticket = rt.tracker.add(message.tp, message.offset, event)
-                await rt.pipeline.intake(event.value, ticket, (message.topic, message.partition, message.offset))
+                await rt.pipeline.intake(
+                    event.value, ticket, (message.topic, message.partition, message.offset), key=message.key
+                )
             # else out of order: never processed, never acked (see app/offsets.py)
             guard.waiting()
     except Exception:

@@ -162,6 +162,11 @@ class Settings(BaseSettings):
     # one upsert request carries at most this many vectors / bytes (Qdrant refuses requests over 32 MB)
     store_batch_points: int = Field(1000, ge=1, le=100_000)
     store_batch_bytes: int = Field(8 * 1024 * 1024, ge=64 * 1024)
+    replace_stale: bool = Field(
+        True,
+        description="After writing a task, remove the vectors an earlier version of the same task id left in each "
+        "store that this version no longer has (one lookup by task id per batch and store); false skips the lookup",
+    )
     # metadata fields stored as native, filterable fields: {collection or "*": {name: type}} (core.metadata_contract)
     filterable: dict[str, dict[str, FieldType]] = Field(default_factory=dict)
 
@@ -316,6 +321,7 @@ YAML_KEYS: dict[str, str] = {
     "stores.milvus": "milvus",
     "stores.batch_points": "store_batch_points",
     "stores.batch_bytes": "store_batch_bytes",
+    "stores.replace_stale": "replace_stale",
     "stores.filterable": "filterable",
     "stores.weaviate.url": "weaviate_url",
     "stores.weaviate.grpc_port": "weaviate.grpc_port",

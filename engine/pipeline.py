@@ -31,7 +31,7 @@ from models.manager import ModelManager
 from ops.metrics import Metrics
 from sinks.base import BaseVectorDB
 from tasks.inputs import TextPreparer, add_document_vectors
-from tasks.schema import ImageTask, Limits, parse_task
+from tasks.schema import DeleteTask, ImageTask, Limits, parse_task, tombstone
 
 log_main = logging.getLogger("worker.main")
 log_proc = logging.getLogger("worker.task_processor")
@@ -65,6 +65,13 @@ class TaskPipeline:
         self._bytes = TextBudget(settings.max_inflight_bytes)  # record bytes, the same waiting rule
         self._held: dict[int, tuple[int, int]] = {}  # id(ticket) -> (texts, bytes) it holds of the budgets
         self.limits = Limits.of(settings)
+        # per task id, in partition order: tasks taken in and not done, and deletes running (see intake)
+        self._active: dict[str, int] = {}
+        self._task_of: dict[int, str] = {}  # id(ticket) -> task id
+        self._deleting: dict[str, asyncio.Future[None]] = {}
+        self._deletes: set[asyncio.Future[None]] = set()
+        self._ids_changed = asyncio.Condition()
+        self._delete_waiters = 0
         self.max_batch_tokens: int = settings.max_batch_tokens
         self._text_lane: Batcher[WorkItem] = Batcher(weight=lambda i: i.weight, cost=lambda i: i.tokens)
         self._in_flight = 0  # gathered batches and tasks in the text lane; drain waits for 0
@@ -95,11 +102,15 @@ class TaskPipeline:
         return self.reporter.recent_failures
 
     # -- intake ------------------------------------------------------------------------
-    async def intake(self, raw: bytes | str | None, ticket: Ticket, source: Source | None = None) -> None:
+    async def intake(
+        self, raw: bytes | str | None, ticket: Ticket, source: Source | None = None, key: bytes | None = None
+    ) -> None:
         """Validate one record and route it; waits while the text lane is full (backpressure).
 
-        While the worker drains for shutdown this waits forever: the record
-        stays unacknowledged and goes to another worker.
+        A record without a value and with a key (a tombstone) deletes the task the key names. Per task id, the
+        records of a partition take effect in order: a delete waits for the earlier tasks of its id to finish,
+        and a task waits for an earlier delete of its id. While the worker drains for shutdown this waits
+        forever: the record stays unacknowledged and goes to another worker.
         """
         if not self.accepting:
             await asyncio.Event().wait()
@@ -108,7 +119,10 @@ class TaskPipeline:
         await self._bytes.acquire(size)  # waits while max_inflight_bytes record bytes are unfinished
         self._held[id(ticket)] = (0, size)
         try:
-            task = parse_task(raw, limits=self.limits)
+            task = tombstone(key) if raw is None and key is not None else parse_task(raw, limits=self.limits)
+            if isinstance(task, DeleteTask):
+                self._start_delete(task, raw, ticket, source)
+                return
             item = WorkItem(task=task, raw=raw, ticket=ticket, source=source)
         except Exception as exc:  # noqa: BLE001 - whatever a record holds, it can fail only itself
             error = exc if isinstance(exc, InvalidTaskError) else _unreadable(exc)
@@ -116,6 +130,10 @@ class TaskPipeline:
             log_main.warning("Rejected record %s as task %s: %s", _where(source), task_id, error)
             await self.reporter.fail(task_id, None, raw, error, ticket, source)
             return
+        if task.task_id in self._deleting:  # a delete of this id came first: it takes effect first
+            await asyncio.shield(self._deleting[task.task_id])
+        self._task_of[id(ticket)] = task.task_id
+        self._active[task.task_id] = self._active.get(task.task_id, 0) + 1
         await self.reporter.early_status(item, "received")
         if isinstance(task, ImageTask):
             await self._images.put(item)
@@ -175,7 +193,9 @@ class TaskPipeline:
         if self._lane is not None:
             self._lane.drop_unstarted(seconds=timeout / 2)  # half the time: storing and reporting follow
         try:
-            await asyncio.wait_for(asyncio.gather(self._idle.wait(), self._images.idle.wait()), timeout)
+            await asyncio.wait_for(
+                asyncio.gather(self._idle.wait(), self._images.idle.wait(), *list(self._deletes)), timeout
+            )
         except TimeoutError:
             return False
         return True
@@ -299,7 +319,56 @@ class TaskPipeline:
     def _outcome(self, item: WorkItem) -> Outcome:
         return Outcome(item=item, texts=item.texts, model=item.task.model_name or self.settings.default_model)
 
+    def _start_delete(self, task: DeleteTask, raw: bytes | str | None, ticket: Ticket, source: Source | None) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._deleting[task.task_id] = done
+        job = asyncio.ensure_future(self._delete(task, raw, ticket, source, done))
+        self._deletes.add(job)
+        job.add_done_callback(self._deletes.discard)
+
+    async def _delete(
+        self,
+        task: DeleteTask,
+        raw: bytes | str | None,
+        ticket: Ticket,
+        source: Source | None,
+        done: asyncio.Future[None],
+    ) -> None:
+        """Remove every vector of the task from every store, after the earlier tasks of its id, and report it."""
+        task_id = task.task_id
+        received = time.monotonic()
+        try:
+            if self._active.get(task_id):
+                self._delete_waiters += 1
+                try:
+                    async with self._ids_changed:
+                        await self._ids_changed.wait_for(lambda: not self._active.get(task_id))
+                finally:
+                    self._delete_waiters -= 1
+            collection = task.collection or self.settings.default_collection
+            removed = await self.writer.delete_tasks(collection, [task_id])
+            counts = {store: by_task.get(task_id, 0) for store, by_task in removed.items()}
+            log_main.info("Task %s deleted: %s", task_id, counts)
+            await self.reporter.deleted(task, collection, counts, ticket, received)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a delete that cannot be done fails alone
+            await self.reporter.fail(task_id, task.task_type, raw, exc, ticket, source)
+        finally:
+            if not done.done():
+                done.set_result(None)
+            if self._deleting.get(task_id) is done:
+                del self._deleting[task_id]
+
     async def _on_done(self, ticket: Ticket) -> None:
+        task_id = self._task_of.pop(id(ticket), None)
+        if task_id is not None:
+            left = self._active.pop(task_id, 1) - 1
+            if left > 0:
+                self._active[task_id] = left
+            if self._delete_waiters:
+                async with self._ids_changed:
+                    self._ids_changed.notify_all()
         self._slots.release()
         texts, size = self._held.pop(id(ticket), (0, 0))
         if texts:

@@ -157,7 +157,31 @@ class Reporter:
             vectors=out.vectors.tolist() if self.settings.include_vectors and out.vectors is not None else None,
             truncated_items=out.prepared.truncated if out.prepared else [],
             chunks=len(out.prepared.chunks) if out.prepared and out.prepared.chunks is not None else None,
+            deleted=out.deleted or None,
         )
+
+    async def deleted(
+        self, task: Task, collection: str, counts: dict[str, int], ticket: Ticket, received_at: float
+    ) -> None:
+        """A delete task's result (the vectors each store removed) and ``completed`` status, delivered; then done."""
+        total_ms = (time.monotonic() - received_at) * 1000
+        result = ResultRecord(
+            task_id=task.task_id,
+            status="completed",
+            worker_id=self.settings.worker_id,
+            task_type=task.task_type,
+            collection=collection,
+            stores=[s.describe() for s in self.stores],
+            timings=Timings(store_ms=total_ms, total_ms=total_ms),
+            deleted=counts,
+        )
+        await self._deliver(
+            lambda: self._send_completed(result, task), [], what=f"publishing the result of delete task {task.task_id}"
+        )
+        self.processed += 1
+        self.metrics.tasks_processed.labels(task.task_type, "completed").inc()
+        self.metrics.task_seconds.labels(task.task_type).observe(total_ms / 1000)
+        await self._on_done(ticket)
 
     async def _send_completed(self, result: ResultRecord, task: Task) -> list[Awaitable[Any]]:
         return [

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from core.errors import PermanentError, cap_message
 from core.metadata_contract import MetadataContract
 from core.retry import retry_forever
-from sinks.base import BaseVectorDB, VectorRecord
+from sinks.base import MAX_TASK_RECORDS, BaseVectorDB, VectorRecord
 from tasks.inputs import build_records
 
 if TYPE_CHECKING:
@@ -80,20 +80,26 @@ class StoreWriter:
         for (collection, dim), entries in groups.items():
             records = [r for _, rs in entries for r in rs]
             t0 = time.monotonic()
-            error = await self._write_all(collection, dim, _dedupe(records))
+            error, removed = await self._write_all(collection, dim, _dedupe(records))
             if isinstance(error, PermanentError) and len(entries) > 1:
                 # one task's data was refused: write task by task so only that task fails
                 for out, task_records in entries:
-                    out.error = await self._write_all(collection, dim, _dedupe(task_records))
+                    out.error, task_removed = await self._write_all(collection, dim, _dedupe(task_records))
+                    _note_removed(out, task_removed)
             elif error is not None:
                 for out, _ in entries:
                     out.error = error
+            else:
+                for out, _ in entries:
+                    _note_removed(out, removed)
             elapsed = (time.monotonic() - t0) * 1000
             for out, _ in entries:
                 out.store_ms = elapsed
 
-    async def _write_all(self, collection: str, dim: int, records: list[VectorRecord]) -> BaseException | None:
-        """Write to every store in parallel; the first failure, or None."""
+    async def _write_all(
+        self, collection: str, dim: int, records: list[VectorRecord]
+    ) -> tuple[BaseException | None, Removed]:
+        """Write to every store in parallel: the first failure or None, and what each store removed as stale."""
         writes = await asyncio.gather(
             *(self._write(store, collection, dim, records) for store in self.stores), return_exceptions=True
         )
@@ -103,26 +109,57 @@ class StoreWriter:
         errors = [w for w in writes if isinstance(w, BaseException)]
         if errors and not isinstance(errors[0], PermanentError):
             log.error("Storing %d vectors in %s failed: %r", len(records), collection, errors[0])
-        return errors[0] if errors else None
+        removed = {
+            store.describe(): counts
+            for store, counts in zip(self.stores, writes, strict=True)
+            if isinstance(counts, dict)
+        }
+        return (errors[0] if errors else None), removed
 
-    async def _write(self, store: BaseVectorDB, collection: str, dim: int, records: list[VectorRecord]) -> None:
-        """Write to one store, retrying while it is unavailable (the task is not acked meanwhile)."""
+    async def _write(
+        self, store: BaseVectorDB, collection: str, dim: int, records: list[VectorRecord]
+    ) -> dict[str, int]:
+        """Write to one store, then remove what earlier versions of these tasks left there that this version does
+        not have (write first: a reader never sees a task without vectors); retried while the store is
+        unavailable (the tasks are not acked meanwhile; a crash in between leaves stale extras that the
+        redelivery removes). Returns the stale vectors removed, by task id."""
 
         parts = split_records(records, self.settings.store_batch_points, self.settings.store_batch_bytes)
+        fresh: dict[str, set[str]] = defaultdict(set)
+        for r in records:
+            fresh[str(r.payload.get("task_id"))].add(r.id)
 
-        def write() -> None:
+        def write() -> dict[str, int]:
             store.ensure_collection(collection, dim)
             for part in parts:  # bounded requests; upserts by id, so a retry after a partial write is harmless
                 store.upsert(collection, part)
+            return remove_stale(store, collection, fresh) if self.settings.replace_stale else {}
 
         t0 = time.monotonic()
-        await retry_forever(
+        removed = await retry_forever(
             lambda: self.in_store_thread(write, store),
             what=f"Storing {len(records)} vectors in {collection} on {store.describe()}",
             on_retry=self._on_retry,
         )
         self._last_ok[id(store)] = now = time.monotonic()
         self.metrics.store_seconds.labels(store.name).observe(now - t0)
+        return removed
+
+    async def delete_tasks(self, collection: str, task_ids: list[str]) -> Removed:
+        """Remove every vector of ``task_ids`` from every store (retried while a store is unavailable); the
+        vectors removed, by store, then by task id."""
+
+        async def one(store: BaseVectorDB) -> dict[str, int]:
+            return await retry_forever(
+                lambda: self.in_store_thread(
+                    lambda: remove_stale(store, collection, dict.fromkeys(task_ids, set())), store
+                ),
+                what=f"Deleting the vectors of {len(task_ids)} task(s) from {collection} on {store.describe()}",
+                on_retry=self._on_retry,
+            )
+
+        counts = await asyncio.gather(*(one(store) for store in self.stores))
+        return {store.describe(): c for store, c in zip(self.stores, counts, strict=True)}
 
     async def answers(self, store: BaseVectorDB, *, timeout: float = 5.0, fresh: float = 10.0) -> bool:
         """Whether ``store`` answers: a write that succeeded in the last ``fresh`` seconds says so, else its
@@ -153,6 +190,38 @@ class StoreWriter:
         """Stop the store threads after the writes in progress (callers close the stores next)."""
         for executor in self._executors.values():
             executor.shutdown(wait=True, cancel_futures=True)
+
+
+#: what each store removed, by store (describe()), then by task id
+Removed = dict[str, dict[str, int]]
+#: task ids asked of a store at once when looking for stale vectors
+TASKS_PER_LOOKUP = 64
+
+
+def remove_stale(store: BaseVectorDB, collection: str, fresh: dict[str, set[str]]) -> dict[str, int]:
+    """Delete the records of each task in ``fresh`` whose id is not among its fresh ids (all of them for an empty
+    set: a delete); blocks on the store. The stale vectors removed, by task id."""
+    removed: dict[str, int] = {}
+    task_ids = sorted(fresh)
+    for start in range(0, len(task_ids), TASKS_PER_LOOKUP):
+        chunk = task_ids[start : start + TASKS_PER_LOOKUP]
+        found = store.task_record_ids(collection, chunk)
+        if len(chunk) > 1 and sum(map(len, found.values())) >= MAX_TASK_RECORDS:
+            found = {}  # the lookup may have been cut at its window: ask task by task
+            for task_id in chunk:
+                found |= store.task_record_ids(collection, [task_id])
+        stale = {task_id: ids - fresh[task_id] for task_id, ids in found.items()}
+        doomed = sorted(i for ids in stale.values() for i in ids)
+        if doomed:
+            store.delete(collection, doomed)
+        removed |= {task_id: len(ids) for task_id, ids in stale.items() if ids}
+    return removed
+
+
+def _note_removed(out: Outcome, removed: Removed) -> None:
+    task_id = out.item.task.task_id
+    deleted = {store: counts.get(task_id, 0) for store, counts in removed.items()}
+    out.deleted = deleted if any(deleted.values()) else {}  # in the result only when an update removed something
 
 
 def record_bytes(record: VectorRecord) -> int:

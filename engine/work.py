@@ -61,3 +61,4 @@ class Outcome:
     embed_ms: float = 0.0
     store_ms: float = 0.0
     prepared: Prepared | None = None  # chunks, truncation, image (tasks/inputs.py)
+    deleted: dict[str, int] = field(default_factory=dict)  # store -> stale vectors of an earlier version removed

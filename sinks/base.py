@@ -25,6 +25,8 @@ from typing import Any, Literal
 from core.metadata_contract import MetadataContract
 
 Distance = Literal["cosine", "dot", "euclid"]
+#: the most records :meth:`BaseVectorDB.task_record_ids` reads in one call (Weaviate's query window)
+MAX_TASK_RECORDS = 10_000
 #: the payload as JSON, in stores whose fields are flat scalars
 PAYLOAD_KEY = "_payload"
 #: the payload fields of tasks.inputs.build_records, with their types ("text": long, not for filtering)
@@ -97,6 +99,14 @@ class BaseVectorDB(ABC):
     @abstractmethod
     def delete(self, collection: str, ids: Sequence[str]) -> None:
         """Delete records by id; missing ids are ignored."""
+
+    @abstractmethod
+    def task_record_ids(self, collection: str, task_ids: Sequence[str]) -> dict[str, set[str]]:
+        """The ids of every record of each of ``task_ids`` in ``collection`` (its ``task_id`` field), to find
+        the records an update left stale and those a delete removes; a missing collection holds none.
+
+        At most :data:`MAX_TASK_RECORDS` records are read per call (a task holds at most 10,000 texts;
+        callers ask for few tasks at a time)."""
 
     @abstractmethod
     def search(

@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 from core.errors import ConfigError, StoreRejectedError, StoreUnavailableError
 from core.metadata_contract import MetadataContract, epoch_micros, native_name
 from core.secrets import reveal
-from sinks.base import PAYLOAD_KEY, BaseVectorDB, Distance, StoredPoint, VectorRecord, worker_values
+from sinks.base import MAX_TASK_RECORDS, PAYLOAD_KEY, BaseVectorDB, Distance, StoredPoint, VectorRecord, worker_values
 from sinks.filters import Condition, parse_filter
 from sinks.lazy import LazyClient
 
@@ -189,6 +189,30 @@ class ChromaStore(LazyClient, BaseVectorDB):
     def delete(self, collection: str, ids: Sequence[str]) -> None:
         if ids:
             self._call(f"delete from {collection}", self._collection(collection).delete, ids=list(ids))
+
+    def task_record_ids(self, collection: str, task_ids: Sequence[str]) -> dict[str, set[str]]:
+        wanted = set(task_ids)
+        if not wanted or self.count(collection) == 0:
+            return {}
+        col = self._collection(collection)
+        found: dict[str, set[str]] = {}
+        page = 1000
+        for offset in range(0, MAX_TASK_RECORDS, page):
+            res = self._call(
+                f"task lookup in {collection}",
+                col.get,
+                where={"task_id": {"$in": sorted(wanted)}},
+                include=["metadatas"],
+                limit=page,
+                offset=offset,
+            )
+            for record_id, meta in zip(res["ids"], res["metadatas"] or [], strict=False):
+                task_id = (meta or {}).get("task_id")
+                if task_id in wanted:
+                    found.setdefault(task_id, set()).add(record_id)
+            if len(res["ids"]) < page:
+                break
+        return found
 
     def search(
         self, collection: str, vector: Sequence[float], k: int = 10, filter: Mapping[str, Any] | None = None

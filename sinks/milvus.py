@@ -30,7 +30,16 @@ from typing import Any
 from core.errors import ConfigError, StoreRejectedError, StoreUnavailableError
 from core.metadata_contract import MetadataContract, epoch_micros, native_name
 from core.secrets import reveal
-from sinks.base import PAYLOAD_KEY, WORKER_FIELDS, BaseVectorDB, Distance, StoredPoint, VectorRecord, worker_value
+from sinks.base import (
+    MAX_TASK_RECORDS,
+    PAYLOAD_KEY,
+    WORKER_FIELDS,
+    BaseVectorDB,
+    Distance,
+    StoredPoint,
+    VectorRecord,
+    worker_value,
+)
 from sinks.filters import Condition, parse_filter
 from sinks.lazy import LazyClient
 
@@ -231,6 +240,32 @@ class MilvusStore(LazyClient, BaseVectorDB):
     def delete(self, collection: str, ids: Sequence[str]) -> None:
         if ids:
             self._call("delete", self._connect().delete, collection_name(collection), ids=list(ids))
+
+    def task_record_ids(self, collection: str, task_ids: Sequence[str]) -> dict[str, set[str]]:
+        wanted = set(task_ids)
+        client = self._connect()
+        name = collection_name(collection)
+        if not wanted or not self._call("collection lookup", client.has_collection, name):
+            return {}
+        expr = "task_id in [" + ", ".join(_literal(t) for t in sorted(wanted)) + "]"
+        found: dict[str, set[str]] = {}
+        page = 1000
+        for offset in range(0, MAX_TASK_RECORDS, page):  # Milvus caps offset + limit at 16,384
+            rows = self._call(
+                f"task lookup in {name}",
+                client.query,
+                name,
+                filter=expr,
+                output_fields=["id", "task_id"],
+                limit=page,
+                offset=offset,
+            )
+            for row in rows:
+                if row.get("task_id") in wanted:
+                    found.setdefault(row["task_id"], set()).add(str(row["id"]))
+            if len(rows) < page:
+                break
+        return found
 
     def search(
         self, collection: str, vector: Sequence[float], k: int = 10, filter: Mapping[str, Any] | None = None

@@ -22,7 +22,7 @@ from typing import Any
 from core.errors import ConfigError, StoreRejectedError, StoreUnavailableError
 from core.metadata_contract import FIELD_PREFIX, MetadataContract, native_name
 from core.secrets import reveal
-from sinks.base import BaseVectorDB, Distance, StoredPoint, VectorRecord
+from sinks.base import MAX_TASK_RECORDS, BaseVectorDB, Distance, StoredPoint, VectorRecord
 from sinks.filters import Condition, parse_filter
 
 try:
@@ -194,6 +194,34 @@ class QdrantStore(BaseVectorDB):
                 points_selector=models.PointIdsList(points=list(ids)),
                 wait=True,
             )
+
+    def task_record_ids(self, collection: str, task_ids: Sequence[str]) -> dict[str, set[str]]:
+        wanted = set(task_ids)
+        if not wanted or not self._call("collection lookup", self._client.collection_exists, collection):
+            return {}
+        where = models.Filter(must=[models.FieldCondition(key="task_id", match=models.MatchAny(any=sorted(wanted)))])
+        found: dict[str, set[str]] = {}
+        offset: Any = None
+        read = 0
+        while read < MAX_TASK_RECORDS:
+            points, offset = self._call(
+                f"task lookup in {collection}",
+                self._client.scroll,
+                collection_name=collection,
+                scroll_filter=where,
+                limit=1000,
+                offset=offset,
+                with_payload=["task_id"],
+                with_vectors=False,
+            )
+            read += len(points)
+            for p in points:
+                task_id = (p.payload or {}).get("task_id")
+                if task_id in wanted:
+                    found.setdefault(task_id, set()).add(str(p.id))
+            if offset is None:
+                break
+        return found
 
     def search(
         self, collection: str, vector: Sequence[float], k: int = 10, filter: Mapping[str, Any] | None = None

@@ -26,7 +26,16 @@ from urllib.parse import urlparse
 from core.errors import ConfigError, StoreRejectedError, StoreUnavailableError
 from core.metadata_contract import MetadataContract, native_name
 from core.secrets import reveal
-from sinks.base import PAYLOAD_KEY, WORKER_FIELDS, BaseVectorDB, Distance, StoredPoint, VectorRecord, worker_values
+from sinks.base import (
+    MAX_TASK_RECORDS,
+    PAYLOAD_KEY,
+    WORKER_FIELDS,
+    BaseVectorDB,
+    Distance,
+    StoredPoint,
+    VectorRecord,
+    worker_values,
+)
 from sinks.filters import parse_filter
 from sinks.lazy import LazyClient
 from sinks.weaviate_fields import LAYOUT, PAYLOAD_PROPERTY, TYPES, Layout, make_property, weaviate_filter
@@ -275,6 +284,31 @@ class WeaviateStore(LazyClient, BaseVectorDB):
         if ids:
             col = self._collection(collection)
             self._call("delete", col.data.delete_many, where=Filter.by_id().contains_any(list(ids)))
+
+    def task_record_ids(self, collection: str, task_ids: Sequence[str]) -> dict[str, set[str]]:
+        wanted = set(task_ids)
+        client = self._connect()
+        if not wanted or not self._call("collection lookup", client.collections.exists, class_name(collection)):
+            return {}
+        col = self._collection(collection)
+        found: dict[str, set[str]] = {}
+        page = 1000
+        for offset in range(0, MAX_TASK_RECORDS, page):  # filtered queries page by offset within Weaviate's window
+            res = self._call(
+                f"task lookup in {class_name(collection)}",
+                col.query.fetch_objects,
+                filters=Filter.by_property("task_id").contains_any(sorted(wanted)),
+                limit=page,
+                offset=offset,
+                return_properties=["task_id"],
+            )
+            for o in res.objects:
+                task_id = (o.properties or {}).get("task_id")
+                if task_id in wanted:  # exact: an old auto-schema class tokenized task_id into words
+                    found.setdefault(task_id, set()).add(str(o.uuid))
+            if len(res.objects) < page:
+                break
+        return found
 
     def search(
         self, collection: str, vector: Sequence[float], k: int = 10, filter: Mapping[str, Any] | None = None

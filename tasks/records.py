@@ -85,6 +85,11 @@ class ResultRecord(BaseModel):
         None,
         description="Document tasks: number of chunks; vector_ids lists the chunks in order, then the document vector",
     )
+    deleted: dict[str, int] | None = Field(
+        None,
+        description="Vectors each store removed (by store): the stale ones an update left (chunks or items the new "
+        "version no longer has), or every vector of a delete task",
+    )
     error: ErrorInfo | None = None
     timestamp: float = Field(default_factory=time.time)
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from core.errors import InvalidTaskError, cap_message
 
-TASK_TYPES = ("text_vectorization", "batch_vectorization", "image_vectorization", "document_vectorization")
+TASK_TYPES = ("text_vectorization", "batch_vectorization", "image_vectorization", "document_vectorization", "delete")
 MAX_TEXTS_PER_TASK = 10_000
 MAX_JSON_DEPTH = 64
 #: at most this many field errors are listed in one message (the rest are counted)
@@ -116,7 +116,22 @@ class DocumentTask(_TaskBase):
     data: DocumentData
 
 
-Task = Annotated[TextTask | BatchTask | ImageTask | DocumentTask, Field(discriminator="task_type")]
+class DeleteTask(BaseModel):
+    """Remove every vector of ``task_id`` from every store (a Kafka tombstone keyed by the task id does the same)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    task_type: Literal["delete"]
+    task_id: str = Field(
+        min_length=1, max_length=200, pattern=TASK_ID_PATTERN, description="The task whose vectors to remove."
+    )
+    collection: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,62}$",
+        description="Where the task's vectors are; the worker's default collection when absent.",
+    )
+
+
+Task = Annotated[TextTask | BatchTask | ImageTask | DocumentTask | DeleteTask, Field(discriminator="task_type")]
 TASK_ADAPTER: TypeAdapter[Task] = TypeAdapter(Task)
 
 
@@ -175,7 +190,10 @@ def _refuse_constant(name: str) -> Any:
 def decode_payload(raw: bytes | str | None, *, max_bytes: int) -> dict[str, Any]:
     """Bytes of a Kafka record -> JSON object, or :class:`InvalidTaskError`."""
     if raw is None:
-        raise InvalidTaskError("Invalid task: the Kafka record has no value; send a JSON object.")
+        raise InvalidTaskError(
+            "Invalid task: the Kafka record has no value and no key; send a JSON object, or a tombstone keyed by "
+            "the task id to delete that task's vectors."
+        )
     size = len(raw)
     if size > max_bytes:
         raise InvalidTaskError(
@@ -247,6 +265,8 @@ def validate_task(value: dict[str, Any], limits: Limits | None = None) -> Task:
 def check_limits(task: Task, limits: Limits) -> None:
     """Bounds that depend on settings: metadata (bytes, keys, depth, copied into every vector) and title."""
     where = f"Task {task.task_id}"
+    if isinstance(task, DeleteTask):
+        return
     if task.metadata:
         size = len(json.dumps(task.metadata, ensure_ascii=False).encode("utf-8"))
         if size > limits.max_metadata_bytes:
@@ -292,6 +312,18 @@ def _shape(value: Any) -> tuple[int, int]:
             deepest = max(deepest, depth)
             stack.extend((v, depth + 1) for v in item)
     return keys, deepest
+
+
+def tombstone(key: bytes | str) -> DeleteTask:
+    """A Kafka tombstone (a record with no value) keyed by a task id: that task's delete."""
+    try:
+        task_id = key.decode("utf-8") if isinstance(key, bytes) else key
+        return DeleteTask(task_type="delete", task_id=task_id)
+    except (UnicodeDecodeError, ValidationError):
+        raise InvalidTaskError(
+            f"Invalid task: a tombstone (a record with no value) deletes the task named by its key, and its key "
+            f"{_short(key)} is not a task id (1-200 characters of UTF-8 without control characters)."
+        ) from None
 
 
 def parse_task(raw: bytes | str | None, *, limits: Limits | None = None) -> Task:

@@ -187,6 +187,23 @@ class VectorDBContract:
         assert store.count(collection) == 1
         assert [p.id for p in store.retrieve(collection, ids)] == [ids[2]]
 
+    def test_task_record_ids_finds_every_record_of_a_task_and_nothing_else(
+        self, store: BaseVectorDB, collection: str
+    ) -> None:
+        """What an update's stale records and a delete are found by: the task_id field, matched exactly."""
+        assert store.task_record_ids(collection, ["t-a"]) == {}  # no collection yet
+        store.ensure_collection(collection, DIM)
+        ids = _ids(6)
+        tasks = ["t-a", "t-a", "t-a", "t-a b", "t-b", 'q"uo\\te']
+        store.upsert(
+            collection, [record(collection, i, n, {}, task=t) for n, (i, t) in enumerate(zip(ids, tasks, strict=True))]
+        )
+        found = store.task_record_ids(collection, ["t-a", 'q"uo\\te', "t-unknown"])
+        assert found == {"t-a": set(ids[:3]), 'q"uo\\te': {ids[5]}}
+        assert store.task_record_ids(collection, []) == {}
+        store.delete(collection, sorted(found["t-a"]))
+        assert store.task_record_ids(collection, ["t-a", "t-a b"]) == {"t-a b": {ids[3]}}
+
     def test_search_nearest_first(self, store: BaseVectorDB, collection: str) -> None:
         store.ensure_collection(collection, DIM)
         ids = _ids(5)

@@ -111,6 +111,14 @@ class FakeStore(BaseVectorDB):
         for i in ids:
             self.collections.get(collection, {}).pop(i, None)
 
+    def task_record_ids(self, collection: str, task_ids: Sequence[str]) -> dict[str, set[str]]:
+        self._maybe_fail()
+        found: dict[str, set[str]] = {}
+        for point in self.collections.get(collection, {}).values():
+            if point.payload.get("task_id") in task_ids:
+                found.setdefault(point.payload["task_id"], set()).add(point.id)
+        return found
+
     def search(
         self, collection: str, vector: Sequence[float], k: int = 10, filter: Mapping[str, Any] | None = None
     ) -> list[StoredPoint]:

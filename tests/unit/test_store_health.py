@@ -34,7 +34,11 @@ def writer_for(store: FakeStore) -> StoreWriter:
     return StoreWriter(
         [store],
         settings=SimpleNamespace(
-            worker_id="w", default_collection="c", store_batch_points=1000, store_batch_bytes=1 << 23
+            worker_id="w",
+            default_collection="c",
+            store_batch_points=1000,
+            store_batch_bytes=1 << 23,
+            replace_stale=True,
         ),
         metrics=Metrics(),
         on_retry=lambda attempt, exc: None,
