@@ -1,6 +1,6 @@
 """The :class:`BaseVectorDB` port every vector database adapter implements.
 
-What a stored record holds, in every store (README "Metadata and filters"):
+What a stored record holds, in every store (docs/stores.md, "Metadata and filters"):
 
 * the whole payload as one JSON string (``_payload``; Qdrant keeps it as its
   native JSON payload) — the only thing read back, so a hit's ``payload`` is
@@ -16,13 +16,12 @@ a collection's schema.
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from core.metadata_contract import MetadataContract
+from core.metadata_contract import MetadataContract, finite_float
 
 Distance = Literal["cosine", "dot", "euclid"]
 #: the most records :meth:`BaseVectorDB.task_record_ids` reads in one call (Weaviate's query window)
@@ -146,13 +145,7 @@ def worker_value(kind: str, value: Any) -> Any:
     if kind == "int":
         return value if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63 else None
     if kind == "float":
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            return None
-        try:
-            number = float(value)
-        except OverflowError:
-            return None
-        return number if math.isfinite(number) else None
+        return finite_float(value)
     if kind == "bool":
         return value if isinstance(value, bool) else None
     return None  # pragma: no cover - WORKER_FIELDS has no other kinds

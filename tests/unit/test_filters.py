@@ -19,15 +19,9 @@ from sinks.filters import Condition, InvalidFilterError, parse_filter
 from sinks.milvus import _worker_value, milvus_expr
 from sinks.qdrant import QdrantStore, qdrant_filter
 from sinks.weaviate_fields import weaviate_filter
+from tests.contract import DECLARED
 
-FIELDS: dict[str, Any] = {
-    "lang": "string",
-    "year": "int",
-    "score": "float",
-    "ok": "bool",
-    "when": "datetime",
-    "tags": "string_list",
-}
+FIELDS: dict[str, Any] = dict(DECLARED)  # the contract suite's declared fields
 WHEN = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
 
 
