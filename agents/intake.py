@@ -90,7 +90,7 @@ async def kafka_send(topic: str, key: bytes | None, value: bytes) -> Any:
 
     Straight to the producer: ``Topic.send`` wraps each record in Faust's
     channel, message and sensor objects, which cost a one-text task more of
-    the event loop than its four records themselves (README, "Throughput").
+    the event loop than its four records themselves (docs/performance.md).
     The topics are declared when intake starts.
     """
     return await app.producer.send(topic, key, value, partition=None, timestamp=None, headers=None)

@@ -9,7 +9,7 @@ every ``heartbeat_interval`` each worker sends its state (tasks processed and
 failed since it started, active tasks, loaded models, last seen) to the
 ``<group>-worker-reports`` topic, keyed by its id. One record per worker every
 few seconds, where counting the status records cost a repartition of three
-records per task (see README, "Throughput").
+records per task (see docs/performance.md).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ recent_task_ids: deque[str] = deque(maxlen=1000)
 #: status records the tracker folds into one table write per task: the
 #: received, processing and completed records of a small task usually arrive
 #: within one window, and each table write costs a changelog record and a
-#: RocksDB write (README, "Throughput")
+#: RocksDB write (docs/performance.md)
 TRACKER_BATCH = 2000  # ~0.2 s of the event loop when a status backlog fills a window at once
 TRACKER_WINDOW_S = 1.0
 
@@ -100,7 +100,7 @@ async def track_task_status(stream: Any) -> None:
 
 
 # Reading every status record back costs one-text tasks up to 8% of their
-# throughput (README, "Throughput"); kafka.task_status_table: false leaves the
+# throughput (docs/performance.md); kafka.task_status_table: false leaves the
 # table empty and /tasks/{id} says so.
 if settings.task_status_table:
     app.agent(status_topic, name="task-status-tracker")(track_task_status)

@@ -9,7 +9,7 @@ import os
 
 # torch's OpenMP threads sleep at their barriers instead of spinning: the
 # event loop, the store client and the Kafka client share the cores with them,
-# and spinning threads took that time away (README, "Throughput"). Must be set
+# and spinning threads took that time away (docs/performance.md). Must be set
 # before torch loads; a value in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

@@ -45,7 +45,7 @@ app = faust.App(
     datadir=str(DATADIR),
     # Tables on disk (RocksDB through rocksdict) keep the worker's memory flat
     # however many task statuses the retention window holds; "memory" keeps
-    # them in the process (see README, "Faust tables").
+    # them in the process (see docs/operations.md, "Faust tables").
     store=f"{settings.table_store}://",
     web_port=settings.web_port,
     web_bind=settings.web_host,
@@ -60,11 +60,11 @@ app = faust.App(
     producer_acks=-1,
     # Records produced within a few ms share one produce request: a one-text task sends four (received,
     # processing, completed, result) and aiokafka otherwise sends a request whenever the previous one
-    # returned, 1-2 per task under load (README, "Throughput").
+    # returned, 1-2 per task under load (docs/performance.md).
     producer_linger=settings.kafka_producer_linger_ms / 1000.0,
     producer_max_request_size=max(1_048_576, settings.max_task_bytes * 2),
     # Faust's own wait for in-flight records can hang on records buffered but
-    # never handed to the agent (see README, "Delivery"); the worker drains its
+    # never handed to the agent (see docs/architecture.md); the worker drains its
     # batch in flight itself on SIGTERM (agents/lifecycle.py) before Faust commits.
     stream_wait_empty=False,
     # A worker killed with -9 holds its partitions until the session times out.

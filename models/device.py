@@ -51,7 +51,7 @@ def freeze_heap() -> None:
     full collections scan all of them, about half a second each with the GIL
     held: event loop, Kafka and the model's next call all stopped, roughly
     every 10 s under load. ``gc.freeze`` moves them to a permanent generation
-    that collections skip (README, "Throughput"). Called after each model
+    that collections skip (docs/performance.md). Called after each model
     load and, by :func:`release_memory`, after each unload: unfreezing first
     lets one collection find cycles among objects frozen earlier (a dropped
     model). Objects of tasks in flight at a freeze are frozen too: freed as

@@ -2,7 +2,7 @@
 valid task or as that task's own error, never as another exception.
 
 Examples are derandomized (the same cases on every run, so CI never flakes on a new seed) and counted:
-``FUZZ_EXAMPLES`` scales them (the README's figures are at the default).
+``FUZZ_EXAMPLES`` scales them (the figures in docs/testing.md are at the default).
 """
 
 from __future__ import annotations
