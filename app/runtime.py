@@ -16,10 +16,12 @@ from faust.exceptions import ProducerSendError
 
 from core.settings import Settings
 from engine.acks import AckTracker, MissingOffsets, Ticket
+from engine.embedding_cache import EmbeddingCache
 from engine.pipeline import TaskPipeline
 from engine.publisher import SEND_ERRORS, RecordPublisher, SendPort
 from models.device import resolve_device
 from models.manager import ModelManager
+from ops.embedding_cache import RedisVectors
 from ops.heartbeat import Heartbeat
 from ops.metrics import Metrics
 from sinks.base import BaseVectorDB
@@ -56,6 +58,7 @@ class WorkerRuntime:
         self.manager: ModelManager | None = None
         self.stores: list[BaseVectorDB] = []
         self.pipeline: TaskPipeline | None = None
+        self.cache: EmbeddingCache | None = None
         self._acker: Callable[[list[Ticket]], Awaitable[None]] | None = None
         self._lane: asyncio.Task[None] | None = None
         self._started = asyncio.Event()
@@ -78,6 +81,10 @@ class WorkerRuntime:
             results_topic=s.results_topic,
             dlq_topic=s.dlq_topic,
         )
+        # the embedding cache in Redis (docs/embedding-cache.md); a Redis outage only turns it off for a while
+        self.cache = (
+            EmbeddingCache.from_settings(s, RedisVectors.from_settings(s), self.metrics) if s.cache_enabled else None
+        )
         self.pipeline = TaskPipeline(
             settings=s,
             manager=self.manager,
@@ -85,6 +92,7 @@ class WorkerRuntime:
             publisher=publisher,
             on_done=self._done,
             metrics=self.metrics,
+            cache=self.cache,
         )
         self.manager.on_change = lambda infos: self.metrics.loaded_models.set(len(infos))
         if not self._metrics_served:
@@ -182,6 +190,9 @@ class WorkerRuntime:
             store.close()
         if self.manager is not None:
             self.manager.close()
+        if self.cache is not None:
+            await self.cache.close()  # the cache writes in flight, briefly
+            self.cache = None
         self.pipeline = None
         self.stores = []
         self.manager = None
@@ -203,6 +214,10 @@ class WorkerRuntime:
             "loaded_models": [m.name for m in self.manager.loaded()] if self.manager else [],
             # what runs each loaded model: onnxruntime or torch (models.backend)
             "model_backends": {m.name: m.backend for m in self.manager.loaded()} if self.manager else {},
+            # the embedding cache: hits / inputs asked about since start (None: off, or nothing asked yet)
+            "cache_hit_ratio": self.cache.hit_ratio if self.cache is not None else None,
+            "cache_hits": self.cache.hits if self.cache is not None else 0,
+            "cache_misses": self.cache.misses if self.cache is not None else 0,
         }
 
     def ready(self) -> bool:

@@ -21,7 +21,7 @@ from typing import Any
 
 from bench import corpus
 from bench.model_cases import run_model_cases
-from bench.worker_cases import Driver, RssSampler, bulk_tasks, mixed_tasks, small_tasks
+from bench.worker_cases import Driver, RssSampler, bulk_tasks, mixed_tasks, repeated_tasks, small_tasks
 from tests.integration.harness import Topics, WorkerProcess, create_topics, free_port, require_kafka
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +30,12 @@ STORES = {
     "chroma": {"VECTORIZE_WORKER_VECTOR_DBS": "chroma", "VECTORIZE_WORKER_CHROMA__URL": "http://127.0.0.1:8000"},
     "weaviate": {"VECTORIZE_WORKER_VECTOR_DBS": "weaviate", "VECTORIZE_WORKER_WEAVIATE_URL": "http://127.0.0.1:8080"},
 }
-WORKER_CASES = ("worker_bulk", "worker_small", "worker_mixed")
+# on the worker with the embedding cache off (docs/embedding-cache.md), so that each case makes the model work
+WORKER_CASES = ("worker_bulk", "worker_small", "worker_mixed", "worker_repeated50")
+# on workers with the cache on, each with a cold cache of its own: worker_small's corpus twice (worker_small_cached,
+# then worker_resend), and worker_repeated50's corpus (worker_repeated50_cached)
+CACHE_CASES = ("worker_resend", "worker_repeated50_cached")
+CACHE_OFF = {"VECTORIZE_WORKER_CACHE_ENABLED": "false"}
 MODEL_CASES = ("bare", "bare_token_sorted", "naive", "onnx_token_sorted", "onnx_naive")
 REFERENCE_TORCH = ("bare_token_sorted", "naive")
 LOADED = re.compile(r"Model \S+ loaded successfully from .* on \S+ \(([a-z]+)\)")
@@ -50,19 +55,92 @@ def load() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-async def worker_cases(args: argparse.Namespace, texts: list[str], articles: list[str]) -> dict[str, Any]:
-    topics = Topics(suffix=f"bench-{os.getpid()}-{int(time.time())}")
+def cache_counts(port: int) -> dict[str, float]:
+    """The worker's embedding cache counters so far: hits by layer, misses."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("worker_cache_hits_total{"):
+            out["hits_" + line.split('layer="', 1)[1].split('"', 1)[0]] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("worker_cache_misses_total "):
+            out["misses"] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+async def measure(driver: Driver, rss: RssSampler, metrics_port: int, tasks: list[Any]) -> dict[str, Any]:
+    """Send ``tasks``, wait for every result; texts/s with the CPU and model time the case took."""
+    cpu0, machine0, model0 = rss.cpu_seconds(), rss.machine_cpu_seconds(), model_seconds(metrics_port)
+    case = await driver.run(tasks)
+    # how much of the case the model was computing: below 1, it waited for the rest of the worker
+    case["model_busy"] = (model_seconds(metrics_port) - model0) / case["seconds"]
+    case["cpu_ms_per_text"] = (rss.cpu_seconds() - cpu0) * 1000 / case["texts"]
+    # what the worker had to share the cores with: Kafka, the store server, this driver
+    case["machine_cpu_ms_per_text"] = (rss.machine_cpu_seconds() - machine0) * 1000 / case["texts"]
+    return case
+
+
+async def start_worker(
+    args: argparse.Namespace, name: str, env: dict[str, str]
+) -> tuple[WorkerProcess, RssSampler, Driver, int]:
+    """A worker process of its own (topics, group, data folder, and so cache key prefix) and a driver for it."""
+    topics = Topics(suffix=f"bench-{name}-{os.getpid()}-{int(time.time())}")
     await create_topics([topics.tasks, topics.status, topics.results, topics.dlq], partitions=4)
     data_dir = Path(tempfile.mkdtemp(prefix="vectorize-bench-"))
     metrics_port = free_port()
-    extra = {"VECTORIZE_WORKER_METRICS_PORT": str(metrics_port)}
+    extra = {**env, "VECTORIZE_WORKER_METRICS_PORT": str(metrics_port)}
     extra.update(item.split("=", 1) for item in args.worker_env)
-    worker = WorkerProcess(topics, data_dir, worker_id="bench", **STORES[args.store], **extra)
+    worker = WorkerProcess(topics, data_dir, worker_id=f"bench-{name}", **STORES[args.store], **extra)
     worker.start()
     worker.wait_ready(timeout=300)
     rss = RssSampler(worker.proc.pid).start()  # type: ignore[union-attr]
     driver = Driver(topics.tasks, topics.results)
     await driver.start()
+    return worker, rss, driver, metrics_port
+
+
+async def cache_cases(args: argparse.Namespace, texts: list[str]) -> list[dict[str, Any]]:
+    """Per run: worker_small's corpus sent twice to a worker with the cache on (``worker_small_cached``, then
+    ``worker_resend``), and worker_repeated50's corpus to another one (``worker_repeated50_cached``)."""
+    plan = {
+        "worker_resend": lambda run: [
+            ("worker_small_cached", small_tasks(f"small{run}", texts)),
+            ("worker_resend", small_tasks(f"small{run}", texts)),  # the same tasks again: the cache is warm
+        ],
+        "worker_repeated50_cached": lambda run: [("worker_repeated50_cached", repeated_tasks(f"rep{run}", texts))],
+    }
+    warm = [f"Warm-up sentence number {i} for a worker with the embedding cache." for i in range(64)]
+    runs: list[dict[str, Any]] = []
+    for run in range(args.runs):
+        cases: dict[str, Any] = {}
+        for selected in (c for c in CACHE_CASES if c in args.cases):
+            worker, rss, driver, port = await start_worker(args, f"cache{run}", {})
+            try:
+                await driver.run(small_tasks("warm", warm))  # not in the corpus: the cache stays cold for it
+                for case, tasks in plan[selected](run):
+                    before = cache_counts(port)
+                    cases[case] = await measure(driver, rss, port, tasks)
+                    after = cache_counts(port)
+                    cases[case]["cache"] = {k: v - before.get(k, 0.0) for k, v in after.items()}
+            finally:
+                rss.stop()
+                await driver.stop()
+                worker.stop(timeout=90)
+        print(
+            f"  cache run {run + 1}: "
+            + ", ".join(
+                f"{k} {v['texts_per_s']:.0f}/s (cpu {v['cpu_ms_per_text']:.2f} ms/text, machine "
+                f"{v['machine_cpu_ms_per_text']:.2f} ms/text, model busy {v['model_busy']:.0%}, cache {v['cache']})"
+                for k, v in cases.items()
+            ),
+            flush=True,
+        )
+        runs.append(cases)
+    return runs
+
+
+async def worker_cases(args: argparse.Namespace, texts: list[str], articles: list[str]) -> dict[str, Any]:
+    worker, rss, driver, metrics_port = await start_worker(args, "main", CACHE_OFF)
     out: dict[str, Any] = {"runs": [], "worker_log": str(worker.log_path), "store": args.store}
     try:
         await driver.run(small_tasks("warm", texts[:64]))
@@ -71,17 +149,11 @@ async def worker_cases(args: argparse.Namespace, texts: list[str], articles: lis
                 "worker_bulk": lambda run=run: bulk_tasks(f"bulk{run}", texts),
                 "worker_small": lambda run=run: small_tasks(f"small{run}", texts),
                 "worker_mixed": lambda run=run: mixed_tasks(f"mixed{run}", texts, articles),
+                "worker_repeated50": lambda run=run: repeated_tasks(f"rep{run}", texts),
             }
             cases = {}
             for case in (c for c in WORKER_CASES if c in args.cases):
-                cpu0, machine0, model0 = rss.cpu_seconds(), rss.machine_cpu_seconds(), model_seconds(metrics_port)
-                cases[case] = await driver.run(make[case]())
-                # how much of the case the model was computing: below 1, it waited for the rest of the worker
-                cases[case]["model_busy"] = (model_seconds(metrics_port) - model0) / cases[case]["seconds"]
-                texts_done = cases[case]["texts"]
-                cases[case]["cpu_ms_per_text"] = (rss.cpu_seconds() - cpu0) * 1000 / texts_done
-                # what the worker had to share the cores with: Kafka, the store server, this driver
-                cases[case]["machine_cpu_ms_per_text"] = (rss.machine_cpu_seconds() - machine0) * 1000 / texts_done
+                cases[case] = await measure(driver, rss, metrics_port, make[case]())
             await asyncio.sleep(1.0)  # idle
             cases["latency"] = await driver.latency(texts[:50], f"lat{run}")
             out["runs"].append(cases)
@@ -162,7 +234,14 @@ def main() -> None:
     parser.add_argument("--backlog", type=int, default=50_000, help="one-text tasks for the memory check (0: skip)")
     parser.add_argument("--store", choices=sorted(STORES), default="weaviate")
     parser.add_argument("--worker-env", action="append", default=[], help="KEY=VALUE for the worker's environment")
-    parser.add_argument("--cases", nargs="+", default=list(WORKER_CASES), help="worker cases to run (all by default)")
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        default=[*WORKER_CASES, *CACHE_CASES],
+        choices=[*WORKER_CASES, *CACHE_CASES],
+        metavar="CASE",
+        help=f"worker cases to run (all by default): {', '.join([*WORKER_CASES, *CACHE_CASES])}",
+    )
     parser.add_argument("--quick", action="store_true", help="worker cases only (no bare/naive reference, no ratios)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     parser.add_argument(
@@ -181,13 +260,19 @@ def main() -> None:
     )
     if args.quick:  # A/B runs of worker settings: no reference cases, nothing written
         worker = asyncio.run(worker_cases(args, texts, articles))
-        print(json.dumps({k: v for k, v in worker.items() if k != "runs"}, indent=1), f"load {load()}")
+        cached = asyncio.run(cache_cases(args, texts))
+        runs = [{**w, **c} for w, c in zip(worker["runs"], cached, strict=True)]
+        summary = {k: v for k, v in worker.items() if k != "runs"}
+        summary["texts_per_s"] = {case: median_of(runs, case) for case in runs[0] if "texts_per_s" in runs[0][case]}
+        summary["cache_ratios"] = cache_ratios(summary["texts_per_s"])
+        print(json.dumps(summary, indent=1), f"load {load()}")
         return
     model_runs = run_model_cases(texts, texts[:50], args.runs)
     print("  " + ", ".join(f"{case} {median_of(model_runs, case):.0f}/s" for case in MODEL_CASES), flush=True)
     worker = asyncio.run(worker_cases(args, texts, articles))
-    runs = [{**m, **w} for m, w in zip(model_runs, worker["runs"], strict=True)]
-    tps = {case: median_of(runs, case) for case in (*MODEL_CASES, *WORKER_CASES)}
+    cached = asyncio.run(cache_cases(args, texts))
+    runs = [{**m, **w, **c} for m, w, c in zip(model_runs, worker["runs"], cached, strict=True)]
+    tps = {case: median_of(runs, case) for case in runs[0] if "texts_per_s" in runs[0][case]}
     # the model as the worker ran it: the worker's overhead is measured against that backend's own cases
     best, per_task = ("onnx_token_sorted", "onnx_naive") if worker["backend"] == "onnxruntime" else REFERENCE_TORCH
     peer: dict[str, Any] = {"peer": f"not measured: {args.peer_python} does not exist (make bench-peer)"}
@@ -222,6 +307,8 @@ def main() -> None:
             "worker_small/naive": tps["worker_small"] / tps["naive"],
         },
         "worker_backend": worker["backend"],
+        # the embedding cache: a corpus sent again, and a corpus with half its texts repeated, against no cache
+        "cache_ratios": cache_ratios(tps),
         # against the model on the worker's own backend, fed the way the worker's model queue feeds it
         # (sorted by tokens, calls of 32): what the worker costs on top of its model
         "overhead_ratios": {
@@ -247,13 +334,25 @@ def main() -> None:
     print(f"written to {args.out}; worker log {worker['worker_log']}")
 
 
+def cache_ratios(tps: dict[str, float]) -> dict[str, float]:
+    """The cache cases against the worker without the cache (those measured)."""
+    pairs = [
+        ("worker_resend", "worker_small"),  # the issue's goal: >= 10
+        ("worker_resend", "worker_small_cached"),
+        ("worker_small_cached", "worker_small"),  # what the cache costs on a corpus it has never seen
+        ("worker_repeated50_cached", "worker_repeated50"),  # the speed-up on a corpus with 50% repeated texts
+    ]
+    return {f"{a}/{b}": tps[a] / tps[b] for a, b in pairs if a in tps and b in tps}
+
+
 def print_table(r: dict[str, Any]) -> None:
     print(f"\nworker backend: {r['worker_backend']}\n| case | texts/s (median of {r['runs']}) |\n|---|---|")
     for case, value in r["texts_per_s"].items():
         print(f"| {case} | {value:.1f} |")
     for name, value in r["ratios"].items():
         print(f"| ratio {name} | {value:.2f} |")
-    for name, value in [*r.get("overhead_ratios", {}).items(), *r.get("peer_ratios", {}).items()]:
+    ratios = [*r.get("overhead_ratios", {}).items(), *r.get("peer_ratios", {}).items()]
+    for name, value in [*ratios, *r.get("cache_ratios", {}).items()]:
         print(f"| ratio {name} | {value:.2f} |")
     lat = r["latency_ms"]
     print(

@@ -39,6 +39,17 @@ def small_tasks(prefix: str, texts: list[str]) -> list[Task]:
     return [text_task(f"{prefix}-{i}", t) for i, t in enumerate(texts)]
 
 
+def repeated_tasks(prefix: str, texts: list[str], share: float = 0.5, seed: int = 11) -> list[Task]:
+    """As many one-text tasks as ``texts``, ``share`` of them repeating another task's text: the first
+    ``1 - share`` of the texts once each, then a random pick of them again, all shuffled (a repeat may come long
+    after its first, or right beside it while that one is still queued for the model)."""
+    rng = random.Random(seed)
+    distinct = texts[: len(texts) - int(len(texts) * share)]
+    corpus = distinct + rng.sample(distinct, len(texts) - len(distinct))
+    rng.shuffle(corpus)
+    return small_tasks(prefix, corpus)
+
+
 def mixed_tasks(prefix: str, texts: list[str], articles: list[str], seed: int = 7) -> list[Task]:
     """Half one-text tasks, a third batches of 2-64 texts, the rest whole news articles as documents."""
     rng = random.Random(seed)

@@ -31,39 +31,60 @@ class QdrantSettings(BaseModel):
     """Qdrant: embedded local mode at ``path`` unless ``url`` names a server."""
 
     model_config = ConfigDict(extra="forbid")
-    url: str | None = None
-    path: str | None = None  # default: <data_dir>/qdrant
-    api_key: SecretStr | None = None
-    timeout: float = Field(10.0, gt=0)
-    distance: Literal["cosine", "dot", "euclid"] = "cosine"
+    url: str | None = Field(
+        None,
+        description="a Qdrant server; none = embedded local mode (one process only: several workers need a server)",
+    )
+    path: str | None = Field(  # default: <data_dir>/qdrant
+        None,
+        description="the local mode's folder; none = `<data_dir>/qdrant`",
+    )
+    api_key: SecretStr | None = Field(None, description="the Qdrant server's API key")
+    timeout: float = Field(10.0, gt=0, description="seconds the client waits for the server")
+    distance: Literal["cosine", "dot", "euclid"] = Field(
+        "cosine",
+        description="the distance of the collections the worker creates",
+    )
 
 
 class ChromaSettings(BaseModel):
     """Chroma: an HTTP server at ``url`` (``chroma run``), else a persistent folder at ``path``."""
 
     model_config = ConfigDict(extra="forbid")
-    url: str | None = None
-    path: str | None = None  # default: <data_dir>/chroma
-    token: SecretStr | None = None  # sent as "Authorization: Bearer <token>" (Chroma's token auth)
-    timeout: float = Field(10.0, gt=0)
+    url: str | None = Field(
+        None,
+        description="a Chroma server, e.g. `http://127.0.0.1:8000`; none = the embedded persistent client",
+    )
+    path: str | None = Field(  # default: <data_dir>/chroma
+        None,
+        description="the embedded client's folder; none = `<data_dir>/chroma`",
+    )
+    token: SecretStr | None = Field(  # sent as "Authorization: Bearer <token>" (Chroma's token auth)
+        None,
+        description="sent as `Authorization: Bearer …` to a Chroma server with token auth",
+    )
+    timeout: float = Field(10.0, gt=0, description="seconds the client waits for the server")
 
 
 class MilvusSettings(BaseModel):
     """Milvus: a server URI (``http://host:19530``) or a Milvus Lite file (default ``<data_dir>/milvus.db``)."""
 
     model_config = ConfigDict(extra="forbid")
-    uri: str | None = None
-    token: SecretStr | None = None
-    timeout: float = Field(10.0, gt=0)
+    uri: str | None = Field(
+        None,
+        description="a Milvus server (`http://host:19530`) or a Milvus Lite file; none = `<data_dir>/milvus.db`",
+    )
+    token: SecretStr | None = Field(None, description="the token: `user:password` or an API key")
+    timeout: float = Field(10.0, gt=0, description="seconds the client waits for the server")
 
 
 class WeaviateSettings(BaseModel):
     """Weaviate beyond its URL (``VECTORIZE_WORKER_WEAVIATE_URL``): gRPC port, API key, timeout."""
 
     model_config = ConfigDict(extra="forbid")
-    grpc_port: int = Field(50051, ge=1, le=65535)
-    api_key: SecretStr | None = None
-    timeout: float = Field(10.0, gt=0)
+    grpc_port: int = Field(50051, ge=1, le=65535, description="Weaviate's gRPC port, on the host of `weaviate_url`")
+    api_key: SecretStr | None = Field(None, description="an API key, when the server wants one")
+    timeout: float = Field(10.0, gt=0, description="seconds the client waits for the server")
 
 
 class Settings(BaseSettings):
@@ -73,113 +94,427 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True
     )
 
-    worker_id: str = Field("worker-1", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
-    worker_name: str = "Vectorization Worker"
-    data_dir: str = "./.state/data"
+    worker_id: str = Field(
+        "worker-1",
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="this worker's id in records, logs and heartbeats; `@hostname` uses the host name (each container"
+        " of `docker-compose up --scale` gets its own)",
+    )
+    worker_name: str = Field(
+        "Vectorization Worker",
+        description="a display name (the product documentation's `worker.name`); accepted, not used by the worker",
+    )
+    data_dir: str = Field(
+        "./.state/data",
+        description="the worker's local state: Faust's tables and data under `<data_dir>/faust/<worker id>`, and the "
+        "embedded Qdrant, Chroma and Milvus Lite stores when no server is set",
+    )
 
-    kafka_bootstrap_servers: str = "localhost:9092"
-    kafka_group_id: str = Field("vectorize-worker", min_length=1)
-    tasks_topic: str = "vectorization-tasks"
-    status_topic: str = "vectorization-status"
-    results_topic: str = "vectorization-results"
-    dlq_topic: str = "vectorization-tasks-dlq"
-    topic_partitions: int = Field(4, ge=1, le=1024)
-    max_task_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    kafka_bootstrap_servers: str = Field("localhost:9092", description="the Kafka brokers, comma-separated `host:port`")
+    kafka_group_id: str = Field(
+        "vectorize-worker",
+        min_length=1,
+        description="the consumer group (= the Faust app id); workers with the same group share the tasks",
+    )
+    tasks_topic: str = Field(
+        "vectorization-tasks",
+        description="the topic tasks are read from; created with `topic_partitions` partitions when missing",
+    )
+    status_topic: str = Field(
+        "vectorization-status",
+        description="the topic of status records (received → processing → completed or failed); created when missing",
+    )
+    results_topic: str = Field(
+        "vectorization-results",
+        description="the topic of result records, one per task; created when missing",
+    )
+    dlq_topic: str = Field(
+        "vectorization-tasks-dlq",
+        description="the dead-letter topic (failed tasks with their original payload); created when missing",
+    )
+    topic_partitions: int = Field(
+        4,
+        ge=1,
+        le=1024,
+        description="partitions of the topics the worker creates; the most workers that can share the work",
+    )
+    max_task_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="bytes of one task record; larger payloads are dead-lettered",
+    )
     # a task's metadata is copied into every one of its vectors: bounded by bytes, keys and depth
-    max_metadata_bytes: int = Field(16 * 1024, ge=0, le=16 * 1024 * 1024)
-    max_metadata_keys: int = Field(256, ge=0, le=100_000)
-    max_metadata_depth: int = Field(8, ge=1, le=64)
-    max_title_chars: int = Field(1000, ge=0, le=1_000_000)
-    # transport security (README "Security"): every managed Kafka service needs SASL, TLS or both
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: SecretStr | None = None
-    kafka_ssl_cafile: str | None = None  # CA bundle that signed the brokers' certificates; system CAs when unset
-    kafka_ssl_certfile: str | None = None  # client certificate (mTLS)
-    kafka_ssl_keyfile: str | None = None  # its private key
-    kafka_ssl_key_password: SecretStr | None = None
-    kafka_ssl_check_hostname: bool = True
-    kafka_session_timeout: float = Field(30.0, ge=6, le=300)
-    kafka_producer_linger_ms: int = Field(5, ge=0, le=1000)
-    task_status_retention_hours: float = Field(24.0, gt=0)
-    table_store: Literal["rocksdb", "memory"] = "rocksdb"
-    task_status_table: bool = True
+    max_metadata_bytes: int = Field(
+        16 * 1024,
+        ge=0,
+        le=16 * 1024 * 1024,
+        description="bytes of a task's `metadata` as JSON; it is copied into every vector of the task, so a "
+        "10,000-text batch stores it 10,000 times",
+    )
+    max_metadata_keys: int = Field(256, ge=0, le=100_000, description="keys at every level of a task's `metadata`")
+    max_metadata_depth: int = Field(8, ge=1, le=64, description="the nesting depth of a task's `metadata`")
+    max_title_chars: int = Field(
+        1000,
+        ge=0,
+        le=1_000_000,
+        description="characters of a document's `title` (stored with every chunk)",
+    )
+    # transport security (docs/security.md): every managed Kafka service needs SASL, TLS or both
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description="how the worker talks to Kafka: plain, TLS, SASL, or SASL over TLS (docs/security.md)",
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN",
+        description="the SASL mechanism",
+    )
+    kafka_sasl_username: str | None = Field(None, description="the SASL user (required with `SASL_*`)")
+    kafka_sasl_password: SecretStr | None = Field(None, description="the SASL password (required with `SASL_*`)")
+    kafka_ssl_cafile: str | None = Field(  # CA bundle that signed the brokers' certificates; system CAs when unset
+        None,
+        description="PEM bundle of the CA(s) that signed the brokers' certificates; the system CAs when unset",
+    )
+    kafka_ssl_certfile: str | None = Field(  # client certificate (mTLS)
+        None,
+        description="the client certificate, for brokers that require client certificates (mTLS)",
+    )
+    kafka_ssl_keyfile: str | None = Field(  # its private key
+        None,
+        description="the client certificate's private key (mTLS)",
+    )
+    kafka_ssl_key_password: SecretStr | None = Field(None, description="the password of an encrypted client key")
+    kafka_ssl_check_hostname: bool = Field(
+        True,
+        description="check the broker's name against its certificate; turn off only for test set-ups",
+    )
+    kafka_session_timeout: float = Field(
+        30.0,
+        ge=6,
+        le=300,
+        description="seconds before a silent (killed) worker's partitions move to the others",
+    )
+    kafka_producer_linger_ms: int = Field(
+        5,
+        ge=0,
+        le=1000,
+        description="milliseconds (whole): how long the producer waits to put more records into one request: fewer, "
+        "fuller produce requests under load (docs/performance.md), at most this much later at idle; `0` "
+        "sends at once",
+    )
+    task_status_retention_hours: float = Field(
+        24.0,
+        gt=0,
+        description="how long the `task-status` table (changelog) keeps a task",
+    )
+    table_store: Literal["rocksdb", "memory"] = Field(
+        "rocksdb",
+        description="where the Faust tables live: `rocksdb` (on disk under `<data_dir>/faust/<worker id>`, memory "
+        "stays flat) or `memory` (in the process; grows with the tasks of the retention window)",
+    )
+    task_status_table: bool = Field(
+        True,
+        description="keep the `task-status` table behind `/tasks/{id}`; `false` saves reading every status record "
+        "back (one-text tasks 10–15% more texts/s here, docs/performance.md) and `/tasks/{id}` answers "
+        "404 saying so; the status records on `vectorization-status` are unchanged",
+    )
 
-    weaviate_url: str = "http://localhost:8080"
-    redis_url: str = "redis://localhost:6379/0"  # rediss://… for TLS
-    redis_password: SecretStr | None = None  # overrides a password in the URL
-    redis_ssl_ca_file: str | None = None  # CA for rediss:// (system CAs when unset)
-    heartbeat_interval: float = Field(5.0, gt=0, le=300)
+    weaviate_url: str = Field("http://localhost:8080", description="Weaviate's HTTP address")
+    redis_url: str = Field(  # rediss://… for TLS
+        "redis://localhost:6379/0",
+        description="the Redis of the heartbeats; `rediss://` for TLS",
+    )
+    redis_password: SecretStr | None = Field(  # overrides a password in the URL
+        None,
+        description="the Redis password; wins over one in the URL",
+    )
+    redis_ssl_ca_file: str | None = Field(  # CA for rediss:// (system CAs when unset)
+        None,
+        description="the CA of a `rediss://` server; the system CAs when unset",
+    )
+    heartbeat_interval: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="seconds between heartbeats; the key's TTL is 3 intervals",
+    )
 
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    gpu_memory_limit: int | None = Field(None, ge=0)  # bytes; "8GiB" accepted; on CUDA the model cache's budget
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        "auto",
+        description="`auto` picks `cuda`, then `mps`, then `cpu`; an explicit `cuda` or `mps` that is absent stops "
+        "start-up",
+    )
+    gpu_memory_limit: int | None = Field(  # bytes; "8GiB" accepted; on CUDA the model cache's budget
+        None,
+        ge=0,
+        description="on CUDA, bytes of GPU memory the loaded models may hold (`8GiB` accepted); the model cache "
+        "evicts to stay under it (docs/models.md)",
+    )
 
-    models_cache_dir: str = "./.state/models"
-    max_loaded_models: int = Field(3, ge=1, le=64)
-    default_model: str = Field("sentence-transformers/all-MiniLM-L6-v2", min_length=1)
-    models_allow_download: bool = True
-    models_allowed: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    custom_models: Annotated[list[CustomModel], NoDecode] = Field(default_factory=list)
-    models_memory_budget: int | None = Field(None, ge=0)  # bytes of host RAM for loaded models; None = no limit
-    models_idle_unload_seconds: float = Field(0, ge=0)  # unload a model unused this long; 0 = never
+    models_cache_dir: str = Field(
+        "./.state/models",
+        description="where named models are looked up (`<dir>/<name>` or `<dir>/<org>__<name>`) and downloaded to. "
+        "Not `./models` as in the product documentation's sample: that is this repository's `models/` "
+        "package",
+    )
+    max_loaded_models: int = Field(
+        3,
+        ge=1,
+        le=64,
+        description="models kept loaded (LRU): the least recently used model is unloaded first",
+    )
+    default_model: str = Field(
+        "sentence-transformers/all-MiniLM-L6-v2",
+        min_length=1,
+        description="the model of text tasks without `model_name`; loaded and warmed up at start",
+    )
+    models_allow_download: bool = Field(
+        True,
+        description="download a model found nowhere locally; `false` (or `HF_HUB_OFFLINE=1`) never touches the network",
+    )
+    models_allowed: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="the model names a task's `model_name` may use besides the configured models (empty: only those):"
+        " names or patterns (`sentence-transformers/*`, matched against the name as sent, prefix "
+        "included; a pattern never matches a path: a name starting with `/`, `~` or `.` (also after an "
+        "`hf:`, `transformers:` or `clip:` prefix, in any case), or with a `..` part, passes only when "
+        "listed exactly), comma-separated in the environment; `default_model`, `default_image` and the "
+        "custom models are always allowed; any other name fails its task (`model_load`: `… is not among "
+        "the models this worker may load (…)`) before the worker looks for it on disk or the hub. `*` "
+        "allows any hub-style name (never a path: list a local folder exactly to allow it), which with "
+        "downloads on lets any producer make the worker download any hub model",
+    )
+    custom_models: Annotated[list[CustomModel], NoDecode] = Field(
+        default_factory=list,
+        description="custom models of any family: names, or mappings with `name`, `family`, `path`, `pooling`, "
+        "`max_length`, `normalize` (a JSON list or comma-separated names in the environment; "
+        "docs/models.md)",
+    )
+    models_memory_budget: int | None = Field(  # bytes of host RAM for loaded models; None = no limit
+        None,
+        ge=0,
+        description="bytes of host RAM the loaded models may hold (`4GiB`, `512MiB`, bytes); the least recently used "
+        "are unloaded to make room; a larger model fails its tasks; none = no limit",
+    )
+    models_idle_unload_seconds: float = Field(  # unload a model unused this long; 0 = never
+        0,
+        ge=0,
+        description="unload a model unused this long (not the default model); `0` = never",
+    )
     # text transformers on the CPU: auto = ONNX Runtime when it exports and matches torch, else torch
-    models_backend: Literal["auto", "onnx", "torch"] = "auto"
+    models_backend: Literal["auto", "onnx", "torch"] = Field(
+        "auto",
+        description="what runs the sentence-transformers and transformers families on the CPU: `auto` = ONNX Runtime "
+        "when the model exports and its vectors match torch's, else torch (with a warning); `onnx` = ONNX"
+        " Runtime or the model fails to load; `torch` = never ONNX. On a GPU `auto` uses torch and `onnx`"
+        " refuses to load; CLIP always uses torch (docs/models.md)",
+    )
 
     # tasks held unfinished (validated, queued, in a model batch, being stored/reported);
     # with 256-text batches and four pipeline stages, 2048 keeps the model busy on one-text tasks
-    max_concurrent_tasks: int = Field(2048, ge=1, le=100_000)
-    max_inflight_texts: int = Field(4096, ge=1, le=1_000_000)
-    max_inflight_bytes: int = Field(256 * 1024 * 1024, ge=1024)  # record bytes held unfinished
-    max_batch_tokens: int = Field(16384, ge=16, le=10_000_000)
-    task_timeout: float = Field(1800, gt=0)
-    default_batch_size: int = Field(32, ge=1, le=4096)
-    max_batch_size: int = Field(256, ge=1, le=4096)
-    batch_wait_ms: int = Field(20, ge=0, le=60_000)
-    shutdown_timeout: float = Field(30.0, ge=0, le=3600)
-    include_vectors: bool = False
-    long_text: Literal["reject", "truncate"] = "reject"
+    max_concurrent_tasks: int = Field(
+        2048,
+        ge=1,
+        le=100_000,
+        description="tasks (records) a worker holds unfinished: validated, waiting in the model queue, being "
+        "embedded, stored or reported. Intake waits for a free slot (backpressure, docs/performance.md). "
+        "It must cover many model calls' worth of your smallest tasks: the model queue sorts what waits "
+        "by length, and the product documentation's `5` caps every model call at 5 one-text tasks",
+    )
+    max_inflight_texts: int = Field(
+        4096,
+        ge=1,
+        le=1_000_000,
+        description="texts the unfinished tasks hold (the model queue's depth); intake waits beyond it (a larger task"
+        " still goes in alone)",
+    )
+    max_inflight_bytes: int = Field(  # record bytes held unfinished
+        256 * 1024 * 1024,
+        ge=1024,
+        description="bytes of the records the unfinished tasks came in; intake waits beyond it (a larger record still"
+        " goes in alone)",
+    )
+    max_batch_tokens: int = Field(
+        16384,
+        ge=16,
+        le=10_000_000,
+        description="estimated tokens (characters / 4) the gather stage moves at once, and padded tokens (texts × "
+        "longest, counted by the model's tokenizer) per model call",
+    )
+    task_timeout: float = Field(
+        1800,
+        gt=0,
+        description="seconds; a task that waited longer is failed and dead-lettered",
+    )
+    default_batch_size: int = Field(
+        32,
+        ge=1,
+        le=4096,
+        description="texts per model call, cut from the model queue by token count (a batch task's `batch_size` "
+        "lowers it for its texts; 16 and 64 were slower here)",
+    )
+    max_batch_size: int = Field(
+        256,
+        ge=1,
+        le=4096,
+        description="texts the gather stage moves into the model queue at once (and the largest `batch_size` a task "
+        "may ask for)",
+    )
+    batch_wait_ms: int = Field(
+        20,
+        ge=0,
+        le=60_000,
+        description="while the model computes, how long the gather stage waits for more tasks before moving what it "
+        "has into the model queue; an idle model takes what is queued at once",
+    )
+    shutdown_timeout: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="on SIGTERM, how long the tasks in the lane may take to finish; of the tasks waiting for the "
+        "model, those it cannot do in half this time at its recent speed are left for another worker",
+    )
+    include_vectors: bool = Field(False, description="put the vectors into result records")
+    long_text: Literal["reject", "truncate"] = Field(
+        "reject",
+        description="a text/batch item over the model's token limit: `reject` (the task fails) or `truncate` "
+        "(reported in `truncated_items`)",
+    )
 
-    default_image_model: str = Field("ViT-B/32", min_length=1)
-    images_allowed_roots: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    images_allow_urls: bool = False
-    images_allow_private_urls: bool = False
-    images_max_bytes: int = Field(20 * 1024 * 1024, ge=1024)
-    images_max_pixels: int = Field(40_000_000, ge=1)
-    images_url_timeout: float = Field(10.0, gt=0, le=600)
-    images_batch_size: int = Field(16, ge=1, le=1024)
+    default_image_model: str = Field(
+        "ViT-B/32",
+        min_length=1,
+        description="the model of image tasks without `model_name`",
+    )
+    images_allowed_roots: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="folders local image paths may be read from (comma-separated in the environment); empty refuses "
+        "local paths",
+    )
+    images_allow_urls: bool = Field(False, description="download `http(s)` image URLs")
+    images_allow_private_urls: bool = Field(
+        False,
+        description="also loopback, private, link-local and reserved addresses (lets tasks reach the worker's network)",
+    )
+    images_max_bytes: int = Field(
+        20 * 1024 * 1024,
+        ge=1024,
+        description="bytes of one image (file, download or inline)",
+    )
+    images_max_pixels: int = Field(40_000_000, ge=1, description="width × height, read from the header before decoding")
+    images_url_timeout: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="seconds per network step of a download (the whole download: twice that)",
+    )
+    images_batch_size: int = Field(16, ge=1, le=1024, description="images gathered across tasks into one model call")
 
-    chunk_tokens: int | None = Field(None, ge=8)
-    chunk_overlap_tokens: int = Field(32, ge=0)
-    document_vector: Literal["mean", "none"] = "mean"
+    chunk_tokens: int | None = Field(
+        None,
+        ge=8,
+        description="tokens per document chunk, capped at the model's limit; none = the model's limit",
+    )
+    chunk_overlap_tokens: int = Field(
+        32,
+        ge=0,
+        description="tokens shared by consecutive chunks; must be smaller than the chunk size",
+    )
+    document_vector: Literal["mean", "none"] = Field(
+        "mean",
+        description="`mean`: also store the mean of a document's chunk vectors; `none`: chunks only",
+    )
 
-    vector_dbs: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["qdrant"], min_length=1)
-    default_collection: str = Field("vectorize", pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
-    qdrant: QdrantSettings = Field(default_factory=QdrantSettings)
-    chroma: ChromaSettings = Field(default_factory=ChromaSettings)
-    weaviate: WeaviateSettings = Field(default_factory=WeaviateSettings)
-    milvus: MilvusSettings = Field(default_factory=MilvusSettings)
+    vector_dbs: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["qdrant"],
+        min_length=1,
+        description="the stores every task is written to, in parallel (comma-separated in the environment): "
+        "`weaviate`, `qdrant`, `chroma`, `milvus`, or a plug-in's name",
+    )
+    default_collection: str = Field(
+        "vectorize",
+        pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,62}$",
+        description="the collection of tasks without `collection`",
+    )
+    qdrant: QdrantSettings = Field(
+        default_factory=QdrantSettings,
+        description="Qdrant's settings (the `QDRANT__*` rows)",
+    )
+    chroma: ChromaSettings = Field(
+        default_factory=ChromaSettings,
+        description="Chroma's settings (the `CHROMA__*` rows)",
+    )
+    weaviate: WeaviateSettings = Field(
+        default_factory=WeaviateSettings,
+        description="Weaviate's settings beyond its URL (the `WEAVIATE__*` rows)",
+    )
+    milvus: MilvusSettings = Field(
+        default_factory=MilvusSettings,
+        description="Milvus' settings (the `MILVUS__*` rows)",
+    )
     # one upsert request carries at most this many vectors / bytes (Qdrant refuses requests over 32 MB)
-    store_batch_points: int = Field(1000, ge=1, le=100_000)
-    store_batch_bytes: int = Field(8 * 1024 * 1024, ge=64 * 1024)
+    store_batch_points: int = Field(
+        1000,
+        ge=1,
+        le=100_000,
+        description="the most vectors one upsert request carries; a larger write is sent in several requests, in order",
+    )
+    store_batch_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=64 * 1024,
+        description="the most (estimated JSON) bytes one upsert request carries (Qdrant refuses requests over 32 MB; "
+        "a 10,000-text task is ~83 MB); a larger write is sent in several requests, in order",
+    )
     replace_stale: bool = Field(
         True,
         description="After writing a task, remove the vectors an earlier version of the same task id left in each "
         "store that this version no longer has (one lookup by task id per batch and store); false skips the lookup",
     )
     # metadata fields stored as native, filterable fields: {collection or "*": {name: type}} (core.metadata_contract)
-    filterable: dict[str, dict[str, FieldType]] = Field(default_factory=dict)
+    filterable: dict[str, dict[str, FieldType]] = Field(
+        default_factory=dict,
+        description='the metadata fields stored as native, filterable fields, per collection or `"*"`, with their '
+        "types (JSON in the environment, merged into the YAML file's entries; docs/stores.md)",
+    )
 
-    web_host: str = "127.0.0.1"  # 0.0.0.0 only where a network policy or web_auth_token guards the port
-    web_port: int = Field(6066, ge=1, le=65535)
-    web_auth_token: SecretStr | None = None  # bearer token for every view but /healthz and /readyz
-    web_search_enabled: bool = False  # /search/ reads stored text: off unless asked for
-    web_access_log: bool = True
-    web_advertised_host: str = Field(default_factory=socket.gethostname, min_length=1)
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int = Field(9091, ge=0, le=65535)  # 0 disables the endpoint
-    secrets_dir: str | None = None  # a folder of files named like the settings (kafka_sasl_password, …)
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    web_host: str = Field(  # 0.0.0.0 only where a network policy or web_auth_token guards the port
+        "127.0.0.1",
+        description="the address of Faust's web server (dashboard and JSON views); `0.0.0.0` only behind a network "
+        "policy and with `web_auth_token` (the compose file sets `0.0.0.0` inside its containers)",
+    )
+    web_port: int = Field(6066, ge=1, le=65535, description="the port of Faust's web server")
+    web_auth_token: SecretStr | None = Field(  # bearer token for every view but /healthz and /readyz
+        None,
+        description="bearer token for every web view but `/healthz`, `/readyz` and the dashboard page "
+        "(docs/security.md)",
+    )
+    web_search_enabled: bool = Field(  # /search/ reads stored text: off unless asked for
+        False,
+        description="serve `/search/`, which returns stored text",
+    )
+    web_access_log: bool = Field(True, description="one log line per web request")
+    web_advertised_host: str = Field(
+        default_factory=socket.gethostname,
+        min_length=1,
+        description="how other workers reach this one's web port (its heartbeat's `web_url`)",
+    )
+    metrics_host: str = Field("127.0.0.1", description="the address of Prometheus `/metrics`")
+    metrics_port: int = Field(  # 0 disables the endpoint
+        9091,
+        ge=0,
+        le=65535,
+        description="the port of Prometheus `/metrics`; `0` turns it off",
+    )
+    secrets_dir: str | None = Field(  # a folder of files named like the settings (kafka_sasl_password, …)
+        None,
+        description="a folder of secret files named like the settings (`kafka_sasl_password`, `weaviate__api_key`; "
+        "docs/security.md)",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO",
+        description="the level of the `worker.*` loggers (`python -m app` also passes it to Faust's `-l`)",
+    )
 
     @field_validator("worker_id", mode="before")
     @classmethod
@@ -247,6 +582,48 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _SecretFilesSource(settings_cls), _YamlSource(settings_cls))
+
+    # -- the embedding cache (YAML section `cache`; docs/embedding-cache.md) ------------------------------
+    cache_enabled: bool = Field(
+        True,
+        description="look vectors up in the embedding cache (Redis at `redis.url`, and a small in-process LRU) "
+        "before the model runs, and write new ones back; a Redis outage only turns the cache off for a while",
+    )
+    cache_ttl_seconds: int = Field(
+        7 * 24 * 3600,
+        ge=1,
+        le=10 * 365 * 24 * 3600,
+        description="how long a cached vector lives in Redis (a re-send or replay within it skips the model)",
+    )
+    cache_local_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=0,
+        description="bytes of vectors the in-process LRU in front of Redis keeps (`32MiB` accepted); `0` = none",
+    )
+    cache_max_text_bytes: int = Field(
+        16 * 1024,
+        ge=1,
+        le=16 * 1024 * 1024,
+        description="texts longer than this (UTF-8 bytes) are neither looked up nor cached: long texts rarely repeat",
+    )
+    cache_key_prefix: str = Field(
+        "vw:emb:",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.:{}-]+$",
+        description="the prefix of the cache's Redis keys (one per deployment sharing a Redis)",
+    )
+    cache_retry_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="after a Redis error or timeout, the cache leaves Redis alone this long (tasks go on without it)",
+    )
+
+    @field_validator("cache_local_bytes", mode="before")
+    @classmethod
+    def _cache_bytes(cls, value: Any) -> Any:
+        return parse_byte_size(value) or 0
 
 
 #: YAML location (section.key) -> settings field. Top-level keys named like a
@@ -341,6 +718,12 @@ YAML_KEYS: dict[str, str] = {
     "metrics.port": "metrics_port",
     "secrets_dir": "secrets_dir",
     "logging.level": "log_level",
+    "cache.enabled": "cache_enabled",
+    "cache.ttl_seconds": "cache_ttl_seconds",
+    "cache.local_bytes": "cache_local_bytes",
+    "cache.max_text_bytes": "cache_max_text_bytes",
+    "cache.key_prefix": "cache_key_prefix",
+    "cache.retry_seconds": "cache_retry_seconds",
 }
 _FIELD_TO_YAML = {field: key for key, field in YAML_KEYS.items()}
 
@@ -414,7 +797,7 @@ class _YamlSource(PydanticBaseSettingsSource):
         return read_yaml(path) if path is not None else {}
 
 
-#: settings that hold a secret: never printed; each can also come from a file (README "Security")
+#: settings that hold a secret: never printed; each can also come from a file (docs/security.md)
 SECRET_FIELDS: tuple[tuple[str, ...], ...] = (
     ("kafka_sasl_password",),
     ("kafka_ssl_key_password",),
@@ -501,7 +884,7 @@ def format_validation_error(exc: ValidationError, path: Path | None) -> str:
         secret = field in _SECRET_TOP or tuple(loc[:2]) in SECRET_FIELDS
         shown = "" if isinstance(got, dict) or secret else f" got {got!r};"
         if err["type"] == "extra_forbidden":
-            detail = "unknown setting; check the spelling against the README's configuration table"
+            detail = "unknown setting; check the spelling against docs/configuration.md"
         else:
             detail = err["msg"]
         lines.append(f"  - {'.'.join(loc)} (env {env}, YAML {yaml_key}):{shown} {detail}")

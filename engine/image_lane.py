@@ -100,9 +100,13 @@ class ImageLane:
             if error is not None and len(members) > 1 and not isinstance(error, ModelLoadError):
                 # one image the model cannot take must not fail its batch mates: retry one by one
                 for out in members:
-                    await self._embed_group(model, normalize, [out])
+                    if out.error is not None:  # (not those the embedding cache had)
+                        await self._embed_group(model, normalize, [out])
 
     async def _embed_group(self, model: str, normalize: bool | None, members: list[Outcome]) -> BaseException | None:
+        members, keys = await self._from_cache(model, normalize, members)
+        if not members:
+            return None
         images = [_pixels(out) for out in members]
         t0 = time.monotonic()
         try:
@@ -120,7 +124,48 @@ class ImageLane:
         self._p.metrics.inference_seconds.labels(model).observe(elapsed / 1000)
         for index, out in enumerate(members):
             out.vectors, out.info, out.embed_ms, out.error = vectors[index : index + 1], info, elapsed, None
+        if keys is not None and self._p.cache is not None and len(vectors) == len(keys):
+            self._p.cache.store(keys, vectors)
         return None
+
+    async def _from_cache(
+        self, model: str, normalize: bool | None, members: list[Outcome]
+    ) -> tuple[list[Outcome], list[str | None] | None]:
+        """Give the members the embedding cache has their vectors; returns the others and their cache keys.
+
+        An image's key covers its decoded RGB pixels as the model gets them (hashed on a thread). Without
+        the cache, or when the model cannot tell its identity or load (the model call then says why), every
+        member goes to the model.
+        """
+        cache = self._p.cache
+        if cache is None:
+            return members, None
+        try:
+            identity, info = await self._p.manager.identify(model)
+        except Exception:  # noqa: BLE001 - the model call that follows reports a model that cannot load
+            return members, None
+        if identity is None:
+            return members, None
+        images = [_pixels(out) for out in members]
+        keys: list[str | None] = await asyncio.to_thread(
+            lambda: [cache.key(identity, normalize, b"image", _pixel_bytes(image)) for image in images]
+        )
+        found = await cache.lookup(keys, info.dim)
+        missing: list[Outcome] = []
+        missing_keys: list[str | None] = []
+        for out, key, vector in zip(members, keys, found, strict=True):
+            if vector is None:
+                missing.append(out)
+                missing_keys.append(key)
+            else:
+                out.vectors, out.info, out.embed_ms, out.error = vector.reshape(1, -1).copy(), info, 0.0, None
+        cache.count(misses=len(missing))
+        return missing, missing_keys
+
+
+def _pixel_bytes(image: Any) -> bytes:
+    """What the model is given of an image: its mode, size and pixels."""
+    return f"{image.mode}:{image.size[0]}x{image.size[1]}:".encode() + image.tobytes()
 
 
 def _pixels(out: Outcome) -> Any:

@@ -67,6 +67,8 @@ async def run_call(manager: ModelManager, call: ModelCall) -> CallResult:
         vectors, info = manager.embed_texts_sync(
             call.key.model, call.texts, batch_size=len(call.texts), normalize=call.key.normalize
         )
+        # read here, where models load and unload: the identity of the model that computed these vectors
+        call.identity = manager.identity(call.key.model)
         return vectors, info, started, time.monotonic()
 
     return await manager.run(job)

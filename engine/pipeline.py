@@ -17,9 +17,12 @@ from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+import numpy as np
+
 from core.errors import InvalidTaskError, ModelLoadError, PermanentError, cap_message
 from engine.acks import Ticket
 from engine.batcher import Batcher
+from engine.embedding_cache import EmbeddingCache
 from engine.image_lane import ImageLane
 from engine.lane import CallResult, TextBudget, TextLane, run_call
 from engine.model_queue import CallKey, ModelCall, ModelQueue
@@ -36,6 +39,8 @@ from tasks.schema import DeleteTask, ImageTask, Limits, parse_task, tombstone
 log_main = logging.getLogger("worker.main")
 log_proc = logging.getLogger("worker.task_processor")
 T = TypeVar("T")
+#: a task on its way into the model queue: its outcome, its texts' cache keys, the vectors the cache had
+_Pending = tuple[Outcome, list[str | None], dict[int, np.ndarray]]
 
 
 class TaskPipeline:
@@ -50,9 +55,11 @@ class TaskPipeline:
         publisher: RecordPublisher,
         on_done: Callable[[Ticket], Awaitable[None]],
         metrics: Metrics | None = None,
+        cache: EmbeddingCache | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
+        self.cache = cache  # the embedding cache (engine/embedding_cache.py); None: every text goes to the model
         self.manager = manager
         self.stores = list(stores)
         self.publisher = publisher
@@ -250,12 +257,15 @@ class TaskPipeline:
     async def enqueue(self, outcomes: list[Outcome], queue: ModelQueue) -> list[Outcome]:
         """Fit texts to the model (chunks, long_text) and queue them with their token counts.
 
-        Returns the outcomes that failed on the way (their ``error`` set);
-        they are finished and go straight to reporting.
+        Returns the outcomes finished on the way: failed (their ``error`` set), or
+        with every vector from the embedding cache; they go straight to storing
+        and reporting, without the model. With the cache, only the texts it lacks
+        are queued (and a text already queued by another task follows that one).
         """
         await self._preparer.prepare(outcomes)
         groups: dict[CallKey, list[Outcome]] = defaultdict(list)
-        refused = []
+        refused: list[Outcome] = []
+        cached: list[Outcome] = []
         for out in outcomes:
             if out.error is None and not out.texts:
                 out.error = PermanentError(
@@ -270,15 +280,24 @@ class TaskPipeline:
                 getattr(task, "batch_size", None) or self.settings.default_batch_size, self.settings.max_batch_size
             )
             groups[CallKey(out.model, task.normalize, batch_size)].append(out)
-        counted: list[tuple[CallKey, list[Outcome], list[int]]] = []
+        counted: list[tuple[CallKey, list[_Pending], list[int]]] = []
         for key, members in groups.items():
-            texts = [text for out in members for text in out.texts]
             try:
-                lengths = await self.manager.token_lengths(key.model, texts)
+                pending = await self._look_up(key, members, cached)
             except PermanentError as exc:  # a model that cannot load fails these tasks, never the worker
                 for out in members:
                     out.error = exc
                 refused.extend(members)
+                continue
+            texts = [text for out, _, known in pending for i, text in enumerate(out.texts) if i not in known]
+            if not texts:
+                continue
+            try:
+                lengths = await self.manager.token_lengths(key.model, texts)
+            except PermanentError as exc:
+                for out, _, _ in pending:
+                    out.error = exc
+                refused.extend(out for out, _, _ in pending)
                 continue
             except Exception:  # noqa: BLE001 - counting only sorts the texts: estimate instead
                 log_proc.warning(
@@ -288,14 +307,44 @@ class TaskPipeline:
                     exc_info=True,
                 )
                 lengths = None
-            counted.append((key, members, lengths if lengths is not None else [estimate_tokens(t) for t in texts]))
+            counted.append((key, pending, lengths if lengths is not None else [estimate_tokens(t) for t in texts]))
         # only now into the queue: nothing above may leave part of the batch queued and part failed
-        for key, members, lengths in counted:
+        for key, pending, lengths in counted:
             offset = 0
-            for out in members:
-                queue.add(out, key, lengths[offset : offset + len(out.texts)])
-                offset += len(out.texts)
-        return refused
+            for out, text_keys, known in pending:
+                n = len(out.texts) - len(known)
+                followed = queue.add(out, key, lengths[offset : offset + n], text_keys=text_keys or None, known=known)
+                offset += n
+                if text_keys and self.cache is not None:
+                    self.cache.count(inflight=followed, misses=n - followed)
+        add_document_vectors(cached)
+        return refused + cached
+
+    async def _look_up(self, key: CallKey, members: list[Outcome], cached: list[Outcome]) -> list[_Pending]:
+        """Fill ``members`` from the embedding cache: those with every vector found go to ``cached``; returns the
+        others with their texts' cache keys and the vectors found. Raises PermanentError for a model that cannot
+        load (that is when the model loads)."""
+        if self.cache is None:
+            return [(out, [], {}) for out in members]
+        try:
+            identity, info = await self.manager.identify(key.model)
+        except PermanentError:
+            raise
+        except Exception:  # noqa: BLE001 - the cache only saves work: the model call that follows says what is wrong
+            log_proc.warning("Looking up the model %s for the embedding cache failed", key.model, exc_info=True)
+            identity = None
+        if identity is None:  # the model's identity could not be computed (logged at load): no cache for it
+            return [(out, [], {}) for out in members]
+        found = await self.cache.lookup_texts(identity, key.normalize, info.dim, [out.texts for out in members])
+        pending: list[_Pending] = []
+        for out, (text_keys, known) in zip(members, found, strict=True):
+            if len(known) < len(out.texts):
+                pending.append((out, text_keys, known))
+                continue
+            out.vectors = np.stack([known[i] for i in range(len(out.texts))]).astype(np.float32)
+            out.info, out.embed_ms = info, 0.0
+            cached.append(out)
+        return pending
 
     def settle(self, queue: ModelQueue, call: ModelCall, result: CallResult | BaseException) -> list[Outcome]:
         """Hand a model call's vectors (or its error) to its tasks; returns the tasks now finished."""
@@ -309,6 +358,8 @@ class TaskPipeline:
         self.metrics.batch_size.observe(len(call.texts))
         self.metrics.inference_seconds.labels(model).observe(ended - started)
         finished = queue.complete(call, vectors, info, started, ended)
+        if self.cache is not None and call.identity is not None and len(vectors) == len(call.texts):
+            self.cache.store(self.cache.text_keys(call.identity, call.key.normalize, call.texts), vectors)
         add_document_vectors(finished)
         return finished
 

@@ -90,6 +90,18 @@ class Embedder(ABC):
         """Bytes held by the model's parameters and buffers (0 when unknown). Does not block."""
         return 0
 
+    def vector_settings(self) -> dict[str, Any]:
+        """What shapes this model's vectors besides its weights (length limit, pooling, default normalisation).
+
+        Part of the model's identity (models/fingerprint.py), so a change here makes the embedding cache miss.
+        """
+        return {"max_tokens": self.info.max_tokens, "modalities": list(self.info.modalities)}
+
+    def weights_digest(self) -> str:
+        """A hash of the weights held in memory, for a model loaded without files to hash; blocks while it
+        reads them. The base has no weights to read: the name and settings stand for the model."""
+        return ""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the model's memory; the embedder is unusable afterwards."""
 
@@ -106,10 +118,33 @@ class TorchEmbedder(Embedder):
     _info: EmbedderInfo
     _model: Any = None
     _onnx: Any = None
+    _normalize_default: bool | None = None  # a custom entry's normalize: what a task that does not say gets
+    pooling: str | None = None  # set by the families that choose one (transformers: mean or cls)
 
     @property
     def info(self) -> EmbedderInfo:
         return self._info
+
+    def vector_settings(self) -> dict[str, Any]:
+        return {**super().vector_settings(), "pooling": self.pooling, "normalize_default": self._normalize_default}
+
+    def weights_digest(self) -> str:
+        """SHA-256 of the module's parameters and buffers by name (those ONNX Runtime now runs are released:
+        the export's folder name, itself a hash of those weights, stands for them)."""
+        import hashlib
+
+        import torch
+
+        digest = hashlib.sha256()
+        if self._model is not None:
+            for key, tensor in self._model.state_dict().items():
+                if tensor.device.type == "meta":
+                    continue
+                digest.update(key.encode())
+                digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        if self._onnx is not None:
+            digest.update(f"onnx:{self._onnx.path.parent.name}".encode())
+        return digest.hexdigest()
 
     def memory_bytes(self) -> int:
         held = module_bytes(self._model) if self._model is not None else 0

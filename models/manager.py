@@ -17,6 +17,7 @@ import numpy as np
 from core.errors import ModelMemoryError
 from models.base import Embedder, EmbedderInfo, format_bytes
 from models.device import freeze_heap, is_out_of_memory, release_memory
+from models.fingerprint import model_identity
 
 log = logging.getLogger("worker.model_manager")
 T = TypeVar("T")
@@ -37,6 +38,7 @@ class _Loaded:
     models: Mapping[str, Embedder] = field(default_factory=dict)  # LRU order, least recent first
     infos: tuple[EmbedderInfo, ...] = ()
     memory: int = 0
+    identities: Mapping[str, str] = field(default_factory=dict)  # name -> models.fingerprint.model_identity
 
 
 class ModelManager:
@@ -60,7 +62,10 @@ class ModelManager:
     :class:`ModelMemoryError`. Loading raises whatever the loader raises
     (``ModelLoadError`` for a model that cannot be found). With
     ``freeze_after_load`` (the worker) each load ends with
-    :func:`models.device.freeze_heap`.
+    :func:`models.device.freeze_heap`. With ``identify`` (the worker, when
+    its embedding cache is on) each load also computes the model's identity
+    (:func:`models.fingerprint.model_identity`: a hash of its name, weights,
+    configuration and vector settings), read lock-free by :meth:`identity`.
     """
 
     def __init__(
@@ -76,6 +81,7 @@ class ModelManager:
         keep_loaded: Iterable[str] = (),
         clock: Callable[[], float] = time.monotonic,
         freeze_after_load: bool = False,
+        identify: bool = False,
     ) -> None:
         if max_loaded < 1:
             raise ValueError("max_loaded must be >= 1")
@@ -87,6 +93,8 @@ class ModelManager:
         self.keep_loaded = frozenset(keep_loaded)
         self._warmup = warmup
         self._freeze_after_load = freeze_after_load
+        self._identify = identify
+        self._identities: dict[str, str] = {}  # loaded models only
         self._size_hint = size_hint
         self._clock = clock
         self._models: OrderedDict[str, Embedder] = OrderedDict()
@@ -137,10 +145,13 @@ class ModelManager:
                 self._make_room(size, for_model=name)
             if self._warmup and "text" in model.info.modalities:
                 model.embed_texts(["warm-up"], batch_size=1, normalize=None)
+            identity = self._identity_of(name, model) if self._identify else None
             # evicted only now: a name that fails to load (a typo in a task) never unloads a working model
             while len(self._models) >= self.max_loaded:
                 self._evict_oldest(f"max_loaded_models={self.max_loaded}")
             self._models[name] = model
+            if identity is not None:
+                self._identities[name] = identity
             self._last_used[name] = self._clock()
             log.info("Model %s holds %s; %d model(s) loaded", name, format_bytes(size), len(self._models))
             self._changed()
@@ -187,6 +198,16 @@ class ModelManager:
     async def get(self, name: str) -> Embedder:
         return await self.run(lambda: self.get_sync(name))
 
+    async def identify(self, name: str) -> tuple[str | None, EmbedderInfo]:
+        """``name``'s identity (None when not computed) and info; loads the model on the device thread if needed.
+
+        Raises what :meth:`get` raises for a model that cannot load.
+        """
+        model = self._snapshot.models.get(name)
+        if model is None:
+            model = await self.get(name)
+        return self._snapshot.identities.get(name), model.info
+
     async def embed_texts(
         self, name: str, texts: Sequence[str], *, batch_size: int, normalize: bool | None
     ) -> tuple[np.ndarray, EmbedderInfo]:
@@ -217,11 +238,17 @@ class ModelManager:
         """Bytes held by the loaded models, as measured when each was loaded."""
         return self._snapshot.memory
 
+    def identity(self, name: str) -> str | None:
+        """The identity of ``name``'s loaded model (see ``identify`` in the class doc); None when it is not loaded
+        or was not identified. Lock-free; exact on the device thread, where models load and unload."""
+        return self._snapshot.identities.get(name)
+
     def unload(self, name: str) -> bool:
         with self._lock:
             model = self._models.pop(name, None)
             if model is None:
                 return False
+            self._identities.pop(name, None)
             self._last_used.pop(name, None)
             self._publish()  # out of the readers' view before it closes
             model.close()
@@ -296,11 +323,30 @@ class ModelManager:
 
     def _evict_oldest(self, reason: str) -> None:
         name, model = self._models.popitem(last=False)
+        self._identities.pop(name, None)
         self._last_used.pop(name, None)
         self._publish()  # out of the readers' view before it closes
         log.info("Unloading model %s (least recently used; %s)", name, reason)
         model.close()
         self._changed()
+
+    def _identity_of(self, name: str, model: Embedder) -> str | None:
+        """The model's identity, or None (no cache for it) when it cannot be computed; blocks (reads files)."""
+        started = time.monotonic()
+        try:
+            identity = model_identity(model)
+        except Exception as exc:  # noqa: BLE001 - without an identity the model still works, uncached
+            log.warning(
+                "Model %s: computing its identity for the embedding cache failed (%s: %s); its vectors are not "
+                "cached. Check that its files at %s are readable.",
+                name,
+                type(exc).__name__,
+                str(exc)[:200],
+                model.info.source or "(no source)",
+            )
+            return None
+        log.info("Model %s identity %s (%.2fs)", name, identity[:16], time.monotonic() - started)
+        return identity
 
     def _split_on_oom(
         self,
@@ -349,7 +395,10 @@ class ModelManager:
         """Replace the readers' snapshot (call with the lock held, after every change to the cache)."""
         models = dict(self._models)
         self._snapshot = _Loaded(
-            models=models, infos=tuple(m.info for m in models.values()), memory=self._memory_in_use()
+            models=models,
+            infos=tuple(m.info for m in models.values()),
+            memory=self._memory_in_use(),
+            identities=dict(self._identities),
         )
 
     def _changed(self) -> None:

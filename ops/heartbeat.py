@@ -34,12 +34,15 @@ def heartbeat_key(worker_id: str) -> str:
     return KEY.format(worker_id=worker_id)
 
 
-def redis_client(url: str, *, password: SecretStr | None = None, ssl_ca_file: str | None = None) -> aioredis.Redis:
+def redis_client(
+    url: str, *, password: SecretStr | None = None, ssl_ca_file: str | None = None, **overrides: Any
+) -> aioredis.Redis:
     """A client for ``url`` with short timeouts; ``password`` replaces one in the URL, ``ssl_ca_file``
     verifies a ``rediss://`` server (redis-py lets the URL's own options win over keyword arguments,
-    so the URL's password is taken out first)."""
+    so the URL's password is taken out first). ``overrides``: more of redis-py's client options (the
+    embedding cache's shorter timeouts, no retries)."""
 
-    options: dict[str, Any] = {"socket_connect_timeout": 2, "socket_timeout": 2}
+    options: dict[str, Any] = {"socket_connect_timeout": 2, "socket_timeout": 2, **overrides}
     if password is not None:
         url = _without_password(url)
         options["password"] = reveal(password)

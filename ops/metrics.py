@@ -52,6 +52,17 @@ class Metrics:
             registry=r,
         )
         self.dependency_up = Gauge("worker_dependency_up", "1 when a dependency answers", ["dependency"], registry=r)
+        # the embedding cache (engine/embedding_cache.py): hits / (hits + misses) is its hit ratio
+        self.cache_hits = Counter(
+            "worker_cache_hits",
+            "Inputs whose vector came from the embedding cache, by layer: local (in-process LRU), redis, or "
+            "inflight (an identical input already queued for the model)",
+            ["layer"],
+            registry=r,
+        )
+        self.cache_misses = Counter(
+            "worker_cache_misses", "Inputs the embedding cache did not have (the model embedded them)", registry=r
+        )
 
     def refresh_memory(self) -> None:
         self.memory.set(rss_bytes())
@@ -60,7 +71,7 @@ class Metrics:
         """Serve /metrics on ``addr``:``port`` in a background thread (0 disables).
 
         Loopback by default (``metrics.host``): the endpoint has no authentication, so open it to a
-        network (0.0.0.0) only where a network policy limits who reaches it (README "Security").
+        network (0.0.0.0) only where a network policy limits who reaches it (docs/security.md).
         """
         if port:
             return start_http_server(port, addr=addr, registry=self.registry)

@@ -96,6 +96,9 @@ class WorkerProcess:
             "VECTORIZE_WORKER_METRICS_PORT": "0",
             "VECTORIZE_WORKER_DEVICE": "cpu",
             "VECTORIZE_WORKER_MODELS_ALLOW_DOWNLOAD": "false",
+            # the embedding cache of each test's workers apart from other tests' (and from earlier runs')
+            "VECTORIZE_WORKER_CACHE_KEY_PREFIX": f"it:{topics.suffix}:",
+            "VECTORIZE_WORKER_CACHE_TTL_SECONDS": "3600",
             **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None
