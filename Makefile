@@ -90,7 +90,7 @@ format: venv
 	$(PY) -m ruff check --fix .
 
 schemas: venv
-	$(PY) scripts/gen_schemas.py
+	$(PY) scripts/gen_schemas.py && $(PY) scripts/gen_docs.py
 
 lock:
 	$(PYTHON) -m venv $(CACHE)/lockvenv && $(CACHE)/lockvenv/bin/pip install -q -r requirements.txt && \
