@@ -100,8 +100,13 @@ class StoreWriter:
         self, collection: str, dim: int, records: list[VectorRecord]
     ) -> tuple[BaseException | None, Removed]:
         """Write to every store in parallel: the first failure or None, and what each store removed as stale."""
+        # sized and grouped once for every store: record_bytes serialises each payload
+        parts = split_records(records, self.settings.store_batch_points, self.settings.store_batch_bytes)
+        fresh: dict[str, set[str]] = defaultdict(set)
+        for r in records:
+            fresh[str(r.payload.get("task_id"))].add(r.id)
         writes = await asyncio.gather(
-            *(self._write(store, collection, dim, records) for store in self.stores), return_exceptions=True
+            *(self._write(store, collection, dim, parts, fresh) for store in self.stores), return_exceptions=True
         )
         for result in writes:
             if isinstance(result, asyncio.CancelledError):
@@ -117,17 +122,18 @@ class StoreWriter:
         return (errors[0] if errors else None), removed
 
     async def _write(
-        self, store: BaseVectorDB, collection: str, dim: int, records: list[VectorRecord]
+        self,
+        store: BaseVectorDB,
+        collection: str,
+        dim: int,
+        parts: list[list[VectorRecord]],
+        fresh: dict[str, set[str]],
     ) -> dict[str, int]:
         """Write to one store, then remove what earlier versions of these tasks left there that this version does
         not have (write first: a reader never sees a task without vectors); retried while the store is
         unavailable (the tasks are not acked meanwhile; a crash in between leaves stale extras that the
-        redelivery removes). Returns the stale vectors removed, by task id."""
-
-        parts = split_records(records, self.settings.store_batch_points, self.settings.store_batch_bytes)
-        fresh: dict[str, set[str]] = defaultdict(set)
-        for r in records:
-            fresh[str(r.payload.get("task_id"))].add(r.id)
+        redelivery removes). ``parts``: the records in bounded requests; ``fresh``: each task's new ids.
+        Returns the stale vectors removed, by task id."""
 
         def write() -> dict[str, int]:
             store.ensure_collection(collection, dim)
@@ -138,7 +144,7 @@ class StoreWriter:
         t0 = time.monotonic()
         removed = await retry_forever(
             lambda: self.in_store_thread(write, store),
-            what=f"Storing {len(records)} vectors in {collection} on {store.describe()}",
+            what=f"Storing {sum(map(len, parts))} vectors in {collection} on {store.describe()}",
             on_retry=self._on_retry,
         )
         self._last_ok[id(store)] = now = time.monotonic()

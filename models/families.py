@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
+from core.errors import ModelLoadError
 from models.base import Embedder
 from models.clip import CLIP_NAMES, is_clip_name, local_clip_dir
 from models.clip import PREFIXES as CLIP_PREFIXES
@@ -76,8 +77,6 @@ def make_loader(
 
     def load(name: str) -> Embedder:
         if not is_allowed(name, allowed):
-            from core.errors import ModelLoadError
-
             raise ModelLoadError(
                 f"Failed to load model {name}: it is not among the models this worker may load "
                 f"({', '.join(allowed)}; VECTORIZE_WORKER_MODELS_ALLOWED, YAML models.allowed); send the task "

@@ -50,7 +50,7 @@ def test_a_recent_successful_write_answers_without_a_check() -> None:
     writer = writer_for(store)
 
     async def go() -> bool:
-        await writer._write(store, "c", 2, [VectorRecord("00000000-0000-5000-8000-000000000001", [0.1, 0.2])])
+        await writer._write_all("c", 2, [VectorRecord("00000000-0000-5000-8000-000000000001", [0.1, 0.2])])
         return await writer.answers(store)
 
     assert asyncio.run(go()) is True
