@@ -36,6 +36,13 @@ class Batcher(Generic[T]):
     def qsize(self) -> int:
         return self._queue.qsize() + len(self._held)
 
+    def clear(self) -> list[T]:
+        """Take every queued item out at once (in order) and return them."""
+        items, self._held = self._held, []
+        while not self._queue.empty():
+            items.append(self._queue.get_nowait())
+        return items
+
     async def next_batch(
         self,
         max_weight: int,

@@ -1,6 +1,6 @@
 """The image lane: image tasks batched across tasks, loaded safely, embedded, then stored and reported.
 
-It shares the pipeline's store, report and failure steps; only loading and
+It shares the other lanes' store, report and failure steps (:class:`~engine.stages.Steps`); only loading and
 embedding differ from the text lane. Images are loaded (read, downloaded,
 decoded; see :mod:`tasks.images`) in threads before the model is asked for, so
 a refused or broken image fails its own task with a precise message even when
@@ -22,49 +22,104 @@ from tasks.images import ImageLimits, LoadedImage, load_image
 from tasks.inputs import Prepared
 
 if TYPE_CHECKING:
-    from engine.pipeline import TaskPipeline
+    from engine.stages import Steps
 
 log_main = logging.getLogger("worker.main")
 log_proc = logging.getLogger("worker.task_processor")
 
 
 class ImageLane:
-    """A bounded batcher of image tasks and the loop that processes its batches."""
+    """The image lane (:class:`~engine.stages.Lane`): image tasks batched across tasks, one batch at a time."""
 
-    def __init__(self, pipeline: TaskPipeline) -> None:
-        self._p = pipeline
-        self.settings = pipeline.settings
+    name = "image"
+
+    def __init__(self, steps: Steps) -> None:
+        self.steps = steps
+        self.settings = steps.settings
         self.limits = ImageLimits.from_settings(self.settings)
         self.queue: Batcher[WorkItem] = Batcher()
-        self.idle = asyncio.Event()
-        self.idle.set()
+        self._pending = 0
+        self._active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._accepting = True
+        self._stage: asyncio.Future[None] | None = None
 
-    async def put(self, item: WorkItem) -> None:
-        await self.queue.put(item)
+    # -- the lane interface ----------------------------------------------------------------
+    def start(self) -> None:
+        if self._stage is None or self._stage.done():
+            self._stage = asyncio.ensure_future(self._loop())
 
     async def run(self) -> None:
-        """Process image batches forever (cancel to stop)."""
+        """Start the lane and wait for it; cancel to close."""
+        self.start()
+        assert self._stage is not None
+        try:
+            await self._stage
+        finally:
+            await self.close()
+
+    async def submit(self, item: WorkItem) -> None:
+        self._pending += 1
+        self._idle.clear()
+        await self.queue.put(item)
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    @property
+    def active(self) -> int:
+        return self._active
+
+    async def settled(self) -> None:
+        await self._idle.wait()
+
+    def drain(self, seconds: float) -> None:
+        """Stop taking batches: the batch being processed finishes, the queued tasks stay unacknowledged."""
+        self._accepting = False
+        waiting = self.queue.clear()
+        if waiting:
+            log_main.info("Draining: %d queued image tasks left unacknowledged for another worker", len(waiting))
+        self._left(len(waiting))
+
+    async def close(self) -> None:
+        stage, self._stage = self._stage, None
+        if stage is not None:
+            stage.cancel()
+            await asyncio.gather(stage, return_exceptions=True)
+
+    def _left(self, n: int) -> None:
+        self._pending -= n
+        if self._pending <= 0:
+            self._pending = 0
+            self._idle.set()
+
+    async def _loop(self) -> None:
         wait = self.settings.batch_wait_ms / 1000
-        while self._p.accepting:
-            batch = await self.queue.next_batch(self.settings.images_batch_size, wait, on_first=self.idle.clear)
+        while self._accepting:
+            batch = await self.queue.next_batch(self.settings.images_batch_size, wait)
+            if not self._accepting:  # draining: these stay unacknowledged and go to another worker
+                self._left(len(batch))
+                break
+            self._active = len(batch)
             try:
                 await self.process(batch)
             except Exception as exc:  # noqa: BLE001 - a bug must not leave tickets hanging
                 log_proc.exception(
                     "Unexpected error in a batch of %d image tasks; failing the unfinished ones", len(batch)
                 )
-                await self._p._fail_unfinished(batch, exc)
+                await self.steps.fail(batch, exc)
             finally:
-                self.idle.set()
+                self._active = 0
+                self._left(len(batch))
 
     async def process(self, batch: list[WorkItem]) -> None:
         """Load, embed, store and report one batch of image tasks; never raises except on cancellation."""
-        live = await self._p._drop_expired(batch)
+        live = await self.steps.expire(batch)
         if not live:
             return
-        for item in live:
-            log_main.info("Processing task %s of type %s", item.task.task_id, item.task.task_type)
-            await self._p.reporter.early_status(item, "processing")
+        await self.steps.begin(live)
         outcomes = [
             Outcome(item=item, texts=[], model=item.task.model_name or self.settings.default_image_model)
             for item in live
@@ -88,8 +143,7 @@ class ImageLane:
             for out in outcomes:  # the pixels are not needed once embedded
                 if out.prepared is not None and out.prepared.image is not None:
                     out.prepared.image.release()
-        await self._p.writer.write(outcomes)
-        await self._p.reporter.report(outcomes)
+        await self.steps.finish(outcomes)
 
     async def _embed(self, outcomes: list[Outcome]) -> None:
         groups: dict[tuple[str, bool | None], list[Outcome]] = defaultdict(list)
@@ -110,7 +164,7 @@ class ImageLane:
         images = [_pixels(out) for out in members]
         t0 = time.monotonic()
         try:
-            vectors, info = await self._p.manager.embed_images(
+            vectors, info = await self.steps.manager.embed_images(
                 model, images, batch_size=self.settings.images_batch_size, normalize=normalize
             )
         except Exception as exc:  # noqa: BLE001 - a model failure fails these tasks, never the worker
@@ -120,12 +174,12 @@ class ImageLane:
                 out.error = exc
             return exc
         elapsed = (time.monotonic() - t0) * 1000
-        self._p.metrics.batch_size.observe(len(images))
-        self._p.metrics.inference_seconds.labels(model).observe(elapsed / 1000)
+        self.steps.metrics.batch_size.observe(len(images))
+        self.steps.metrics.inference_seconds.labels(model).observe(elapsed / 1000)
         for index, out in enumerate(members):
             out.vectors, out.info, out.embed_ms, out.error = vectors[index : index + 1], info, elapsed, None
-        if keys is not None and self._p.cache is not None and len(vectors) == len(keys):
-            self._p.cache.store(keys, vectors)
+        if keys is not None and self.steps.cache is not None and len(vectors) == len(keys):
+            self.steps.cache.store(keys, vectors)
         return None
 
     async def _from_cache(
@@ -137,11 +191,11 @@ class ImageLane:
         the cache, or when the model cannot tell its identity or load (the model call then says why), every
         member goes to the model.
         """
-        cache = self._p.cache
+        cache = self.steps.cache
         if cache is None:
             return members, None
         try:
-            identity, info = await self._p.manager.identify(model)
+            identity, info = await self.steps.manager.identify(model)
         except Exception:  # noqa: BLE001 - the model call that follows reports a model that cannot load
             return members, None
         if identity is None:

@@ -35,17 +35,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
-from engine.model_queue import ModelCall, ModelQueue
-from engine.work import Outcome, WorkItem
+from core.errors import ModelLoadError, PermanentError
+from engine.batcher import Batcher
+from engine.model_queue import CallKey, ModelCall, ModelQueue
+from engine.stages import Steps
+from engine.work import Outcome, WorkItem, estimate_tokens
+from tasks.inputs import TextPreparer, add_document_vectors
 
 if TYPE_CHECKING:
-    from engine.pipeline import TaskPipeline
     from models.base import EmbedderInfo
     from models.manager import ModelManager
 
@@ -57,6 +60,8 @@ CALLS_AHEAD = 2
 
 
 CallResult = tuple[np.ndarray, "EmbedderInfo", float, float]
+#: a task on its way into the model queue: its outcome, its texts' cache keys, the vectors the cache had
+_Pending = tuple[Outcome, list[str | None], dict[int, np.ndarray]]
 
 
 async def run_call(manager: ModelManager, call: ModelCall) -> CallResult:
@@ -101,59 +106,130 @@ class TextBudget:
 
 
 class TextLane:
-    """Runs the stages of the text lane until cancelled or the pipeline drains."""
+    """The text lane (:class:`~engine.stages.Lane`): text, batch and document tasks, batched across tasks."""
 
-    def __init__(self, pipeline: TaskPipeline) -> None:
-        self.p = pipeline
-        self.queue = ModelQueue(max_tokens=pipeline.max_batch_tokens)
+    name = "text"
+
+    def __init__(self, steps: Steps, preparer: TextPreparer) -> None:
+        self.steps = steps
+        self.settings = steps.settings
+        self.max_batch_tokens: int = self.settings.max_batch_tokens
+        self.batcher: Batcher[WorkItem] = Batcher(weight=lambda i: i.weight, cost=lambda i: i.tokens)
+        self.queue = ModelQueue(max_tokens=self.max_batch_tokens)
+        self._preparer = preparer
         self._arrived = asyncio.Event()  # texts were queued
         self._finished: list[Outcome] = []  # tasks whose texts are all embedded (or that failed)
         self._has_finished = asyncio.Event()
         self._computing = 0  # model calls handed to the device thread
         self._room = asyncio.Event()  # the model queue went below its bound
         self.texts_per_s = 0.0  # the model's recent speed (moving average over calls)
+        self._pending = 0  # tasks submitted and not left
+        self._active = 0  # of those, taken out of the batcher and started on
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._accepting = True
+        self._stages: list[asyncio.Future[None]] = []
 
-    async def run(self) -> None:
-        stages = [
+    # -- the lane interface ----------------------------------------------------------------
+    def start(self) -> None:
+        if self._stages and not any(stage.done() for stage in self._stages):
+            return
+        self._stages = [
             asyncio.ensure_future(self._gather()),
             asyncio.ensure_future(self._embed()),
             asyncio.ensure_future(self._store()),
         ]
-        try:
-            await asyncio.gather(*stages)
-        finally:
-            for stage in stages:
-                stage.cancel()
-            await asyncio.gather(*stages, return_exceptions=True)
 
+    async def run(self) -> None:
+        """Start the stages and wait for them (a stage ends only on a bug or when draining); cancel to close."""
+        self.start()
+        try:
+            await asyncio.gather(*self._stages)
+        finally:
+            await self.close()
+
+    async def submit(self, item: WorkItem) -> None:
+        self._pending += 1
+        self._idle.clear()
+        await self.batcher.put(item)
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    @property
+    def active(self) -> int:
+        return self._active
+
+    async def settled(self) -> None:
+        await self._idle.wait()
+
+    def drain(self, seconds: float) -> None:
+        """Stop taking tasks; of those queued, keep what the model can do in ``seconds`` at its recent speed.
+
+        The others (none of their texts reached the model) leave the lane
+        unacknowledged, for another worker; so a long queue does not hold
+        the shutdown up, and a short one is not done twice.
+        """
+        self._accepting = False
+        waiting = self.batcher.clear()
+        dropped = self.queue.drop_unstarted(keep_texts=int(self.texts_per_s * seconds))
+        if waiting or dropped:
+            log.info("Draining: %d queued tasks left unacknowledged for another worker", len(waiting) + len(dropped))
+        self._left(len(waiting))
+        self._left(len(dropped), active=True)
+
+    async def close(self) -> None:
+        stages, self._stages = self._stages, []
+        for stage in stages:
+            stage.cancel()
+        await asyncio.gather(*stages, return_exceptions=True)
+
+    def _left(self, n: int, *, active: bool = False) -> None:
+        """``n`` tasks left the lane (``active``: after they were started on)."""
+        self._pending -= n
+        if active:
+            self._active -= n
+        if self._pending <= 0:
+            self._pending = 0
+            self._idle.set()
+
+    # -- the stages ---------------------------------------------------------------------------
     async def _gather(self) -> None:
-        p = self.p
-        while p.accepting:
-            while self.queue.texts >= p.settings.max_inflight_texts:  # documents count one text at intake
+        settings = self.settings
+        while self._accepting:
+            while self.queue.texts >= settings.max_inflight_texts:  # documents count one text at intake
                 self._room.clear()
                 await self._room.wait()
-            batch: list[WorkItem] = await p._text_lane.next_batch(
-                p.settings.max_batch_size, self._wait, on_first=p._work_started, max_cost=p.max_batch_tokens
-            )
-            if not p.accepting:  # draining: these stay unacknowledged and go to another worker
-                p._work_finished(1)
+            batch = await self.batcher.next_batch(settings.max_batch_size, self._wait, max_cost=self.max_batch_tokens)
+            if not self._accepting:  # draining: these stay unacknowledged and go to another worker
+                self._left(len(batch))
                 break
-            ok, outcomes = await self._guard(batch, p.prepare(batch))
-            if ok and outcomes:
-                p._work_started(len(outcomes))  # each task is in flight until it is reported
-                ok, refused = await self._guard(batch, p.enqueue(outcomes, self.queue))
-                if ok:
-                    self._arrived.set()
-                    self._finish(refused or [])
-                else:
-                    p._work_finished(len(outcomes), active=len(outcomes))
-            p._work_finished(1)  # the gathered batch itself
+            ok, live = await self._guard(batch, self._begin(batch))
+            if not ok or live is None:
+                self._left(len(batch))
+                continue
+            self._left(len(batch) - len(live))  # expired: failed
+            self._active += len(live)
+            outcomes = [self._outcome(item) for item in live]
+            ok, refused = await self._guard(live, self._enqueue(outcomes))
+            if ok:
+                self._arrived.set()
+                self._finish(refused or [])
+            else:
+                self._left(len(outcomes), active=True)
+
+    async def _begin(self, batch: list[WorkItem]) -> list[WorkItem]:
+        live = await self.steps.expire(batch)
+        await self.steps.begin(live)
+        return live
 
     def _wait(self) -> float:
         """Waiting for more tasks pays only while the model is busy anyway; an idle one starts at once."""
-        return self.p.settings.batch_wait_ms / 1000 if self._computing else 0.0
+        return self.settings.batch_wait_ms / 1000 if self._computing else 0.0
 
     async def _embed(self) -> None:
+        manager = self.steps.manager
         running: deque[tuple[ModelCall, asyncio.Future[CallResult]]] = deque()
         while True:
             self._arrived.clear()
@@ -161,7 +237,7 @@ class TextLane:
                 call = self.queue.take(full_only=bool(running))
                 if call is None:
                     break
-                running.append((call, asyncio.ensure_future(run_call(self.p.manager, call))))
+                running.append((call, asyncio.ensure_future(run_call(manager, call))))
                 self._computing += 1
                 self._room.set()
             if not running:
@@ -183,24 +259,12 @@ class TextLane:
                 rate = len(call.texts) / max(result[3] - result[2], 1e-6)
                 self.texts_per_s = rate if not self.texts_per_s else 0.8 * self.texts_per_s + 0.2 * rate
             try:
-                self._finish(self.p.settle(self.queue, call, result))
+                self._finish(self._settle(call, result))
             except Exception as exc:  # noqa: BLE001 - a bug must not leave tickets hanging
                 log.exception("Unexpected error after a model call of %d texts; failing its tasks", len(call.texts))
                 failed = self.queue.fail(call, exc)
-                await self.p._fail_unfinished([o.item for o in failed], exc)
-                self.p._work_finished(len(failed), active=len(failed))
-
-    def drop_unstarted(self, seconds: float) -> None:
-        """On drain: keep the queued tasks the model can do in ``seconds`` at its recent speed, oldest first.
-
-        The others (none of their texts reached the model) leave the lane
-        unacknowledged, for another worker; so a long queue does not hold
-        the shutdown up, and a short one is not done twice.
-        """
-        dropped = self.queue.drop_unstarted(keep_texts=int(self.texts_per_s * seconds))
-        if dropped:
-            log.info("Draining: %d queued tasks left unacknowledged for another worker", len(dropped))
-            self.p._work_finished(len(dropped), active=len(dropped))
+                await self.steps.fail([o.item for o in failed], exc)
+                self._left(len(failed), active=True)
 
     def _finish(self, outcomes: list[Outcome]) -> None:
         if outcomes:
@@ -214,8 +278,8 @@ class TextLane:
             outcomes, self._finished = self._finished, []
             if not outcomes:
                 continue
-            await self._guard([o.item for o in outcomes], self.p.store_and_report(outcomes))
-            self.p._work_finished(len(outcomes), active=len(outcomes))
+            await self._guard([o.item for o in outcomes], self.steps.finish(outcomes))
+            self._left(len(outcomes), active=True)
 
     async def _guard(self, batch: list[WorkItem], step: Awaitable[T]) -> tuple[bool, T | None]:
         """Await one stage's step; on a bug, fail the batch's unfinished tasks and return (False, None)."""
@@ -223,5 +287,131 @@ class TextLane:
             return True, await step
         except Exception as exc:  # noqa: BLE001 - a bug must not leave tickets hanging
             log.exception("Unexpected error in a batch of %d tasks; failing the unfinished ones", len(batch))
-            await self.p._fail_unfinished(batch, exc)
+            await self.steps.fail(batch, exc)
             return False, None
+
+    # -- into the model queue and out of it -------------------------------------------------
+    def _outcome(self, item: WorkItem) -> Outcome:
+        return Outcome(item=item, texts=item.texts, model=item.task.model_name or self.settings.default_model)
+
+    async def _enqueue(self, outcomes: list[Outcome]) -> list[Outcome]:
+        """Fit texts to the model (chunks, long_text) and queue them with their token counts.
+
+        Returns the outcomes finished on the way: failed (their ``error`` set), or
+        with every vector from the embedding cache; they go straight to storing
+        and reporting, without the model. With the cache, only the texts it lacks
+        are queued (and a text already queued by another task follows that one).
+        """
+        await self._preparer.prepare(outcomes)
+        groups: dict[CallKey, list[Outcome]] = defaultdict(list)
+        refused: list[Outcome] = []
+        cached: list[Outcome] = []
+        for out in outcomes:
+            if out.error is None and not out.texts:
+                out.error = PermanentError(
+                    f"Task {out.item.task.task_id} ({out.item.task.task_type}) has no text to embed after "
+                    "preparation; send non-empty text (the schema refuses empty texts, so this is a bug: report it)."
+                )
+            if out.error is not None:  # refused while preparing (e.g. a text over the model's limit)
+                refused.append(out)
+                continue
+            task = out.item.task
+            batch_size = min(
+                getattr(task, "batch_size", None) or self.settings.default_batch_size, self.settings.max_batch_size
+            )
+            groups[CallKey(out.model, task.normalize, batch_size)].append(out)
+        counted: list[tuple[CallKey, list[_Pending], list[int]]] = []
+        for key, members in groups.items():
+            try:
+                pending = await self._look_up(key, members, cached)
+            except PermanentError as exc:  # a model that cannot load fails these tasks, never the worker
+                for out in members:
+                    out.error = exc
+                refused.extend(members)
+                continue
+            texts = [text for out, _, known in pending for i, text in enumerate(out.texts) if i not in known]
+            if not texts:
+                continue
+            lengths = await self._count_tokens(key, pending, texts, refused)
+            if lengths is not None:
+                counted.append((key, pending, lengths))
+        # only now into the queue: nothing above may leave part of the batch queued and part failed
+        cache = self.steps.cache
+        for key, pending, lengths in counted:
+            offset = 0
+            for out, text_keys, known in pending:
+                n = len(out.texts) - len(known)
+                followed = self.queue.add(
+                    out, key, lengths[offset : offset + n], text_keys=text_keys or None, known=known
+                )
+                offset += n
+                if text_keys and cache is not None:
+                    cache.count(inflight=followed, misses=n - followed)
+        add_document_vectors(cached)
+        return refused + cached
+
+    async def _count_tokens(
+        self, key: CallKey, pending: list[_Pending], texts: list[str], refused: list[Outcome]
+    ) -> list[int] | None:
+        """The texts' real token counts (an estimate if counting fails); None when the model refuses them all."""
+        try:
+            lengths = await self.steps.manager.token_lengths(key.model, texts)
+        except PermanentError as exc:
+            for out, _, _ in pending:
+                out.error = exc
+            refused.extend(out for out, _, _ in pending)
+            return None
+        except Exception:  # noqa: BLE001 - counting only sorts the texts: estimate instead
+            log.warning(
+                "Counting the tokens of %d texts with %s failed; sorting them by an estimate",
+                len(texts),
+                key.model,
+                exc_info=True,
+            )
+            lengths = None
+        return lengths if lengths is not None else [estimate_tokens(t) for t in texts]
+
+    async def _look_up(self, key: CallKey, members: list[Outcome], cached: list[Outcome]) -> list[_Pending]:
+        """Fill ``members`` from the embedding cache: those with every vector found go to ``cached``; returns the
+        others with their texts' cache keys and the vectors found. Raises PermanentError for a model that cannot
+        load (that is when the model loads)."""
+        cache = self.steps.cache
+        if cache is None:
+            return [(out, [], {}) for out in members]
+        try:
+            identity, info = await self.steps.manager.identify(key.model)
+        except PermanentError:
+            raise
+        except Exception:  # noqa: BLE001 - the cache only saves work: the model call that follows says what is wrong
+            log.warning("Looking up the model %s for the embedding cache failed", key.model, exc_info=True)
+            identity = None
+        if identity is None:  # the model's identity could not be computed (logged at load): no cache for it
+            return [(out, [], {}) for out in members]
+        found = await cache.lookup_texts(identity, key.normalize, info.dim, [out.texts for out in members])
+        pending: list[_Pending] = []
+        for out, (text_keys, known) in zip(members, found, strict=True):
+            if len(known) < len(out.texts):
+                pending.append((out, text_keys, known))
+                continue
+            out.vectors = np.stack([known[i] for i in range(len(out.texts))]).astype(np.float32)
+            out.info, out.embed_ms = info, 0.0
+            cached.append(out)
+        return pending
+
+    def _settle(self, call: ModelCall, result: CallResult | BaseException) -> list[Outcome]:
+        """Hand a model call's vectors (or its error) to its tasks; returns the tasks now finished."""
+        model = call.key.model
+        if isinstance(result, BaseException):
+            if not isinstance(result, PermanentError):
+                log.error("Embedding %d texts with %s failed", len(call.texts), model, exc_info=result)
+            # a model that cannot load fails every task waiting for it, not one call after the other
+            return self.queue.fail(call, result, whole_key=isinstance(result, ModelLoadError))
+        vectors, info, started, ended = result
+        metrics, cache = self.steps.metrics, self.steps.cache
+        metrics.batch_size.observe(len(call.texts))
+        metrics.inference_seconds.labels(model).observe(ended - started)
+        finished = self.queue.complete(call, vectors, info, started, ended)
+        if cache is not None and call.identity is not None and len(vectors) == len(call.texts):
+            cache.store(cache.text_keys(call.identity, call.key.normalize, call.texts), vectors)
+        add_document_vectors(finished)
+        return finished

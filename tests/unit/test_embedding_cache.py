@@ -139,14 +139,12 @@ class Worker:
         self.offset += 1
 
     async def run(self, *payloads: dict[str, Any]) -> None:
-        """Send the tasks and process them as one gathered batch (the lane's stages one after the other)."""
+        """Send the tasks, run the lanes until they are all done, then wait for the cache's writes."""
         for payload in payloads:
             await self.send(payload)
-        items = []
-        while self.pipeline._text_lane.qsize():
-            items.extend(await self.pipeline._text_lane.next_batch(10_000, 0))
-        if items:
-            await self.pipeline.process_text_batch(items)
+        self.pipeline.start()
+        await self.pipeline.settled()
+        await self.pipeline.stop()
         await self.writes_done()
 
     async def writes_done(self) -> None:
@@ -258,7 +256,7 @@ async def test_a_call_whose_texts_all_hit_never_reaches_the_device_thread() -> N
         return await original(func)
 
     w.manager.run = counting_run  # type: ignore[method-assign]
-    lane = asyncio.ensure_future(w.pipeline.run_text_lane())
+    lane = asyncio.ensure_future(w.pipeline.run_lanes())
     try:
         for i, text in enumerate(["p", "q", "r"]):
             await w.send({"task_type": "text_vectorization", "task_id": f"one-{i}", "data": text})
@@ -319,11 +317,8 @@ async def test_a_resent_image_skips_the_model() -> None:
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8), (200, 10, 10)).save(buffer, format="PNG")
     data = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-    lane = w.pipeline._images
     for task_id in ("i1", "i2"):
-        await w.send({"task_type": "image_vectorization", "task_id": task_id, "data": data})
-        await lane.process(await lane.queue.next_batch(100, 0))
-        await w.writes_done()
+        await w.run({"task_type": "image_vectorization", "task_id": task_id, "data": data})
     embedder = w.manager.loaded_model("fake-image-model")
     assert isinstance(embedder, FakeEmbedder) and embedder.image_calls == [1]
     assert w.result("i2")["status"] == "completed" and w.hits("local") == 1

@@ -12,7 +12,7 @@ import numpy as np
 
 from core.errors import ModelLoadError
 from engine.batcher import Batcher
-from engine.lane import TextBudget, TextLane
+from engine.lane import TextBudget
 from engine.model_queue import CallKey, ModelQueue
 from engine.work import estimate_tokens
 from models.base import EmbedderInfo
@@ -192,7 +192,7 @@ async def test_batcher_cost_bound_holds_back_the_item_that_does_not_fit() -> Non
 
 async def test_lone_task_is_released_after_the_wait_and_completes() -> None:
     h = Harness(batch_wait_ms=30, max_batch_size=256)
-    lane = asyncio.ensure_future(h.pipeline.run_text_lane())
+    lane = asyncio.ensure_future(h.pipeline.run_lanes())
     await h.send({"task_type": "text_vectorization", "data": "alone", "task_id": "lone"})
     for _ in range(500):  # no other task comes; the batch must not wait for a full one
         if h.acked:
@@ -213,7 +213,7 @@ async def test_model_works_on_the_next_batch_while_the_previous_one_is_stored() 
         original(collection, records)
 
     h.store.upsert = slow_upsert  # type: ignore[method-assign]
-    lane = asyncio.ensure_future(h.pipeline.run_text_lane())
+    lane = asyncio.ensure_future(h.pipeline.run_lanes())
     for i in range(6):
         await h.send({"task_type": "text_vectorization", "data": f"text {i}", "task_id": f"p{i}"})
     embedder_calls = lambda: len(h.embedders["fake-model"].calls) if "fake-model" in h.embedders else 0  # noqa: E731
@@ -280,7 +280,7 @@ async def test_a_second_call_waits_behind_the_running_one_only_once_it_is_full()
     h = Harness(default_batch_size=2, batch_wait_ms=0)
     gate = threading.Event()
     embedder = h.embedders["fake-model"] = GatedEmbedder("fake-model", gate)
-    lane = TextLane(h.pipeline)
+    lane = h.pipeline.text
     running = asyncio.ensure_future(lane.run())
     await h.send({"task_type": "text_vectorization", "data": "first", "task_id": "g0"})
     await until(lambda: embedder.started == 1, "the first call to start")  # an idle model takes a lone text at once
@@ -334,7 +334,7 @@ async def test_drain_leaves_the_tasks_the_model_has_not_begun_unacknowledged() -
     h = Harness(default_batch_size=1, batch_wait_ms=0)
     gate = threading.Event()
     embedder = h.embedders["fake-model"] = GatedEmbedder("fake-model", gate)
-    running = asyncio.ensure_future(h.pipeline.run_text_lane())
+    running = asyncio.ensure_future(h.pipeline.run_lanes())
     for i in range(4):
         await h.send({"task_type": "text_vectorization", "data": f"text {i}", "task_id": f"d{i}"})
     await until(lambda: embedder.started == 1, "the first call")
@@ -353,7 +353,7 @@ async def test_gather_waits_while_the_model_queue_is_full_of_document_chunks() -
     h = Harness(max_inflight_texts=4, chunk_tokens=5, chunk_overlap_tokens=0, batch_wait_ms=0, default_batch_size=2)
     gate = threading.Event()
     embedder = h.embedders["fake-model"] = GatedEmbedder("fake-model", gate)
-    running = asyncio.ensure_future(h.pipeline.run_text_lane())
+    running = asyncio.ensure_future(h.pipeline.run_lanes())
     content = " ".join(f"w{i}" for i in range(60))  # 12 chunks of 5 words: one text at intake
     await h.send({"task_type": "document_vectorization", "data": {"content": content}, "task_id": "doc1"})
     await until(lambda: embedder.started == 1, "the first call")
@@ -372,7 +372,7 @@ async def test_drain_keeps_the_queued_tasks_the_model_can_do_in_half_the_timeout
     gate = threading.Event()
     gate.set()
     embedder = h.embedders["fake-model"] = GatedEmbedder("fake-model", gate)
-    running = asyncio.ensure_future(h.pipeline.run_text_lane())
+    running = asyncio.ensure_future(h.pipeline.run_lanes())
     await h.send({"task_type": "text_vectorization", "data": "warm", "task_id": "k0"})
     await until(lambda: h.acked == [0], "the first task")  # the lane has measured the model's speed
     gate.clear()
@@ -386,3 +386,20 @@ async def test_drain_keeps_the_queued_tasks_the_model_can_do_in_half_the_timeout
     assert h.acked == [0, 1, 2, 3, 4]  # a fast model finishes the short queue instead of handing it on
     running.cancel()
     await asyncio.gather(running, return_exceptions=True)
+
+
+async def test_every_lane_offers_the_lane_interface_and_a_drain_leaves_queued_tasks_unacknowledged() -> None:
+    from engine.stages import Lane
+
+    h = Harness()
+    interface = {name for name in vars(Lane) if not name.startswith("_")}
+    assert {"start", "run", "submit", "pending", "active", "settled", "drain", "close"} <= interface
+    for lane in h.pipeline.lanes:
+        assert interface <= set(dir(lane)), f"{lane.name} lacks {interface - set(dir(lane))}"
+    text = await h.send({"task_type": "text_vectorization", "data": "queued", "task_id": "q-text"})
+    image = await h.send({"task_type": "image_vectorization", "data": "/nowhere.png", "task_id": "q-image"})
+    assert (h.pipeline.text.pending, h.pipeline.images.pending) == (1, 1)  # routed by task type
+    assert await h.pipeline.drain(1) is True  # nothing was started: both leave their lanes at once
+    assert (h.pipeline.text.pending, h.pipeline.images.pending) == (0, 0)
+    assert not text.done and not image.done and h.acked == []  # unacknowledged: another worker gets them
+    assert h.statuses("q-text") == ["received"] and h.statuses("q-image") == ["received"]

@@ -91,11 +91,10 @@ class Harness:
         return ticket
 
     async def drain(self) -> None:
-        items = []
-        while self.pipeline._text_lane.qsize():
-            items.extend(await self.pipeline._text_lane.next_batch(10_000, 0))
-        if items:
-            await self.pipeline.process_text_batch(items)
+        """Run the lanes (the production path) until every task taken in has left them, then stop them."""
+        self.pipeline.start()
+        await self.pipeline.settled()
+        await self.pipeline.stop()
 
     def statuses(self, task_id: str) -> list[str]:
         return [r["status"] for r in self.kafka.on("status") if r["task_id"] == task_id]
@@ -158,7 +157,7 @@ async def test_image_path_without_allowed_roots_fails_clearly() -> None:
     await h.send(
         {"task_type": "image_vectorization", "data": "/path/to/image.jpg", "model_name": "ViT-B/32", "task_id": "img"}
     )
-    await h.pipeline._images.process(await h.pipeline._images.queue.next_batch(100, 0))
+    await h.drain()
     assert h.statuses("img") == ["received", "processing", "failed"]
     message = h.kafka.on("dlq")[0]["error"]["message"]
     assert (
@@ -279,11 +278,7 @@ async def test_a_bug_in_a_batch_fails_its_tasks_instead_of_stalling_commits() ->
 
     h.embedders["fake-model"] = Broken("fake-model")
     await h.send({"task_type": "batch_vectorization", "data": ["a", "b"], "task_id": "bug"})
-    items = await h.pipeline._text_lane.next_batch(100, 0)
-    try:
-        await h.pipeline.process_text_batch(items)
-    except ValueError as exc:  # what the lane loop catches
-        await h.pipeline._fail_unfinished(items, exc)
+    await h.drain()  # the lane catches the bug and fails the call's tasks
     assert h.statuses("bug")[-1] == "failed" and h.acked == [0]
     assert h.pipeline.metrics.registry.get_sample_value("worker_errors_total", {"kind": "internal"}) >= 1
 
@@ -322,7 +317,7 @@ async def test_drain_waits_for_the_batch_in_flight() -> None:
         return FakeEmbedder("fake-model").embed_texts(["x"], batch_size=1, normalize=None), FakeEmbedder().info
 
     h.manager.embed_texts_sync = slow_embed  # type: ignore[method-assign]
-    lane = asyncio.ensure_future(h.pipeline.run_text_lane())
+    lane = asyncio.ensure_future(h.pipeline.run_lanes())
     await h.send({"task_type": "text_vectorization", "data": "x", "task_id": "inflight"})
     await asyncio.sleep(0.05)
     drained = asyncio.ensure_future(h.pipeline.drain(timeout=5))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 from pathlib import Path
@@ -14,6 +15,7 @@ from core.ids import DOCUMENT_VECTOR, vector_id
 from models.base import l2_normalize
 from tests.fakes import FakeEmbedder
 from tests.unit.test_images import photo, png_bytes
+from tests.unit.test_lane import until
 from tests.unit.test_pipeline import Harness
 
 
@@ -24,11 +26,6 @@ class InputsHarness(Harness):
         if name == "missing-model":
             return super()._load(name)
         return self.embedders.setdefault(name, FakeEmbedder(name, max_tokens=12))
-
-    async def drain_images(self) -> None:
-        lane = self.pipeline._images
-        while lane.queue.qsize():
-            await lane.process(await lane.queue.next_batch(10_000, 0))
 
     def result(self, task_id: str) -> dict[str, Any]:
         return next(r for r in self.kafka.on("results") if r["task_id"] == task_id)
@@ -55,7 +52,7 @@ async def test_image_tasks_are_batched_across_tasks_and_stored() -> None:
         {"task_type": "image_vectorization", "data": "data:image/png;base64," + b64(images[0]), "task_id": "u"}
     )
     assert h.acked == []
-    await h.drain_images()
+    await h.drain()
     assert h.acked == [0, 1, 2, 3]
     embedder = h.embedders["fake-image-model"]  # default_image_model
     assert embedder.image_calls == [4] and embedder.calls == []  # one model call for four tasks, no texts
@@ -90,7 +87,7 @@ async def test_a_bad_image_fails_only_its_own_task(tmp_path: Path) -> None:
     ]
     for task_id, data in tasks:
         await h.send({"task_type": "image_vectorization", "data": data, "task_id": task_id, "normalize": True})
-    await h.drain_images()
+    await h.drain()
     assert h.acked == list(range(len(tasks)))
     assert h.embedders["fake-image-model"].image_calls == [2]
     for task_id in ("good-path", "good-data"):
@@ -122,7 +119,7 @@ async def test_image_input_errors_come_before_the_model() -> None:
     await h.send(
         {"task_type": "image_vectorization", "data": b64(photo()), "task_id": "m", "model_name": "missing-model"}
     )
-    await h.drain_images()
+    await h.drain()
     assert "local image paths are off" in h.dead("p")["error"]["message"]
     assert h.dead("m")["error"]["kind"] == "model_load"
     assert h.acked == [0, 1]
@@ -214,12 +211,21 @@ async def test_long_text_truncate_is_reported() -> None:
 async def test_drain_waits_for_the_image_lane() -> None:
     h = InputsHarness()
     await h.send({"task_type": "image_vectorization", "data": b64(photo()), "task_id": "x"})
-    batch = await h.pipeline._images.queue.next_batch(10, 0, on_first=h.pipeline._images.idle.clear)
+    gate = asyncio.Event()
+    load = h.pipeline.images.process
+
+    async def gated(batch: Any) -> None:
+        await gate.wait()
+        await load(batch)
+
+    h.pipeline.images.process = gated  # type: ignore[method-assign]
+    h.pipeline.start()
+    await until(lambda: h.pipeline.images.active == 1, "the image batch to start")
     assert await h.pipeline.drain(0.01) is False  # an image batch is in flight
-    await h.pipeline._images.process(batch)
-    h.pipeline._images.idle.set()
-    assert await h.pipeline.drain(0.01) is True
+    gate.set()
+    assert await h.pipeline.drain(1) is True
     assert h.statuses("x")[-1] == "completed"
+    await h.pipeline.stop()
 
 
 def test_image_helper_photo_is_rgb() -> None:

@@ -1,0 +1,132 @@
+"""What every lane does around its model step, and the interface every lane offers the pipeline.
+
+A lane (:class:`Lane`) takes validated tasks of its kind (:meth:`Lane.submit`), embeds them and hands
+each finished task to :meth:`Steps.finish`, which writes its vectors and delivers its records; the
+task's completion (its ticket's acknowledgement) travels with it from there, through the reporter.
+The lanes share the steps through one :class:`Steps` object and know nothing of the pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Protocol
+
+from core.errors import PermanentError
+
+if TYPE_CHECKING:
+    from core.settings import Settings
+    from engine.embedding_cache import EmbeddingCache
+    from engine.reporting import Reporter
+    from engine.store_writer import StoreWriter
+    from engine.work import Outcome, WorkItem
+    from models.manager import ModelManager
+    from ops.metrics import Metrics
+
+log_main = logging.getLogger("worker.main")
+log_proc = logging.getLogger("worker.task_processor")
+
+
+class Lane(Protocol):
+    """A typed lane: its own queue, batching and model step between intake and :meth:`Steps.finish`.
+
+    Every submitted task leaves the lane exactly once: finished (stored and reported, or failed and
+    dead-lettered) or, on :meth:`drain`, dropped unacknowledged for another worker.
+    """
+
+    name: str
+
+    def start(self) -> None:
+        """Start the lane's stages (idempotent); they run until :meth:`close`."""
+
+    async def run(self) -> None:
+        """:meth:`start`, then wait for the stages (they end only on a bug, raising it); cancel to close."""
+
+    async def submit(self, item: WorkItem) -> None:
+        """Queue a validated task; the lane counts it as pending until it leaves."""
+
+    @property
+    def pending(self) -> int:
+        """Tasks submitted and not yet left the lane."""
+
+    @property
+    def active(self) -> int:
+        """Tasks taken out of the queue and being processed."""
+
+    async def settled(self) -> None:
+        """Wait until no task is pending (returns at once when none is)."""
+
+    def drain(self, seconds: float) -> None:
+        """Stop taking tasks; drop the queued ones that cannot be done within ``seconds`` (unacknowledged)."""
+
+    async def close(self) -> None:
+        """Cancel the stages and wait for them; tasks pending stay pending (start again to resume)."""
+
+
+class Steps:
+    """The steps every lane shares: expire, begin, finish, fail; and what the lanes compute with."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        manager: ModelManager,
+        metrics: Metrics,
+        reporter: Reporter,
+        writer: StoreWriter,
+        cache: EmbeddingCache | None,
+    ) -> None:
+        self.settings = settings
+        self.manager = manager
+        self.metrics = metrics
+        self.reporter = reporter
+        self.writer = writer
+        self.cache = cache  # the embedding cache (engine/embedding_cache.py); None: every input goes to the model
+
+    async def expire(self, batch: list[WorkItem]) -> list[WorkItem]:
+        """Fail the tasks that waited longer than task_timeout; return the others."""
+        started = time.monotonic()
+        live = []
+        for item in batch:
+            waited = started - item.received_at
+            if waited > self.settings.task_timeout:
+                error = PermanentError(
+                    f"Task {item.task.task_id} waited {waited:.0f}s, over task_timeout "
+                    f"({self.settings.task_timeout:.0f}s, VECTORIZE_WORKER_TASK_TIMEOUT); resend it or raise the limit."
+                )
+                await self.reporter.fail(
+                    item.task.task_id, item.task.task_type, item.raw, error, item.ticket, item.source, item.pending
+                )
+            else:
+                live.append(item)
+        return live
+
+    async def begin(self, items: list[WorkItem]) -> None:
+        """Queue the ``processing`` status of tasks the lane starts on."""
+        for item in items:
+            log_main.info("Processing task %s of type %s", item.task.task_id, item.task.task_type)
+            await self.reporter.early_status(item, "processing")
+
+    async def finish(self, outcomes: list[Outcome]) -> None:
+        """Write the outcomes' vectors (those without an error) and deliver every outcome's records."""
+        await self.writer.write(outcomes)
+        await self.reporter.report(outcomes)
+
+    async def fail(self, batch: list[WorkItem], exc: BaseException) -> None:
+        """Dead-letter every task of a broken batch that has no final status yet.
+
+        If even that fails, the worker exits: its records are not acknowledged,
+        so another worker gets them, and no stuck ticket blocks the commits.
+        """
+        self.metrics.errors.labels("internal").inc()
+        try:
+            for item in batch:
+                if not item.ticket.done:
+                    task = item.task
+                    await self.reporter.fail(task.task_id, task.task_type, item.raw, exc, item.ticket, item.source)
+        except Exception:  # noqa: BLE001 - last resort
+            log_proc.critical(
+                "Cannot fail a broken batch either; exiting so another worker takes the tasks", exc_info=True
+            )
+            os._exit(70)
