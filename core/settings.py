@@ -4,7 +4,11 @@ The YAML file is ``faust.yml`` in the working directory unless a path is given
 with ``--config`` (``python -m app``) or ``VECTORIZE_WORKER_CONFIG``. It uses the
 sections of the product documentation's ``config/worker.yaml`` (``worker``,
 ``models``, ``device``, ``processing``) plus ``kafka``, ``stores``, ``web``,
-``metrics`` and ``logging``; see :data:`YAML_KEYS` for the full map.
+``metrics`` and ``logging``. Each field names its YAML location (``yaml=``) beside
+its default, bounds and description: that one declaration gives the YAML
+reader (:data:`YAML_KEYS`), the error messages and the generated
+docs/configuration.md. The environment name is the field's name in upper
+case after ``VECTORIZE_WORKER_`` (``__`` into a group: ``..._WEAVIATE__API_KEY``).
 """
 
 from __future__ import annotations
@@ -87,6 +91,11 @@ class WeaviateSettings(BaseModel):
     timeout: float = Field(10.0, gt=0, description="seconds the client waits for the server")
 
 
+def Setting(*args: Any, yaml: str, **kwargs: Any) -> Any:  # noqa: N802 - used like pydantic's Field
+    """A settings field: pydantic's ``Field`` plus its YAML location (``section.key``)."""
+    return Field(*args, json_schema_extra={"yaml": yaml}, **kwargs)
+
+
 class Settings(BaseSettings):
     """Every setting of a worker; field names are the env names minus the prefix."""
 
@@ -94,186 +103,233 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True
     )
 
-    worker_id: str = Field(
+    worker_id: str = Setting(
         "worker-1",
         min_length=1,
         max_length=128,
         pattern=r"^[A-Za-z0-9_.:-]+$",
         description="this worker's id in records, logs and heartbeats; `@hostname` uses the host name (each container"
         " of `docker-compose up --scale` gets its own)",
+        yaml="worker.id",
     )
-    worker_name: str = Field(
+    worker_name: str = Setting(
         "Vectorization Worker",
         description="a display name (the product documentation's `worker.name`); accepted, not used by the worker",
+        yaml="worker.name",
     )
-    data_dir: str = Field(
+    data_dir: str = Setting(
         "./.state/data",
         description="the worker's local state: Faust's tables and data under `<data_dir>/faust/<worker id>`, and the "
         "embedded Qdrant, Chroma and Milvus Lite stores when no server is set",
+        yaml="worker.data_dir",
     )
 
-    kafka_bootstrap_servers: str = Field("localhost:9092", description="the Kafka brokers, comma-separated `host:port`")
-    kafka_group_id: str = Field(
+    kafka_bootstrap_servers: str = Setting(
+        "localhost:9092", description="the Kafka brokers, comma-separated `host:port`", yaml="kafka.bootstrap_servers"
+    )
+    kafka_group_id: str = Setting(
         "vectorize-worker",
         min_length=1,
         description="the consumer group (= the Faust app id); workers with the same group share the tasks",
+        yaml="kafka.group_id",
     )
-    tasks_topic: str = Field(
+    tasks_topic: str = Setting(
         "vectorization-tasks",
         description="the topic tasks are read from; created with `topic_partitions` partitions when missing",
+        yaml="kafka.tasks_topic",
     )
-    status_topic: str = Field(
+    status_topic: str = Setting(
         "vectorization-status",
         description="the topic of status records (received → processing → completed or failed); created when missing",
+        yaml="kafka.status_topic",
     )
-    results_topic: str = Field(
+    results_topic: str = Setting(
         "vectorization-results",
         description="the topic of result records, one per task; created when missing",
+        yaml="kafka.results_topic",
     )
-    dlq_topic: str = Field(
+    dlq_topic: str = Setting(
         "vectorization-tasks-dlq",
         description="the dead-letter topic (failed tasks with their original payload); created when missing",
+        yaml="kafka.dlq_topic",
     )
-    topic_partitions: int = Field(
+    topic_partitions: int = Setting(
         4,
         ge=1,
         le=1024,
         description="partitions of the topics the worker creates; the most workers that can share the work",
+        yaml="kafka.topic_partitions",
     )
-    max_task_bytes: int = Field(
+    max_task_bytes: int = Setting(
         4 * 1024 * 1024,
         ge=1024,
         description="bytes of one task record; larger payloads are dead-lettered",
+        yaml="kafka.max_task_bytes",
     )
     # a task's metadata is copied into every one of its vectors: bounded by bytes, keys and depth
-    max_metadata_bytes: int = Field(
+    max_metadata_bytes: int = Setting(
         16 * 1024,
         ge=0,
         le=16 * 1024 * 1024,
         description="bytes of a task's `metadata` as JSON; it is copied into every vector of the task, so a "
         "10,000-text batch stores it 10,000 times",
+        yaml="tasks.max_metadata_bytes",
     )
-    max_metadata_keys: int = Field(256, ge=0, le=100_000, description="keys at every level of a task's `metadata`")
-    max_metadata_depth: int = Field(8, ge=1, le=64, description="the nesting depth of a task's `metadata`")
-    max_title_chars: int = Field(
+    max_metadata_keys: int = Setting(
+        256, ge=0, le=100_000, description="keys at every level of a task's `metadata`", yaml="tasks.max_metadata_keys"
+    )
+    max_metadata_depth: int = Setting(
+        8, ge=1, le=64, description="the nesting depth of a task's `metadata`", yaml="tasks.max_metadata_depth"
+    )
+    max_title_chars: int = Setting(
         1000,
         ge=0,
         le=1_000_000,
         description="characters of a document's `title` (stored with every chunk)",
+        yaml="tasks.max_title_chars",
     )
     # transport security (docs/security.md): every managed Kafka service needs SASL, TLS or both
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Setting(
         "PLAINTEXT",
         description="how the worker talks to Kafka: plain, TLS, SASL, or SASL over TLS (docs/security.md)",
+        yaml="kafka.security_protocol",
     )
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Setting(
         "PLAIN",
         description="the SASL mechanism",
+        yaml="kafka.sasl_mechanism",
     )
-    kafka_sasl_username: str | None = Field(None, description="the SASL user (required with `SASL_*`)")
-    kafka_sasl_password: SecretStr | None = Field(None, description="the SASL password (required with `SASL_*`)")
-    kafka_ssl_cafile: str | None = Field(  # CA bundle that signed the brokers' certificates; system CAs when unset
+    kafka_sasl_username: str | None = Setting(
+        None, description="the SASL user (required with `SASL_*`)", yaml="kafka.sasl_username"
+    )
+    kafka_sasl_password: SecretStr | None = Setting(
+        None, description="the SASL password (required with `SASL_*`)", yaml="kafka.sasl_password"
+    )
+    kafka_ssl_cafile: str | None = Setting(  # CA bundle that signed the brokers' certificates; system CAs when unset
         None,
         description="PEM bundle of the CA(s) that signed the brokers' certificates; the system CAs when unset",
+        yaml="kafka.ssl_cafile",
     )
-    kafka_ssl_certfile: str | None = Field(  # client certificate (mTLS)
+    kafka_ssl_certfile: str | None = Setting(  # client certificate (mTLS)
         None,
         description="the client certificate, for brokers that require client certificates (mTLS)",
+        yaml="kafka.ssl_certfile",
     )
-    kafka_ssl_keyfile: str | None = Field(  # its private key
+    kafka_ssl_keyfile: str | None = Setting(  # its private key
         None,
         description="the client certificate's private key (mTLS)",
+        yaml="kafka.ssl_keyfile",
     )
-    kafka_ssl_key_password: SecretStr | None = Field(None, description="the password of an encrypted client key")
-    kafka_ssl_check_hostname: bool = Field(
+    kafka_ssl_key_password: SecretStr | None = Setting(
+        None, description="the password of an encrypted client key", yaml="kafka.ssl_key_password"
+    )
+    kafka_ssl_check_hostname: bool = Setting(
         True,
         description="check the broker's name against its certificate; turn off only for test set-ups",
+        yaml="kafka.ssl_check_hostname",
     )
-    kafka_session_timeout: float = Field(
+    kafka_session_timeout: float = Setting(
         30.0,
         ge=6,
         le=300,
         description="seconds before a silent (killed) worker's partitions move to the others",
+        yaml="kafka.session_timeout",
     )
-    kafka_producer_linger_ms: int = Field(
+    kafka_producer_linger_ms: int = Setting(
         5,
         ge=0,
         le=1000,
         description="milliseconds (whole): how long the producer waits to put more records into one request: fewer, "
         "fuller produce requests under load (docs/performance.md), at most this much later at idle; `0` "
         "sends at once",
+        yaml="kafka.producer_linger_ms",
     )
-    task_status_retention_hours: float = Field(
+    task_status_retention_hours: float = Setting(
         24.0,
         gt=0,
         description="how long the `task-status` table (changelog) keeps a task",
+        yaml="kafka.task_status_retention_hours",
     )
-    table_store: Literal["rocksdb", "memory"] = Field(
+    table_store: Literal["rocksdb", "memory"] = Setting(
         "rocksdb",
         description="where the Faust tables live: `rocksdb` (on disk under `<data_dir>/faust/<worker id>`, memory "
         "stays flat) or `memory` (in the process; grows with the tasks of the retention window)",
+        yaml="kafka.table_store",
     )
-    task_status_table: bool = Field(
+    task_status_table: bool = Setting(
         True,
         description="keep the `task-status` table behind `/tasks/{id}`; `false` saves reading every status record "
         "back (one-text tasks 10–15% more texts/s here, docs/performance.md) and `/tasks/{id}` answers "
         "404 saying so; the status records on `vectorization-status` are unchanged",
+        yaml="kafka.task_status_table",
     )
 
-    weaviate_url: str = Field("http://localhost:8080", description="Weaviate's HTTP address")
-    redis_url: str = Field(  # rediss://… for TLS
+    weaviate_url: str = Setting(
+        "http://localhost:8080", description="Weaviate's HTTP address", yaml="stores.weaviate.url"
+    )
+    redis_url: str = Setting(  # rediss://… for TLS
         "redis://localhost:6379/0",
         description="the Redis of the heartbeats; `rediss://` for TLS",
+        yaml="redis.url",
     )
-    redis_password: SecretStr | None = Field(  # overrides a password in the URL
+    redis_password: SecretStr | None = Setting(  # overrides a password in the URL
         None,
         description="the Redis password; wins over one in the URL",
+        yaml="redis.password",
     )
-    redis_ssl_ca_file: str | None = Field(  # CA for rediss:// (system CAs when unset)
+    redis_ssl_ca_file: str | None = Setting(  # CA for rediss:// (system CAs when unset)
         None,
         description="the CA of a `rediss://` server; the system CAs when unset",
+        yaml="redis.ssl_ca_file",
     )
-    heartbeat_interval: float = Field(
+    heartbeat_interval: float = Setting(
         5.0,
         gt=0,
         le=300,
         description="seconds between heartbeats; the key's TTL is 3 intervals",
+        yaml="redis.heartbeat_interval",
     )
 
-    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+    device: Literal["auto", "cpu", "cuda", "mps"] = Setting(
         "auto",
         description="`auto` picks `cuda`, then `mps`, then `cpu`; an explicit `cuda` or `mps` that is absent stops "
         "start-up",
+        yaml="device.type",
     )
-    gpu_memory_limit: int | None = Field(  # bytes; "8GiB" accepted; on CUDA the model cache's budget
+    gpu_memory_limit: int | None = Setting(  # bytes; "8GiB" accepted; on CUDA the model cache's budget
         None,
         ge=0,
         description="on CUDA, bytes of GPU memory the loaded models may hold (`8GiB` accepted); the model cache "
         "evicts to stay under it (docs/models.md)",
+        yaml="device.gpu_memory_limit",
     )
 
-    models_cache_dir: str = Field(
+    models_cache_dir: str = Setting(
         "./.state/models",
         description="where named models are looked up (`<dir>/<name>` or `<dir>/<org>__<name>`) and downloaded to. "
         "Not `./models` as in the product documentation's sample: that is this repository's `models/` "
         "package",
+        yaml="models.cache_dir",
     )
-    max_loaded_models: int = Field(
+    max_loaded_models: int = Setting(
         3,
         ge=1,
         le=64,
         description="models kept loaded (LRU): the least recently used model is unloaded first",
+        yaml="models.max_loaded",
     )
-    default_model: str = Field(
+    default_model: str = Setting(
         "sentence-transformers/all-MiniLM-L6-v2",
         min_length=1,
         description="the model of text tasks without `model_name`; loaded and warmed up at start",
+        yaml="models.default",
     )
-    models_allow_download: bool = Field(
+    models_allow_download: bool = Setting(
         True,
         description="download a model found nowhere locally; `false` (or `HF_HUB_OFFLINE=1`) never touches the network",
+        yaml="models.allow_download",
     )
-    models_allowed: Annotated[list[str], NoDecode] = Field(
+    models_allowed: Annotated[list[str], NoDecode] = Setting(
         default_factory=list,
         description="the model names a task's `model_name` may use besides the configured models (empty: only those):"
         " names or patterns (`sentence-transformers/*`, matched against the name as sent, prefix "
@@ -284,36 +340,41 @@ class Settings(BaseSettings):
         "the models this worker may load (…)`) before the worker looks for it on disk or the hub. `*` "
         "allows any hub-style name (never a path: list a local folder exactly to allow it), which with "
         "downloads on lets any producer make the worker download any hub model",
+        yaml="models.allowed",
     )
-    custom_models: Annotated[list[CustomModel], NoDecode] = Field(
+    custom_models: Annotated[list[CustomModel], NoDecode] = Setting(
         default_factory=list,
         description="custom models of any family: names, or mappings with `name`, `family`, `path`, `pooling`, "
         "`max_length`, `normalize` (a JSON list or comma-separated names in the environment; "
         "docs/models.md)",
+        yaml="models.sentence_transformers",
     )
-    models_memory_budget: int | None = Field(  # bytes of host RAM for loaded models; None = no limit
+    models_memory_budget: int | None = Setting(  # bytes of host RAM for loaded models; None = no limit
         None,
         ge=0,
         description="bytes of host RAM the loaded models may hold (`4GiB`, `512MiB`, bytes); the least recently used "
         "are unloaded to make room; a larger model fails its tasks; none = no limit",
+        yaml="models.memory_budget",
     )
-    models_idle_unload_seconds: float = Field(  # unload a model unused this long; 0 = never
+    models_idle_unload_seconds: float = Setting(  # unload a model unused this long; 0 = never
         0,
         ge=0,
         description="unload a model unused this long (not the default model); `0` = never",
+        yaml="models.idle_unload_seconds",
     )
     # text transformers on the CPU: auto = ONNX Runtime when it exports and matches torch, else torch
-    models_backend: Literal["auto", "onnx", "torch"] = Field(
+    models_backend: Literal["auto", "onnx", "torch"] = Setting(
         "auto",
         description="what runs the sentence-transformers and transformers families on the CPU: `auto` = ONNX Runtime "
         "when the model exports and its vectors match torch's, else torch (with a warning); `onnx` = ONNX"
         " Runtime or the model fails to load; `torch` = never ONNX. On a GPU `auto` uses torch and `onnx`"
         " refuses to load; CLIP always uses torch (docs/models.md)",
+        yaml="models.backend",
     )
 
     # tasks held unfinished (validated, queued, in a model batch, being stored/reported);
     # with 256-text batches and four pipeline stages, 2048 keeps the model busy on one-text tasks
-    max_concurrent_tasks: int = Field(
+    max_concurrent_tasks: int = Setting(
         2048,
         ge=1,
         le=100_000,
@@ -321,199 +382,240 @@ class Settings(BaseSettings):
         "embedded, stored or reported. Intake waits for a free slot (backpressure, docs/performance.md). "
         "It must cover many model calls' worth of your smallest tasks: the model queue sorts what waits "
         "by length, and the product documentation's `5` caps every model call at 5 one-text tasks",
+        yaml="processing.max_concurrent_tasks",
     )
-    max_inflight_texts: int = Field(
+    max_inflight_texts: int = Setting(
         4096,
         ge=1,
         le=1_000_000,
         description="texts the unfinished tasks hold (the model queue's depth); intake waits beyond it (a larger task"
         " still goes in alone)",
+        yaml="processing.max_inflight_texts",
     )
-    max_inflight_bytes: int = Field(  # record bytes held unfinished
+    max_inflight_bytes: int = Setting(  # record bytes held unfinished
         256 * 1024 * 1024,
         ge=1024,
         description="bytes of the records the unfinished tasks came in; intake waits beyond it (a larger record still"
         " goes in alone)",
+        yaml="processing.max_inflight_bytes",
     )
-    max_batch_tokens: int = Field(
+    max_batch_tokens: int = Setting(
         16384,
         ge=16,
         le=10_000_000,
         description="estimated tokens (characters / 4) the gather stage moves at once, and padded tokens (texts × "
         "longest, counted by the model's tokenizer) per model call",
+        yaml="processing.max_batch_tokens",
     )
-    task_timeout: float = Field(
+    task_timeout: float = Setting(
         1800,
         gt=0,
         description="seconds; a task that waited longer is failed and dead-lettered",
+        yaml="processing.task_timeout",
     )
-    default_batch_size: int = Field(
+    default_batch_size: int = Setting(
         32,
         ge=1,
         le=4096,
         description="texts per model call, cut from the model queue by token count (a batch task's `batch_size` "
         "lowers it for its texts; 16 and 64 were slower here)",
+        yaml="processing.default_batch_size",
     )
-    max_batch_size: int = Field(
+    max_batch_size: int = Setting(
         256,
         ge=1,
         le=4096,
         description="texts the gather stage moves into the model queue at once (and the largest `batch_size` a task "
         "may ask for)",
+        yaml="processing.max_batch_size",
     )
-    batch_wait_ms: int = Field(
+    batch_wait_ms: int = Setting(
         20,
         ge=0,
         le=60_000,
         description="while the model computes, how long the gather stage waits for more tasks before moving what it "
         "has into the model queue; an idle model takes what is queued at once",
+        yaml="processing.batch_wait_ms",
     )
-    shutdown_timeout: float = Field(
+    shutdown_timeout: float = Setting(
         30.0,
         ge=0,
         le=3600,
         description="on SIGTERM, how long the tasks in the lane may take to finish; of the tasks waiting for the "
         "model, those it cannot do in half this time at its recent speed are left for another worker",
+        yaml="processing.shutdown_timeout",
     )
-    include_vectors: bool = Field(False, description="put the vectors into result records")
-    long_text: Literal["reject", "truncate"] = Field(
+    include_vectors: bool = Setting(
+        False, description="put the vectors into result records", yaml="processing.include_vectors"
+    )
+    long_text: Literal["reject", "truncate"] = Setting(
         "reject",
         description="a text/batch item over the model's token limit: `reject` (the task fails) or `truncate` "
         "(reported in `truncated_items`)",
+        yaml="processing.long_text",
     )
 
-    default_image_model: str = Field(
+    default_image_model: str = Setting(
         "ViT-B/32",
         min_length=1,
         description="the model of image tasks without `model_name`",
+        yaml="models.default_image",
     )
-    images_allowed_roots: Annotated[list[str], NoDecode] = Field(
+    images_allowed_roots: Annotated[list[str], NoDecode] = Setting(
         default_factory=list,
         description="folders local image paths may be read from (comma-separated in the environment); empty refuses "
         "local paths",
+        yaml="images.allowed_roots",
     )
-    images_allow_urls: bool = Field(False, description="download `http(s)` image URLs")
-    images_allow_private_urls: bool = Field(
+    images_allow_urls: bool = Setting(False, description="download `http(s)` image URLs", yaml="images.allow_urls")
+    images_allow_private_urls: bool = Setting(
         False,
         description="also loopback, private, link-local and reserved addresses (lets tasks reach the worker's network)",
+        yaml="images.allow_private_urls",
     )
-    images_max_bytes: int = Field(
+    images_max_bytes: int = Setting(
         20 * 1024 * 1024,
         ge=1024,
         description="bytes of one image (file, download or inline)",
+        yaml="images.max_bytes",
     )
-    images_max_pixels: int = Field(40_000_000, ge=1, description="width × height, read from the header before decoding")
-    images_url_timeout: float = Field(
+    images_max_pixels: int = Setting(
+        40_000_000, ge=1, description="width × height, read from the header before decoding", yaml="images.max_pixels"
+    )
+    images_url_timeout: float = Setting(
         10.0,
         gt=0,
         le=600,
         description="seconds per network step of a download (the whole download: twice that)",
+        yaml="images.url_timeout",
     )
-    images_batch_size: int = Field(16, ge=1, le=1024, description="images gathered across tasks into one model call")
+    images_batch_size: int = Setting(
+        16, ge=1, le=1024, description="images gathered across tasks into one model call", yaml="images.batch_size"
+    )
 
-    chunk_tokens: int | None = Field(
+    chunk_tokens: int | None = Setting(
         None,
         ge=8,
         description="tokens per document chunk, capped at the model's limit; none = the model's limit",
+        yaml="documents.chunk_tokens",
     )
-    chunk_overlap_tokens: int = Field(
+    chunk_overlap_tokens: int = Setting(
         32,
         ge=0,
         description="tokens shared by consecutive chunks; must be smaller than the chunk size",
+        yaml="documents.chunk_overlap_tokens",
     )
-    document_vector: Literal["mean", "none"] = Field(
+    document_vector: Literal["mean", "none"] = Setting(
         "mean",
         description="`mean`: also store the mean of a document's chunk vectors; `none`: chunks only",
+        yaml="documents.document_vector",
     )
 
-    vector_dbs: Annotated[list[str], NoDecode] = Field(
+    vector_dbs: Annotated[list[str], NoDecode] = Setting(
         default_factory=lambda: ["qdrant"],
         min_length=1,
         description="the stores every task is written to, in parallel (comma-separated in the environment): "
         "`weaviate`, `qdrant`, `chroma`, `milvus`, or a plug-in's name",
+        yaml="stores.vector_dbs",
     )
-    default_collection: str = Field(
+    default_collection: str = Setting(
         "vectorize",
         pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,62}$",
         description="the collection of tasks without `collection`",
+        yaml="stores.default_collection",
     )
-    qdrant: QdrantSettings = Field(
+    qdrant: QdrantSettings = Setting(
         default_factory=QdrantSettings,
         description="Qdrant's settings (the `QDRANT__*` rows)",
+        yaml="stores.qdrant",
     )
-    chroma: ChromaSettings = Field(
+    chroma: ChromaSettings = Setting(
         default_factory=ChromaSettings,
         description="Chroma's settings (the `CHROMA__*` rows)",
+        yaml="stores.chroma",
     )
-    weaviate: WeaviateSettings = Field(
+    weaviate: WeaviateSettings = Setting(
         default_factory=WeaviateSettings,
         description="Weaviate's settings beyond its URL (the `WEAVIATE__*` rows)",
+        yaml="stores.weaviate",
     )
-    milvus: MilvusSettings = Field(
+    milvus: MilvusSettings = Setting(
         default_factory=MilvusSettings,
         description="Milvus' settings (the `MILVUS__*` rows)",
+        yaml="stores.milvus",
     )
     # one upsert request carries at most this many vectors / bytes (Qdrant refuses requests over 32 MB)
-    store_batch_points: int = Field(
+    store_batch_points: int = Setting(
         1000,
         ge=1,
         le=100_000,
         description="the most vectors one upsert request carries; a larger write is sent in several requests, in order",
+        yaml="stores.batch_points",
     )
-    store_batch_bytes: int = Field(
+    store_batch_bytes: int = Setting(
         8 * 1024 * 1024,
         ge=64 * 1024,
         description="the most (estimated JSON) bytes one upsert request carries (Qdrant refuses requests over 32 MB; "
         "a 10,000-text task is ~83 MB); a larger write is sent in several requests, in order",
+        yaml="stores.batch_bytes",
     )
-    replace_stale: bool = Field(
+    replace_stale: bool = Setting(
         True,
         description="After writing a task, remove the vectors an earlier version of the same task id left in each "
         "store that this version no longer has (one lookup by task id per batch and store); false skips the lookup",
+        yaml="stores.replace_stale",
     )
     # metadata fields stored as native, filterable fields: {collection or "*": {name: type}} (core.metadata_contract)
-    filterable: dict[str, dict[str, FieldType]] = Field(
+    filterable: dict[str, dict[str, FieldType]] = Setting(
         default_factory=dict,
         description='the metadata fields stored as native, filterable fields, per collection or `"*"`, with their '
         "types (JSON in the environment, merged into the YAML file's entries; docs/stores.md)",
+        yaml="stores.filterable",
     )
 
-    web_host: str = Field(  # 0.0.0.0 only where a network policy or web_auth_token guards the port
+    web_host: str = Setting(  # 0.0.0.0 only where a network policy or web_auth_token guards the port
         "127.0.0.1",
         description="the address of Faust's web server (dashboard and JSON views); `0.0.0.0` only behind a network "
         "policy and with `web_auth_token` (the compose file sets `0.0.0.0` inside its containers)",
+        yaml="web.host",
     )
-    web_port: int = Field(6066, ge=1, le=65535, description="the port of Faust's web server")
-    web_auth_token: SecretStr | None = Field(  # bearer token for every view but /healthz and /readyz
+    web_port: int = Setting(6066, ge=1, le=65535, description="the port of Faust's web server", yaml="web.port")
+    web_auth_token: SecretStr | None = Setting(  # bearer token for every view but /healthz and /readyz
         None,
         description="bearer token for every web view but `/healthz`, `/readyz` and the dashboard page "
         "(docs/security.md)",
+        yaml="web.auth_token",
     )
-    web_search_enabled: bool = Field(  # /search/ reads stored text: off unless asked for
+    web_search_enabled: bool = Setting(  # /search/ reads stored text: off unless asked for
         False,
         description="serve `/search/`, which returns stored text",
+        yaml="web.search_enabled",
     )
-    web_access_log: bool = Field(True, description="one log line per web request")
-    web_advertised_host: str = Field(
+    web_access_log: bool = Setting(True, description="one log line per web request", yaml="web.access_log")
+    web_advertised_host: str = Setting(
         default_factory=socket.gethostname,
         min_length=1,
         description="how other workers reach this one's web port (its heartbeat's `web_url`)",
+        yaml="web.advertised_host",
     )
-    metrics_host: str = Field("127.0.0.1", description="the address of Prometheus `/metrics`")
-    metrics_port: int = Field(  # 0 disables the endpoint
+    metrics_host: str = Setting("127.0.0.1", description="the address of Prometheus `/metrics`", yaml="metrics.host")
+    metrics_port: int = Setting(  # 0 disables the endpoint
         9091,
         ge=0,
         le=65535,
         description="the port of Prometheus `/metrics`; `0` turns it off",
+        yaml="metrics.port",
     )
-    secrets_dir: str | None = Field(  # a folder of files named like the settings (kafka_sasl_password, …)
+    secrets_dir: str | None = Setting(  # a folder of files named like the settings (kafka_sasl_password, …)
         None,
         description="a folder of secret files named like the settings (`kafka_sasl_password`, `weaviate__api_key`; "
         "docs/security.md)",
+        yaml="secrets_dir",
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Setting(
         "INFO",
         description="the level of the `worker.*` loggers (`python -m app` also passes it to Faust's `-l`)",
+        yaml="logging.level",
     )
 
     @field_validator("worker_id", mode="before")
@@ -584,40 +686,46 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, _SecretFilesSource(settings_cls), _YamlSource(settings_cls))
 
     # -- the embedding cache (YAML section `cache`; docs/embedding-cache.md) ------------------------------
-    cache_enabled: bool = Field(
+    cache_enabled: bool = Setting(
         True,
         description="look vectors up in the embedding cache (Redis at `redis.url`, and a small in-process LRU) "
         "before the model runs, and write new ones back; a Redis outage only turns the cache off for a while",
+        yaml="cache.enabled",
     )
-    cache_ttl_seconds: int = Field(
+    cache_ttl_seconds: int = Setting(
         7 * 24 * 3600,
         ge=1,
         le=10 * 365 * 24 * 3600,
         description="how long a cached vector lives in Redis (a re-send or replay within it skips the model)",
+        yaml="cache.ttl_seconds",
     )
-    cache_local_bytes: int = Field(
+    cache_local_bytes: int = Setting(
         32 * 1024 * 1024,
         ge=0,
         description="bytes of vectors the in-process LRU in front of Redis keeps (`32MiB` accepted); `0` = none",
+        yaml="cache.local_bytes",
     )
-    cache_max_text_bytes: int = Field(
+    cache_max_text_bytes: int = Setting(
         16 * 1024,
         ge=1,
         le=16 * 1024 * 1024,
         description="texts longer than this (UTF-8 bytes) are neither looked up nor cached: long texts rarely repeat",
+        yaml="cache.max_text_bytes",
     )
-    cache_key_prefix: str = Field(
+    cache_key_prefix: str = Setting(
         "vw:emb:",
         min_length=1,
         max_length=64,
         pattern=r"^[A-Za-z0-9_.:{}-]+$",
         description="the prefix of the cache's Redis keys (one per deployment sharing a Redis)",
+        yaml="cache.key_prefix",
     )
-    cache_retry_seconds: float = Field(
+    cache_retry_seconds: float = Setting(
         30.0,
         gt=0,
         le=3600,
         description="after a Redis error or timeout, the cache leaves Redis alone this long (tasks go on without it)",
+        yaml="cache.retry_seconds",
     )
 
     @field_validator("cache_local_bytes", mode="before")
@@ -626,105 +734,22 @@ class Settings(BaseSettings):
         return parse_byte_size(value) or 0
 
 
-#: YAML location (section.key) -> settings field. Top-level keys named like a
-#: field are accepted too, so a flat YAML file works as well.
-YAML_KEYS: dict[str, str] = {
-    "worker.id": "worker_id",
-    "worker.name": "worker_name",
-    "worker.data_dir": "data_dir",
-    "kafka.bootstrap_servers": "kafka_bootstrap_servers",
-    "kafka.group_id": "kafka_group_id",
-    "kafka.tasks_topic": "tasks_topic",
-    "kafka.status_topic": "status_topic",
-    "kafka.results_topic": "results_topic",
-    "kafka.dlq_topic": "dlq_topic",
-    "kafka.topic_partitions": "topic_partitions",
-    "kafka.max_task_bytes": "max_task_bytes",
-    "kafka.security_protocol": "kafka_security_protocol",
-    "kafka.sasl_mechanism": "kafka_sasl_mechanism",
-    "kafka.sasl_username": "kafka_sasl_username",
-    "kafka.sasl_password": "kafka_sasl_password",
-    "kafka.ssl_cafile": "kafka_ssl_cafile",
-    "kafka.ssl_certfile": "kafka_ssl_certfile",
-    "kafka.ssl_keyfile": "kafka_ssl_keyfile",
-    "kafka.ssl_key_password": "kafka_ssl_key_password",
-    "kafka.ssl_check_hostname": "kafka_ssl_check_hostname",
-    "tasks.max_metadata_bytes": "max_metadata_bytes",
-    "tasks.max_metadata_keys": "max_metadata_keys",
-    "tasks.max_metadata_depth": "max_metadata_depth",
-    "tasks.max_title_chars": "max_title_chars",
-    "kafka.session_timeout": "kafka_session_timeout",
-    "kafka.producer_linger_ms": "kafka_producer_linger_ms",
-    "kafka.task_status_retention_hours": "task_status_retention_hours",
-    "kafka.table_store": "table_store",
-    "kafka.task_status_table": "task_status_table",
-    "models.cache_dir": "models_cache_dir",
-    "models.max_loaded": "max_loaded_models",
-    "models.default": "default_model",
-    "models.allow_download": "models_allow_download",
-    "models.allowed": "models_allowed",
-    "models.sentence_transformers": "custom_models",
-    "models.memory_budget": "models_memory_budget",
-    "models.idle_unload_seconds": "models_idle_unload_seconds",
-    "models.backend": "models_backend",
-    "device.type": "device",
-    "device.gpu_memory_limit": "gpu_memory_limit",
-    "processing.max_concurrent_tasks": "max_concurrent_tasks",
-    "processing.task_timeout": "task_timeout",
-    "processing.default_batch_size": "default_batch_size",
-    "processing.max_batch_size": "max_batch_size",
-    "processing.batch_wait_ms": "batch_wait_ms",
-    "processing.max_inflight_texts": "max_inflight_texts",
-    "processing.max_batch_tokens": "max_batch_tokens",
-    "processing.max_inflight_bytes": "max_inflight_bytes",
-    "processing.shutdown_timeout": "shutdown_timeout",
-    "processing.include_vectors": "include_vectors",
-    "processing.long_text": "long_text",
-    "models.default_image": "default_image_model",
-    "images.allowed_roots": "images_allowed_roots",
-    "images.allow_urls": "images_allow_urls",
-    "images.allow_private_urls": "images_allow_private_urls",
-    "images.max_bytes": "images_max_bytes",
-    "images.max_pixels": "images_max_pixels",
-    "images.url_timeout": "images_url_timeout",
-    "images.batch_size": "images_batch_size",
-    "documents.chunk_tokens": "chunk_tokens",
-    "documents.chunk_overlap_tokens": "chunk_overlap_tokens",
-    "documents.document_vector": "document_vector",
-    "stores.vector_dbs": "vector_dbs",
-    "stores.default_collection": "default_collection",
-    "stores.qdrant": "qdrant",
-    "stores.chroma": "chroma",
-    "stores.milvus": "milvus",
-    "stores.batch_points": "store_batch_points",
-    "stores.batch_bytes": "store_batch_bytes",
-    "stores.replace_stale": "replace_stale",
-    "stores.filterable": "filterable",
-    "stores.weaviate.url": "weaviate_url",
-    "stores.weaviate.grpc_port": "weaviate.grpc_port",
-    "stores.weaviate.api_key": "weaviate.api_key",
-    "stores.weaviate.timeout": "weaviate.timeout",
-    "redis.url": "redis_url",
-    "redis.password": "redis_password",
-    "redis.ssl_ca_file": "redis_ssl_ca_file",
-    "redis.heartbeat_interval": "heartbeat_interval",
-    "web.host": "web_host",
-    "web.port": "web_port",
-    "web.advertised_host": "web_advertised_host",
-    "web.auth_token": "web_auth_token",
-    "web.search_enabled": "web_search_enabled",
-    "web.access_log": "web_access_log",
-    "metrics.host": "metrics_host",
-    "metrics.port": "metrics_port",
-    "secrets_dir": "secrets_dir",
-    "logging.level": "log_level",
-    "cache.enabled": "cache_enabled",
-    "cache.ttl_seconds": "cache_ttl_seconds",
-    "cache.local_bytes": "cache_local_bytes",
-    "cache.max_text_bytes": "cache_max_text_bytes",
-    "cache.key_prefix": "cache_key_prefix",
-    "cache.retry_seconds": "cache_retry_seconds",
-}
+def _yaml_keys() -> dict[str, str]:
+    """YAML location (``section.key``) -> settings field, read from each field's ``yaml=`` (see :func:`Setting`)."""
+    keys: dict[str, str] = {}
+    for name, field in Settings.model_fields.items():
+        extra = field.json_schema_extra
+        key = extra.get("yaml") if isinstance(extra, dict) else None
+        if not isinstance(key, str) or key in keys:
+            raise AssertionError(f"settings field {name} needs its own yaml= location (core/settings.py)")
+        keys[key] = name
+    return keys
+
+
+#: YAML location (section.key) -> settings field, derived from the fields: a group field (e.g. ``weaviate``)
+#: takes the keys of its section (``stores.weaviate.grpc_port``). Top-level keys named like a field are
+#: accepted too, so a flat YAML file works as well.
+YAML_KEYS: dict[str, str] = _yaml_keys()
 _FIELD_TO_YAML = {field: key for key, field in YAML_KEYS.items()}
 
 
@@ -752,14 +777,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"Configuration file {path} must hold a mapping of sections, not {type(raw).__name__}.")
     values: dict[str, Any] = {}
     unknown: list[str] = []
-    fields = Settings.model_fields
     for key, value in raw.items():
-        if isinstance(value, dict) and any(k.startswith(f"{key}.") for k in YAML_KEYS):
-            _flatten_section(key, value, values, unknown)
-        elif key in fields:
-            values[key] = value
-        else:
-            unknown.append(str(key))
+        _place(str(key), value, values, unknown)
     if unknown:
         known = ", ".join(sorted(YAML_KEYS))
         raise ConfigError(
@@ -768,20 +787,30 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return values
 
 
-def _flatten_section(prefix: str, section: dict[str, Any], out: dict[str, Any], unknown: list[str]) -> None:
-    for key, value in section.items():
-        dotted = f"{prefix}.{key}"
-        if dotted in YAML_KEYS:
-            target = YAML_KEYS[dotted]
-            if "." in target:  # a field of a nested settings model, e.g. weaviate.grpc_port
-                parent, child = target.split(".", 1)
-                out.setdefault(parent, {})[child] = value
+def _place(dotted: str, value: Any, out: dict[str, Any], unknown: list[str]) -> None:
+    """Put the YAML value at ``dotted`` into its settings field (or note the key as unknown)."""
+    field = YAML_KEYS.get(dotted)
+    if field is not None and isinstance(value, dict) and _is_group(field):
+        for key, sub in value.items():  # a group's keys; a key that names a field of its own goes there
+            inner = f"{dotted}.{key}"
+            if inner in YAML_KEYS:
+                _place(inner, sub, out, unknown)
             else:
-                out[target] = value
-        elif isinstance(value, dict) and any(k.startswith(f"{dotted}.") for k in YAML_KEYS):
-            _flatten_section(dotted, value, out, unknown)
-        else:
-            unknown.append(dotted)
+                out.setdefault(field, {})[key] = sub
+    elif field is not None:
+        out[field] = value
+    elif isinstance(value, dict) and any(k.startswith(f"{dotted}.") for k in YAML_KEYS):
+        for key, sub in value.items():
+            _place(f"{dotted}.{key}", sub, out, unknown)
+    elif "." not in dotted and dotted in Settings.model_fields:  # a flat file: top-level keys named like fields
+        out[dotted] = value
+    else:
+        unknown.append(dotted)
+
+
+def _is_group(field: str) -> bool:
+    annotation = Settings.model_fields[field].annotation
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
 class _YamlSource(PydanticBaseSettingsSource):
