@@ -27,9 +27,12 @@ import math
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from core.errors import InvalidTaskError
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 FieldType = Literal["string", "int", "float", "bool", "datetime", "string_list"]
 FIELD_TYPES: tuple[str, ...] = get_args(FieldType)
@@ -101,7 +104,7 @@ class MetadataContract:
         self._resolved: dict[str, dict[str, FieldType]] = {}
 
     @classmethod
-    def from_settings(cls, settings: Any) -> MetadataContract:
+    def from_settings(cls, settings: Settings) -> MetadataContract:
         return cls(getattr(settings, "filterable", None) or {})
 
     def __bool__(self) -> bool:

@@ -36,11 +36,14 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from ops.metrics import Metrics
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 log = logging.getLogger("worker.embedding_cache")
 #: bump to make every key miss (a change in how keys or values are written)
@@ -148,7 +151,7 @@ class EmbeddingCache:
         self.dropped_writes = 0
 
     @classmethod
-    def from_settings(cls, settings: Any, remote: RemoteVectors | None, metrics: Metrics | None) -> EmbeddingCache:
+    def from_settings(cls, settings: Settings, remote: RemoteVectors | None, metrics: Metrics | None) -> EmbeddingCache:
         return cls(
             remote,
             prefix=settings.cache_key_prefix,

@@ -15,6 +15,7 @@ from engine.publisher import RecordPublisher
 from tasks.records import ErrorInfo, ResultRecord, Status, Timings
 
 if TYPE_CHECKING:
+    from core.settings import Settings
     from engine.acks import Ticket
     from engine.work import Outcome, Source, WorkItem
     from ops.metrics import Metrics
@@ -71,7 +72,7 @@ class Reporter:
         publisher: RecordPublisher,
         *,
         stores: list[Any],
-        settings: Any,
+        settings: Settings,
         metrics: Metrics,
         on_done: Callable[[Ticket], Awaitable[None]],
     ) -> None:

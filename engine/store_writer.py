@@ -18,6 +18,7 @@ from sinks.base import MAX_TASK_RECORDS, BaseVectorDB, VectorRecord
 from tasks.inputs import build_records
 
 if TYPE_CHECKING:
+    from core.settings import Settings
     from engine.work import Outcome
     from ops.metrics import Metrics
 
@@ -39,7 +40,7 @@ class StoreWriter:
         self,
         stores: list[BaseVectorDB],
         *,
-        settings: Any,
+        settings: Settings,
         metrics: Metrics,
         on_retry: Callable[[int, BaseException], None],
     ) -> None:

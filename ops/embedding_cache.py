@@ -11,7 +11,7 @@ out (ops/heartbeat.py ``redis_error``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 from redis.asyncio.retry import Retry
@@ -21,6 +21,9 @@ from redis.exceptions import RedisError
 from core.errors import RetryableError
 from core.secrets import redact_url
 from ops.heartbeat import redis_client, redis_error
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 
 class CacheStoreError(RetryableError):
@@ -50,7 +53,7 @@ class RedisVectors:
         )
 
     @classmethod
-    def from_settings(cls, settings: Any) -> RedisVectors:
+    def from_settings(cls, settings: Settings) -> RedisVectors:
         return cls(settings.redis_url, password=settings.redis_password, ssl_ca_file=settings.redis_ssl_ca_file)
 
     async def get_many(self, keys: Sequence[str]) -> Sequence[bytes | None]:

@@ -19,7 +19,7 @@ import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from core.errors import ConfigError, StoreRejectedError, StoreUnavailableError
@@ -28,6 +28,9 @@ from core.secrets import reveal
 from sinks.base import MAX_TASK_RECORDS, PAYLOAD_KEY, BaseVectorDB, Distance, StoredPoint, VectorRecord, worker_values
 from sinks.filters import Condition, parse_filter
 from sinks.lazy import LazyClient
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 try:
     import chromadb
@@ -335,7 +338,7 @@ def _chroma_clause(c: Condition) -> dict[str, Any]:
     return {c.field: {_RANGES[c.op]: _native(c.value)}}
 
 
-def create(settings: Any) -> ChromaStore:
+def create(settings: Settings) -> ChromaStore:
     """Entry point ``vectorize_worker.vector_dbs: chroma``."""
     cfg = settings.chroma
     contract = MetadataContract.from_settings(settings)

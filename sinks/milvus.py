@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.errors import ConfigError, StoreRejectedError, StoreUnavailableError
 from core.metadata_contract import MetadataContract, epoch_micros, native_name
@@ -42,6 +42,9 @@ from sinks.base import (
 )
 from sinks.filters import Condition, parse_filter
 from sinks.lazy import LazyClient
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 try:
     import grpc
@@ -341,7 +344,7 @@ def _milvus_clause(c: Condition) -> str:
     return f"{c.field} {_RANGES[c.op]} {_literal(c.value)}"
 
 
-def create(settings: Any) -> MilvusStore:
+def create(settings: Settings) -> MilvusStore:
     """Entry point ``vectorize_worker.vector_dbs: milvus``."""
     cfg = settings.milvus
     uri = cfg.uri or str(Path(settings.data_dir) / "milvus.db")

@@ -17,13 +17,16 @@ import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.errors import ConfigError, StoreRejectedError, StoreUnavailableError
 from core.metadata_contract import FIELD_PREFIX, MetadataContract, native_name
 from core.secrets import reveal
 from sinks.base import MAX_TASK_RECORDS, BaseVectorDB, Distance, StoredPoint, VectorRecord
 from sinks.filters import Condition, parse_filter
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 try:
     from qdrant_client import QdrantClient, models
@@ -301,7 +304,7 @@ def _qdrant_condition(c: Condition) -> Any:
     return models.FieldCondition(key=c.field, range=models.Range(**{c.op: c.value}))
 
 
-def create(settings: Any) -> QdrantStore:
+def create(settings: Settings) -> QdrantStore:
     """Entry point ``vectorize_worker.vector_dbs: qdrant``."""
     cfg = settings.qdrant
     contract = MetadataContract.from_settings(settings)

@@ -13,10 +13,13 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.errors import ConfigError
 from sinks.base import BaseVectorDB
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 ENTRY_POINT_GROUP = "vectorize_worker.vector_dbs"
 #: used when the project runs from a checkout that is not pip-installed
@@ -50,6 +53,6 @@ def _factory(name: str) -> Callable[[Any], BaseVectorDB]:
     return getattr(module, attr)
 
 
-def create_stores(settings: Any) -> list[BaseVectorDB]:
+def create_stores(settings: Settings) -> list[BaseVectorDB]:
     """One adapter per name in ``settings.vector_dbs``, in order."""
     return [_factory(name)(settings) for name in settings.vector_dbs]

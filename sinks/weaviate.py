@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from core.errors import ConfigError, StoreRejectedError, StoreUnavailableError
@@ -39,6 +39,9 @@ from sinks.base import (
 from sinks.filters import parse_filter
 from sinks.lazy import LazyClient
 from sinks.weaviate_fields import LAYOUT, PAYLOAD_PROPERTY, TYPES, Layout, make_property, weaviate_filter
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 try:
     import weaviate
@@ -371,7 +374,7 @@ def _payload(properties: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (properties or {}).items() if k != PAYLOAD_KEY}
 
 
-def create(settings: Any) -> WeaviateStore:
+def create(settings: Settings) -> WeaviateStore:
     """Entry point ``vectorize_worker.vector_dbs: weaviate``."""
     cfg = settings.weaviate
     return WeaviateStore(

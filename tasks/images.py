@@ -20,11 +20,14 @@ import os
 import re
 import stat
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from PIL import Image, UnidentifiedImageError
 
 from core.errors import PermanentError
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 SourceKind = Literal["path", "url", "data"]
 _BASE64 = re.compile(r"^[A-Za-z0-9+/_-]+={0,2}$")
@@ -58,7 +61,7 @@ class ImageLimits:
     url_timeout: float = 10.0
 
     @classmethod
-    def from_settings(cls, settings: Any) -> ImageLimits:
+    def from_settings(cls, settings: Settings) -> ImageLimits:
         return cls(
             allowed_roots=tuple(settings.images_allowed_roots),
             allow_urls=settings.images_allow_urls,

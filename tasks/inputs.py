@@ -16,7 +16,7 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from sinks.base import VectorRecord
 from tasks.chunking import Chunk, TextTokenizer, chunk_text, fit_text, surely_fits
 from tasks.images import LoadedImage
 from tasks.schema import BatchTask, DocumentTask, ImageTask, Task, TextTask, task_texts
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 log = logging.getLogger("worker.task_processor")
 _UNCHECKED = 1 << 62  # the "limit" of a model without a tokenizer
@@ -59,7 +62,7 @@ class _Outcome(Protocol):
 class TextPreparer:
     """Fills ``texts``/``prepared`` (or ``error``) of text-lane outcomes; see the module doc."""
 
-    def __init__(self, manager: ModelManager, settings: Any) -> None:
+    def __init__(self, manager: ModelManager, settings: Settings) -> None:
         self._manager = manager
         self._settings = settings
         self._limits: dict[str, int] = {}  # model -> content tokens that fit (learned on first use)

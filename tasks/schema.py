@@ -12,11 +12,14 @@ import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from core.errors import InvalidTaskError, cap_message
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 TASK_TYPES = ("text_vectorization", "batch_vectorization", "image_vectorization", "document_vectorization", "delete")
 MAX_TEXTS_PER_TASK = 10_000
@@ -38,7 +41,7 @@ class Limits:
     max_title_chars: int = 1000
 
     @classmethod
-    def of(cls, settings: Any) -> Limits:
+    def of(cls, settings: Settings) -> Limits:
         return cls(
             max_task_bytes=settings.max_task_bytes,
             max_metadata_bytes=settings.max_metadata_bytes,
