@@ -46,7 +46,8 @@ from engine.batcher import Batcher
 from engine.model_queue import CallKey, ModelCall, ModelQueue
 from engine.stages import Steps
 from engine.work import Outcome, WorkItem, estimate_tokens
-from tasks.inputs import TextPreparer, add_document_vectors
+from tasks.inputs import Prepared, TextPreparer, add_document_vectors
+from tasks.schema import BatchTask, TextTask
 
 if TYPE_CHECKING:
     from models.base import EmbedderInfo
@@ -62,6 +63,8 @@ CALLS_AHEAD = 2
 CallResult = tuple[np.ndarray, "EmbedderInfo", float, float]
 #: a task on its way into the model queue: its outcome, its texts' cache keys, the vectors the cache had
 _Pending = tuple[Outcome, list[str | None], dict[int, np.ndarray]]
+#: what the cache had for a task's texts as sent: those texts, their keys, the vectors found (index -> vector)
+_Found = tuple[list[str], list[str | None], dict[int, np.ndarray]]
 
 
 async def run_call(manager: ModelManager, call: ModelCall) -> CallResult:
@@ -302,10 +305,13 @@ class TextLane:
         and reporting, without the model. With the cache, only the texts it lacks
         are queued (and a text already queued by another task follows that one).
         """
+        cached: list[Outcome] = []
+        early: dict[int, _Found] = {}
+        if self.steps.cache is not None:
+            outcomes = await self._early_hits(outcomes, cached, early)
         await self._preparer.prepare(outcomes)
         groups: dict[CallKey, list[Outcome]] = defaultdict(list)
         refused: list[Outcome] = []
-        cached: list[Outcome] = []
         for out in outcomes:
             if out.error is None and not out.texts:
                 out.error = PermanentError(
@@ -323,7 +329,7 @@ class TextLane:
         counted: list[tuple[CallKey, list[_Pending], list[int]]] = []
         for key, members in groups.items():
             try:
-                pending = await self._look_up(key, members, cached)
+                pending = await self._look_up(key, members, cached, early)
             except PermanentError as exc:  # a model that cannot load fails these tasks, never the worker
                 for out in members:
                     out.error = exc
@@ -371,10 +377,52 @@ class TextLane:
             lengths = None
         return lengths if lengths is not None else [estimate_tokens(t) for t in texts]
 
-    async def _look_up(self, key: CallKey, members: list[Outcome], cached: list[Outcome]) -> list[_Pending]:
+    async def _early_hits(
+        self, outcomes: list[Outcome], cached: list[Outcome], early: dict[int, _Found]
+    ) -> list[Outcome]:
+        """Look text and batch tasks up in the embedding cache on their texts as sent, before fitting them to the
+        model: a task whose every text is found goes to ``cached`` without the tokenizer (a text the cache holds
+        was embedded as it is, so it fits the model whose identity is in its key). Returns the other outcomes;
+        what was found for them is kept in ``early`` (by ``id``) so their texts are not looked up twice."""
+        groups: dict[tuple[str, bool | None], list[Outcome]] = defaultdict(list)
+        for out in outcomes:
+            if out.error is None and out.texts and isinstance(out.item.task, TextTask | BatchTask):
+                groups[(out.model, out.item.task.normalize)].append(out)
+        served: set[int] = set()
+        for (model, normalize), members in groups.items():
+            known = await self._identify(model)
+            if known is None:  # no cache for this model, or it cannot load: the usual path says why
+                continue
+            identity, info = known
+            assert self.steps.cache is not None
+            found = await self.steps.cache.lookup_texts(identity, normalize, info.dim, [out.texts for out in members])
+            for out, (text_keys, vectors) in zip(members, found, strict=True):
+                if len(vectors) < len(out.texts):
+                    early[id(out)] = (list(out.texts), text_keys, vectors)
+                    continue
+                out.vectors = np.stack([vectors[i] for i in range(len(out.texts))]).astype(np.float32)
+                out.info, out.embed_ms, out.prepared = info, 0.0, Prepared(texts=out.texts)
+                cached.append(out)
+                served.add(id(out))
+        return [out for out in outcomes if id(out) not in served] if served else outcomes
+
+    async def _identify(self, model: str) -> tuple[str, EmbedderInfo] | None:
+        """The model's identity (the cache's key part) and info; None without one or when it cannot load."""
+        try:
+            identity, info = await self.steps.manager.identify(model)
+        except PermanentError:
+            return None
+        except Exception:  # noqa: BLE001 - the cache only saves work: the model call that follows says what is wrong
+            log.warning("Looking up the model %s for the embedding cache failed", model, exc_info=True)
+            return None
+        return (identity, info) if identity is not None else None
+
+    async def _look_up(
+        self, key: CallKey, members: list[Outcome], cached: list[Outcome], early: dict[int, _Found]
+    ) -> list[_Pending]:
         """Fill ``members`` from the embedding cache: those with every vector found go to ``cached``; returns the
         others with their texts' cache keys and the vectors found. Raises PermanentError for a model that cannot
-        load (that is when the model loads)."""
+        load (that is when the model loads). A text :meth:`_early_hits` looked up as it is now is not asked again."""
         cache = self.steps.cache
         if cache is None:
             return [(out, [], {}) for out in members]
@@ -387,9 +435,31 @@ class TextLane:
             identity = None
         if identity is None:  # the model's identity could not be computed (logged at load): no cache for it
             return [(out, [], {}) for out in members]
-        found = await cache.lookup_texts(identity, key.normalize, info.dim, [out.texts for out in members])
+        asks: list[list[int]] = []  # per member: the indices of its texts to look up now
+        for out in members:
+            before = early.get(id(out))
+            if before is None or len(before[0]) != len(out.texts):
+                asks.append(list(range(len(out.texts))))
+            else:  # fitting changed only the texts it cut: those are new to the cache
+                asks.append([i for i, text in enumerate(out.texts) if text != before[0][i]])
+        found = await cache.lookup_texts(
+            identity,
+            key.normalize,
+            info.dim,
+            [[out.texts[i] for i in ask] for out, ask in zip(members, asks, strict=True)],
+        )
         pending: list[_Pending] = []
-        for out, (text_keys, known) in zip(members, found, strict=True):
+        for out, ask, (asked_keys, asked_known) in zip(members, asks, found, strict=True):
+            before = early.get(id(out))
+            if before is not None and len(before[0]) == len(out.texts):
+                text_keys, known = list(before[1]), dict(before[2])
+                for j, i in enumerate(ask):
+                    text_keys[i] = asked_keys[j]
+                    known.pop(i, None)
+                    if j in asked_known:
+                        known[i] = asked_known[j]
+            else:
+                text_keys, known = asked_keys, asked_known
             if len(known) < len(out.texts):
                 pending.append((out, text_keys, known))
                 continue

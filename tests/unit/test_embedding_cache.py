@@ -272,6 +272,34 @@ async def test_a_call_whose_texts_all_hit_never_reaches_the_device_thread() -> N
     assert w.result("all")["status"] == "completed"
 
 
+async def test_a_resent_long_text_skips_the_tokenizer_too() -> None:
+    w = Worker()
+    long_texts = [" ".join(f"w{i}-{j}" for j in range(60)) for i in range(3)]  # over the tokenizer-free bound
+    await w.run(batch("t", long_texts))
+    runs = 0
+    original = w.manager.run
+
+    async def counting_run(func: Any) -> Any:
+        nonlocal runs
+        runs += 1
+        return await original(func)
+
+    w.manager.run = counting_run  # type: ignore[method-assign]
+    await w.run(batch("t", long_texts))
+    assert runs == 0 and len(w.model_texts) == 3  # neither fitted to the model nor embedded again
+    assert w.result("t")["status"] == "completed" and w.hits("local") == 3
+
+
+async def test_a_resent_text_the_model_truncated_is_fitted_again_and_hits() -> None:
+    w = Worker(long_text="truncate")
+    too_long = " ".join(f"w{j}" for j in range(600))  # the fake model takes 510 words
+    await w.run(batch("t", ["short", too_long]))
+    assert len(w.model_texts) == 2 and w.result("t")["truncated_items"] == [1]
+    await w.run(batch("t", ["short", too_long]))
+    assert len(w.model_texts) == 2  # the cut text was found under its cut form
+    assert w.result("t")["truncated_items"] == [1] and w.hits("local") == 2 and w.cache.misses == 2
+
+
 async def test_redis_errors_turn_the_cache_off_for_a_while_and_tasks_complete(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
