@@ -11,7 +11,7 @@ export PYTHONPATH := $(CURDIR)
 export VENV
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv up down status run worker demo bench bench-peer test chaos test-unit test-integration lint format schemas lock doctor clean
+.PHONY: help venv example-plugin up down status run worker demo bench bench-peer test chaos test-unit test-integration lint format schemas lock doctor clean
 
 help:
 	@echo "make run    - install, start local Kafka, run a worker (Ctrl-C stops it)"
@@ -21,7 +21,7 @@ help:
 	@echo "make doctor - check configuration, Kafka, store and model"
 	@echo "make bench  - throughput: bare model vs the worker (bench/README.md; BENCH_ARGS=\"--runs 3\")"
 
-venv: $(VENV)/.complete
+venv: $(VENV)/.complete example-plugin
 
 # No file prerequisite: the lock file's hash is already in the path, and a fresh
 # clone's newer mtime must not force a rebuild.
@@ -32,6 +32,13 @@ $(VENV)/.complete:
 	$(VENV)/bin/pip install -q --upgrade pip "setuptools<82" wheel
 	$(VENV)/bin/pip install -q -r requirements.lock
 	touch $@
+
+# The example plugin (examples/plugin: the `hashing` model family), editable, into the same virtualenv. The
+# virtualenv is shared by every checkout of the same lock file (CI's clones too), so the install is redone
+# whenever it points at another checkout than this one (a check of ~0.1 s; the install takes ~3 s).
+example-plugin: $(VENV)/.complete
+	@$(VENV)/bin/python -c "import sys, vw_example_plugin as p; sys.exit(not p.__file__.startswith('$(CURDIR)/'))" \
+		2>/dev/null || $(VENV)/bin/pip install -q --no-deps --no-build-isolation -e examples/plugin
 
 up:
 	scripts/services.sh up

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import re
+from importlib.metadata import entry_points
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Family = Literal["sentence-transformers", "transformers", "clip"]
+#: the families built into the worker (models/families.py); others come from plugins (see installed_families)
+BUILTIN_FAMILIES = ("sentence-transformers", "transformers", "clip")
+#: the entry-point group a package registers a model family under (docs/models.md, "Model family plugins")
+MODEL_FAMILIES_GROUP = "vectorize_worker.model_families"
 FAMILY_ALIASES: dict[str, str] = {
     "sentence-transformers": "sentence-transformers",
     "sentence_transformers": "sentence-transformers",
@@ -19,6 +23,9 @@ FAMILY_ALIASES: dict[str, str] = {
     "clip": "clip",
     "open_clip": "clip",
     "open-clip": "clip",
+}
+_ALIASES_OF = {
+    family: [a for a in FAMILY_ALIASES if a != family and FAMILY_ALIASES[a] == family] for family in BUILTIN_FAMILIES
 }
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(b?)\s*$", re.IGNORECASE)
 _POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
@@ -47,33 +54,95 @@ def parse_byte_size(value: Any) -> int | None:
     return number or None
 
 
+def plugin_families() -> list[str]:
+    """The model families installed packages register under :data:`MODEL_FAMILIES_GROUP`, by name.
+
+    Read from the packages' metadata: nothing is imported (models/registry.py loads a family when it is used).
+    """
+    return sorted({ep.name for ep in entry_points(group=MODEL_FAMILIES_GROUP)})
+
+
+def installed_families() -> list[str]:
+    """Every family a custom entry may name: the built-in ones and the plugins' (sorted, no aliases)."""
+    return sorted({*BUILTIN_FAMILIES, *plugin_families()})
+
+
+def describe_families(names: list[str] | None = None) -> str:
+    """``clip (or open_clip, open-clip), hashing, sentence-transformers (or …), …`` for error messages."""
+    shown = []
+    for name in installed_families() if names is None else names:
+        aliases = _ALIASES_OF.get(name)
+        shown.append(f"{name} (or {', '.join(aliases)})" if aliases else name)
+    return ", ".join(shown)
+
+
+def canonical_family(value: str) -> str:
+    """The family a custom entry's ``family`` names: a built-in one (aliases resolved) or an installed plugin's.
+
+    Raises ``ValueError`` naming the installed families for any other name.
+    """
+    key = value.strip().lower()
+    if key in FAMILY_ALIASES:
+        return FAMILY_ALIASES[key]
+    plugins = plugin_families()
+    for name in plugins:
+        if name.lower() == key:
+            return name
+    raise ValueError(
+        f"unknown family {value!r}; installed families: {describe_families(sorted({*BUILTIN_FAMILIES, *plugins}))}. "
+        f"A family of another package is available once that package is installed in the worker's environment "
+        f"(it registers the family under the entry-point group {MODEL_FAMILIES_GROUP}; docs/models.md)"
+    )
+
+
 class CustomModel(BaseModel):
     """One entry of ``models.sentence_transformers``: a plain name, or a mapping with these keys.
 
     ``family`` is guessed from the name (or ``path``) when absent; ``pooling``
     (``mean``/``cls``) implies the transformers family; ``max_length`` caps
     the tokens per input (text families); ``normalize`` is the default when
-    a task does not say.
+    a task does not say. ``family`` may also name a plugin family (an installed
+    package's, entry-point group :data:`MODEL_FAMILIES_GROUP`); such an entry's
+    other keys (``dim: 256``) are that family's ``options``. An entry of a
+    built-in family accepts only the keys above.
     """
 
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=512)
-    family: Family | None = None
+    family: str | None = None
     path: str | None = None
     pooling: Literal["mean", "cls"] | None = None
     max_length: int | None = Field(None, ge=1, le=1_000_000)
     normalize: bool | None = None
+    options: dict[str, Any] = Field(default_factory=dict)  # a plugin family's own keys
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plugin_options(cls, data: Any) -> Any:
+        """A plugin family's own keys go into ``options``; a built-in family takes none."""
+        if not isinstance(data, dict):
+            return data
+        family = data.get("family")
+        builtin = not isinstance(family, str) or family.strip().lower() in FAMILY_ALIASES
+        if builtin:
+            if data.get("options"):
+                raise ValueError(
+                    f"model {data.get('name')}: options apply to plugin families, not to "
+                    f"{FAMILY_ALIASES.get(str(family).strip().lower(), 'the built-in families')}; remove options"
+                )
+            return data
+        own = {key: value for key, value in data.items() if key not in cls.model_fields}
+        if not own:
+            return data
+        options = data.get("options")
+        merged = {**(options if isinstance(options, dict) else {}), **own}
+        return {**{k: v for k, v in data.items() if k not in own}, "options": merged}
 
     @field_validator("family", mode="before")
     @classmethod
     def _family_alias(cls, value: Any) -> Any:
         if isinstance(value, str):
-            key = value.strip().lower()
-            if key not in FAMILY_ALIASES:
-                raise ValueError(
-                    f"unknown family {value!r}; use sentence-transformers, transformers (or hf) or clip (or open_clip)"
-                )
-            return FAMILY_ALIASES[key]
+            return canonical_family(value)
         return value
 
     @model_validator(mode="after")

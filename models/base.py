@@ -1,10 +1,18 @@
-"""The :class:`Embedder` port every model family implements."""
+"""The ports of a model family: :class:`ModelFamily` loads a :class:`ModelSpec` into an :class:`Embedder`.
+
+The built-in families (models/families.py) and a plugin's (an installed
+package registering a :class:`ModelFamily` under the entry-point group
+``vectorize_worker.model_families``, models/registry.py) implement the same
+two classes; the model manager (models/manager.py) then treats every
+embedder alike: memory accounting, LRU, warm-up, one device thread.
+docs/models.md ("Model family plugins") walks through an example.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,6 +46,15 @@ class Embedder(ABC):
     required to be thread-safe: the manager runs one model call at a time per
     device. They raise :class:`~core.errors.PermanentError` for inputs they
     cannot handle.
+
+    A family must implement :attr:`info` and :meth:`embed_texts` (the
+    manager warms every text model up with one). The rest have defaults:
+    :meth:`embed_images` (only with ``"image"`` in ``info.modalities``),
+    :meth:`text_tokenizer` (document chunking and the long-text check need
+    it), :meth:`token_lengths` (batching by length), :meth:`memory_bytes`
+    (the memory budget counts it; 0 = free), :meth:`vector_settings` and
+    :meth:`weights_digest` (the embedding cache's key, models/fingerprint.py),
+    :meth:`close`.
     """
 
     @property
@@ -195,6 +212,54 @@ class TorchEmbedder(Embedder):
         self._model = None
         self._onnx = None
         release_memory(self._info.device)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a :class:`ModelFamily` is asked to load: the model's name, its custom entry and the worker's settings."""
+
+    name: str  # the name tasks send as model_name (and the custom entry's name)
+    device: str  # cpu, cuda, cuda:1, mps (models/device.py resolved it)
+    cache_dir: str | None = None  # models.cache_dir: where models may be looked up or downloaded to
+    allow_download: bool = False  # models.allow_download and not HF_HUB_OFFLINE (models.resolve.downloads_allowed)
+    backend: str = "auto"  # models.backend: auto, onnx or torch
+    path: str | None = None  # the custom entry's path
+    max_length: int | None = None  # the custom entry's max_length (tokens per input)
+    normalize: bool | None = None  # the custom entry's normalize: the default when a task does not say
+    pooling: str | None = None  # the custom entry's pooling (transformers: mean or cls)
+    options: Mapping[str, Any] = field(default_factory=dict)  # a plugin family's own keys of the custom entry
+
+
+class ModelFamily(ABC):
+    """A model family: turns a :class:`ModelSpec` into a loaded :class:`Embedder`.
+
+    A custom model entry names its family (``family: hashing``); the worker
+    finds the family by that name among the entry points of the group
+    ``vectorize_worker.model_families`` (models/registry.py). The entry point
+    names a subclass (instantiated once, without arguments) or an instance.
+    The manager calls :meth:`load` on its device thread and keeps the result
+    under the same rules as every built-in model: its size is
+    :meth:`Embedder.memory_bytes`, it is warmed up with one text, evicted
+    least recently used first and closed (:meth:`Embedder.close`) when it goes.
+    """
+
+    @abstractmethod
+    def load(self, spec: ModelSpec) -> Embedder:
+        """Load the model; may block (reads weights, downloads when ``spec.allow_download``).
+
+        Raise :class:`~core.errors.ModelLoadError` with what failed and what to do for a model that cannot
+        be found or read: its tasks fail with that message, the worker goes on.
+        """
+
+    def check(self, spec: ModelSpec) -> None:  # noqa: B027 - optional hook
+        """Refuse a custom entry this family cannot load (unknown or bad ``options``) by raising ``ValueError``
+        naming the key and what to write. Called at start-up for every custom entry of the family, so a bad
+        entry stops the worker instead of failing its tasks; must not block (no loading)."""
+
+    def size_hint(self, spec: ModelSpec) -> int | None:
+        """Bytes the model will hold once loaded, estimated before loading it (None: unknown). Must not block
+        for long (a look at the disk at most): the manager makes room for it in the memory budget first."""
+        return None
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:

@@ -6,6 +6,10 @@ Redis being down never stops the worker: one warning when it goes away, one
 note when it is back. The Redis URL is shown only redacted (``redis://:***@host``);
 a password from ``redis.password`` (or a secret file) and a CA for ``rediss://``
 go into the client, never into a log line or a heartbeat.
+
+On CUDA (once :meth:`Heartbeat.watch_gpus` is told the device), each beat
+also reads the GPUs through NVML (ops/gpu.py): the payload's ``gpus`` and the
+``worker_gpu_*`` gauges, even while Redis is away.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
@@ -25,6 +29,10 @@ from pydantic import SecretStr
 from redis.exceptions import RedisError
 
 from core.secrets import redact_url, reveal
+from ops.gpu import GpuMonitor, GpuReading
+
+if TYPE_CHECKING:
+    from ops.metrics import Metrics
 
 log = logging.getLogger("worker.heartbeat")
 KEY = "worker:{worker_id}:heartbeat"
@@ -111,8 +119,25 @@ class Heartbeat:
         self.redis_up: bool | None = None  # None until the first beat
         self.beats = 0
         self._closed = False
+        self._gpu_device: str | None = None  # set by watch_gpus
+        self._gpu_metrics: Metrics | None = None
+        self._gpu_monitor: GpuMonitor | None = None
+        self._gpu_opened = False
+        self._gpu_failing = False
+        self.gpus: list[GpuReading] | None = None  # the last reading; None: not on CUDA or no NVML
+
+    def watch_gpus(self, device: str, metrics: Metrics | None = None) -> None:
+        """Read the GPUs at every beat when ``device`` (the resolved one, models/device.py) is CUDA: the
+        payload's ``gpus`` and, with ``metrics``, the ``worker_gpu_*`` gauges. Does not block: NVML starts
+        at the next beat, off the event loop (ops/gpu.py; without nvidia-ml-py it logs why and does nothing)."""
+        self._gpu_device = device
+        self._gpu_metrics = metrics
+        self._gpu_opened = False
 
     def payload(self, status: str = "running") -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if self.gpus is not None:
+            extra["gpus"] = [reading.as_dict() for reading in self.gpus]
         return {
             "worker_id": self.worker_id,
             "timestamp": time.time(),
@@ -120,10 +145,31 @@ class Heartbeat:
             "host": socket.gethostname(),
             "pid": os.getpid(),
             **self._state(),
+            **extra,
         }
 
+    async def sample_gpus(self) -> None:
+        """Read the GPUs (when watched and on CUDA) into :attr:`gpus` and the gauges, on a worker thread."""
+        if self._gpu_device is None:
+            return
+        try:
+            if not self._gpu_opened:
+                self._gpu_opened = True
+                self._gpu_monitor = await asyncio.to_thread(GpuMonitor.open, self._gpu_device)
+            if self._gpu_monitor is None:
+                return
+            self.gpus = await asyncio.to_thread(self._gpu_monitor.sample)
+            if self._gpu_metrics is not None:
+                self._gpu_metrics.set_gpus(self.gpus)
+            self._gpu_failing = False
+        except Exception:  # noqa: BLE001 - monitoring must never stop the heartbeat
+            if not self._gpu_failing:  # once per run of failures
+                log.exception("Reading the GPUs through NVML failed; the heartbeat goes on without them")
+            self._gpu_failing = True
+
     async def beat(self, status: str = "running") -> bool:
-        """One heartbeat; returns whether Redis took it."""
+        """One heartbeat (after a GPU reading, when watched); returns whether Redis took it."""
+        await self.sample_gpus()
         try:
             await self._redis.set(heartbeat_key(self.worker_id), json.dumps(self.payload(status)), ex=self.ttl)
         except (RedisError, OSError) as exc:
@@ -151,6 +197,9 @@ class Heartbeat:
         if self._closed:
             return
         self._closed = True
+        if self._gpu_monitor is not None:
+            self._gpu_monitor.close()
+            self._gpu_monitor = None
         try:
             await self._redis.delete(heartbeat_key(self.worker_id))
         except (RedisError, OSError):

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import resource
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+if TYPE_CHECKING:
+    from ops.gpu import GpuReading
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -63,6 +67,40 @@ class Metrics:
         self.cache_misses = Counter(
             "worker_cache_misses", "Inputs the embedding cache did not have (the model embedded them)", registry=r
         )
+
+        # GPUs (ops/gpu.py), set at each heartbeat when the worker runs on CUDA and nvidia-ml-py is installed
+        gpu = ["gpu"]  # NVML's device index, as nvidia-smi shows it
+        self.gpu_utilization = Gauge(
+            "worker_gpu_utilization_percent",
+            "Percent of the last sample period a kernel ran on the GPU",
+            gpu,
+            registry=r,
+        )
+        self.gpu_memory_used = Gauge(
+            "worker_gpu_memory_used_bytes", "GPU memory in use (all processes)", gpu, registry=r
+        )
+        self.gpu_memory_total = Gauge("worker_gpu_memory_total_bytes", "GPU memory in all", gpu, registry=r)
+        self.gpu_temperature = Gauge("worker_gpu_temperature_celsius", "GPU core temperature", gpu, registry=r)
+        self.gpu_power = Gauge("worker_gpu_power_watts", "GPU power draw", gpu, registry=r)
+
+    def set_gpus(self, readings: Iterable[GpuReading]) -> None:
+        """Set the ``worker_gpu_*`` gauges from one sample; a value NVML could not give is left out."""
+        for reading in readings:
+            label = str(reading.index)
+            for gauge, value in (
+                (self.gpu_utilization, reading.utilization_percent),
+                (self.gpu_memory_used, reading.memory_used_bytes),
+                (self.gpu_memory_total, reading.memory_total_bytes),
+                (self.gpu_temperature, reading.temperature_celsius),
+                (self.gpu_power, reading.power_watts),
+            ):
+                if value is not None:
+                    gauge.labels(label).set(value)
+                else:
+                    try:
+                        gauge.remove(label)
+                    except KeyError:  # never set
+                        pass
 
     def refresh_memory(self) -> None:
         self.memory.set(rss_bytes())
