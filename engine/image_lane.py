@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.errors import ModelLoadError, PermanentError
 from engine.batcher import Batcher
+from engine.stages import LaneBase
 from engine.work import Outcome, WorkItem
 from tasks.images import ImageLimits, LoadedImage, load_image
 from tasks.inputs import Prepared
@@ -28,21 +29,14 @@ log_main = logging.getLogger("worker.main")
 log_proc = logging.getLogger("worker.task_processor")
 
 
-class ImageLane:
+class ImageLane(LaneBase):
     """The image lane (:class:`~engine.stages.Lane`): image tasks batched across tasks, one batch at a time."""
 
     name = "image"
 
     def __init__(self, steps: Steps) -> None:
-        self.steps = steps
-        self.settings = steps.settings
+        super().__init__(steps, Batcher())
         self.limits = ImageLimits.from_settings(self.settings)
-        self.queue: Batcher[WorkItem] = Batcher()
-        self._pending = 0
-        self._active = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._accepting = True
         self._stage: asyncio.Future[None] | None = None
 
     # -- the lane interface ----------------------------------------------------------------
@@ -59,26 +53,10 @@ class ImageLane:
         finally:
             await self.close()
 
-    async def submit(self, item: WorkItem) -> None:
-        self._pending += 1
-        self._idle.clear()
-        await self.queue.put(item)
-
-    @property
-    def pending(self) -> int:
-        return self._pending
-
-    @property
-    def active(self) -> int:
-        return self._active
-
-    async def settled(self) -> None:
-        await self._idle.wait()
-
     def drain(self, seconds: float) -> None:
         """Stop taking batches: the batch being processed finishes, the queued tasks stay unacknowledged."""
         self._accepting = False
-        waiting = self.queue.clear()
+        waiting = self.waiting.clear()
         if waiting:
             log_main.info("Draining: %d queued image tasks left unacknowledged for another worker", len(waiting))
         self._left(len(waiting))
@@ -89,20 +67,14 @@ class ImageLane:
             stage.cancel()
             await asyncio.gather(stage, return_exceptions=True)
 
-    def _left(self, n: int) -> None:
-        self._pending -= n
-        if self._pending <= 0:
-            self._pending = 0
-            self._idle.set()
-
     async def _loop(self) -> None:
         wait = self.settings.batch_wait_ms / 1000
         while self._accepting:
-            batch = await self.queue.next_batch(self.settings.images_batch_size, wait)
+            batch = await self.waiting.next_batch(self.settings.images_batch_size, wait)
             if not self._accepting:  # draining: these stay unacknowledged and go to another worker
                 self._left(len(batch))
                 break
-            self._active = len(batch)
+            self._active += len(batch)
             try:
                 await self.process(batch)
             except Exception as exc:  # noqa: BLE001 - a bug must not leave tickets hanging
@@ -111,8 +83,7 @@ class ImageLane:
                 )
                 await self.steps.fail(batch, exc)
             finally:
-                self._active = 0
-                self._left(len(batch))
+                self._left(len(batch), active=True)
 
     async def process(self, batch: list[WorkItem]) -> None:
         """Load, embed, store and report one batch of image tasks; never raises except on cancellation."""

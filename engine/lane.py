@@ -44,7 +44,7 @@ import numpy as np
 from core.errors import ModelLoadError, PermanentError
 from engine.batcher import Batcher
 from engine.model_queue import CallKey, ModelCall, ModelQueue
-from engine.stages import Steps
+from engine.stages import LaneBase, Steps
 from engine.work import Outcome, WorkItem, estimate_tokens
 from tasks.inputs import Prepared, TextPreparer, add_document_vectors
 from tasks.schema import BatchTask, TextTask
@@ -108,16 +108,14 @@ class TextBudget:
             self._changed.notify_all()
 
 
-class TextLane:
+class TextLane(LaneBase):
     """The text lane (:class:`~engine.stages.Lane`): text, batch and document tasks, batched across tasks."""
 
     name = "text"
 
     def __init__(self, steps: Steps, preparer: TextPreparer) -> None:
-        self.steps = steps
-        self.settings = steps.settings
+        super().__init__(steps, Batcher(weight=lambda i: i.weight, cost=lambda i: i.tokens))
         self.max_batch_tokens: int = self.settings.max_batch_tokens
-        self.batcher: Batcher[WorkItem] = Batcher(weight=lambda i: i.weight, cost=lambda i: i.tokens)
         self.queue = ModelQueue(max_tokens=self.max_batch_tokens)
         self._preparer = preparer
         self._arrived = asyncio.Event()  # texts were queued
@@ -126,11 +124,6 @@ class TextLane:
         self._computing = 0  # model calls handed to the device thread
         self._room = asyncio.Event()  # the model queue went below its bound
         self.texts_per_s = 0.0  # the model's recent speed (moving average over calls)
-        self._pending = 0  # tasks submitted and not left
-        self._active = 0  # of those, taken out of the batcher and started on
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._accepting = True
         self._stages: list[asyncio.Future[None]] = []
 
     # -- the lane interface ----------------------------------------------------------------
@@ -151,22 +144,6 @@ class TextLane:
         finally:
             await self.close()
 
-    async def submit(self, item: WorkItem) -> None:
-        self._pending += 1
-        self._idle.clear()
-        await self.batcher.put(item)
-
-    @property
-    def pending(self) -> int:
-        return self._pending
-
-    @property
-    def active(self) -> int:
-        return self._active
-
-    async def settled(self) -> None:
-        await self._idle.wait()
-
     def drain(self, seconds: float) -> None:
         """Stop taking tasks; of those queued, keep what the model can do in ``seconds`` at its recent speed.
 
@@ -175,7 +152,7 @@ class TextLane:
         the shutdown up, and a short one is not done twice.
         """
         self._accepting = False
-        waiting = self.batcher.clear()
+        waiting = self.waiting.clear()
         dropped = self.queue.drop_unstarted(keep_texts=int(self.texts_per_s * seconds))
         if waiting or dropped:
             log.info("Draining: %d queued tasks left unacknowledged for another worker", len(waiting) + len(dropped))
@@ -188,15 +165,6 @@ class TextLane:
             stage.cancel()
         await asyncio.gather(*stages, return_exceptions=True)
 
-    def _left(self, n: int, *, active: bool = False) -> None:
-        """``n`` tasks left the lane (``active``: after they were started on)."""
-        self._pending -= n
-        if active:
-            self._active -= n
-        if self._pending <= 0:
-            self._pending = 0
-            self._idle.set()
-
     # -- the stages ---------------------------------------------------------------------------
     async def _gather(self) -> None:
         settings = self.settings
@@ -204,7 +172,7 @@ class TextLane:
             while self.queue.texts >= settings.max_inflight_texts:  # documents count one text at intake
                 self._room.clear()
                 await self._room.wait()
-            batch = await self.batcher.next_batch(settings.max_batch_size, self._wait, max_cost=self.max_batch_tokens)
+            batch = await self.waiting.next_batch(settings.max_batch_size, self._wait, max_cost=self.max_batch_tokens)
             if not self._accepting:  # draining: these stay unacknowledged and go to another worker
                 self._left(len(batch))
                 break

@@ -8,12 +8,14 @@ The lanes share the steps through one :class:`Steps` object and know nothing of 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
 from typing import TYPE_CHECKING, Protocol
 
 from core.errors import PermanentError
+from engine.batcher import Batcher
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -62,6 +64,47 @@ class Lane(Protocol):
 
     async def close(self) -> None:
         """Cancel the stages and wait for them; tasks pending stay pending (start again to resume)."""
+
+
+class LaneBase:
+    """What every lane does alike: its queue of waiting tasks, and counting each task from submit until it leaves."""
+
+    name = "lane"
+
+    def __init__(self, steps: Steps, waiting: Batcher[WorkItem]) -> None:
+        self.steps = steps
+        self.settings = steps.settings
+        self.waiting = waiting  # submitted, not yet taken by the lane
+        self._pending = 0  # submitted and not left
+        self._active = 0  # of those, taken from the queue and started on
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._accepting = True
+
+    async def submit(self, item: WorkItem) -> None:
+        self._pending += 1
+        self._idle.clear()
+        await self.waiting.put(item)
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    @property
+    def active(self) -> int:
+        return self._active
+
+    async def settled(self) -> None:
+        await self._idle.wait()
+
+    def _left(self, n: int, *, active: bool = False) -> None:
+        """``n`` tasks left the lane (``active``: after they were started on)."""
+        self._pending -= n
+        if active:
+            self._active -= n
+        if self._pending <= 0:
+            self._pending = 0
+            self._idle.set()
 
 
 class Steps:

@@ -161,6 +161,19 @@ class Worker:
         return self.cache.metrics.cache_hits.labels(layer)._value.get()
 
 
+def count_device_jobs(w: Worker) -> list[int]:
+    """From now on, count the jobs the worker hands its device thread (model calls and tokenizer work)."""
+    jobs = [0]
+    original = w.manager.run
+
+    async def counting_run(func: Any) -> Any:
+        jobs[0] += 1
+        return await original(func)
+
+    w.manager.run = counting_run  # type: ignore[method-assign]
+    return jobs
+
+
 def batch(task_id: str, texts: list[str], **extra: Any) -> dict[str, Any]:
     return {"task_type": "batch_vectorization", "task_id": task_id, "data": texts, **extra}
 
@@ -247,15 +260,7 @@ async def test_identical_texts_in_flight_are_embedded_once() -> None:
 async def test_a_call_whose_texts_all_hit_never_reaches_the_device_thread() -> None:
     w = Worker(batch_wait_ms=0)
     await w.run(batch("warm", ["p", "q", "r"]))
-    runs = 0
-    original = w.manager.run
-
-    async def counting_run(func: Any) -> Any:
-        nonlocal runs
-        runs += 1
-        return await original(func)
-
-    w.manager.run = counting_run  # type: ignore[method-assign]
+    jobs = count_device_jobs(w)
     lane = asyncio.ensure_future(w.pipeline.run_lanes())
     try:
         for i, text in enumerate(["p", "q", "r"]):
@@ -268,7 +273,7 @@ async def test_a_call_whose_texts_all_hit_never_reaches_the_device_thread() -> N
     finally:
         lane.cancel()
         await asyncio.gather(lane, return_exceptions=True)
-    assert w.acked == [0, 1, 2, 3, 4] and runs == 0 and len(w.model_texts) == 3
+    assert w.acked == [0, 1, 2, 3, 4] and jobs[0] == 0 and len(w.model_texts) == 3
     assert w.result("all")["status"] == "completed"
 
 
@@ -276,17 +281,9 @@ async def test_a_resent_long_text_skips_the_tokenizer_too() -> None:
     w = Worker()
     long_texts = [" ".join(f"w{i}-{j}" for j in range(60)) for i in range(3)]  # over the tokenizer-free bound
     await w.run(batch("t", long_texts))
-    runs = 0
-    original = w.manager.run
-
-    async def counting_run(func: Any) -> Any:
-        nonlocal runs
-        runs += 1
-        return await original(func)
-
-    w.manager.run = counting_run  # type: ignore[method-assign]
+    jobs = count_device_jobs(w)
     await w.run(batch("t", long_texts))
-    assert runs == 0 and len(w.model_texts) == 3  # neither fitted to the model nor embedded again
+    assert jobs[0] == 0 and len(w.model_texts) == 3  # neither fitted to the model nor embedded again
     assert w.result("t")["status"] == "completed" and w.hits("local") == 3
 
 
