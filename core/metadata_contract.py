@@ -27,12 +27,9 @@ import math
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import Any, Literal, Protocol, get_args
 
 from core.errors import InvalidTaskError
-
-if TYPE_CHECKING:
-    from core.settings import Settings
 
 FieldType = Literal["string", "int", "float", "bool", "datetime", "string_list"]
 FIELD_TYPES: tuple[str, ...] = get_args(FieldType)
@@ -96,6 +93,12 @@ def parse_filterable(raw: Any) -> dict[str, dict[str, FieldType]]:
     return parsed
 
 
+class _Declares(Protocol):
+    """What :meth:`MetadataContract.from_settings` reads of the settings (core.settings imports this module)."""
+
+    filterable: Mapping[str, Mapping[str, Any]] | None
+
+
 class MetadataContract:
     """The declared filterable fields, resolved per collection (see the module doc)."""
 
@@ -104,7 +107,7 @@ class MetadataContract:
         self._resolved: dict[str, dict[str, FieldType]] = {}
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> MetadataContract:
+    def from_settings(cls, settings: _Declares) -> MetadataContract:
         return cls(getattr(settings, "filterable", None) or {})
 
     def __bool__(self) -> bool:

@@ -19,15 +19,11 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
-from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
 
-from tasks.images import ImageInputError
-
-if TYPE_CHECKING:
-    from tasks.images import ImageLimits
+from tasks.image_limits import ImageInputError, ImageLimits
 
 MAX_REDIRECTS = 5
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address

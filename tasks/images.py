@@ -24,10 +24,13 @@ from typing import TYPE_CHECKING, Literal
 
 from PIL import Image, UnidentifiedImageError
 
-from core.errors import PermanentError
+from tasks.image_fetch import fetch_url
+from tasks.image_limits import ImageInputError, ImageLimits
+
+__all__ = ["ImageInputError", "ImageLimits", "LoadedImage", "load_image"]
 
 if TYPE_CHECKING:
-    from core.settings import Settings
+    pass
 
 SourceKind = Literal["path", "url", "data"]
 _BASE64 = re.compile(r"^[A-Za-z0-9+/_-]+={0,2}$")
@@ -41,35 +44,6 @@ _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+
 _MIN_BARE_BASE64 = 64
 _PATH_START = ("/", "./", "../", "~")
 _SIGNATURES = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"RIFF", b"BM", b"II*\x00", b"MM\x00*", b"\x00\x00\x01\x00")
-
-
-class ImageInputError(PermanentError):
-    """An image task's input is refused or is not a decodable image."""
-
-    kind = "invalid_image"
-
-
-@dataclass(frozen=True)
-class ImageLimits:
-    """The security limits of :func:`load_image` (built from the worker settings)."""
-
-    allowed_roots: tuple[str, ...] = ()
-    allow_urls: bool = False
-    allow_private_urls: bool = False
-    max_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 40_000_000
-    url_timeout: float = 10.0
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ImageLimits:
-        return cls(
-            allowed_roots=tuple(settings.images_allowed_roots),
-            allow_urls=settings.images_allow_urls,
-            allow_private_urls=settings.images_allow_private_urls,
-            max_bytes=settings.images_max_bytes,
-            max_pixels=settings.images_max_pixels,
-            url_timeout=settings.images_url_timeout,
-        )
 
 
 @dataclass
@@ -136,8 +110,6 @@ def load_image_sync(data: str, limits: ImageLimits, *, task_id: str) -> LoadedIm
     if kind == "path":
         raw, ref = read_local(data, limits, where), os.path.realpath(data)
     elif kind == "url":
-        from tasks.image_fetch import fetch_url
-
         raw, ref = fetch_url(data, limits, where), data
     else:
         raw, ref = decode_inline(data, limits, where), f"inline ({len(data)} characters)"
