@@ -5,6 +5,9 @@ Left alone, a batch in flight would be cancelled and redelivered. So we put
 our own SIGTERM handler in front of mode's: drain the pipeline (bounded by
 ``processing.shutdown_timeout``), then hand over to mode's handler, which
 commits the offsets acknowledged so far and exits.
+
+:func:`register` attaches the task that installs the handler to a built app;
+nothing happens on import.
 """
 
 from __future__ import annotations
@@ -12,29 +15,38 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from typing import Any
 
-from agents.intake import runtime
-from app.faust_app import app, settings
+from agents.intake import Intake
+from app import compat
+from app.faust_app import WorkerApp
 
 log = logging.getLogger("worker.main")
 
 
-@app.task
-async def install_sigterm_drain() -> None:
-    loop = asyncio.get_running_loop()
-    handle = getattr(loop, "_signal_handlers", {}).get(signal.SIGTERM)
-    original: Any = handle._callback if handle is not None else None  # mode's shutdown
+def register(worker: WorkerApp, intake: Intake) -> None:
+    """Install the drain in front of mode's SIGTERM handler when ``worker``'s app starts."""
+
+    @worker.app.task
+    async def install_sigterm_drain() -> None:
+        install(worker, intake, asyncio.get_running_loop())
+
+
+def install(worker: WorkerApp, intake: Intake, loop: asyncio.AbstractEventLoop) -> None:
+    """Replace the loop's SIGTERM handler (mode's shutdown) with the drain, which calls mode's afterwards."""
+    original = compat.mode_sigterm_handler(loop)
 
     def on_sigterm() -> None:
         loop.remove_signal_handler(signal.SIGTERM)  # a second SIGTERM goes straight to the default
-        asyncio.ensure_future(drain_then_stop(original))
+        asyncio.ensure_future(drain_then_stop(worker, intake, original))
 
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
 
 
-async def drain_then_stop(original: Any) -> None:
-    rt = runtime()
+async def drain_then_stop(worker: WorkerApp, intake: Intake, original: Callable[[], Any] | None) -> None:
+    settings = worker.settings
+    rt = intake.runtime()
     if rt.pipeline is not None:
         log.info(
             "SIGTERM: not taking new tasks; finishing the batch in flight (up to %.0fs)", settings.shutdown_timeout
@@ -44,15 +56,15 @@ async def drain_then_stop(original: Any) -> None:
             log.warning(
                 "Batch in flight did not finish within %.0fs; its tasks will be redelivered", settings.shutdown_timeout
             )
-        await commit_now()
+        await commit_now(worker.app)
     await rt.leave()
     if original is not None:
         original()
     else:  # pragma: no cover - no mode worker (e.g. embedded use)
-        await app.stop()
+        await worker.app.stop()
 
 
-async def commit_now() -> None:
+async def commit_now(app: Any) -> None:
     """Commit what is acknowledged before leaving: mode's shutdown does not always get to it in time.
 
     Without it, tasks finished during the drain could be done again by the

@@ -10,6 +10,9 @@ failed since it started, active tasks, loaded models, last seen) to the
 ``<group>-worker-reports`` topic, keyed by its id. One record per worker every
 few seconds, where counting the status records cost a repartition of three
 records per task (see docs/performance.md).
+
+:func:`register` creates the tables and attaches their agents and timer to a
+built app; nothing happens on import.
 """
 
 from __future__ import annotations
@@ -18,30 +21,15 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
-from app.faust_app import app, raw_topic, settings, table_options
+from app import compat
+from app.faust_app import WorkerApp
+from app.runtime import WorkerRuntime
 from tasks.records import fold_status
 
 log = logging.getLogger("worker.main")
-
-# Tables use Faust's json codec: str keys, dict values. The task-status
-# changelog is compacted *and* time-limited, so recovery after a rebalance
-# reads at most `task_status_retention_hours` of tasks, not the whole history.
-task_status = app.Table(
-    "task-status",
-    default=None,
-    partitions=settings.topic_partitions,
-    # On disk the table outlives restarts, and the changelog's time limit deletes
-    # nothing locally: RocksDB's own time-to-live drops entries past retention.
-    options=table_options(ttl_seconds=int(settings.task_status_retention_hours * 3600)),
-    extra_topic_configs={
-        "cleanup.policy": "compact,delete",
-        "retention.ms": str(int(settings.task_status_retention_hours * 3_600_000)),
-    },
-)
-worker_stats = app.Table("worker-stats", default=None, partitions=settings.topic_partitions, options=table_options())
-status_topic = raw_topic(settings.status_topic)
 
 
 def table_get(table: Any, key: str) -> dict[str, Any] | None:
@@ -62,11 +50,6 @@ def _decode(value: bytes) -> dict[str, Any] | None:
     return record
 
 
-#: the task ids this worker's tracker wrote last, newest at the right: `/tasks`
-#: lists these instead of scanning a table that holds a day of tasks
-recent_task_ids: deque[str] = deque(maxlen=1000)
-
-
 #: status records the tracker folds into one table write per task: the
 #: received, processing and completed records of a small task usually arrive
 #: within one window, and each table write costs a changelog record and a
@@ -75,60 +58,96 @@ TRACKER_BATCH = 2000  # ~0.2 s of the event loop when a status backlog fills a w
 TRACKER_WINDOW_S = 1.0
 
 
-async def track_task_status(stream: Any) -> None:
-    async for events in stream.take_events(TRACKER_BATCH, within=TRACKER_WINDOW_S):
-        # No await in this body: Faust's take buffer fills in the background and sets the stream's
-        # current event, which the table reads and writes below must not see change under them.
-        latest: dict[str, tuple[Any, dict[str, Any]]] = {}
-        for event in events:
-            record = _decode(event.value)
-            if record is None:
-                continue
-            task_id = record["task_id"]
-            if task_id in latest:
-                entry = latest[task_id][1]
-            else:
-                stream._set_current_event(event)  # the table reads the partition of the current event
-                entry = table_get(task_status, task_id)
-            latest[task_id] = (event, fold_status(entry, record))
-        for task_id, (event, value) in latest.items():
-            # records of one task share its partition (keyed by task id), and so does its table entry
-            stream._set_current_event(event)
-            _put(task_status, task_id, value)
-            recent_task_ids.append(task_id)
-        stream._set_current_event(None)
+class StatusTables:
+    """The ``task-status`` and ``worker-stats`` tables of one worker app and the agents that feed them.
 
+    ``started`` returns the worker's runtime once the intake agent started it (None before): the worker
+    reports only then.
+    """
 
-# Reading every status record back costs one-text tasks up to 8% of their
-# throughput (docs/performance.md); kafka.task_status_table: false leaves the
-# table empty and /tasks/{id} says so.
-if settings.task_status_table:
-    app.agent(status_topic, name="task-status-tracker")(track_task_status)
+    def __init__(self, worker: WorkerApp, started: Callable[[], WorkerRuntime | None]) -> None:
+        s = worker.settings
+        self.settings = s
+        self._started = started
+        # Tables use Faust's json codec: str keys, dict values. The task-status
+        # changelog is compacted *and* time-limited, so recovery after a rebalance
+        # reads at most `task_status_retention_hours` of tasks, not the whole history.
+        self.task_status = worker.app.Table(
+            "task-status",
+            default=None,
+            partitions=s.topic_partitions,
+            # On disk the table outlives restarts, and the changelog's time limit deletes
+            # nothing locally: RocksDB's own time-to-live drops entries past retention.
+            options=worker.table_options(ttl_seconds=int(s.task_status_retention_hours * 3600)),
+            extra_topic_configs={
+                "cleanup.policy": "compact,delete",
+                "retention.ms": str(int(s.task_status_retention_hours * 3_600_000)),
+            },
+        )
+        self.worker_stats = worker.app.Table(
+            "worker-stats", default=None, partitions=s.topic_partitions, options=worker.table_options()
+        )
+        self.status_topic = worker.raw_topic(s.status_topic)
+        self.worker_reports = worker.raw_topic(f"{s.kafka_group_id}-worker-reports")
+        #: the task ids this worker's tracker wrote last, newest at the right: `/tasks`
+        #: lists these instead of scanning a table that holds a day of tasks
+        self.recent_task_ids: deque[str] = deque(maxlen=1000)
 
+    async def track_task_status(self, stream: Any) -> None:
+        """Fold each window of status records into one ``task-status`` write per task."""
+        async for events in stream.take_events(TRACKER_BATCH, within=TRACKER_WINDOW_S):
+            # No await in this body: Faust's take buffer fills in the background and sets the stream's
+            # current event, which the table reads and writes below must not see change under them.
+            latest: dict[str, tuple[Any, dict[str, Any]]] = {}
+            for event in events:
+                record = _decode(event.value)
+                if record is None:
+                    continue
+                task_id = record["task_id"]
+                if task_id in latest:
+                    entry = latest[task_id][1]
+                else:
+                    compat.set_current_event(stream, event)  # the table reads the partition of the current event
+                    entry = table_get(self.task_status, task_id)
+                latest[task_id] = (event, fold_status(entry, record))
+            for task_id, (event, value) in latest.items():
+                # records of one task share its partition (keyed by task id), and so does its table entry
+                compat.set_current_event(stream, event)
+                _put(self.task_status, task_id, value)
+                self.recent_task_ids.append(task_id)
+            compat.set_current_event(stream, None)
 
-worker_reports = raw_topic(f"{settings.kafka_group_id}-worker-reports")
-
-
-@app.timer(interval=settings.heartbeat_interval)
-async def report_worker_state() -> None:
-    """Send this worker's state, keyed by its id, for the ``worker_stats`` table."""
-    from agents.intake import _runtime  # created by the intake agent; None until it starts
-
-    if _runtime is None or _runtime.pipeline is None:
-        return
-    state = {**_runtime.state(), "last_seen": time.time()}
-    try:
-        await worker_reports.send(key=settings.worker_id.encode(), value=json.dumps(state).encode())
-    except Exception as exc:  # noqa: BLE001 - Kafka down: the next report follows; tasks are not affected
-        log.debug("Could not send the worker report: %r", exc)
-
-
-@app.agent(worker_reports, name="worker-stats-tracker")
-async def track_worker_stats(stream: Any) -> None:
-    async for event in stream.events():
+    async def report_worker_state(self) -> None:
+        """Send this worker's state, keyed by its id, for the ``worker_stats`` table."""
+        rt = self._started()  # created by the intake agent; None until it starts
+        if rt is None or rt.pipeline is None:
+            return
+        state = {**rt.state(), "last_seen": time.time()}
         try:
-            state = json.loads(event.value)
-        except (TypeError, ValueError):
-            continue
-        if isinstance(state, dict) and state.get("worker_id"):
-            _put(worker_stats, str(state["worker_id"]), state)
+            await self.worker_reports.send(key=self.settings.worker_id.encode(), value=json.dumps(state).encode())
+        except Exception as exc:  # noqa: BLE001 - Kafka down: the next report follows; tasks are not affected
+            log.debug("Could not send the worker report: %r", exc)
+
+    async def track_worker_stats(self, stream: Any) -> None:
+        """Each worker's reports into the ``worker-stats`` table, keyed by worker id."""
+        async for event in stream.events():
+            try:
+                state = json.loads(event.value)
+            except (TypeError, ValueError):
+                continue
+            if isinstance(state, dict) and state.get("worker_id"):
+                _put(self.worker_stats, str(state["worker_id"]), state)
+
+
+def register(worker: WorkerApp, started: Callable[[], WorkerRuntime | None]) -> StatusTables:
+    """Create the tables on ``worker``'s app and attach their agents and the worker-report timer."""
+    tables = StatusTables(worker, started)
+    app, s = worker.app, worker.settings
+    # Reading every status record back costs one-text tasks up to 8% of their
+    # throughput (docs/performance.md); kafka.task_status_table: false leaves the
+    # table empty and /tasks/{id} says so.
+    if s.task_status_table:
+        app.agent(tables.status_topic, name="task-status-tracker")(tables.track_task_status)
+    app.timer(interval=s.heartbeat_interval)(tables.report_worker_state)
+    app.agent(tables.worker_reports, name="worker-stats-tracker")(tables.track_worker_stats)
+    return tables

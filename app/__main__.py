@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
+import app as package
+
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
@@ -14,15 +16,11 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit("vectorize-worker: --config needs a file path")
         os.environ["VECTORIZE_WORKER_CONFIG"] = args[i + 1]
         del args[i : i + 2]
-    from app.faust_app import settings
-
+    worker = package.worker()  # settings (exit 2 when invalid), the app, its agents and commands
     if not args or args[0].startswith("-"):
-        args = ["worker", "-l", settings.log_level.lower(), *args]
-    import app  # noqa: F401  (registers agents and commands)
-    from app.faust_app import app as faust_app
-
+        args = ["worker", "-l", worker.settings.log_level.lower(), *args]
     sys.argv = ["faust", *args]
-    faust_app.main()
+    worker.app.main()
 
 
 if __name__ == "__main__":

@@ -1,36 +1,41 @@
-"""Extra CLI commands: ``faust -A app doctor``."""
+"""Extra CLI commands: ``faust -A app doctor`` and ``faust -A app workers``."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.doctor import render, run_checks
-from app.faust_app import app, settings
+
+if TYPE_CHECKING:
+    from app.faust_app import WorkerApp
 
 
-@app.command()
-async def doctor(self: Any) -> None:
-    """Check configuration, Kafka, the vector store and the default model."""
-    checks = await run_checks(settings)
-    print(render(checks))
-    if not all(c.ok for c in checks):
-        raise SystemExit(1)
+def register(worker: WorkerApp) -> None:
+    """Add ``doctor`` and ``workers`` to the app's ``faust -A app`` commands."""
+    settings = worker.settings
 
+    @worker.app.command()
+    async def doctor(self: Any) -> None:
+        """Check configuration, Kafka, the vector store and the default model."""
+        checks = await run_checks(settings)
+        print(render(checks))
+        if not all(c.ok for c in checks):
+            raise SystemExit(1)
 
-@app.command()
-async def workers(self: Any) -> None:
-    """List live workers from their Redis heartbeats."""
-    from ops.heartbeat import live_workers, redis_error
+    @worker.app.command()
+    async def workers(self: Any) -> None:
+        """List live workers from their Redis heartbeats."""
+        from ops.heartbeat import live_workers, redis_error
 
-    try:
-        live = await live_workers(
-            settings.redis_url, password=settings.redis_password, ssl_ca_file=settings.redis_ssl_ca_file
-        )
-    except Exception as exc:  # noqa: BLE001 - one clear line instead of a traceback
-        print(redis_error(settings.redis_url, exc, settings.redis_password))
-        raise SystemExit(1) from None
-    for line in worker_table(live):
-        print(line)
+        try:
+            live = await live_workers(
+                settings.redis_url, password=settings.redis_password, ssl_ca_file=settings.redis_ssl_ca_file
+            )
+        except Exception as exc:  # noqa: BLE001 - one clear line instead of a traceback
+            print(redis_error(settings.redis_url, exc, settings.redis_password))
+            raise SystemExit(1) from None
+        for line in worker_table(live):
+            print(line)
 
 
 def _cell(value: Any, width: int = 60) -> str:

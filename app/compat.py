@@ -2,28 +2,41 @@
 
 The worker's delivery guarantee rests on Faust internals: the offset guard
 replaces ``Consumer._add_gap``, wraps ``Consumer.__init__`` and hides
-``Consumer._read_offset`` (app/faust_app.py), the intake asks aiokafka for
+``Consumer._read_offset`` (:func:`install_offset_guard`), offsets without a
+record are acknowledged in Faust's own ack lists
+(:func:`ack_offsets_without_records`), and the intake asks aiokafka for
 committed offsets and positions through Faust's consumer thread
-(agents/intake.py). None of that is public API: a release may rename it (the
-worker then fails obscurely) or change what it means (the worker then loses
-or stalls tasks without an error). So each use is listed here with the
-versions it was checked on, and :func:`check_versions` refuses to start a
-worker on any other version, naming each use and what to do.
+(:func:`broker_committed_offset`, :func:`consumer_positions`). None of that
+is public API: a release may rename it (the worker then fails obscurely) or
+change what it means (the worker then loses or stalls tasks without an
+error).
+
+So every touch lives here, in a small named function the agents call (no
+module of ``app/`` or ``agents/`` reaches into a private attribute of a
+Faust, aiokafka, mode or asyncio object itself; tests/unit/test_compat.py
+checks it), each use is listed in :data:`PRIVATE_USES` with the versions it
+was checked on, and :func:`check_versions` (run when the App is built,
+``app.faust_app.build_app``) refuses to start a worker on any other version,
+naming each use and what to do.
 
 There is deliberately no setting to start anyway: the failure this prevents
 is silent (tasks committed without being processed), and the way to a new
 version is to re-read each listed interface in its source, run the chaos
 test (``make chaos``) and add the version here.
 
-Nothing here imports faust on import; :func:`check_versions` imports the
-listed modules to look the attributes up.
+Nothing here imports faust on import; each function imports what it touches.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+import signal
+from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
+from typing import Any
 
 from core.errors import ConfigError
 
@@ -58,11 +71,16 @@ class PrivateUse:
 
 
 _C = "faust.transport.consumer:Consumer"
-_GUARD = "app/faust_app.py guard_offsets"
-_ACK_MISSING = "app/faust_app.py ack_missing_offsets"
+_HERE = "app/compat.py"
+_GUARD = f"{_HERE} install_offset_guard"
+_ACK_MISSING = f"{_HERE} ack_offsets_without_records"
+_BROKER_COMMITTED = f"{_HERE} broker_committed_offset"
+_POSITIONS = f"{_HERE} consumer_positions"
+_SIGTERM = f"{_HERE} mode_sigterm_handler"
 _F, _A, _M = VERIFIED[FAUST], VERIFIED[AIOKAFKA], VERIFIED[MODE]
 
-#: every private touch of faust/aiokafka/mode in app/, agents/ and sinks/ (keep in step with the code)
+#: every private interface of faust/aiokafka/mode (and asyncio) the worker touches or relies on; ``where`` names
+#: the function of this module that touches it (or, for "relied on", the code that depends on its behaviour)
 PRIVATE_USES: tuple[PrivateUse, ...] = (
     PrivateUse(FAUST, f"{_C}.__init__", "wrapped", _GUARD, "to swap in the guarded read offsets", _F),
     PrivateUse(
@@ -85,21 +103,19 @@ PRIVATE_USES: tuple[PrivateUse, ...] = (
         FAUST,
         f"{_C}._committed_offset",
         "read",
-        f"{_ACK_MISSING}, agents/intake.py _start_offset and consumer_lag",
-        "the last committed offset per partition",
+        f"{_ACK_MISSING} and {_HERE} committed_offset",
+        "the last committed offset per partition (the intake's fallback start offset and its consumer lag)",
         _F,
     ),
     PrivateUse(FAUST, f"{_C}._acked", "written", _ACK_MISSING, "offsets without a record acknowledged", _F),
     PrivateUse(FAUST, f"{_C}._acked_index", "written", _ACK_MISSING, "offsets without a record acknowledged", _F),
     PrivateUse(FAUST, f"{_C}._n_acked", "written", _ACK_MISSING, "counts toward Faust's commit_every", _F),
-    PrivateUse(
-        FAUST, f"{_C}.flow_active", "read", "agents/intake.py _positions", "no positions read mid-rebalance", _F
-    ),
+    PrivateUse(FAUST, f"{_C}.flow_active", "read", _POSITIONS, "no positions read mid-rebalance", _F),
     PrivateUse(
         FAUST,
         "faust.transport.consumer:ThreadDelegateConsumer._thread",
         "read",
-        "agents/intake.py _start_offset and _positions",
+        f"{_BROKER_COMMITTED} and consumer_positions",
         "aiokafka lives on Faust's consumer thread",
         _F,
     ),
@@ -107,27 +123,32 @@ PRIVATE_USES: tuple[PrivateUse, ...] = (
         FAUST,
         "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread._ensure_consumer",
         "called",
-        "agents/intake.py _start_offset and _positions",
+        f"{_BROKER_COMMITTED} and consumer_positions",
         "the aiokafka consumer, to ask committed offsets and positions",
         _F,
     ),
     PrivateUse(
-        FAUST, "faust.app.base:App._consumer", "read", "agents/web.py _consumer_alive", "without creating one", _F
+        FAUST,
+        "faust.app.base:App._consumer",
+        "read",
+        f"{_HERE} app_consumer",
+        "the consumer, without creating one (agents/web.py liveness)",
+        _F,
     ),
     PrivateUse(
         FAUST,
         "faust.web.drivers.aiohttp:Web.web_app",
         "read",
-        "agents/web.py _aiohttp_application",
-        "the aiohttp application, to add the access log and token middlewares",
+        f"{_HERE} aiohttp_application",
+        "the aiohttp application, to add the access log and token middlewares (agents/web.py)",
         _F,
     ),
     PrivateUse(
         FAUST,
         "faust.streams:Stream._set_current_event",
         "called",
-        "agents/status.py track_task_status",
-        "the table writes to the partition of each folded record",
+        f"{_HERE} set_current_event",
+        "the table writes to the partition of each folded record (agents/status.py)",
         _F,
     ),
     PrivateUse(
@@ -142,7 +163,7 @@ PRIVATE_USES: tuple[PrivateUse, ...] = (
         MODE,
         "mode.threads:QueueServiceThread.call_thread",
         "called",
-        "agents/intake.py _start_offset and _positions",
+        f"{_BROKER_COMMITTED} and consumer_positions",
         "runs aiokafka calls on Faust's consumer thread",
         _M,
     ),
@@ -150,15 +171,15 @@ PRIVATE_USES: tuple[PrivateUse, ...] = (
         MODE,
         "mode.worker:Worker._on_sigterm",
         "relied on",
-        "agents/lifecycle.py install_sigterm_drain",
-        "mode's SIGTERM handler is taken from the loop and called after the drain",
+        _SIGTERM,
+        "mode's SIGTERM handler is taken from the loop and called after the drain (agents/lifecycle.py)",
         _M,
     ),
     PrivateUse(
         AIOKAFKA,
         "aiokafka:AIOKafkaConsumer.committed",
         "called",
-        "agents/intake.py _start_offset (on Faust's consumer thread)",
+        f"{_BROKER_COMMITTED} (on Faust's consumer thread)",
         "where a reassigned partition resumes",
         _A,
     ),
@@ -166,16 +187,16 @@ PRIVATE_USES: tuple[PrivateUse, ...] = (
         AIOKAFKA,
         "aiokafka:AIOKafkaConsumer.position",
         "called",
-        "agents/intake.py _positions (on Faust's consumer thread)",
+        f"{_POSITIONS} (on Faust's consumer thread)",
         "the offset guard's stall check",
         _A,
     ),
-    PrivateUse("python", "asyncio.events:Handle._callback", "read", "agents/lifecycle.py", "mode's SIGTERM handler"),
+    PrivateUse("python", "asyncio.events:Handle._callback", "read", _SIGTERM, "mode's SIGTERM handler"),
     PrivateUse(
         "python",
         "asyncio.unix_events:_UnixSelectorEventLoop._signal_handlers",
         "read",
-        "agents/lifecycle.py",
+        _SIGTERM,
         "where mode's SIGTERM handler is found",
     ),
 )
@@ -263,10 +284,163 @@ def problems(uses: tuple[PrivateUse, ...] = PRIVATE_USES) -> list[str]:
 def check_versions(uses: tuple[PrivateUse, ...] = PRIVATE_USES) -> None:
     """Raise :class:`ConfigError` naming each private use that the installed versions do not support.
 
-    Called before the consumer is patched (:func:`app.faust_app.guard_offsets`),
-    so a worker on an unverified faust-streaming, aiokafka or mode-streaming
-    never starts consuming.
+    Called when the App is built (``app.faust_app.build_app``), before the
+    consumer is patched (:func:`install_offset_guard`), so a worker on an
+    unverified faust-streaming, aiokafka or mode-streaming never starts
+    consuming.
     """
     found = problems(uses)
     if found:
         raise ConfigError("Unsupported Kafka client libraries: " + " | ".join(found))
+
+
+# -- the touches: each private interface above is reached through one of these ---------------------------------
+
+_GUARDED = "_vw_guarded_topics"  # set on faust's Consumer class once the guard is installed
+
+
+class _ReadOffsets(defaultdict):  # type: ignore[type-arg]
+    """Faust's per-partition read offsets, hidden (read as None) for the guarded topics."""
+
+    def __init__(self, topics: set[str], *args: Any) -> None:
+        super().__init__(lambda: None, *args)
+        self.topics = topics
+
+    def __getitem__(self, tp: Any) -> Any:
+        if tp.topic in self.topics:
+            return None
+        return super().__getitem__(tp)
+
+
+def install_offset_guard(topic: str) -> None:
+    """Hand ``topic``'s offset bookkeeping from Faust to the intake's :class:`~app.offsets.OffsetGuard`.
+
+    faust-streaming 0.15.3 drops fetched records below its read offset and
+    counts any jump above it as a hole to acknowledge (``Consumer._add_gap``).
+    Around rebalances its read offset is wrong both ways: records fetched
+    before the rebalance push it up, so the re-read records are dropped (a
+    stalled partition), or records it lost make a jump (unprocessed tasks
+    committed). For ``topic`` every fetched record now reaches the agent,
+    whose guard admits offsets strictly in order and seeks back over holes;
+    offsets it confirmed hold no record reach Faust, acknowledged in order
+    through :func:`ack_offsets_without_records`.
+
+    Patches faust's ``Consumer`` class once per process; later calls add
+    their topic to the same patch. Run :func:`check_versions` first
+    (``build_app`` does): on an unverified version the patch could lose tasks
+    silently.
+    """
+    from faust.transport.consumer import Consumer
+
+    guarded: set[str] | None = getattr(Consumer, _GUARDED, None)
+    if guarded is not None:
+        guarded.add(topic)
+        return
+    guarded = {topic}
+    init, add_gap = Consumer.__init__, Consumer._add_gap
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self._read_offset = _ReadOffsets(guarded, self._read_offset)
+
+    async def _add_gap(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
+        if tp.topic not in guarded:
+            await add_gap(self, tp, offset_from, offset_to)
+
+    Consumer.__init__ = __init__  # type: ignore[method-assign]
+    Consumer._add_gap = _add_gap  # type: ignore[method-assign]
+    setattr(Consumer, _GUARDED, guarded)
+
+
+def guarded_topics() -> frozenset[str]:
+    """The topics whose offsets :func:`install_offset_guard` took from Faust in this process (empty before)."""
+    from faust.transport.consumer import Consumer
+
+    return frozenset(getattr(Consumer, _GUARDED, ()))
+
+
+def ack_offsets_without_records(consumer: Any, tp: Any, first: int, last: int) -> None:
+    """Acknowledge offsets ``first..last`` of ``tp``, which hold no record, so Faust's commits pass them.
+
+    What ``Consumer.ack`` does for a record, done for offsets without one (a
+    transaction marker the offset guard confirmed). Called in partition order
+    (the ack tracker releases it after every earlier record of ``tp``), so
+    Faust never sees them ahead of a record still in flight (faust#606).
+    Faust's own gap list would not do: it is merged only below an acked
+    record, so a marker at the end of a partition was never committed.
+    """
+    from faust.types.tuples import ack_lock
+
+    with ack_lock:
+        committed = consumer._committed_offset[tp]
+        index, acked = consumer._acked_index[tp], consumer._acked[tp]
+        for offset in range(first if committed is None else max(first, committed), last + 1):
+            if offset not in index:
+                index.add(offset)
+                acked.append(offset)
+                consumer._n_acked += 1
+
+
+def committed_offset(consumer: Any, tp: Any) -> int | None:
+    """Faust's record of the offset committed for ``tp`` (None when it has none yet; Faust has no public accessor)."""
+    committed = consumer._committed_offset.get(tp)
+    return None if committed is None else int(committed)
+
+
+async def broker_committed_offset(consumer: Any, tp: Any) -> int | None:
+    """The offset the broker has committed for ``tp`` (None when none), asked by aiokafka on Faust's consumer
+    thread, where aiokafka lives. Raises what aiokafka raises (not started, broker unreachable)."""
+    thread = consumer._thread
+    committed = await thread.call_thread(thread._ensure_consumer().committed, tp)
+    return None if committed is None else int(committed)
+
+
+async def consumer_positions(consumer: Any, tps: list[Any], timeout: float = 0.5) -> dict[Any, int]:
+    """The consumer's position (next offset to fetch) of each of ``tps``, asked at once on Faust's consumer thread
+    within ``timeout`` seconds; a partition without a position yet is left out, and none while Faust's flow is
+    paused (a rebalance). Raises what aiokafka raises (not started)."""
+    if not consumer.flow_active or not tps:
+        return {}
+    thread = consumer._thread
+    kafka = thread._ensure_consumer()
+
+    async def read() -> dict[Any, int]:
+        found = await asyncio.wait_for(
+            asyncio.gather(*(kafka.position(tp) for tp in tps), return_exceptions=True), timeout=timeout
+        )
+        return {tp: p for tp, p in zip(tps, found, strict=True) if isinstance(p, int)}
+
+    result: dict[Any, int] = await thread.call_thread(read)
+    return result
+
+
+def app_consumer(app: Any) -> Any | None:
+    """The App's consumer if it has one, without creating one (``app.consumer`` would)."""
+    return app._consumer
+
+
+def set_current_event(stream: Any, event: Any) -> None:
+    """Make ``event`` the stream's current event (None: none), so table reads and writes go to its partition."""
+    stream._set_current_event(event)
+
+
+def aiohttp_application(app: Any) -> Any:
+    """The ``aiohttp.web.Application`` behind the App's web server, which Faust's aiohttp driver keeps as
+    ``app.web.web_app`` (faust/web/drivers/aiohttp.py). Every route, Faust's own blueprints (``/router/``,
+    ``/table/``) included, runs through its middlewares. :class:`ConfigError` for another web driver."""
+    from aiohttp import web
+
+    application = getattr(app.web, "web_app", None)
+    if not isinstance(application, web.Application):
+        raise ConfigError(
+            f"Cannot guard the web port: Faust's web driver is {type(app.web).__name__}, not aiohttp's; "
+            "the worker supports Faust's default aiohttp web driver only (web_transport/web driver settings)."
+        )
+    return application
+
+
+def mode_sigterm_handler(loop: asyncio.AbstractEventLoop) -> Callable[[], Any] | None:
+    """The SIGTERM handler mode's worker installed on ``loop`` (it calls ``Worker._on_sigterm``), None when there
+    is none (no mode worker). The loop keeps its handlers privately; asyncio has no way to read one back."""
+    handle = getattr(loop, "_signal_handlers", {}).get(signal.SIGTERM)
+    return handle._callback if handle is not None else None

@@ -27,14 +27,14 @@ checks a second apart with nothing delivered, is sought back as for a hole.
 once the others have no more records either.)
 
 Faust's own gap filling is switched off for the tasks topic (see
-:func:`app.faust_app.guard_offsets`), so an offset is only ever committed after
+:func:`app.compat.install_offset_guard`), so an offset is only ever committed after
 the guard admitted it and the pipeline finished it. A real hole (transaction
 markers from a transactional producer) is confirmed when several seeks in a
 row cannot produce the expected record (each resuming at the same offset,
 or, for a marker at the end of a partition, each delivering nothing to the
 waiting intake while the consumer's position passed exactly that one
 offset); only then are its offsets acknowledged, in order after the records
-before them (:func:`app.faust_app.ack_missing_offsets`), and passed.
+before them (:func:`app.compat.ack_offsets_without_records`), and passed.
 """
 
 from __future__ import annotations

@@ -69,6 +69,7 @@ class WorkerRuntime:
         s = self.settings
         loop = asyncio.get_running_loop()
         self.device = await loop.run_in_executor(None, resolve_device, s.device)
+        self.heartbeat.watch_gpus(self.device, self.metrics)  # GPU readings in heartbeats and on /metrics (CUDA)
         from models.families import build_manager  # the families import core.errors: keep app's import light
 
         self.manager = build_manager(s, self.device)

@@ -205,6 +205,8 @@ def test_device_auto_prefers_cuda_then_mps_then_cpu(monkeypatch: pytest.MonkeyPa
 
 
 def test_cuda_visible_devices_empty_hides_the_gpu_in_a_fresh_process() -> None:
+    # A subprocess on purpose: CUDA reads CUDA_VISIBLE_DEVICES once, when a process first initialises it, so
+    # only a process started with the variable shows what a worker started with it sees.
     import os
     import subprocess
     import sys

@@ -171,14 +171,16 @@ def test_faust_read_offsets_and_gaps_are_switched_off_for_the_tasks_topic_only()
     from faust.transport.consumer import Consumer
     from faust.types import TP
 
-    from app.faust_app import _ReadOffsets, guard_offsets, settings
+    from app.compat import _ReadOffsets, guarded_topics, install_offset_guard
 
-    guard_offsets("other-guarded")  # idempotent: adds a topic to the same patch
-    assert {settings.tasks_topic, "other-guarded"} <= Consumer._vw_guarded_topics
-    offsets = _ReadOffsets(Consumer._vw_guarded_topics)
-    offsets[TP(settings.tasks_topic, 0)] = 40
+    tasks_topic = "vectorization-tasks"
+    install_offset_guard(tasks_topic)  # as building the app does
+    install_offset_guard("other-guarded")  # idempotent: adds a topic to the same patch
+    assert {tasks_topic, "other-guarded"} <= guarded_topics()
+    offsets = _ReadOffsets(set(guarded_topics()))
+    offsets[TP(tasks_topic, 0)] = 40
     offsets[TP("vectorization-status", 0)] = 40
-    assert offsets[TP(settings.tasks_topic, 0)] is None  # Faust then delivers every fetched record
+    assert offsets[TP(tasks_topic, 0)] is None  # Faust then delivers every fetched record
     assert offsets[TP("vectorization-status", 0)] == 40
     assert offsets[TP("vectorization-status", 1)] is None
 
@@ -192,7 +194,7 @@ def test_faust_read_offsets_and_gaps_are_switched_off_for_the_tasks_topic_only()
             self._gap: defaultdict[TP, IntervalTree] = defaultdict(IntervalTree)
 
     fake = FakeConsumer()
-    tasks, status = TP(settings.tasks_topic, 0), TP("vectorization-status", 0)
+    tasks, status = TP(tasks_topic, 0), TP("vectorization-status", 0)
     asyncio.run(Consumer._add_gap(fake, tasks, 24, 37))
     asyncio.run(Consumer._add_gap(fake, status, 5, 6))
     assert not fake._gap[tasks]  # never counted as acknowledged behind the guard's back
@@ -206,7 +208,7 @@ def test_offsets_without_a_record_are_acked_so_faust_commits_past_a_marker_at_th
     from faust.types import TP
     from intervaltree import IntervalTree
 
-    from app.faust_app import ack_missing_offsets
+    from app.compat import ack_offsets_without_records
 
     class FakeConsumer:
         """The state ``Consumer.ack`` writes and ``Consumer._new_offset`` reads."""
@@ -224,8 +226,8 @@ def test_offsets_without_a_record_are_acked_so_faust_commits_past_a_marker_at_th
     for offset in (40, 41):  # the partition's last two records, acked as Consumer.ack does
         fake._acked_index[tp].add(offset)
         fake._acked[tp].append(offset)
-    ack_missing_offsets(fake, tp, 42, 42)  # the producer's commit marker after them
-    ack_missing_offsets(fake, tp, 30, 42)  # already committed or acked: nothing twice
+    ack_offsets_without_records(fake, tp, 42, 42)  # the producer's commit marker after them
+    ack_offsets_without_records(fake, tp, 30, 42)  # already committed or acked: nothing twice
     assert fake._n_acked == 1
     assert Consumer._new_offset(fake, tp) == 43  # Faust's own computation now commits past the marker
 

@@ -1,14 +1,17 @@
 from __future__ import annotations
 
-import os
-import subprocess
+import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 
+import app as app_package
+from app import doctor
+from app.__main__ import main as python_m_app
 from core.errors import ConfigError
 from core.settings import load_settings
+from tests.unit.built import build_worker
 from tests.unit.conftest import write_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,14 +104,47 @@ def test_missing_and_broken_yaml(clean_env: pytest.MonkeyPatch, tmp_path: Path) 
         load_settings(write_yaml(tmp_path, "worker: [unclosed\n"))
 
 
-def test_invalid_config_stops_startup_with_one_message(tmp_path: Path) -> None:
-    env = {**os.environ, "VECTORIZE_WORKER_DEVICE": "gpu", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "app", "worker"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode == 2
-    assert "Invalid configuration (1 problem(s))" in proc.stderr
-    assert "VECTORIZE_WORKER_DEVICE" in proc.stderr and "Traceback" not in proc.stderr
+def test_invalid_config_stops_startup_with_one_message(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``python -m app worker`` (and ``faust -A app``, through ``app.app``) builds the worker: an invalid setting
+    exits 2 with one message and no traceback (SystemExit(2) is exactly that for the interpreter)."""
+    clean_env.setattr(app_package, "_worker", None)  # this process has built none yet, as a fresh one
+    clean_env.setenv("VECTORIZE_WORKER_DEVICE", "gpu")
+    clean_env.setenv("VECTORIZE_WORKER_DATA_DIR", str(tmp_path / "data"))
+    with pytest.raises(SystemExit) as stopped:
+        python_m_app(["worker"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vectorize-worker: Invalid configuration (1 problem(s))"), err
+    assert "VECTORIZE_WORKER_DEVICE" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as again:
+        app_package.app  # noqa: B018 - what `faust -A app` looks up
+    assert again.value.code == 2 and "VECTORIZE_WORKER_DEVICE" in capsys.readouterr().err
+    assert app_package._worker is None and not (tmp_path / "data").exists()
+
+
+def test_the_doctor_script_reports_what_would_stop_the_worker(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Kafka security settings that do not fit stop the worker's app from being built (exit 2); the doctor script
+    builds no app, so it reports them as its kafka check's failure, with the rest of its report."""
+    spec = importlib.util.spec_from_file_location("doctor_script", ROOT / "scripts" / "test_worker.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)  # its imports: app.doctor and core only, nothing built
+    clean_env.setenv("VECTORIZE_WORKER_DATA_DIR", str(tmp_path / "data"))
+    clean_env.setenv("VECTORIZE_WORKER_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")  # without a user or password
+    clean_env.setattr(sys, "argv", ["scripts/test_worker.py"])
+    clean_env.setattr(doctor, "check_stores", lambda settings: "fake store answers")  # no store or model here
+    clean_env.setattr(doctor, "check_model", lambda settings: "fake model loaded")
+    assert script.main() == 1
+    out = capsys.readouterr().out
+    assert "[FAIL] kafka" in out and "Invalid Kafka security settings" in out, out
+    assert "[PASS] vector store" in out and "result: FAILED: kafka" in out
+    with pytest.raises(SystemExit) as stopped:  # what the worker itself does with the same settings
+        build_worker(clean_env, tmp_path)
+    assert stopped.value.code == 2 and "Invalid Kafka security settings" in capsys.readouterr().err
 
 
 def test_hostname_worker_id(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -154,64 +190,34 @@ def test_models_backend_from_yaml_and_env_and_a_clear_error_for_an_unknown_one(
 
 
 @pytest.mark.parametrize(("value", "registered"), [("true", True), ("false", False)])
-def test_task_status_table_switch_registers_the_tracker_or_not(tmp_path: Path, value: str, registered: bool) -> None:
+def test_task_status_table_switch_registers_the_tracker_or_not(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path, value: str, registered: bool
+) -> None:
     """The switch decides whether the agent that reads the status topic back exists at all."""
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("VECTORIZE_WORKER_")},
-        "VECTORIZE_WORKER_TASK_STATUS_TABLE": value,
-        "VECTORIZE_WORKER_DATA_DIR": str(tmp_path),
-    }
-    code = "import app; from app.faust_app import app as a; print(sorted(a.agents))"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    agents = proc.stdout.strip()
+    worker, _ = build_worker(clean_env, tmp_path, task_status_table=value)
+    agents = sorted(worker.app.agents)
     assert "intake" in agents and "worker-stats-tracker" in agents
     assert ("task-status-tracker" in agents) is registered, agents
 
 
 @pytest.mark.parametrize(("value", "seconds"), [(None, 0.005), ("0", 0.0), ("20", 0.02)])
-def test_producer_linger_reaches_fausts_producer(tmp_path: Path, value: str | None, seconds: float) -> None:
+def test_producer_linger_reaches_fausts_producer(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path, value: str | None, seconds: float
+) -> None:
     """kafka.producer_linger_ms becomes the linger of the producer every status and result record goes through."""
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("VECTORIZE_WORKER_")},
-        "VECTORIZE_WORKER_DATA_DIR": str(tmp_path),
-    }
-    if value is not None:
-        env["VECTORIZE_WORKER_KAFKA_PRODUCER_LINGER_MS"] = value
-    code = "import app; from app.faust_app import app as a; print(a.conf.producer_linger, a.producer.linger_ms)"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == [str(seconds), str(int(seconds * 1000))], proc.stdout
+    env = {} if value is None else {"kafka_producer_linger_ms": value}
+    worker, _ = build_worker(clean_env, tmp_path, **env)
+    assert (worker.app.conf.producer_linger, worker.app.producer.linger_ms) == (seconds, int(seconds * 1000))
 
 
 @pytest.mark.parametrize(("store", "ttl"), [("rocksdb", 7200), ("memory", None)])
-def test_task_status_entries_expire_on_disk_after_the_retention(tmp_path: Path, store: str, ttl: int | None) -> None:
-    """On disk the table outlives restarts, so RocksDB's time-to-live must carry task_status_retention_hours."""
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("VECTORIZE_WORKER_")},
-        "VECTORIZE_WORKER_TABLE_STORE": store,
-        "VECTORIZE_WORKER_TASK_STATUS_RETENTION_HOURS": "2",
-        "VECTORIZE_WORKER_DATA_DIR": str(tmp_path),
-    }
-    code = "import app; from agents.status import task_status as t; print(repr(t.options.get('ttl')), t.data.url)"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split()[0] == repr(ttl) and proc.stdout.split()[1].startswith(f"{store}:"), proc.stdout
-
-
-@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
-def test_openmp_threads_sleep_unless_the_environment_says_otherwise(
-    tmp_path: Path, given: str | None, expected: str
+def test_task_status_entries_expire_on_disk_after_the_retention(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path, store: str, ttl: int | None
 ) -> None:
-    """Set before torch loads, so the model's threads do not spin on the cores the event loop needs."""
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY" and not k.startswith("VECTORIZE_WORKER_")}
-    env["VECTORIZE_WORKER_DATA_DIR"] = str(tmp_path)
-    if given is not None:
-        env["OMP_WAIT_POLICY"] = given
-    code = "import os, sys, app; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == [expected, "False"]  # and torch not loaded yet: the setting still takes effect
+    """On disk the table outlives restarts, so RocksDB's time-to-live must carry task_status_retention_hours."""
+    _, parts = build_worker(clean_env, tmp_path, table_store=store, task_status_retention_hours="2")
+    table = parts.status.task_status
+    assert table.options.get("ttl") == ttl and str(table.data.url).startswith(f"{store}:")
 
 
 def test_safe_defaults(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agents import web
+from tests.unit.built import build_worker
 
 
 class Web:
@@ -39,11 +40,11 @@ class AssignedConsumer:
     ("consumer", "assigned"), [(None, False), (StartingConsumer(), False), (AssignedConsumer(), True)]
 )
 def test_readyz_reports_kafka_assignment_without_raising(
-    monkeypatch: pytest.MonkeyPatch, consumer: Any, assigned: bool
+    clean_env: pytest.MonkeyPatch, tmp_path: Path, consumer: Any, assigned: bool
 ) -> None:
-    monkeypatch.setattr(web.app, "_consumer", consumer)
-    view = web.readyz(web.app, Web())  # the view class Faust's @app.page made
-    body, status = asyncio.run(view.get(None))
+    worker, parts = build_worker(clean_env, tmp_path)
+    clean_env.setattr(worker.app, "_consumer", consumer)
+    body, status = asyncio.run(parts.web.readyz(Web(), None))
     assert body["checks"]["kafka_assigned"] is assigned
     assert status == 503  # the model is not warmed in a unit test, so never ready here
     assert body["ready"] is False and body["checks"]["model_warmed"] is False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Annotated, Any
 
@@ -19,7 +20,7 @@ from aiohttp import web as aiohttp_web
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 from pydantic import SecretStr, TypeAdapter, ValidationError
 
-from agents import web
+from agents import Agents, web
 from agents.web_security import (
     FORWARDED_HEADER,
     BadInput,
@@ -32,10 +33,13 @@ from agents.web_security import (
     unauthorized_body,
     valid_task_id,
 )
+from app.faust_app import WorkerApp
+from core.settings import load_settings
 from models.manager import ModelManager
 from sinks.base import StoredPoint
 from tasks.schema import _TaskBase
 from tests.fakes import FakeEmbedder
+from tests.unit.built import build_worker
 
 TOKEN = "s3cret-Token_0123"
 
@@ -161,7 +165,7 @@ def test_the_dashboard_page_renders_nothing_as_html_and_its_policy_allows_only_i
 
 # -- the guards on a Faust app's aiohttp application ------------------------------------------
 @pytest.fixture
-async def guarded(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[TestClient[Any, Any]]:
+async def guarded(clean_env: pytest.MonkeyPatch) -> AsyncIterator[TestClient[Any, Any]]:
     """A fresh Faust app (its built-in /router/ and /table/ views included) with the worker's guards."""
     fresh = faust.App("web-guard-test", broker="kafka://127.0.0.1:9", store="memory://", autodiscover=False)
 
@@ -177,14 +181,32 @@ async def guarded(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[TestClient[A
     async def dashboard(view: Any, request: Any) -> Any:
         return view.html("<p>page</p>")
 
-    monkeypatch.setattr(web, "app", fresh)
-    monkeypatch.setattr(web, "TOKEN", TOKEN)
-    monkeypatch.setattr(web.settings, "web_auth_token", SecretStr(TOKEN))
-    monkeypatch.setattr(web.settings, "web_access_log", True)
-    web.install_guards()
+    clean_env.setenv("VECTORIZE_WORKER_WEB_AUTH_TOKEN", TOKEN)
+    clean_env.setenv("VECTORIZE_WORKER_WEB_ACCESS_LOG", "true")
+    web.install_guards(fresh, load_settings())
     fresh.web.init_server()  # adds Faust's blueprints, as the worker's web server does when it starts
     async with TestClient(TestServer(fresh.web.web_app)) as client:
         yield client
+
+
+@pytest.fixture
+def built(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> tuple[WorkerApp, Agents]:
+    """The worker's own app and views, built in-process with a token."""
+    return build_worker(clean_env, tmp_path, web_auth_token=TOKEN, table_store="memory")
+
+
+async def test_the_workers_own_routes_are_served_and_guarded(built: tuple[WorkerApp, Agents]) -> None:
+    worker, _ = built
+    worker.app.web.init_server()
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with TestClient(TestServer(worker.app.web.web_app)) as client:
+        health = await client.get("/healthz")  # a probe: open, and down while no consumer runs
+        assert health.status == 503 and (await health.json())["consumer"] is False
+        assert (await client.get("/state")).status == 401
+        state = await client.get("/state", headers=auth)
+        assert state.status == 200 and (await state.json())["worker_id"] == worker.settings.worker_id
+        bad = await client.get("/tasks/bad%01id", headers=auth)
+        assert bad.status == 400 and "invalid task id" in (await bad.json())["error"]
 
 
 @pytest.mark.parametrize(
@@ -280,12 +302,16 @@ def _request(path: str, headers: dict[str, str] | None = None) -> Any:
     return make_mocked_request("GET", path, headers=headers or {})
 
 
-async def test_task_view_validates_ids_and_forwards_at_most_one_hop(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_task_view_validates_ids_and_forwards_at_most_one_hop(
+    monkeypatch: pytest.MonkeyPatch, built: tuple[WorkerApp, Agents]
+) -> None:
+    worker, parts = built
+    views, settings = parts.web, worker.settings
     peer = Peer()
     server = await _serve({"/tasks/{task_id}": peer.task})
     heartbeats = [
-        {"worker_id": web.settings.worker_id, "group": web.settings.kafka_group_id, "web_url": "http://self:1"},
-        {"worker_id": "peer", "group": web.settings.kafka_group_id, "web_url": str(server.make_url("")).rstrip("/")},
+        {"worker_id": settings.worker_id, "group": settings.kafka_group_id, "web_url": "http://self:1"},
+        {"worker_id": "peer", "group": settings.kafka_group_id, "web_url": str(server.make_url("")).rstrip("/")},
     ]
     asked: list[int] = []
 
@@ -293,19 +319,16 @@ async def test_task_view_validates_ids_and_forwards_at_most_one_hop(monkeypatch:
         asked.append(1)
         return heartbeats
 
-    monkeypatch.setattr(web, "_live_workers", live)
-    monkeypatch.setattr(web, "table_get", lambda table, key: None)
-    monkeypatch.setattr(web.settings, "task_status_table", True)
-    monkeypatch.setattr(web, "TOKEN", TOKEN)
-    view = web.task(web.app, Web())
+    monkeypatch.setattr(views, "_live_workers", live)
+    assert settings.task_status_table  # the table is empty here: "known" lives on the peer
     try:
         async with aiohttp.ClientSession() as session:
-            monkeypatch.setattr(web.app, "http_client", session)
-            body, status = await view.get(_request("/tasks/bad"), task_id="bad\x01id")
+            monkeypatch.setattr(worker.app, "http_client", session)
+            body, status = await views.task(Web(), _request("/tasks/bad"), task_id="bad\x01id")
             assert status == 400 and "invalid task id" in body["error"] and asked == []
-            body, status = await view.get(_request("/tasks/known", {FORWARDED_HEADER: "1"}), task_id="known")
+            body, status = await views.task(Web(), _request("/tasks/known", {FORWARDED_HEADER: "1"}), task_id="known")
             assert status == 404 and asked == [] and peer.requests == []  # a forwarded request stays here
-            body, status = await view.get(_request("/tasks/known"), task_id="known")
+            body, status = await views.task(Web(), _request("/tasks/known"), task_id="known")
             assert status == 200 and body["served_by"] == "peer" and len(peer.requests) == 1
             assert peer.requests[0][1]["Authorization"] == f"Bearer {TOKEN}"
     finally:
@@ -325,13 +348,15 @@ class Store:
         return "fake"
 
 
-async def test_search_is_off_unless_enabled(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(web.settings, "web_search_enabled", False)
-    body, status = await web.search(web.app, Web()).get(_request("/search/?q=x"))
+async def test_search_is_off_unless_enabled(built: tuple[WorkerApp, Agents]) -> None:
+    views = built[1].web
+    assert views.settings.web_search_enabled is False  # the default
+    body, status = await views.search(Web(), _request("/search/?q=x"))
     assert status == 404 and "VECTORIZE_WORKER_WEB_SEARCH_ENABLED" in body["error"]
 
 
-async def test_search_never_loads_a_model(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_search_never_loads_a_model(monkeypatch: pytest.MonkeyPatch, built: tuple[WorkerApp, Agents]) -> None:
+    views = built[1].web
     loads: list[str] = []
 
     def loader(name: str) -> FakeEmbedder:
@@ -345,17 +370,16 @@ async def test_search_never_loads_a_model(monkeypatch: pytest.MonkeyPatch) -> No
         return func()
 
     pipeline = SimpleNamespace(in_store_thread=in_store_thread)
-    monkeypatch.setattr(web, "runtime", lambda: SimpleNamespace(pipeline=pipeline, manager=manager, stores=[store]))
-    monkeypatch.setattr(web.settings, "web_search_enabled", True)
-    view = web.search(web.app, Web())
+    monkeypatch.setattr(views, "runtime", lambda: SimpleNamespace(pipeline=pipeline, manager=manager, stores=[store]))
+    monkeypatch.setattr(views.settings, "web_search_enabled", True)
     try:
-        body, status = await view.get(_request("/search/?q=hello&model=m&collection=docs"))
+        body, status = await views.search(Web(), _request("/search/?q=hello&model=m&collection=docs"))
         assert status == 409 and "'m' is not loaded" in body["error"] and "never loads" in body["error"]
         assert loads == [] and store.searches == []
-        body, status = await view.get(_request("/search/?q=hello&k=101"))
+        body, status = await views.search(Web(), _request("/search/?q=hello&k=101"))
         assert status == 400 and "from 1 to 100" in body["error"]
         manager.get_sync("m")  # as a task would
-        body, status = await view.get(_request("/search/?q=hello&model=m&collection=docs&k=3"))
+        body, status = await views.search(Web(), _request("/search/?q=hello&model=m&collection=docs&k=3"))
         assert status == 200 and body["model"] == "m" and body["hits"][0]["text"] == "<b>hi</b>"
         assert loads == ["m"] and store.searches == [("docs", 3)]
     finally:
@@ -363,14 +387,18 @@ async def test_search_never_loads_a_model(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 # -- Redis: secrets stay out of messages -------------------------------------------------------
-async def test_workers_view_shows_the_redis_url_without_its_password(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_workers_view_shows_the_redis_url_without_its_password(
+    monkeypatch: pytest.MonkeyPatch, built: tuple[WorkerApp, Agents]
+) -> None:
+    views = built[1].web
+
     async def down() -> list[dict[str, Any]]:
         raise ConnectionError("Error 111 connecting to redis:6379 (auth pw-in-url, pw-in-setting). Refused.")
 
-    monkeypatch.setattr(web, "_live_workers", down)
-    monkeypatch.setattr(web.settings, "redis_url", "redis://user:pw-in-url@redis:6379/0")
-    monkeypatch.setattr(web.settings, "redis_password", SecretStr("pw-in-setting"))
-    body, status = await web.workers(web.app, Web()).get(_request("/workers"))
+    monkeypatch.setattr(views, "_live_workers", down)
+    monkeypatch.setattr(views.settings, "redis_url", "redis://user:pw-in-url@redis:6379/0")
+    monkeypatch.setattr(views.settings, "redis_password", SecretStr("pw-in-setting"))
+    body, status = await views.workers(Web(), _request("/workers"))
     assert status == 200 and body["workers"] == []
     error = body["redis_error"]
     assert "redis://user:***@redis:6379/0" in error and "pw-in-url" not in error and "pw-in-setting" not in error
