@@ -46,8 +46,8 @@ from engine.batcher import Batcher
 from engine.model_queue import CallKey, ModelCall, ModelQueue
 from engine.stages import LaneBase, Steps
 from engine.work import Outcome, WorkItem, estimate_tokens
+from tasks import types as task_types
 from tasks.inputs import Prepared, TextPreparer, add_document_vectors
-from tasks.schema import BatchTask, TextTask
 
 if TYPE_CHECKING:
     from models.base import EmbedderInfo
@@ -348,13 +348,14 @@ class TextLane(LaneBase):
     async def _early_hits(
         self, outcomes: list[Outcome], cached: list[Outcome], early: dict[int, _Found]
     ) -> list[Outcome]:
-        """Look text and batch tasks up in the embedding cache on their texts as sent, before fitting them to the
-        model: a task whose every text is found goes to ``cached`` without the tokenizer (a text the cache holds
-        was embedded as it is, so it fits the model whose identity is in its key). Returns the other outcomes;
+        """Look tasks whose texts are embedded as sent (text, batch, plugin types with ``fitted_texts``) up in the
+        embedding cache, before fitting them to the model: a task whose every text is found goes to ``cached``
+        without the tokenizer (a text the cache holds was embedded as it is, so it fits the model whose identity
+        is in its key). Returns the other outcomes;
         what was found for them is kept in ``early`` (by ``id``) so their texts are not looked up twice."""
         groups: dict[tuple[str, bool | None], list[Outcome]] = defaultdict(list)
         for out in outcomes:
-            if out.error is None and out.texts and isinstance(out.item.task, TextTask | BatchTask):
+            if out.error is None and out.texts and task_types.of(out.item.task).fitted_texts:
                 groups[(out.model, out.item.task.normalize)].append(out)
         served: set[int] = set()
         for (model, normalize), members in groups.items():

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from core.errors import InvalidTaskError, cap_message
+from core.errors import InvalidTaskError, PermanentError, cap_message
 from core.settings import Settings
 from engine.acks import Ticket
 from engine.embedding_cache import EmbeddingCache
@@ -30,8 +30,9 @@ from engine.work import Source, WorkItem
 from models.manager import ModelManager
 from ops.metrics import Metrics
 from sinks.base import BaseVectorDB
+from tasks import types as task_types
 from tasks.inputs import TextPreparer
-from tasks.schema import DeleteTask, ImageTask, Limits, Task, parse_task, tombstone
+from tasks.schema import DeleteTask, Limits, Task, parse_task, tombstone
 
 log_main = logging.getLogger("worker.main")
 log_proc = logging.getLogger("worker.task_processor")
@@ -91,6 +92,7 @@ class TaskPipeline:
         self.text = TextLane(self.steps, TextPreparer(manager, settings))
         self.images = ImageLane(self.steps)
         self.lanes: tuple[Lane, ...] = (self.text, self.images)
+        self._lane_named: dict[str, Lane] = {lane.name: lane for lane in self.lanes}
         self.accepting = True
 
     @property
@@ -111,8 +113,13 @@ class TaskPipeline:
         return sum(lane.active for lane in self.lanes)
 
     def lane_for(self, task: Task) -> Lane:
-        """The lane a task runs in: images in the image lane, every text kind in the text lane."""
-        return self.images if isinstance(task, ImageTask) else self.text
+        """The lane a task runs in, as its type says (tasks/types.py): ``"text"`` (text, batch and document tasks,
+        plugin text types) or ``"image"``."""
+        lane = task_types.of(task).lane
+        found = self._lane_named.get(lane)
+        if found is None:
+            raise ValueError(f"Task {task.task_id} ({task.task_type}) runs in lane {lane!r}, which has no queue here")
+        return found
 
     # -- intake ------------------------------------------------------------------------
     async def intake(
@@ -133,12 +140,14 @@ class TaskPipeline:
         self._held[id(ticket)] = (0, size)
         try:
             task = tombstone(key) if raw is None and key is not None else parse_task(raw, limits=self.limits)
-            if isinstance(task, DeleteTask):
+            if task_types.of(task).lane == "delete":  # no model: the store writer removes the task's vectors
+                assert isinstance(task, DeleteTask)  # the registry lets only DeleteTask models run there
                 self._start_delete(task, raw, ticket, source)
                 return
             item = WorkItem(task=task, raw=raw, ticket=ticket, source=source)
         except Exception as exc:  # noqa: BLE001 - whatever a record holds, it can fail only itself
-            error = exc if isinstance(exc, InvalidTaskError) else _unreadable(exc)
+            # an installed task type that cannot load raises UnsupportedTaskError, a PermanentError too
+            error = exc if isinstance(exc, PermanentError) else _unreadable(exc)
             task_id = error.task_id or _fallback_task_id(source)
             log_main.warning("Rejected record %s as task %s: %s", _where(source), task_id, error)
             await self.reporter.fail(task_id, None, raw, error, ticket, source)

@@ -14,8 +14,9 @@ import numpy as np
 
 from engine.acks import Ticket
 from models.base import EmbedderInfo
+from tasks import types as task_types
 from tasks.inputs import Prepared
-from tasks.schema import ImageTask, Task, task_texts
+from tasks.schema import Task, task_texts
 
 #: where a record came from: (topic, partition, offset)
 Source = tuple[str, int, int]
@@ -40,7 +41,7 @@ class WorkItem:
     tokens: int = 0  # estimated (engine.lane.estimate_tokens)
 
     def __post_init__(self) -> None:
-        if not self.texts and not isinstance(self.task, ImageTask):
+        if not self.texts and task_types.of(self.task).lane == "text":
             self.texts = task_texts(self.task)
             self.tokens = sum(estimate_tokens(t) for t in self.texts)
 

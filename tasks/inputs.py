@@ -1,7 +1,10 @@
 """What each task turns into before and after the model: texts to embed, and the records to store.
 
-* text / batch tasks: one text per item; a text over the model's limit is
-  rejected or truncated per ``long_text`` (reported as ``truncated_items``).
+Each task's type (:mod:`tasks.types`; the built-in ones in :mod:`tasks.builtin_types`) says how:
+
+* text / batch tasks (and, unless they say otherwise, plugin text types): one
+  text per item; a text over the model's limit is rejected or truncated per
+  ``long_text`` (reported as ``truncated_items``).
 * document tasks: the content in token-aware chunks (:mod:`tasks.chunking`),
   plus a document vector (the mean of the chunk vectors) per ``document_vector``.
 * image tasks: one image (loaded by :mod:`tasks.images`).
@@ -15,20 +18,19 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from core.errors import PermanentError
-from core.ids import DOCUMENT_VECTOR, vector_id
 from core.metadata_contract import MetadataContract
 from models.base import l2_normalize
 from models.manager import ModelManager
 from sinks.base import VectorRecord
-from tasks.chunking import Chunk, TextTokenizer, chunk_text, fit_text, surely_fits
-from tasks.images import LoadedImage
-from tasks.schema import BatchTask, DocumentTask, ImageTask, Task, TextTask, task_texts
+from tasks import types as task_types
+from tasks.chunking import TextTokenizer, surely_fits
+from tasks.schema import Task
+from tasks.types import Prepared
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -36,16 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("worker.task_processor")
 _UNCHECKED = 1 << 62  # the "limit" of a model without a tokenizer
 
-
-@dataclass
-class Prepared:
-    """A task's inputs as the model gets them."""
-
-    texts: list[str] = field(default_factory=list)
-    chunks: list[Chunk] | None = None  # document tasks
-    truncated: list[int] = field(default_factory=list)  # item indices cut to the model's limit
-    document_vector: bool = False  # vectors end with the document vector (documents)
-    image: LoadedImage | None = None  # image tasks
+__all__ = ["Prepared", "TextPreparer", "add_document_vectors", "build_records"]
 
 
 class _Outcome(Protocol):
@@ -81,7 +74,7 @@ class TextPreparer:
 
     @staticmethod
     def _short(out: _Outcome, limit: int) -> bool:
-        return isinstance(out.item.task, TextTask | BatchTask) and all(surely_fits(t, limit) for t in out.texts)
+        return task_types.of(out.item.task).fitted_texts and all(surely_fits(t, limit) for t in out.texts)
 
     def _prepare_sync(self, model: str, members: list[_Outcome]) -> None:
         try:
@@ -104,31 +97,9 @@ class TextPreparer:
                 out.error = exc
 
     def prepare_task(self, task: Task, tokenizer: TextTokenizer | None, model: str) -> Prepared:
-        """Blocking: the texts of one task, chunked or fitted to ``tokenizer``'s limit."""
-        s = self._settings
-        if isinstance(task, DocumentTask):
-            if tokenizer is None:
-                raise PermanentError(
-                    f"Task {task.task_id}: model {model} offers no tokenizer, so the document cannot be cut "
-                    "into chunks that fit it; use a text model such as sentence-transformers/all-MiniLM-L6-v2."
-                )
-            size = s.chunk_tokens or tokenizer.max_tokens
-            try:
-                chunks = chunk_text(task.data.content, tokenizer, size=size, overlap=s.chunk_overlap_tokens)
-            except PermanentError as exc:
-                raise PermanentError(f"Task {task.task_id} (document, model {model}): {exc}") from None
-            return Prepared(texts=[c.text for c in chunks], chunks=chunks, document_vector=s.document_vector == "mean")
-        texts = task_texts(task)
-        if tokenizer is None:
-            return Prepared(texts=texts)
-        fitted, truncated = [], []
-        for index, text in enumerate(texts):
-            where = f"Task {task.task_id}: text item {index} (model {model})"
-            text, cut = fit_text(text, tokenizer, policy=s.long_text, where=where)
-            fitted.append(text)
-            if cut:
-                truncated.append(index)
-        return Prepared(texts=fitted, truncated=truncated)
+        """Blocking: the texts of one task, chunked or fitted to ``tokenizer``'s limit (its type's
+        :meth:`~tasks.types.TaskType.prepare`)."""
+        return task_types.of(task).prepare(task, tokenizer, model=model, settings=self._settings)
 
 
 def add_document_vectors(outcomes: list[_Outcome]) -> None:
@@ -161,7 +132,8 @@ def build_records(
     contract: MetadataContract | None = None,
     collection: str | None = None,
 ) -> list[VectorRecord]:
-    """The records to store for one task, with deterministic ids (see :mod:`core.ids`).
+    """The records to store for one task, with deterministic ids (see :mod:`core.ids`), made by its type's
+    :meth:`~tasks.types.TaskType.records` from the payload fields every record has.
 
     The whole ``metadata`` goes into every record's payload; the fields ``contract`` declares filterable in
     ``collection`` are also checked and carried as the records' ``filterable`` values. A declared field of
@@ -178,62 +150,4 @@ def build_records(
         "created_at": time.time(),
         "metadata": dict(task.metadata),
     }
-    if isinstance(task, ImageTask):
-        image = prepared.image if prepared else None
-        payload = {**base, "item_index": 0}
-        if image is not None:
-            payload |= {"source": image.source, "width": image.size[0], "height": image.size[1]}
-            if image.source != "data":
-                payload["image_ref"] = image.ref
-        record = VectorRecord(
-            id=vector_id(task.task_id, 0), vector=vectors[0].tolist(), payload=payload, filterable=filterable
-        )
-        return [record]
-    if isinstance(task, DocumentTask) and prepared is not None and prepared.chunks is not None:
-        return _document_records(task, prepared, vectors, base, filterable)
-    texts = prepared.texts if prepared else task_texts(task)
-    truncated = set(prepared.truncated) if prepared else set()
-    records = []
-    for index, (text, vector) in enumerate(zip(texts, vectors, strict=True)):
-        payload = {**base, "item_index": index, "text": text}
-        if index in truncated:
-            payload["truncated"] = True
-        records.append(
-            VectorRecord(
-                id=vector_id(task.task_id, index), vector=vector.tolist(), payload=payload, filterable=filterable
-            )
-        )
-    return records
-
-
-def _document_records(
-    task: DocumentTask, prepared: Prepared, vectors: np.ndarray, base: dict[str, Any], filterable: dict[str, Any]
-) -> list[VectorRecord]:
-    chunks = prepared.chunks or []
-    title = task.data.title
-    records = []
-    for chunk, vector in zip(chunks, vectors, strict=False):
-        payload = {
-            **base,
-            "item_index": chunk.index,
-            "vector_kind": "chunk",
-            "chunk_index": chunk.index,
-            "chunk_count": len(chunks),
-            "char_start": chunk.char_start,
-            "char_end": chunk.char_end,
-            "token_count": chunk.token_count,
-            "text": chunk.text,
-            "title": title,
-        }
-        chunk_id = vector_id(task.task_id, chunk.index)
-        records.append(VectorRecord(id=chunk_id, vector=vector.tolist(), payload=payload, filterable=filterable))
-    if prepared.document_vector:
-        payload = {**base, "vector_kind": "document", "chunk_count": len(chunks), "title": title}
-        doc = VectorRecord(
-            id=vector_id(task.task_id, DOCUMENT_VECTOR),
-            vector=vectors[len(chunks)].tolist(),
-            payload=payload,
-            filterable=filterable,
-        )
-        records.append(doc)
-    return records
+    return task_types.of(task).records(task, prepared, vectors, base=base, filterable=filterable)

@@ -1,8 +1,12 @@
-"""Task schema: the four task kinds of the product documentation.
+"""Task schema: the four task kinds of the product documentation, ``delete``, and the installed plugins' types.
 
 ``parse_task`` turns the raw bytes of a Kafka record into a validated task or
 raises :class:`~core.errors.InvalidTaskError` with a message that names every
-problem. ``python -m tasks.schema`` regenerates ``docs/task.schema.json``.
+problem. Which ``task_type`` values exist, and the model each validates with,
+comes from the task-type registry (:mod:`tasks.types`). ``make schemas``
+(scripts/gen_schemas.py) writes the built-in types' JSON Schema to
+``docs/task.schema.json``; ``python -m tasks.schema`` prints the schema of every
+type installed in this environment, plugins included.
 """
 
 from __future__ import annotations
@@ -11,17 +15,21 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
+from functools import reduce
+from operator import or_
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from core.errors import InvalidTaskError, cap_message
+from core.errors import InvalidTaskError, UnsupportedTaskError, cap_message
+from tasks import types as task_types
 
 if TYPE_CHECKING:
     from core.settings import Settings
 
-TASK_TYPES = ("text_vectorization", "batch_vectorization", "image_vectorization", "document_vectorization", "delete")
+#: the built-in task types; :func:`tasks.types.names` lists every installed one (plugins too)
+TASK_TYPES = tuple(task_types.BUILTINS)
 MAX_TEXTS_PER_TASK = 10_000
 MAX_JSON_DEPTH = 64
 #: at most this many field errors are listed in one message (the rest are counted)
@@ -58,7 +66,9 @@ def new_task_id() -> str:
     return f"task-{uuid.uuid4().hex}"
 
 
-class _TaskBase(BaseModel):
+class TaskBase(BaseModel):
+    """The fields every vectorization task has; a task type's model (a plugin's too) subclasses it."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     task_id: str = Field(
@@ -84,14 +94,17 @@ class _TaskBase(BaseModel):
     )
 
 
-class TextTask(_TaskBase):
+_TaskBase = TaskBase  # the earlier name
+
+
+class TextTask(TaskBase):
     """One text to embed."""
 
     task_type: Literal["text_vectorization"]
     data: NonEmptyText
 
 
-class BatchTask(_TaskBase):
+class BatchTask(TaskBase):
     """Many texts to embed; ``batch_size`` caps the model batch for this task."""
 
     task_type: Literal["batch_vectorization"]
@@ -99,7 +112,7 @@ class BatchTask(_TaskBase):
     batch_size: int | None = Field(None, ge=1, le=4096)
 
 
-class ImageTask(_TaskBase):
+class ImageTask(TaskBase):
     """One image: a local path, a ``data:``/base64 string or an http(s) URL."""
 
     task_type: Literal["image_vectorization"]
@@ -112,7 +125,7 @@ class DocumentData(BaseModel):
     content: NonEmptyText
 
 
-class DocumentTask(_TaskBase):
+class DocumentTask(TaskBase):
     """A document: ``title`` and ``content``."""
 
     task_type: Literal["document_vectorization"]
@@ -134,20 +147,15 @@ class DeleteTask(BaseModel):
     )
 
 
-Task = Annotated[TextTask | BatchTask | ImageTask | DocumentTask | DeleteTask, Field(discriminator="task_type")]
-TASK_ADAPTER: TypeAdapter[Task] = TypeAdapter(Task)
+BuiltinTask = Annotated[TextTask | BatchTask | ImageTask | DocumentTask | DeleteTask, Field(discriminator="task_type")]
+TASK_ADAPTER: TypeAdapter[BuiltinTask] = TypeAdapter(BuiltinTask)
+#: a validated task: a built-in one, or a plugin type's (a :class:`TaskBase` subclass)
+Task = TaskBase | DeleteTask
 
 
 def task_texts(task: Task) -> list[str]:
-    """The texts a text-family task asks to embed, in item order."""
-    if isinstance(task, TextTask):
-        return [task.data]
-    if isinstance(task, BatchTask):
-        return list(task.data)
-    if isinstance(task, DocumentTask):
-        title = task.data.title.strip()
-        return [f"{title}\n\n{task.data.content}" if title else task.data.content]
-    raise TypeError(f"{task.task_type} tasks carry no texts")
+    """The texts a text-lane task asks to embed, in item order (its type's :meth:`~tasks.types.TaskType.texts`)."""
+    return task_types.of(task).texts(task)
 
 
 def _check_json(value: Any) -> None:
@@ -242,23 +250,29 @@ def validate_task(value: dict[str, Any], limits: Limits | None = None) -> Task:
     raw_id = value.get("task_id")
     task_id = raw_id if isinstance(raw_id, str) and len(raw_id) <= 200 and _TASK_ID_RE.match(raw_id) else None
     task_type = value.get("task_type")
+    installed = task_types.names()
     if not isinstance(task_type, str | None):
         raise InvalidTaskError(
-            f"Invalid task: field 'task_type' must be a string, one of {', '.join(TASK_TYPES)} "
+            f"Invalid task: field 'task_type' must be a string, one of {', '.join(installed)} "
             f"(got {type(task_type).__name__}).",
             task_id=task_id,
         )
     if task_type is None:
         raise InvalidTaskError(
-            f"Invalid task: field 'task_type' is missing; expected one of {', '.join(TASK_TYPES)}.", task_id=task_id
+            f"Invalid task: field 'task_type' is missing; expected one of {', '.join(installed)}.", task_id=task_id
         )
-    if task_type not in TASK_TYPES:
+    if task_type not in installed:
         raise InvalidTaskError(
-            f"Invalid task: unknown task_type {_short(task_type)}; expected one of {', '.join(TASK_TYPES)}.",
+            f"Invalid task: unknown task_type {_short(task_type)}; expected one of {', '.join(installed)} "
+            "(the task types installed on this worker; a plugin's type needs its package installed, docs/tasks.md).",
             task_id=task_id,
         )
     try:
-        task = TASK_ADAPTER.validate_python(value)
+        kind = task_types.get(task_type)
+    except UnsupportedTaskError as exc:
+        raise UnsupportedTaskError(str(exc), task_id=task_id) from None
+    try:
+        task = kind.model.model_validate(value)
     except ValidationError as exc:
         raise InvalidTaskError(format_task_errors(exc, str(task_type)), task_id=task_id) from None
     check_limits(task, limits or Limits())
@@ -292,13 +306,7 @@ def check_limits(task: Task, limits: Limits) -> None:
                 f"{limits.max_metadata_depth} (VECTORIZE_WORKER_MAX_METADATA_DEPTH); flatten it.",
                 task_id=task.task_id,
             )
-    if isinstance(task, DocumentTask) and len(task.data.title) > limits.max_title_chars:
-        raise InvalidTaskError(
-            f"{where}: field 'data.title' is {len(task.data.title)} characters, over the limit of "
-            f"{limits.max_title_chars} (VECTORIZE_WORKER_MAX_TITLE_CHARS; it is stored with every chunk); "
-            "shorten it or move the text into content.",
-            task_id=task.task_id,
-        )
+    task_types.of(task).check(task, limits)
 
 
 def _shape(value: Any) -> tuple[int, int]:
@@ -357,12 +365,48 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def json_schema() -> dict[str, Any]:
-    schema = TASK_ADAPTER.json_schema()
+def json_schema(*, installed: bool = False) -> dict[str, Any]:
+    """The JSON Schema of a task: of the built-in types (what docs/task.schema.json holds), or with
+    ``installed`` of every type installed in this environment, plugins included (``python -m tasks.schema``).
+    Raises :class:`~core.errors.UnsupportedTaskError` for an installed type that cannot be loaded."""
+    kinds = (
+        [task_types.get(name) for name in task_types.names()]
+        if installed
+        else [task_types.builtin(n) for n in TASK_TYPES]
+    )
+    union: Any = reduce(or_, [kind.model for kind in kinds])
+    schema = TypeAdapter(Annotated[union, Field(discriminator="task_type")]).json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "vectorize-worker task"
     return schema
 
 
-def dump_schema(path: Path) -> None:
-    path.write_text(json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+def dump_schema(path: Path, *, installed: bool = False) -> None:
+    path.write_text(json.dumps(json_schema(installed=installed), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tasks.schema [--list]``: the task schema with every installed type, or the types themselves."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="python -m tasks.schema",
+        description="Print the JSON Schema of a task, with every task type installed here (plugins included).",
+    )
+    parser.add_argument("--list", action="store_true", help="list the installed task types, their lanes and sources")
+    args = parser.parse_args(argv)
+    try:
+        if args.list:
+            for name, target in task_types.available().items():
+                print(f"{name}\t{task_types.get(name).lane}\t{target}")
+        else:
+            print(json.dumps(json_schema(installed=True), indent=2, ensure_ascii=False))
+    except UnsupportedTaskError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
