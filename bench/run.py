@@ -68,8 +68,24 @@ def cache_counts(port: int) -> dict[str, float]:
     return out
 
 
+async def quiet(rss: RssSampler, *, window: float = 0.5, busy: float = 0.05, limit: float = 60.0) -> None:
+    """Wait until the worker is idle: under ``busy`` of a core over ``window`` seconds (at most ``limit`` s).
+
+    A case's last result comes back before the worker has finished with it: the task-status table still
+    reads the case's status records back, the cache's writes are in flight. Measured from a busy worker, a
+    short case (``worker_resend`` takes ~2 s) would pay for the case before it.
+    """
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        before = rss.cpu_seconds()
+        await asyncio.sleep(window)
+        if rss.cpu_seconds() - before < busy * window:
+            return
+
+
 async def measure(driver: Driver, rss: RssSampler, metrics_port: int, tasks: list[Any]) -> dict[str, Any]:
-    """Send ``tasks``, wait for every result; texts/s with the CPU and model time the case took."""
+    """From a quiet worker, send ``tasks``, wait for every result; texts/s with the CPU and model time the case took."""
+    await quiet(rss)
     cpu0, machine0, model0 = rss.cpu_seconds(), rss.machine_cpu_seconds(), model_seconds(metrics_port)
     case = await driver.run(tasks)
     # how much of the case the model was computing: below 1, it waited for the rest of the worker

@@ -122,7 +122,8 @@ class ChromaStore(LazyClient, BaseVectorDB):
         return col
 
     def ensure_collection(self, collection: str, dim: int, distance: Distance = "cosine") -> None:
-        col = self._create_collection(collection, dim, distance)
+        # known to this adapter: its dimension is checked without a round trip (the writer calls this per write)
+        col = self._collections.get(collection) or self._create_collection(collection, dim, distance)
         known = int((col.metadata or {}).get("dimension", dim))
         if known != dim:
             raise StoreRejectedError(
@@ -195,9 +196,13 @@ class ChromaStore(LazyClient, BaseVectorDB):
 
     def task_record_ids(self, collection: str, task_ids: Sequence[str]) -> dict[str, set[str]]:
         wanted = set(task_ids)
-        if not wanted or self.count(collection) == 0:
+        if not wanted:
             return {}
-        col = self._collection(collection)
+        col = self._collections.get(collection)  # made sure of by this adapter: no round trips to ask again
+        if col is None:
+            if self.count(collection) == 0:
+                return {}
+            col = self._collection(collection)
         found: dict[str, set[str]] = {}
         page = 1000
         for offset in range(0, MAX_TASK_RECORDS, page):

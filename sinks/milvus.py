@@ -248,7 +248,10 @@ class MilvusStore(LazyClient, BaseVectorDB):
         wanted = set(task_ids)
         client = self._connect()
         name = collection_name(collection)
-        if not wanted or not self._call("collection lookup", client.has_collection, name):
+        if not wanted:
+            return {}
+        # a collection this adapter made sure of exists: no round trip to ask again
+        if collection not in self._dims and not self._call("collection lookup", client.has_collection, name):
             return {}
         expr = "task_id in [" + ", ".join(_literal(t) for t in sorted(wanted)) + "]"
         found: dict[str, set[str]] = {}

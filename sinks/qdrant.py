@@ -200,7 +200,12 @@ class QdrantStore(BaseVectorDB):
 
     def task_record_ids(self, collection: str, task_ids: Sequence[str]) -> dict[str, set[str]]:
         wanted = set(task_ids)
-        if not wanted or not self._call("collection lookup", self._client.collection_exists, collection):
+        if not wanted:
+            return {}
+        # a collection this adapter made sure of exists: no round trip to ask again
+        if collection not in self._dims and not self._call(
+            "collection lookup", self._client.collection_exists, collection
+        ):
             return {}
         where = models.Filter(must=[models.FieldCondition(key="task_id", match=models.MatchAny(any=sorted(wanted)))])
         found: dict[str, set[str]] = {}

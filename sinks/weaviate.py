@@ -290,8 +290,13 @@ class WeaviateStore(LazyClient, BaseVectorDB):
 
     def task_record_ids(self, collection: str, task_ids: Sequence[str]) -> dict[str, set[str]]:
         wanted = set(task_ids)
-        client = self._connect()
-        if not wanted or not self._call("collection lookup", client.collections.exists, class_name(collection)):
+        if not wanted:
+            return {}
+        # a collection this adapter made sure of exists: no round trip to ask again (the writer looks up right
+        # after its upsert, so this saves one request per write)
+        if collection not in self._layouts and not self._call(
+            "collection lookup", self._connect().collections.exists, class_name(collection)
+        ):
             return {}
         col = self._collection(collection)
         found: dict[str, set[str]] = {}
