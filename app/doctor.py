@@ -6,7 +6,6 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from core.settings import Settings
 
@@ -90,6 +89,27 @@ def check_model(settings: Settings) -> str:
     )
 
 
+def check_task_types(settings: Settings) -> str:
+    """Import every installed task type (built-in or plugin): a broken plugin shows here, not at its first task."""
+    from tasks import types
+
+    broken, loaded = [], []
+    for name, target in types.available().items():
+        try:
+            kind = types.get(name)
+        except Exception as exc:  # noqa: BLE001 - every broken type is named
+            broken.append(f"{name} ({target}): {exc}")
+            continue
+        origin = "" if types.BUILTINS.get(name) == target else f", plugin {target.split(':', 1)[0]}"
+        loaded.append(f"{name} ({kind.lane} lane{origin})")
+    if broken:
+        raise RuntimeError(
+            f"{len(broken)} installed task type(s) cannot be used (their tasks will fail): {'; '.join(broken)}. "
+            "Fix or uninstall the plugin package named."
+        )
+    return ", ".join(loaded)
+
+
 async def run_checks(settings: Settings) -> list[Check]:
     loop = asyncio.get_running_loop()
     checks = [Check("configuration", True, f"worker {settings.worker_id}, group {settings.kafka_group_id}")]
@@ -98,6 +118,7 @@ async def run_checks(settings: Settings) -> list[Check]:
     def in_thread(func: Callable[[Settings], str]) -> Callable[[], Awaitable[str]]:
         return lambda: loop.run_in_executor(None, func, settings)
 
+    checks.append(await _timed("task types", in_thread(check_task_types)))
     checks.append(await _timed("vector store", in_thread(check_stores)))
     checks.append(await _timed("model", in_thread(check_model)))
     return checks
@@ -112,7 +133,7 @@ def render(checks: list[Check]) -> str:
     return "\n".join(lines)
 
 
-def main(settings: Any) -> int:
+def main(settings: Settings) -> int:
     checks = asyncio.run(run_checks(settings))
     print(render(checks))
     return 0 if all(c.ok for c in checks) else 1

@@ -23,7 +23,7 @@ from tasks.builtin_types import BatchType, DeleteType, DocumentType, ImageType, 
 from tasks.inputs import build_records
 from tasks.schema import TASK_TYPES, DeleteTask, Task, TaskBase, json_schema, parse_task
 from tests.fakes import FakeEmbedder
-from tests.unit.test_pipeline import Harness
+from tests.unit.test_pipeline import SETTINGS, Harness
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTALL = "run `make venv` (it installs examples/plugin: pip install --no-deps --no-build-isolation -e examples/plugin)"
@@ -328,3 +328,21 @@ def test_a_delete_is_routed_by_its_type() -> None:
     assert isinstance(task, DeleteTask) and types.of(task).lane == "delete"
     with pytest.raises(TypeError, match="delete tasks carry no texts"):
         types.of(task).texts(task)
+
+
+def test_the_doctor_names_every_installed_type_and_a_broken_plugin(plugins: dict[str, str]) -> None:
+    from app.doctor import check_task_types
+
+    listed = check_task_types(SETTINGS)  # type: ignore[arg-type]
+    assert "text_vectorization (text lane)" in listed and "image_vectorization (image lane)" in listed
+    assert f"{QA} (text lane, plugin vw_example_plugin.task_types)" in listed
+    plugins["broken"] = "no_such_plugin_module:Type"
+    types.forget()  # a new package installed: the worker would see it at its next start
+    with pytest.raises(RuntimeError) as info:
+        check_task_types(SETTINGS)  # type: ignore[arg-type]
+    message = str(info.value)
+    assert (
+        message.startswith("1 installed task type(s) cannot be used")
+        and "broken (no_such_plugin_module:Type)" in message
+    )
+    assert "Fix or uninstall the plugin package named." in message
