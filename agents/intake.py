@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any
 
 from app import compat
 from app.faust_app import WorkerApp
 from app.offsets import OffsetGuard
 from app.runtime import WorkerRuntime
+from core.errors import ConfigError
 from engine.acks import MissingOffsets, Ticket
 
 log = logging.getLogger("worker.main")
@@ -124,7 +126,12 @@ class Intake:
         for name in self.worker.output_topics:
             await self.worker.raw_topic(name).maybe_declare()
         rt = self.runtime()
-        await rt.start()
+        try:
+            await rt.start()
+        except ConfigError as exc:  # e.g. a model entry no installed family takes: the worker must not start
+            print(f"vectorize-worker: {exc}", file=sys.stderr, flush=True)
+            log.critical("Cannot start: %s", exc)
+            os._exit(2)
         events = stream.noack()
 
         async def ack(tickets: list[Ticket]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -121,6 +122,7 @@ class WorkerRuntime:
         assert self.pipeline is not None
         if self._lane is None or self._lane.done():
             self._lane = asyncio.ensure_future(self.pipeline.run_lanes())
+            self._lane.add_done_callback(_lanes_ended)
 
     def set_acker(self, acker: Callable[[list[Ticket]], Awaitable[None]]) -> None:
         self._acker = acker
@@ -223,3 +225,16 @@ class WorkerRuntime:
 
     def ready(self) -> bool:
         return bool(self.pipeline is not None and self.model_ready and self.store_up is not False)
+
+
+def _lanes_ended(task: asyncio.Task[None]) -> None:
+    """The lanes run until the worker stops; one that ends on a bug would stall every task taken in after it:
+    exit, so the records go to another worker (they are not acknowledged) and the supervisor restarts this one."""
+    if task.cancelled():
+        return
+    log.critical(
+        "The processing lanes stopped unexpectedly (%r); exiting so another worker takes the tasks",
+        task.exception(),
+        exc_info=task.exception(),
+    )
+    os._exit(70)

@@ -128,8 +128,8 @@ class TextLane(LaneBase):
 
     # -- the lane interface ----------------------------------------------------------------
     def start(self) -> None:
-        if self._stages and not any(stage.done() for stage in self._stages):
-            return
+        if self._stages and not all(stage.done() for stage in self._stages):
+            return  # running (after a drain the gather stage alone has ended: the others finish what it left)
         self._stages = [
             asyncio.ensure_future(self._gather()),
             asyncio.ensure_future(self._embed()),
@@ -351,7 +351,7 @@ class TextLane(LaneBase):
         """Look tasks whose texts are embedded as sent (text, batch, plugin types with ``fitted_texts``) up in the
         embedding cache, before fitting them to the model: a task whose every text is found goes to ``cached``
         without the tokenizer (a text the cache holds was embedded as it is, so it fits the model whose identity
-        is in its key). Returns the other outcomes;
+        is in its key), and so do the tasks of a model that cannot load, failed. Returns the other outcomes;
         what was found for them is kept in ``early`` (by ``id``) so their texts are not looked up twice."""
         groups: dict[tuple[str, bool | None], list[Outcome]] = defaultdict(list)
         for out in outcomes:
@@ -359,8 +359,15 @@ class TextLane(LaneBase):
                 groups[(out.model, out.item.task.normalize)].append(out)
         served: set[int] = set()
         for (model, normalize), members in groups.items():
-            known = await self._identify(model)
-            if known is None:  # no cache for this model, or it cannot load: the usual path says why
+            try:
+                known = await self._identify(model)
+            except PermanentError as exc:  # the model cannot load: these tasks fail now, without a second attempt
+                for out in members:
+                    out.error = exc
+                    served.add(id(out))
+                cached.extend(members)
+                continue
+            if known is None:  # no cache identity for this model: the usual path
                 continue
             identity, info = known
             assert self.steps.cache is not None
@@ -376,11 +383,12 @@ class TextLane(LaneBase):
         return [out for out in outcomes if id(out) not in served] if served else outcomes
 
     async def _identify(self, model: str) -> tuple[str, EmbedderInfo] | None:
-        """The model's identity (the cache's key part) and info; None without one or when it cannot load."""
+        """The model's identity (the cache's key part) and info; None without one. Raises PermanentError for a
+        model that cannot load."""
         try:
             identity, info = await self.steps.manager.identify(model)
         except PermanentError:
-            return None
+            raise
         except Exception:  # noqa: BLE001 - the cache only saves work: the model call that follows says what is wrong
             log.warning("Looking up the model %s for the embedding cache failed", model, exc_info=True)
             return None

@@ -75,6 +75,7 @@ class TaskPipeline:
         self._deletes: set[asyncio.Future[None]] = set()
         self._ids_changed = asyncio.Condition()
         self._delete_waiters = 0
+        self._held_deletes: set[asyncio.Future[None]] = set()  # deletes waiting for earlier tasks of their id
         self.reporter = Reporter(
             publisher, stores=self.stores, settings=settings, metrics=self.metrics, on_done=self._on_done
         )
@@ -161,6 +162,8 @@ class TaskPipeline:
         if lane is self.text:
             await self._texts.acquire(item.weight)  # waits while max_inflight_texts texts are unfinished
             self._held[id(ticket)] = (item.weight, size)
+        if not self.accepting:  # the drain began while this record waited for room: another worker gets it
+            await asyncio.Event().wait()
         await lane.submit(item)
 
     # -- the lanes ---------------------------------------------------------------------------
@@ -183,7 +186,9 @@ class TaskPipeline:
     async def settled(self) -> None:
         """Wait until every task taken in has left its lane and every delete is done."""
         while True:
-            await asyncio.gather(*(lane.settled() for lane in self.lanes), *list(self._deletes))
+            await asyncio.gather(*(lane.settled() for lane in self.lanes))
+            if self._deletes:
+                await asyncio.wait(set(self._deletes))
             if not any(lane.pending for lane in self.lanes) and not self._deletes:
                 return
 
@@ -197,6 +202,10 @@ class TaskPipeline:
         self.accepting = False
         for lane in self.lanes:
             lane.drain(seconds=timeout / 2)  # half the time: storing and reporting follow
+        # a delete still waiting for an earlier task of its id may wait for one the drain just left to another
+        # worker: it stays unacknowledged too, and that worker does both, in order
+        for held in list(self._held_deletes):
+            held.cancel()
         try:
             await asyncio.wait_for(self.settled(), timeout)
         except TimeoutError:
@@ -224,11 +233,15 @@ class TaskPipeline:
         try:
             if self._active.get(task_id):
                 self._delete_waiters += 1
+                me = asyncio.current_task()
+                if me is not None:
+                    self._held_deletes.add(me)
                 try:
                     async with self._ids_changed:
                         await self._ids_changed.wait_for(lambda: not self._active.get(task_id))
                 finally:
                     self._delete_waiters -= 1
+                    self._held_deletes.discard(me)  # type: ignore[arg-type]
             collection = task.collection or self.settings.default_collection
             removed = await self.writer.delete_tasks(collection, [task_id])
             counts = {store: by_task.get(task_id, 0) for store, by_task in removed.items()}

@@ -32,7 +32,7 @@ BUILTINS = {
     "clip": "models.families:ClipFamily",
 }
 _families: dict[str, ModelFamily] = {}  # target ("module:attr") -> the family object, made once per process
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: a plugin module may look a family up while it is imported
 
 
 def available() -> dict[str, str]:

@@ -94,6 +94,10 @@ def _without_password(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+#: seconds a heartbeat waits for a GPU reading before it goes out with the last ones
+GPU_SAMPLE_TIMEOUT = 5.0
+
+
 class Heartbeat:
     """Publishes ``state()`` (plus identity fields) to Redis until stopped."""
 
@@ -124,6 +128,7 @@ class Heartbeat:
         self._gpu_monitor: GpuMonitor | None = None
         self._gpu_opened = False
         self._gpu_failing = False
+        self._gpu_sampling: asyncio.Future[None] | None = None  # the GPU reading in progress
         self.gpus: list[GpuReading] | None = None  # the last reading; None: not on CUDA or no NVML
 
     def watch_gpus(self, device: str, metrics: Metrics | None = None) -> None:
@@ -168,8 +173,22 @@ class Heartbeat:
             self._gpu_failing = True
 
     async def beat(self, status: str = "running") -> bool:
-        """One heartbeat (after a GPU reading, when watched); returns whether Redis took it."""
-        await self.sample_gpus()
+        """One heartbeat (after a GPU reading, when watched); returns whether Redis took it.
+
+        A GPU reading that does not finish within :data:`GPU_SAMPLE_TIMEOUT` (a wedged driver) does not hold the
+        beat up: it goes out with the last readings, and no second reading starts while that one hangs."""
+        if self._gpu_device is not None:
+            if self._gpu_sampling is None or self._gpu_sampling.done():
+                self._gpu_sampling = asyncio.ensure_future(self.sample_gpus())
+            try:
+                await asyncio.wait_for(asyncio.shield(self._gpu_sampling), GPU_SAMPLE_TIMEOUT)
+            except TimeoutError:
+                if not self._gpu_failing:
+                    log.warning(
+                        "Reading the GPUs through NVML took over %.0fs; heartbeats go on with the last readings",
+                        GPU_SAMPLE_TIMEOUT,
+                    )
+                self._gpu_failing = True
         try:
             await self._redis.set(heartbeat_key(self.worker_id), json.dumps(self.payload(status)), ex=self.ttl)
         except (RedisError, OSError) as exc:

@@ -171,6 +171,7 @@ class TaskType:
 _lock = threading.RLock()  # re-entrant: a plugin module may look a type up while it is imported
 _available: dict[str, str] | None = None  # name -> "module:attr", read once per process
 _types: dict[str, TaskType] = {}  # target -> the type object, made once per process
+_broken: dict[str, str] = {}  # target -> why it cannot be used (a failed import is not tried again per task)
 
 
 def _installed() -> dict[str, str]:
@@ -203,6 +204,7 @@ def forget() -> None:
     with _lock:
         _available = None
         _types.clear()
+        _broken.clear()
 
 
 def get(name: str) -> TaskType:
@@ -218,7 +220,13 @@ def get(name: str) -> TaskType:
     with _lock:
         known = _types.get(target)
         if known is None:
-            known = _types[target] = _make(name, target)
+            if target in _broken:
+                raise UnsupportedTaskError(_broken[target])
+            try:
+                known = _types[target] = _make(name, target)
+            except UnsupportedTaskError as exc:
+                _broken[target] = str(exc)
+                raise
         return known
 
 

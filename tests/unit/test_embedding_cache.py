@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from aiokafka.errors import KafkaError
 
+from core.errors import ModelLoadError
 from core.ids import vector_id
 from engine.acks import AckTracker, Ticket
 from engine.embedding_cache import EmbeddingCache, LocalLRU
@@ -442,3 +443,20 @@ def test_identity_covers_name_and_vector_settings() -> None:
     assert model_identity(a) == model_identity(b)
     assert model_identity(FakeEmbedder("other")) != model_identity(a)
     assert model_identity(FakeEmbedder("m", max_tokens=128)) != model_identity(a)
+
+
+async def test_a_model_that_cannot_load_is_tried_once_per_batch() -> None:
+    w = Worker()
+    attempts: list[str] = []
+    original = w._load
+
+    def load(name: str) -> FakeEmbedder:
+        if name == "broken-model":
+            attempts.append(name)
+            raise ModelLoadError("Failed to load model broken-model: not found")
+        return original(name)
+
+    w.manager._load = load  # type: ignore[method-assign]
+    await w.run({"task_type": "text_vectorization", "data": "hello", "task_id": "b1", "model_name": "broken-model"})
+    assert attempts == ["broken-model"] and w.acked == [0]
+    assert w.result("b1")["status"] == "failed" and "broken-model" in w.result("b1")["error"]["message"]

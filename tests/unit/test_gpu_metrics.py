@@ -259,6 +259,39 @@ async def test_a_failing_nvml_never_stops_the_heartbeat(
     await beat.stop()
 
 
+async def test_a_hanging_nvml_does_not_hold_the_heartbeat_up(
+    nvml: types.ModuleType, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import threading
+
+    import ops.heartbeat
+
+    monkeypatch.setattr(ops.heartbeat, "GPU_SAMPLE_TIMEOUT", 0.1)
+    redis = FakeRedis()
+    beat = _heartbeat(redis, "cuda")
+    beat.watch_gpus("cuda", Metrics())
+    await beat.beat()
+    release, calls = threading.Event(), []
+
+    def wedged() -> list[GpuReading]:
+        calls.append(1)
+        release.wait(10)
+        return []
+
+    assert beat._gpu_monitor is not None
+    beat._gpu_monitor.sample = wedged  # type: ignore[method-assign]
+    try:
+        with caplog.at_level(logging.WARNING, logger="worker.heartbeat"):
+            assert await beat.beat() is True  # sent anyway, with the last readings
+            assert await beat.beat() is True
+        assert calls == [1]  # no second reading piles up behind the hung one
+        assert caplog.text.count("took over") == 1
+        assert redis.values["worker:w-1:heartbeat"]["gpus"][0]["index"] == 0
+    finally:
+        release.set()
+    await beat.stop()
+
+
 # -- the dashboard's GPU section, rendered by headless Chromium (as tests/unit/test_dashboard_render.py) --------
 DASHBOARD = (Path(__file__).resolve().parents[2] / "agents" / "dashboard.html").read_text(encoding="utf-8")
 HOSTILE = '<img src=x onerror="document.title=1">'

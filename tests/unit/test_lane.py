@@ -403,3 +403,42 @@ async def test_every_lane_offers_the_lane_interface_and_a_drain_leaves_queued_ta
     assert (h.pipeline.text.pending, h.pipeline.images.pending) == (0, 0)
     assert not text.done and not image.done and h.acked == []  # unacknowledged: another worker gets them
     assert h.statuses("q-text") == ["received"] and h.statuses("q-image") == ["received"]
+
+
+async def test_a_task_waiting_for_room_when_the_drain_begins_stays_unacknowledged() -> None:
+    h = Harness(max_inflight_texts=2, batch_wait_ms=0)
+    lane = h.pipeline.text
+    gate = asyncio.Event()
+    original = lane._enqueue
+
+    async def slow_enqueue(outcomes: Any) -> Any:
+        await gate.wait()
+        return await original(outcomes)
+
+    lane._enqueue = slow_enqueue  # type: ignore[method-assign]  # the gather stage is busy when SIGTERM comes
+    running = asyncio.ensure_future(h.pipeline.run_lanes())
+    await h.send({"task_type": "text_vectorization", "data": "a", "task_id": "t0"})
+    await h.send({"task_type": "text_vectorization", "data": "b", "task_id": "t1"})
+    await until(lambda: lane.active >= 1, "the first batch to start")
+    late = asyncio.ensure_future(h.send({"task_type": "text_vectorization", "data": "c", "task_id": "t2"}))
+    await asyncio.sleep(0.05)
+    assert not late.done()  # waits for room (max_inflight_texts)
+    drained = asyncio.ensure_future(h.pipeline.drain(timeout=5))
+    await asyncio.sleep(0.05)
+    gate.set()
+    assert await drained is True  # not held up by the task that found room only after the drain began
+    assert h.acked == [0, 1] and lane.pending == 0 and h.statuses("t2") == ["received"]
+    running.cancel()
+    late.cancel()
+    await asyncio.gather(running, late, return_exceptions=True)
+
+
+async def test_a_delete_waiting_for_a_drained_task_of_its_id_is_left_for_another_worker_too() -> None:
+    h = Harness()
+    await h.send({"task_type": "text_vectorization", "data": "queued", "task_id": "X"})
+    ticket = h.tracker.add("tasks-0", h.offset)
+    await h.pipeline.intake(None, ticket, ("tasks", 0, h.offset), key=b"X")  # tombstone: delete X after X
+    await asyncio.sleep(0.05)
+    assert await h.pipeline.drain(1) is True
+    assert not ticket.done and h.acked == [] and not h.pipeline._deletes
+    assert [r["status"] for r in h.kafka.on("status")] == ["received"]  # nothing completed, nothing deleted

@@ -346,3 +346,22 @@ def test_the_doctor_names_every_installed_type_and_a_broken_plugin(plugins: dict
         and "broken (no_such_plugin_module:Type)" in message
     )
     assert "Fix or uninstall the plugin package named." in message
+
+
+def test_a_broken_plugin_is_imported_once_not_once_per_task(
+    plugins: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    imported: list[str] = []
+    real = types.importlib.import_module
+
+    def counting(name: str) -> Any:
+        imported.append(name)
+        return real(name)
+
+    monkeypatch.setattr(types.importlib, "import_module", counting)
+    plugins["broken"] = "no_such_module.types:Thing"
+    for task_id in ("b1", "b2", "b3"):
+        with pytest.raises(UnsupportedTaskError) as info:
+            parse_task(json.dumps({"task_type": "broken", "task_id": task_id, "data": "x"}).encode())
+        assert info.value.task_id == task_id and "no_such_module.types:Thing" in str(info.value)
+    assert imported.count("no_such_module.types") == 1
