@@ -282,6 +282,11 @@ def _problem(kind: TaskType, name: str) -> str | None:
         return f"is named {kind.name!r}, not {name!r} (its name must be the entry point's name)"
     if kind.lane not in LANES:
         return f"runs in lane {kind.lane!r}; a type runs in 'text' or 'image'"
+    if kind.fitted_texts and type(kind).prepare is not TaskType.prepare:
+        return (
+            "overrides prepare() but keeps fitted_texts = True, so prepare() would be skipped for short texts and "
+            "cache hits; set fitted_texts = False"
+        )
     model = getattr(kind, "model", None)
     if not (isinstance(model, type) and issubclass(model, BaseModel)):
         return "has no pydantic model (set its model to a tasks.schema.TaskBase subclass)"

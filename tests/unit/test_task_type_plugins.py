@@ -299,12 +299,26 @@ async def test_a_broken_plugin_type_fails_its_tasks_with_what_to_fix(
     assert dead["error"]["kind"] == "unsupported_task" and problem in dead["error"]["message"]
 
 
+class PrefixingType(types.TaskType):
+    """Adds a prefix in prepare() but leaves fitted_texts on: refused (prepare would not always run)."""
+
+    name = "prefixed_vectorization"
+    model = NotesTask
+
+    def texts(self, task: Any) -> list[str]:
+        return [task.data]
+
+    def prepare(self, task: Any, tokenizer: Any, *, model: str, settings: Any) -> types.Prepared:
+        return types.Prepared(texts=["query: " + t for t in self.texts(task)])
+
+
 @pytest.mark.parametrize(
     ("name", "target", "problem"),
     [
         ("nobase_vectorization", f"{__name__}:NoBase", "that is not a tasks.schema.TaskBase subclass"),
         ("notes_vectorization", f"{__name__}:BadLane", "runs in lane 'audio'"),
         ("text_vectorization", f"{__name__}:NotesType", "is named 'notes_vectorization', not 'text_vectorization'"),
+        ("prefixed_vectorization", f"{__name__}:PrefixingType", r"overrides prepare\(\) but keeps fitted_texts = True"),
     ],
 )
 def test_the_registry_checks_a_types_model_and_lane(
