@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from core.errors import InvalidTaskError, UnsupportedTaskError, cap_message
+from core.errors import InvalidTaskError, UnsupportedTaskError, VectorizeError, cap_message
 from tasks import types as task_types
 
 if TYPE_CHECKING:
@@ -306,7 +306,21 @@ def check_limits(task: Task, limits: Limits) -> None:
                 f"{limits.max_metadata_depth} (VECTORIZE_WORKER_MAX_METADATA_DEPTH); flatten it.",
                 task_id=task.task_id,
             )
-    task_types.of(task).check(task, limits)
+    kind = task_types.of(task)
+    try:
+        kind.check(task, limits)
+    except VectorizeError as exc:
+        if exc.task_id is None:
+            exc.task_id = task.task_id
+        raise
+    except Exception as exc:  # noqa: BLE001 - a plugin's check that breaks fails this task, under its own id
+        raise UnsupportedTaskError(
+            cap_message(
+                f"{where}: the check of task type {kind.name!r} ({type(kind).__module__}) failed "
+                f"({type(exc).__name__}: {exc}); fix the package that provides the type."
+            ),
+            task_id=task.task_id,
+        ) from None
 
 
 def _shape(value: Any) -> tuple[int, int]:

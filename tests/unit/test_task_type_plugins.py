@@ -379,3 +379,24 @@ def test_a_broken_plugin_is_imported_once_not_once_per_task(
             parse_task(json.dumps({"task_type": "broken", "task_id": task_id, "data": "x"}).encode())
         assert info.value.task_id == task_id and "no_such_module.types:Thing" in str(info.value)
     assert imported.count("no_such_module.types") == 1
+
+
+class CheckBreaks(NotesType):
+    name = "checked_vectorization"
+
+    class Model(TaskBase):
+        task_type: Literal["checked_vectorization"]
+        data: list[str]
+
+    model = Model
+
+    def check(self, task: Any, limits: Any) -> None:
+        raise KeyError("limits.notes")  # a bug in the plugin
+
+
+def test_a_plugin_check_that_breaks_fails_its_task_under_the_tasks_own_id(plugins: dict[str, str]) -> None:
+    plugins["checked_vectorization"] = f"{__name__}:CheckBreaks"
+    with pytest.raises(UnsupportedTaskError) as info:
+        parse_task(b'{"task_type": "checked_vectorization", "task_id": "c7", "data": ["x"]}')
+    assert info.value.task_id == "c7"
+    assert "the check of task type 'checked_vectorization'" in str(info.value) and "KeyError" in str(info.value)
