@@ -176,13 +176,22 @@ class ChromaStore(LazyClient, BaseVectorDB):
                 }
                 for r in chunk
             ]
-            self._call(
-                f"upsert into {collection}",
-                col.upsert,
-                ids=[r.id for r in chunk],
-                embeddings=[[float(x) for x in r.vector] for r in chunk],
-                metadatas=metadatas,
-            )
+            try:
+                self._call(
+                    f"upsert into {collection}",
+                    col.upsert,
+                    ids=[r.id for r in chunk],
+                    embeddings=[[float(x) for x in r.vector] for r in chunk],
+                    metadatas=metadatas,
+                )
+            except StoreRejectedError as exc:
+                if not _vanished(exc):
+                    raise
+                self._collections.pop(collection, None)  # deleted behind our back: made again at the retry
+                raise StoreUnavailableError(
+                    f"Chroma collection {collection!r} at {self._where} was deleted while the worker wrote to it; "
+                    "it is created again when the write is retried."
+                ) from None
 
     def _max_batch(self) -> int:
         try:
@@ -351,3 +360,9 @@ def create(settings: Settings) -> ChromaStore:
         return ChromaStore(url=cfg.url, timeout=cfg.timeout, token=reveal(cfg.token), contract=contract)
     path = cfg.path or str(Path(settings.data_dir) / "chroma")
     return ChromaStore(path=path, timeout=cfg.timeout, contract=contract)
+
+
+def _vanished(exc: Exception) -> bool:
+    """A refusal that says the collection is gone (deleted by someone else since this adapter looked it up)."""
+    text = str(exc).lower()
+    return "does not exist" in text or "not found" in text

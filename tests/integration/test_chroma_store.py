@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from core.errors import StoreUnavailableError
 from core.metadata_contract import native_name
 from sinks.base import PAYLOAD_KEY, BaseVectorDB, VectorRecord
 from sinks.chroma import ChromaStore
@@ -62,6 +63,20 @@ class ChromaContract(VectorDBContract):
                 for r in records
             ],
         )
+
+    def test_a_collection_deleted_behind_the_adapter_is_made_again_at_the_retry(
+        self, store: BaseVectorDB, collection: str
+    ) -> None:
+        store.ensure_collection(collection, DIM)
+        store.upsert(collection, [record(collection, str(uuid.uuid4()), 0, {})])
+        store._connect().delete_collection(collection)  # type: ignore[attr-defined]  # someone else drops it
+        again = record(collection, str(uuid.uuid4()), 1, {})
+        with pytest.raises(StoreUnavailableError, match="created again when the write is retried"):
+            store.ensure_collection(collection, DIM)
+            store.upsert(collection, [again])
+        store.ensure_collection(collection, DIM)  # the writer's retry
+        store.upsert(collection, [again])
+        assert [p.id for p in store.retrieve(collection, [again.id])] == [again.id] and store.count(collection) == 1
 
     @pytest.fixture
     def unreachable(self) -> Iterator[BaseVectorDB]:
