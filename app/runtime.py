@@ -40,6 +40,8 @@ class WorkerRuntime:
         self.settings = settings
         self._send = send
         self._lag = lag
+        self.consumer_lag: int | None = None  # the tasks topic's lag summed over this worker's partitions
+        self._lag_labels: set[tuple[str, str]] = set()  # the partitions the lag gauge shows
         self.tracker = AckTracker()
         self.metrics = Metrics()
         self.heartbeat = Heartbeat(
@@ -152,8 +154,14 @@ class WorkerRuntime:
         if self.manager is not None:
             m.loaded_models.set(len(self.manager.loaded()))
         if self._lag is not None:
-            for (topic, partition), lag in self._lag().items():
+            lags = self._lag()
+            labels = {(topic, str(partition)) for topic, partition in lags}
+            for topic, partition in self._lag_labels - labels:  # partitions this worker no longer holds
+                m.consumer_lag.remove(topic, partition)
+            for (topic, partition), lag in lags.items():
                 m.consumer_lag.labels(topic, str(partition)).set(lag)
+            self._lag_labels = labels
+            self.consumer_lag = sum(lags.values())
         if self.pipeline is not None and self.stores:
             up = await self._stores_answer()
             if up != self.store_up and self.store_up is not None:
@@ -213,6 +221,7 @@ class WorkerRuntime:
             "processed": p.processed if p else 0,
             "failed": p.failed if p else 0,
             "active_tasks": p.active_tasks if p else 0,
+            "consumer_lag": self.consumer_lag,  # the dashboard's lag chart sums it over the workers
             "in_flight": self.tracker.in_flight(),
             "loaded_models": [m.name for m in self.manager.loaded()] if self.manager else [],
             # what runs each loaded model: onnxruntime or torch (models.backend)

@@ -48,3 +48,24 @@ def test_readyz_reports_kafka_assignment_without_raising(
     assert body["checks"]["kafka_assigned"] is assigned
     assert status == 503  # the model is not warmed in a unit test, so never ready here
     assert body["ready"] is False and body["checks"]["model_warmed"] is False
+
+
+async def test_the_lag_gauge_follows_the_partitions_this_worker_holds() -> None:
+    from app.runtime import WorkerRuntime
+    from core.settings import load_settings
+
+    lags = {("tasks", 0): 7, ("tasks", 1): 3}
+
+    async def send(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("nothing is sent")
+
+    rt = WorkerRuntime(load_settings(worker_id="w-lag"), send, lag=lambda: dict(lags))
+    value = rt.metrics.registry.get_sample_value
+    await rt.refresh()
+    assert rt.state()["consumer_lag"] == 10
+    assert value("worker_consumer_lag", {"topic": "tasks", "partition": "1"}) == 3
+    del lags[("tasks", 1)]  # partition 1 went to another worker in a rebalance
+    await rt.refresh()
+    assert rt.state()["consumer_lag"] == 7
+    assert value("worker_consumer_lag", {"topic": "tasks", "partition": "1"}) is None  # not its last value
+    assert value("worker_consumer_lag", {"topic": "tasks", "partition": "0"}) == 7
