@@ -11,7 +11,7 @@ export PYTHONPATH := $(CURDIR)
 export VENV
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv example-plugin up down status run worker demo bench bench-peer test chaos test-unit test-integration lint format schemas lock doctor clean
+.PHONY: help venv example-plugin up down status run worker demo bench bench-peer test chaos test-unit test-integration test-containers lint format schemas lock doctor clean
 
 help:
 	@echo "make run    - install, start local Kafka, run a worker (Ctrl-C stops it)"
@@ -83,6 +83,11 @@ test: venv up
 # The chaos test alone (it is part of `make test` too).
 chaos: venv up
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests/chaos -s
+
+# The image and docker-compose.yml under podman: 3 workers, tasks in, a worker killed (docs/containers.md).
+# Root; installs podman, runc and debootstrap with apt-get when missing, skips only when it cannot.
+test-containers: venv
+	scripts/containers.sh
 
 test-unit: venv
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests/unit
