@@ -226,6 +226,10 @@ class WorkerRuntime:
             "loaded_models": [m.name for m in self.manager.loaded()] if self.manager else [],
             # what runs each loaded model: onnxruntime or torch (models.backend)
             "model_backends": {m.name: m.backend for m in self.manager.loaded()} if self.manager else {},
+            # the engine models.backend chose for each (auto: the fastest faithful one measured) and why
+            "model_engines": {m.name: {"engine": m.engine, "reason": m.engine_reason} for m in self.manager.loaded()}
+            if self.manager
+            else {},
             # the embedding cache: hits / inputs asked about since start (None: off, or nothing asked yet)
             "cache_hit_ratio": self.cache.hit_ratio if self.cache is not None else None,
             "cache_hits": self.cache.hits if self.cache is not None else 0,

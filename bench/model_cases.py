@@ -7,9 +7,15 @@ counts, one ``encode`` call per batch of 32; ``encode`` itself sorts by
 characters, which pads far more) run sentence-transformers on torch.
 
 ``onnx_token_sorted``, ``onnx_naive`` and ``onnx_single`` do the same with
-the worker's own embedder on ONNX Runtime (``models.backend`` auto, the
-default on a CPU): the model as the worker runs it, so the worker's overhead
-is measured against these.
+the worker's own embedder on ONNX Runtime (``models.backend`` onnx).
+
+``bf16_token_sorted`` and ``bf16_naive`` run sentence-transformers with the
+model's weights in bfloat16 (a copy), on a CPU with AMX or AVX-512 BF16 only
+(elsewhere torch emulates bfloat16 slowly: not measured, the reason is
+recorded); ``bf16_min_cosine`` is the lowest cosine between its vectors and
+float32's over the whole corpus. The worker's overhead is measured against
+the case of the engine it chose (models/engines.py), and against the
+fastest faithful bare case of the run (``best_bare``, bench/run.py).
 """
 
 from __future__ import annotations
@@ -76,17 +82,49 @@ def embedder_embed(embedder: Any) -> Embed:
     return lambda batch: embedder.embed_texts(batch, batch_size=len(batch), normalize=True)
 
 
-def token_sorted(embed: Embed, lengths: Lengths, texts: list[str], batch_size: int = 32) -> dict[str, Any]:
-    """Batches cut from all texts sorted by token count (the model's best case; what the model queue does)."""
+def token_sorted(
+    embed: Embed, lengths: Lengths, texts: list[str], batch_size: int = 32, vectors: list[Any] | None = None
+) -> dict[str, Any]:
+    """Batches cut from all texts sorted by token count (the model's best case; what the model queue does).
+    ``vectors``, when given, receives each text's vector in input order (for the faithfulness check)."""
     t0, c0 = time.perf_counter(), time.process_time()
     counts = lengths(texts)
     order = sorted(range(len(texts)), key=lambda i: -counts[i])
+    out: dict[int, Any] = {}
     for start in range(0, len(order), batch_size):
-        embed([texts[i] for i in order[start : start + batch_size]])
-    return {
+        index = order[start : start + batch_size]
+        rows = embed([texts[i] for i in index])
+        out.update(zip(index, rows, strict=True))
+    result = {
         "texts_per_s": len(texts) / (time.perf_counter() - t0),
         "cpu_ms_per_text": (time.process_time() - c0) * 1000 / len(texts),
     }
+    if vectors is not None:
+        vectors.extend(out[i] for i in range(len(texts)))
+    return result
+
+
+def bf16_model(model: Any) -> tuple[Any | None, str]:
+    """A bfloat16 copy of the sentence-transformers model, or None and why not (no AMX / AVX-512 BF16)."""
+    import copy
+
+    import torch
+
+    from models.engines import BF16_FLAGS, cpu_description
+
+    name, flags = cpu_description()
+    if not any(flag in flags for flag in BF16_FLAGS):
+        return None, f"not measured: {name} has neither AMX nor AVX-512 BF16"
+    copied = copy.deepcopy(model).to(torch.bfloat16)
+    copied.encode(["warm-up"] * 8, show_progress_bar=False)
+    return copied, f"{name}: {', '.join(f for f in BF16_FLAGS if f in flags)}"
+
+
+def min_cosine(a: list[Any], b: list[Any]) -> float:
+    import numpy as np
+
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float((np.sum(x * y, axis=1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))).min())
 
 
 def naive(embed: Embed, texts: list[str], budget_s: float = 20.0) -> dict[str, Any]:
@@ -119,20 +157,27 @@ def percentile(values: list[float], q: float) -> float:
 
 def run_model_cases(texts: list[str], latency_texts: list[str], runs: int) -> list[dict[str, Any]]:
     model, embedder = load_model(), load_onnx_embedder()
+    half, bf16_note = bf16_model(model)
     encode, onnx = st_embed(model), embedder_embed(embedder)
     out = []
     for _ in range(runs):
-        out.append(
-            {
-                "bare": bare(model, texts),
-                "bare_token_sorted": token_sorted(encode, st_lengths(model), texts),
-                "naive": naive(encode, texts),
-                "single_encode": single_latency(encode, latency_texts),
-                "onnx_token_sorted": token_sorted(onnx, embedder.token_lengths, texts),
-                "onnx_naive": naive(onnx, texts),
-                "onnx_single": single_latency(onnx, latency_texts),
-            }
-        )
-    del model, embedder
+        fp32_vectors: list[Any] = []
+        run = {
+            "bare": bare(model, texts),
+            "bare_token_sorted": token_sorted(encode, st_lengths(model), texts, vectors=fp32_vectors),
+            "naive": naive(encode, texts),
+            "single_encode": single_latency(encode, latency_texts),
+            "onnx_token_sorted": token_sorted(onnx, embedder.token_lengths, texts),
+            "onnx_naive": naive(onnx, texts),
+            "onnx_single": single_latency(onnx, latency_texts),
+            "bf16": {"cpu": bf16_note},
+        }
+        if half is not None:
+            bf16_vectors: list[Any] = []
+            run["bf16_token_sorted"] = token_sorted(st_embed(half), st_lengths(half), texts, vectors=bf16_vectors)
+            run["bf16_naive"] = naive(st_embed(half), texts)
+            run["bf16"]["min_cosine"] = min_cosine(bf16_vectors, fp32_vectors)
+        out.append(run)
+    del model, embedder, half
     gc.collect()
     return out

@@ -22,6 +22,7 @@ from typing import Any
 from bench import corpus
 from bench.model_cases import run_model_cases
 from bench.worker_cases import Driver, RssSampler, bulk_tasks, mixed_tasks, repeated_tasks, small_tasks
+from models.engines import COSINE_FLOOR
 from tests.integration.harness import Topics, WorkerProcess, create_topics, free_port, require_kafka
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,9 +37,25 @@ WORKER_CASES = ("worker_bulk", "worker_small", "worker_mixed", "worker_repeated5
 # then worker_resend), and worker_repeated50's corpus (worker_repeated50_cached)
 CACHE_CASES = ("worker_resend", "worker_repeated50_cached")
 CACHE_OFF = {"VECTORIZE_WORKER_CACHE_ENABLED": "false"}
-MODEL_CASES = ("bare", "bare_token_sorted", "naive", "onnx_token_sorted", "onnx_naive")
+MODEL_CASES = (
+    "bare",
+    "bare_token_sorted",
+    "naive",
+    "onnx_token_sorted",
+    "onnx_naive",
+    "bf16_token_sorted",
+    "bf16_naive",
+)
 REFERENCE_TORCH = ("bare_token_sorted", "naive")
-LOADED = re.compile(r"Model \S+ loaded successfully from .* on \S+ \(([a-z]+)\)")
+# the bare cases of each engine the worker may choose (models/engines.py): fed like its model queue, and per task
+ENGINE_CASES = {
+    "torch": REFERENCE_TORCH,
+    "onnx": ("onnx_token_sorted", "onnx_naive"),
+    "torch-bf16": ("bf16_token_sorted", "bf16_naive"),
+}
+# the bare cases best_bare is taken from; bf16 counts only when its vectors match float32's (bf16_min_cosine)
+BARE_CASES = ("bare", "bare_token_sorted", "onnx_token_sorted", "bf16_token_sorted")
+LOADED = re.compile(r"Model \S+ loaded successfully from .* on \S+ \(engine ([a-z0-9-]+)\)")
 PEER_PYTHON = Path.home() / ".cache" / "vectorize-worker" / "infvenv" / "bin" / "python"
 
 
@@ -104,7 +121,8 @@ async def start_worker(
     await create_topics([topics.tasks, topics.status, topics.results, topics.dlq], partitions=4)
     data_dir = Path(tempfile.mkdtemp(prefix="vectorize-bench-"))
     metrics_port = free_port()
-    extra = {**env, "VECTORIZE_WORKER_METRICS_PORT": str(metrics_port)}
+    # the engine as a user gets it (the test harness fixes onnx for repeatable tests); --worker-env may set one
+    extra = {"VECTORIZE_WORKER_MODELS_BACKEND": "auto", **env, "VECTORIZE_WORKER_METRICS_PORT": str(metrics_port)}
     extra.update(item.split("=", 1) for item in args.worker_env)
     worker = WorkerProcess(topics, data_dir, worker_id=f"bench-{name}", **STORES[args.store], **extra)
     worker.start()
@@ -284,13 +302,19 @@ def main() -> None:
         print(json.dumps(summary, indent=1), f"load {load()}")
         return
     model_runs = run_model_cases(texts, texts[:50], args.runs)
-    print("  " + ", ".join(f"{case} {median_of(model_runs, case):.0f}/s" for case in MODEL_CASES), flush=True)
+    measured = [case for case in MODEL_CASES if case in model_runs[0]]
+    print("  " + ", ".join(f"{case} {median_of(model_runs, case):.0f}/s" for case in measured), flush=True)
     worker = asyncio.run(worker_cases(args, texts, articles))
     cached = asyncio.run(cache_cases(args, texts))
     runs = [{**m, **w, **c} for m, w, c in zip(model_runs, worker["runs"], cached, strict=True)]
     tps = {case: median_of(runs, case) for case in runs[0] if "texts_per_s" in runs[0][case]}
-    # the model as the worker ran it: the worker's overhead is measured against that backend's own cases
-    best, per_task = ("onnx_token_sorted", "onnx_naive") if worker["backend"] == "onnxruntime" else REFERENCE_TORCH
+    # the model as the worker ran it: the worker's overhead is measured against that engine's own cases
+    best, per_task = ENGINE_CASES.get(worker["backend"], REFERENCE_TORCH)
+    if best not in tps:  # an engine the bench has no bare case for (onnx-int8): against torch's
+        best, per_task = REFERENCE_TORCH
+    bf16_cosine = min((r["bf16"].get("min_cosine", -1.0) for r in runs), default=-1.0)
+    faithful = [c for c in BARE_CASES if c in tps and (not c.startswith("bf16") or bf16_cosine >= COSINE_FLOOR)]
+    best_bare = max(faithful, key=tps.__getitem__)
     peer: dict[str, Any] = {"peer": f"not measured: {args.peer_python} does not exist (make bench-peer)"}
     if args.peer_python.exists():
         peer_runs = [run_peer(args.peer_python)["texts_per_s"] for _ in range(args.runs)]
@@ -321,8 +345,20 @@ def main() -> None:
             "worker_bulk/bare": tps["worker_bulk"] / tps["bare"],
             "worker_small/bare": tps["worker_small"] / tps["bare"],
             "worker_small/naive": tps["worker_small"] / tps["naive"],
+            # against the fastest bare engine of this run whose vectors match float32's: travels across CPUs
+            "worker_bulk/best_bare": tps["worker_bulk"] / tps[best_bare],
+            "worker_small/best_bare": tps["worker_small"] / tps[best_bare],
         },
+        "best_bare": best_bare,
+        "bf16": {**runs[0]["bf16"], "min_cosine": bf16_cosine if bf16_cosine >= 0 else None},
+        # the worker's engine (models/engines.py; its log line "loaded successfully ... (engine X)")
         "worker_backend": worker["backend"],
+        # CPU the worker process spent per text beyond what its model alone spends (that engine's token-sorted case)
+        "worker_cpu_beyond_model_ms_per_text": {
+            case: median_of(runs, case, "cpu_ms_per_text") - median_of(runs, best, "cpu_ms_per_text")
+            for case in ("worker_bulk", "worker_small")
+            if case in tps
+        },
         # the embedding cache: a corpus sent again, and a corpus with half its texts repeated, against no cache
         "cache_ratios": cache_ratios(tps),
         # against the model on the worker's own backend, fed the way the worker's model queue feeds it
@@ -362,7 +398,10 @@ def cache_ratios(tps: dict[str, float]) -> dict[str, float]:
 
 
 def print_table(r: dict[str, Any]) -> None:
-    print(f"\nworker backend: {r['worker_backend']}\n| case | texts/s (median of {r['runs']}) |\n|---|---|")
+    print(
+        f"\nworker engine: {r['worker_backend']}; best bare: {r['best_bare']}; bf16: {r['bf16']}\n"
+        f"| case | texts/s (median of {r['runs']}) |\n|---|---|"
+    )
     for case, value in r["texts_per_s"].items():
         print(f"| {case} | {value:.1f} |")
     for name, value in r["ratios"].items():
@@ -370,6 +409,8 @@ def print_table(r: dict[str, Any]) -> None:
     ratios = [*r.get("overhead_ratios", {}).items(), *r.get("peer_ratios", {}).items()]
     for name, value in [*ratios, *r.get("cache_ratios", {}).items()]:
         print(f"| ratio {name} | {value:.2f} |")
+    for name, value in r["worker_cpu_beyond_model_ms_per_text"].items():
+        print(f"| {name} CPU beyond the model | {value:.2f} ms/text |")
     lat = r["latency_ms"]
     print(
         f"| idle latency p50 / p99 | {lat['worker_p50']:.0f} / {lat['worker_p99']:.0f} ms "

@@ -10,6 +10,7 @@ docs/models.md ("Model family plugins") walks through an example.
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -18,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from core.errors import UnsupportedTaskError
+
+_log = logging.getLogger("worker.model_manager")
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -36,6 +39,9 @@ class EmbedderInfo:
     max_tokens: int = 512  # the model's maximum sequence length in tokens
     source: str = ""  # where it was loaded from (path or package)
     backend: str = "torch"  # what runs it: torch or onnxruntime (models/onnx_runtime.py)
+    # the engine (models/engines.py): torch, torch-bf16, torch-fp16, onnx, onnx-int8; empty: the family does not say
+    engine: str = ""
+    engine_reason: str = ""  # why that engine: models.backend forced it, or auto's measurements (ms per engine)
 
 
 class Embedder(ABC):
@@ -128,13 +134,16 @@ class TorchEmbedder(Embedder):
 
     Shares what every torch family does alike: ``info``, the memory the
     module holds, and releasing it on ``close``. A text family whose
-    transformer may run in ONNX Runtime implements :meth:`_onnx_parts` and
-    :meth:`_embed_with`; :meth:`try_onnx` then keeps the session in ``_onnx``.
+    transformer may run in another engine (models/engines.py: ONNX Runtime,
+    bfloat16/float16 torch, int8) implements :meth:`_onnx_parts` and
+    :meth:`_embed_with`; :meth:`select_engine` then keeps that engine's
+    encoder (a callable from tokenizer output to token states) in ``_encoder``.
     """
 
     _info: EmbedderInfo
     _model: Any = None
-    _onnx: Any = None
+    _encoder: Any = None  # None: the transformer runs in torch float32 (the family's own path)
+    _released_digest: str | None = None  # the float32 weights' digest, taken before a torch engine released them
     _normalize_default: bool | None = None  # a custom entry's normalize: what a task that does not say gets
     pooling: str | None = None  # set by the families that choose one (transformers: mean or cls)
 
@@ -147,11 +156,14 @@ class TorchEmbedder(Embedder):
 
     def weights_digest(self) -> str:
         """SHA-256 of the module's parameters and buffers by name (those ONNX Runtime now runs are released:
-        the export's folder name, itself a hash of those weights, stands for them)."""
+        the export's folder name, itself a hash of those weights, stands for them; those a bfloat16/float16
+        copy now runs were hashed before they were released)."""
         import hashlib
 
         import torch
 
+        if self._released_digest is not None:
+            return self._released_digest
         digest = hashlib.sha256()
         if self._model is not None:
             for key, tensor in self._model.state_dict().items():
@@ -159,48 +171,115 @@ class TorchEmbedder(Embedder):
                     continue
                 digest.update(key.encode())
                 digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-        if self._onnx is not None:
-            digest.update(f"onnx:{self._onnx.path.parent.name}".encode())
+        path = getattr(self._encoder, "path", None)
+        if path is not None:
+            digest.update(f"onnx:{path.parent.name}".encode())
         return digest.hexdigest()
 
     def memory_bytes(self) -> int:
         held = module_bytes(self._model) if self._model is not None else 0
-        return held + (self._onnx.memory_bytes() if self._onnx is not None else 0)
+        return held + (self._encoder.memory_bytes() if self._encoder is not None else 0)
 
-    def try_onnx(self, backend: str, cache_dir: str | None) -> None:
-        """Run the transformer in ONNX Runtime when ``backend`` and the device allow it (models/onnx_runtime.py).
+    def select_engine(self, backend: str, cache_dir: str | None) -> None:
+        """Run the transformer in the engine ``backend`` (``models.backend``) names, or under ``auto`` in the
+        fastest one that matches torch float32 here (models/engines.py); blocks while it measures (seconds).
 
-        The family supplies :meth:`_onnx_parts` and :meth:`_embed_with`; on
-        success the transformer's torch weights are released.
+        The family supplies :meth:`_onnx_parts` and :meth:`_embed_with`; when another engine than torch
+        float32 wins, the transformer's float32 weights are released. Raises
+        :class:`~core.errors.ModelLoadError` when a forced engine cannot run or does not match.
         """
-        from models.onnx_runtime import PROBE_TEXTS, export_and_check, onnx_or_torch
+        from models import engines
+        from models.onnx_runtime import (
+            PROBE_TEXTS,
+            OnnxUnavailable,
+            check_parity,
+            exported_model,
+            open_session,
+            quantized_model,
+        )
 
-        def build() -> tuple[Any, Any]:
-            transformer, tokenizer = self._onnx_parts()
-            sample = tokenizer(
-                list(PROBE_TEXTS[:2]),
-                padding=True,
-                truncation=True,
-                max_length=self._info.max_tokens,
-                return_tensors="pt",
-            )
-            encoder = export_and_check(
-                self._info.name, transformer, sample, cache_dir=cache_dir, embed=self._embed_with
-            )
-            return encoder, transformer
+        name, device = self._info.name, self._info.device
+        if backend == "auto":
+            try:
+                self._onnx_parts()
+            except OnnxUnavailable as exc:  # nothing to measure: the model runs in torch float32 only
+                _log.warning(
+                    "Model %s runs on torch, not ONNX Runtime: %s. Set VECTORIZE_WORKER_MODELS_BACKEND=torch (YAML "
+                    "models.backend: torch) to skip the attempt.",
+                    name,
+                    exc,
+                )
+                reason = f"auto: torch float32, the only engine this model runs in ({exc})"
+                self._info = replace(self._info, engine=engines.TORCH, engine_reason=reason)
+                return
+        exported: list[tuple[list[str], Any]] = []
 
-        built = onnx_or_torch(backend, name=self._info.name, device=self._info.device, build=build)
-        if built is None:
-            return
-        self._onnx, transformer = built
-        transformer.to("meta")  # the parameters' memory goes; the module's structure stays for its config
-        self._info = replace(self._info, backend="onnxruntime")
+        def export() -> tuple[list[str], Any]:
+            if not exported:
+                transformer, tokenizer = self._onnx_parts()
+                sample = tokenizer(
+                    list(PROBE_TEXTS[:2]),
+                    padding=True,
+                    truncation=True,
+                    max_length=self._info.max_tokens,
+                    return_tensors="pt",
+                )
+                exported.append(exported_model(transformer, sample, cache_dir=cache_dir))
+            return exported[0]
+
+        def int8() -> Any:
+            names, path = export()
+            return open_session(quantized_model(path), names)
+
+        candidates = [
+            engines.Candidate(
+                engines.ONNX,
+                lambda: open_session(export()[1], export()[0]),
+                strict=lambda g, e: check_parity(name, g, e),
+            ),
+            engines.Candidate(
+                engines.TORCH_BF16, lambda: engines.reduced_precision(self._onnx_parts()[0], engines.TORCH_BF16, device)
+            ),
+            engines.Candidate(
+                engines.TORCH_FP16, lambda: engines.reduced_precision(self._onnx_parts()[0], engines.TORCH_FP16, device)
+            ),
+            engines.Candidate(engines.ONNX_INT8, int8, quantized=True),
+        ]
+        support = engines.engine_support(device, cpu_flags=engines.cpu_description()[1], cuda_bf16=_cuda_bf16(device))
+        cache = None
+        if backend == "auto" and any(support[c.engine] is None for c in candidates):
+            cache = self._choice_cache(cache_dir, support)
+        choice = engines.choose(
+            name, backend, device=device, candidates=candidates, support=support, embed=self._embed_with, cache=cache
+        )
+        if choice.encoder is not None:
+            if getattr(choice.encoder, "path", None) is None and not _is_path(self._info.source):
+                self._released_digest = self.weights_digest()  # the identity stays that of the float32 weights
+            self._encoder = choice.encoder
+            self._onnx_parts()[0].to("meta")  # the parameters' memory goes; the module's structure stays
+        self._info = replace(
+            self._info, backend=engines.RUNTIME[choice.engine], engine=choice.engine, engine_reason=choice.reason
+        )
+
+    def _choice_cache(self, cache_dir: str | None, support: Mapping[str, str | None]) -> Any:
+        """Where this model's measured choice is kept on this machine (None when its identity cannot be told)."""
+        from models import engines
+        from models.fingerprint import model_identity
+
+        try:
+            identity = model_identity(self)
+            machine = engines.machine_signature(self._info.device)
+        except Exception as exc:  # noqa: BLE001 - no cache: the choice is measured at every load
+            _log.info("Model %s: its engine choice is not cached (%s: %s)", self._info.name, type(exc).__name__, exc)
+            return None
+        usable = [e for e, why in support.items() if why is None]
+        return engines.ChoiceCache(engines.cache_root(cache_dir), identity, machine, usable)
 
     def _onnx_parts(self) -> tuple[Any, Any]:
-        """The ``transformers`` model ONNX Runtime would run, and its tokenizer; raises ``OnnxUnavailable``."""
+        """The ``transformers`` model another engine would run, and its tokenizer; raises ``OnnxUnavailable``."""
         from models.onnx_runtime import OnnxUnavailable
 
-        raise OnnxUnavailable(f"the {self._info.family} family does not run in ONNX Runtime")
+        raise OnnxUnavailable(f"the {self._info.family} family runs on torch float32 only")
 
     def _embed_with(self, texts: Sequence[str], batch_size: int, encoder: Any) -> np.ndarray:
         """Vectors of ``texts`` (not normalised), the transformer run by ``encoder`` or by torch when None."""
@@ -210,7 +289,7 @@ class TorchEmbedder(Embedder):
         from models.device import release_memory
 
         self._model = None
-        self._onnx = None
+        self._encoder = None
         release_memory(self._info.device)
 
 
@@ -222,7 +301,7 @@ class ModelSpec:
     device: str  # cpu, cuda, cuda:1, mps (models/device.py resolved it)
     cache_dir: str | None = None  # models.cache_dir: where models may be looked up or downloaded to
     allow_download: bool = False  # models.allow_download and not HF_HUB_OFFLINE (models.resolve.downloads_allowed)
-    backend: str = "auto"  # models.backend: auto, onnx or torch
+    backend: str = "auto"  # models.backend: auto, torch, torch-bf16, torch-fp16, onnx or onnx-int8 (models/engines.py)
     path: str | None = None  # the custom entry's path
     max_length: int | None = None  # the custom entry's max_length (tokens per input)
     normalize: bool | None = None  # the custom entry's normalize: the default when a task does not say
@@ -260,6 +339,33 @@ class ModelFamily(ABC):
         """Bytes the model will hold once loaded, estimated before loading it (None: unknown). Must not block
         for long (a look at the disk at most): the manager makes room for it in the memory budget first."""
         return None
+
+
+def as_tensor(states: Any) -> Any:
+    """Token states from an engine as a float torch tensor (ONNX Runtime gives numpy arrays)."""
+    import torch
+
+    return torch.from_numpy(states) if isinstance(states, np.ndarray) else states
+
+
+def _cuda_bf16(device: str) -> bool:
+    if not device.startswith("cuda"):
+        return False
+    import torch
+
+    try:
+        return bool(torch.cuda.is_bf16_supported())
+    except Exception:  # noqa: BLE001 - no CUDA runtime: no bfloat16 engine
+        return False
+
+
+def _is_path(source: str) -> bool:
+    from pathlib import Path
+
+    try:
+        return bool(source) and Path(source).expanduser().exists()
+    except (OSError, ValueError):
+        return False
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:

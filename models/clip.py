@@ -94,6 +94,8 @@ class ClipEmbedder(TorchEmbedder):
             modalities=("text", "image"),
             max_tokens=self.context_length,
             source=source,
+            engine="torch",
+            engine_reason="the clip family runs on torch float32 (models.backend applies to the text families)",
         )
 
     def embed_texts(self, texts: Sequence[str], *, batch_size: int, normalize: bool | None) -> np.ndarray:

@@ -10,8 +10,7 @@ from typing import Any, Literal
 import numpy as np
 
 from core.errors import ModelLoadError
-from models.base import EmbedderInfo, TorchEmbedder, l2_normalize
-from models.onnx_runtime import OnnxTransformer
+from models.base import EmbedderInfo, TorchEmbedder, as_tensor, l2_normalize
 from models.resolve import (
     downloads_allowed,
     first_line,
@@ -73,12 +72,12 @@ class HFTransformerEmbedder(TorchEmbedder):
         )
 
     def embed_texts(self, texts: Sequence[str], *, batch_size: int, normalize: bool | None) -> np.ndarray:
-        out = self._embed_with(texts, batch_size, self._onnx)
+        out = self._embed_with(texts, batch_size, self._encoder)
         if normalize is None:
             normalize = self._normalize_default
         return l2_normalize(out) if normalize else out
 
-    def _embed_with(self, texts: Sequence[str], batch_size: int, encoder: OnnxTransformer | None) -> np.ndarray:
+    def _embed_with(self, texts: Sequence[str], batch_size: int, encoder: Any) -> np.ndarray:
         import torch
 
         out = np.zeros((len(texts), self._info.dim), dtype=np.float32)
@@ -91,15 +90,14 @@ class HFTransformerEmbedder(TorchEmbedder):
                 out[index] = self._embed_batch([texts[i] for i in index], encoder)
         return out
 
-    def _embed_batch(self, texts: list[str], encoder: OnnxTransformer | None) -> np.ndarray:
-        import torch
+    def _embed_batch(self, texts: list[str], encoder: Any) -> np.ndarray:
 
         batch = self._tok(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         batch = {k: v.to(self._info.device) for k, v in batch.items()}
         if encoder is None:
             states = self._model(**batch).last_hidden_state
-        else:  # ONNX Runtime runs on the CPU only, where these tensors already are
-            states = torch.from_numpy(encoder(batch))
+        else:  # another engine (models/engines.py): ONNX Runtime returns arrays (CPU only), torch ones tensors
+            states = as_tensor(encoder(batch))
         if self.pooling == "cls":
             pooled = states[:, 0]
         else:
@@ -155,7 +153,7 @@ def load_hf_transformer(
     Looks in: ``path`` (a custom entry's) or the name as a path;
     ``models.cache_dir/<name>`` (``/`` may be ``__``); the Hugging Face cache;
     then downloads into ``cache_dir`` when allowed. Blocks while reading the
-    weights (and exporting to ONNX the first time, see ``backend``).
+    weights (and choosing its engine, see ``backend`` and models/engines.py).
     """
     try:
         from transformers import AutoModel, AutoTokenizer
@@ -210,13 +208,13 @@ def load_hf_transformer(
         max_length=max_length or limit,
         normalize_default=normalize,
     )
-    embedder.try_onnx(backend, cache_dir)
+    embedder.select_engine(backend, cache_dir)
     log.info(
-        "Model %s loaded successfully from %s on %s (%s pooling, %s)",
+        "Model %s loaded successfully from %s on %s (%s pooling, engine %s)",
         name,
         source,
         device,
         pooling,
-        embedder.info.backend,
+        embedder.info.engine,
     )
     return embedder

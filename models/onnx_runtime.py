@@ -1,10 +1,11 @@
 """ONNX Runtime for the text encoders on the CPU: export once, cache the file, check it against torch.
 
-On this project's 2-core build machine all-MiniLM-L6-v2 runs about twice as
-fast in ONNX Runtime as in torch (fp32 both, vectors equal to 2e-7; bench/README.md).
-The sentence-transformers and transformers families use it through
-:func:`onnx_or_torch` when ``models.backend`` is ``auto`` (the default) or
-``onnx`` and the device is the CPU:
+On some 2-core machines all-MiniLM-L6-v2 runs about twice as fast in ONNX
+Runtime as in torch (fp32 both, vectors equal to 2e-7; bench/README.md), on
+others barely faster. The sentence-transformers and transformers families
+offer it as the engines ``onnx`` and ``onnx-int8`` (:func:`quantized_model`)
+to models/engines.py, which under ``models.backend`` ``auto`` (the default)
+times it against the other engines on the CPU and keeps the fastest:
 
 1. the family's transformer (a ``transformers`` model that returns token
    states) is exported with ``torch.onnx.export`` into
@@ -16,7 +17,7 @@ The sentence-transformers and transformers families use it through
    one text past the length limit) and uses ONNX Runtime only when every
    vector matches torch's to :data:`PARITY_TOLERANCE`;
 3. anything that fails (onnx not installed, an architecture the exporter
-   cannot trace, a mismatch) leaves the model on torch with a warning under
+   cannot trace, a mismatch) leaves ONNX Runtime out with a warning under
    ``auto``, or fails the load with :class:`~core.errors.ModelLoadError` under
    ``onnx``. An export the exporter refused is remembered
    (``<key>.failed`` beside the exports, with the reason): later loads skip
@@ -81,6 +82,10 @@ class OnnxTransformer:
         feeds = {name: np.asarray(features[name], dtype=np.int64) for name in self.input_names}
         return self._session.run(None, feeds, self._run_options)[0]
 
+    def close(self) -> None:
+        """Drop the session (its memory goes with the last reference)."""
+        self._session = None
+
     def memory_bytes(self) -> int:
         """The weights ONNX Runtime holds: the export's files. Its prepared copies and per-call buffers are
         not counted."""
@@ -89,6 +94,9 @@ class OnnxTransformer:
 
 def onnx_or_torch(requested: str, *, name: str, device: str, build: Callable[[], T]) -> T | None:
     """Run ``build`` (export, open, check) when the backend and device allow it; None means stay on torch.
+
+    The ONNX-or-torch decision alone, for callers that want no measurement (the families use
+    models/engines.py, which gives the same errors and warning).
 
     ``build`` raises :class:`OnnxUnavailable` for anything that keeps ONNX
     Runtime from matching torch. Under ``onnx`` that becomes a
@@ -127,9 +135,16 @@ def export_transformer(model: Any, sample: Mapping[str, Any], *, cache_dir: str 
     texts of different lengths, so the traced graph sees padding. Raises
     :class:`OnnxUnavailable` with the reason.
     """
+    names, path = exported_model(model, sample, cache_dir=cache_dir)
+    return open_session(path, names)
+
+
+def exported_model(model: Any, sample: Mapping[str, Any], *, cache_dir: str | Path | None) -> tuple[list[str], Path]:
+    """The inputs and the path of ``model``'s float32 export, exported now unless cached; raises
+    :class:`OnnxUnavailable` with the reason."""
     try:
         import onnx  # noqa: F401 - torch.onnx.export writes through it
-        import onnxruntime
+        import onnxruntime  # noqa: F401
         import torch
     except ImportError as exc:
         raise OnnxUnavailable(f"{exc.name or exc} is not installed (pip install onnx onnxruntime)") from None
@@ -152,6 +167,14 @@ def export_transformer(model: Any, sample: Mapping[str, Any], *, cache_dir: str 
         _export(model, names, sample, folder, torch)
     else:
         log.info("Using the ONNX export %s", path)
+    return names, path
+
+
+def open_session(path: Path, names: Sequence[str]) -> OnnxTransformer:
+    """An ONNX Runtime session on the export at ``path``, set up for the worker; raises :class:`OnnxUnavailable`."""
+    import onnxruntime
+    import torch
+
     options = onnxruntime.SessionOptions()
     # as many threads as torch would use (one thread was slower in the worker too: bulk 231-241 against 328-346/s)
     options.intra_op_num_threads = torch.get_num_threads()
@@ -174,6 +197,41 @@ def export_transformer(model: Any, sample: Mapping[str, Any], *, cache_dir: str 
     return OnnxTransformer(session, names, path, run_options)
 
 
+def quantized_model(path: Path) -> Path:
+    """The int8 copy of the float32 export at ``path`` (ONNX Runtime dynamic quantization of the weights), made
+    once into ``<its folder>-int8/model.onnx``; raises :class:`OnnxUnavailable` with the reason."""
+    folder = path.parent.with_name(f"{path.parent.name}-int8")
+    target = folder / "model.onnx"
+    if target.is_file():
+        return target
+    failed = _failure_marker(folder)
+    if failed.is_file():
+        reason = failed.read_text(encoding="utf-8", errors="replace").strip()
+        raise OnnxUnavailable(f"{reason} (at an earlier load; delete {failed} to quantize again)")
+    partial = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_dynamic(str(path), str(partial / "model.onnx"), weight_type=QuantType.QInt8, per_channel=True)
+        try:
+            os.replace(partial, folder)
+        except OSError:
+            if not target.is_file():
+                raise
+    except Exception as exc:  # noqa: BLE001 - the quantizer raises many types; each means "no int8 engine"
+        reason = f"quantizing {path} to int8 failed: {type(exc).__name__}: {first_line(exc)}"
+        if not isinstance(exc, OSError):
+            _remember_failure(folder, reason)
+        raise OnnxUnavailable(reason) from None
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
 def check_parity(name: str, onnx_vectors: np.ndarray, torch_vectors: np.ndarray) -> None:
     """Raise :class:`OnnxUnavailable` unless the probe vectors of both backends agree."""
     if onnx_vectors.shape != torch_vectors.shape:
@@ -186,7 +244,7 @@ def check_parity(name: str, onnx_vectors: np.ndarray, torch_vectors: np.ndarray)
         raise OnnxUnavailable(
             f"its probe vectors differ from torch's by {diff:.1e} (allowed {PARITY_TOLERANCE:.0e} of the vector norm)"
         )
-    log.info("Model %s runs on ONNX Runtime (probe vectors within %.1e of torch's)", name, diff)
+    log.debug("Model %s: ONNX Runtime's probe vectors are within %.1e of torch's", name, diff)
 
 
 def _cache_root(cache_dir: str | Path | None) -> Path:

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from core.errors import ModelLoadError
-from models.base import EmbedderInfo, TorchEmbedder, l2_normalize
-from models.onnx_runtime import OnnxTransformer, OnnxUnavailable
+from models.base import EmbedderInfo, TorchEmbedder, as_tensor, l2_normalize
+from models.onnx_runtime import OnnxUnavailable
 from models.resolve import downloads_allowed, local_model_dir, missing_model_error
 from models.tokenizers import HFTextTokenizer, TextTokenizer
 
@@ -42,20 +42,21 @@ class SentenceTransformerEmbedder(TorchEmbedder):
         )
 
     def embed_texts(self, texts: Sequence[str], *, batch_size: int, normalize: bool | None) -> np.ndarray:
-        vectors = self._embed_with(texts, batch_size, self._onnx)
+        vectors = self._embed_with(texts, batch_size, self._encoder)
         if normalize is None:
             normalize = self._normalize_default
         return l2_normalize(vectors) if normalize else vectors
 
-    def _embed_with(self, texts: Sequence[str], batch_size: int, encoder: OnnxTransformer | None) -> np.ndarray:
+    def _embed_with(self, texts: Sequence[str], batch_size: int, encoder: Any) -> np.ndarray:
         if encoder is not None:
-            return self._embed_onnx(encoder, texts, batch_size)
+            return self._embed_encoder(encoder, texts, batch_size)
         vectors = self._model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
         return np.asarray(vectors, dtype=np.float32)
 
-    def _embed_onnx(self, encoder: OnnxTransformer, texts: Sequence[str], batch_size: int) -> np.ndarray:
-        """The model's own preprocessing, its transformer in ONNX Runtime, its other modules (pooling, dense,
-        normalize) in torch on the token states."""
+    def _embed_encoder(self, encoder: Any, texts: Sequence[str], batch_size: int) -> np.ndarray:
+        """The model's own preprocessing, its transformer in another engine (models/engines.py: ONNX Runtime,
+        a bfloat16/float16 copy), its other modules (pooling, dense, normalize) in torch float32 on the token
+        states."""
         import torch
 
         out = np.empty((len(texts), self._info.dim), dtype=np.float32)
@@ -63,16 +64,19 @@ class SentenceTransformerEmbedder(TorchEmbedder):
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         step = max(1, int(batch_size))
         tail = list(self._model)[1:]
+        device = self._info.device
         # sentence-transformers >= 5 names it preprocess (tokenize is its deprecated alias)
         preprocess = getattr(self._model, "preprocess", None) or self._model.tokenize
         with torch.inference_mode():
             for start in range(0, len(order), step):
                 index = order[start : start + step]
                 features = dict(preprocess([texts[i] for i in index]))
-                features["token_embeddings"] = torch.from_numpy(encoder(features))
+                if device != "cpu":  # a torch engine on a GPU; ONNX Runtime runs on the CPU only
+                    features = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+                features["token_embeddings"] = as_tensor(encoder(features))
                 for module in tail:
                     features = module(features)
-                out[index] = features["sentence_embedding"].float().numpy()
+                out[index] = features["sentence_embedding"].float().cpu().numpy()
         return out
 
     def _onnx_parts(self) -> tuple[Any, Any]:
@@ -118,7 +122,8 @@ def load_sentence_transformer(
 
     Blocks while reading the weights (seconds) and, the first time on a CPU
     with ``backend`` auto/onnx, while exporting the transformer to ONNX (about
-    a second for all-MiniLM-L6-v2); downloads only when ``allow_download``
+    a second for all-MiniLM-L6-v2) and, under ``auto``, while measuring the
+    engines the first time on this machine (models/engines.py); downloads only when ``allow_download``
     and ``HF_HUB_OFFLINE`` is not set.
     """
     try:
@@ -155,6 +160,6 @@ def load_sentence_transformer(
             )
         model.max_seq_length = int(max_length)
     embedder = SentenceTransformerEmbedder(name, model, device, source, normalize_default=normalize)
-    embedder.try_onnx(backend, cache_dir)
-    log.info("Model %s loaded successfully from %s on %s (%s)", name, source, device, embedder.info.backend)
+    embedder.select_engine(backend, cache_dir)
+    log.info("Model %s loaded successfully from %s on %s (engine %s)", name, source, device, embedder.info.engine)
     return embedder

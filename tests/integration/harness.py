@@ -96,6 +96,9 @@ class WorkerProcess:
             "VECTORIZE_WORKER_METRICS_PORT": "0",
             "VECTORIZE_WORKER_DEVICE": "cpu",
             "VECTORIZE_WORKER_MODELS_ALLOW_DOWNLOAD": "false",
+            # one engine in every run: `auto` picks the fastest engine measured at load, which depends on how
+            # busy the machine is; the engine choice has its own tests (tests/models/test_engine_choice_real.py)
+            "VECTORIZE_WORKER_MODELS_BACKEND": "onnx",
             # the embedding cache of each test's workers apart from other tests' (and from earlier runs')
             "VECTORIZE_WORKER_CACHE_KEY_PREFIX": f"it:{topics.suffix}:",
             "VECTORIZE_WORKER_CACHE_TTL_SECONDS": "3600",

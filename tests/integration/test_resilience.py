@@ -88,7 +88,7 @@ def test_redis_outage_heartbeat_resumes_and_expires(topics: Topics, tmp_path: Pa
             time.sleep(0.2)  # the first beats may predate readiness
         assert beat["status"] == "running" and beat["pid"] == w.proc.pid and beat["ready"] is True
         assert beat["loaded_models"] == ["sentence-transformers/all-MiniLM-L6-v2"] and beat["device"] == "cpu"
-        # models.backend auto on a CPU: the default model runs in ONNX Runtime (it exported and matched torch)
+        # the harness's models.backend onnx: the default model runs in ONNX Runtime (it exported and matched torch)
         assert beat["model_backends"] == {"sentence-transformers/all-MiniLM-L6-v2": "onnxruntime"}
         assert 0 < client.ttl(key) <= 2
         redis_ctl("stop")

@@ -160,6 +160,7 @@ def test_doctor_reports_pass_and_a_clear_kafka_failure(topics: Topics, tmp_path:
         "HF_HUB_OFFLINE": "1",
         "VECTORIZE_WORKER_DATA_DIR": str(tmp_path),
         "VECTORIZE_WORKER_DEVICE": "cpu",
+        "VECTORIZE_WORKER_MODELS_BACKEND": "onnx",  # a fixed engine: auto picks the fastest measured here
         **topics.env(),
     }
     ok = subprocess.run(
@@ -167,7 +168,7 @@ def test_doctor_reports_pass_and_a_clear_kafka_failure(topics: Topics, tmp_path:
     )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "[PASS] kafka" in ok.stdout and "[PASS] model" in ok.stdout and "dim=384" in ok.stdout
-    assert "on cpu (onnxruntime)" in ok.stdout  # models.backend auto: the default model runs in ONNX Runtime
+    assert "on cpu (onnxruntime)" in ok.stdout
     bad = {**base, "VECTORIZE_WORKER_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
     fail = subprocess.run(
         [sys.executable, "scripts/test_worker.py"], cwd=ROOT, env=bad, capture_output=True, text=True, timeout=300

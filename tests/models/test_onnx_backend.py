@@ -63,7 +63,7 @@ def minilm_torch(minilm_cache: Path):
 
 @pytest.fixture(scope="module")
 def minilm_onnx(minilm_cache: Path):
-    return load(MINILM, minilm_cache, "auto")
+    return load(MINILM, minilm_cache, "onnx")
 
 
 def test_minilm_runs_on_onnx_runtime_with_torchs_vectors(minilm_torch, minilm_onnx) -> None:
@@ -134,7 +134,7 @@ def test_a_failing_export_stays_on_torch_under_auto_and_fails_under_onnx(tmp_pat
     assert f"delete {marker} to export again" in warning_of(caplog, "at an earlier load")
     marker.unlink()  # e.g. after upgrading torch's exporter
     monkeypatch.setattr(torch.onnx, "export", real_export)
-    assert load(MINILM, tmp_path, "auto").info.backend == "onnxruntime"
+    assert load(MINILM, tmp_path, "onnx").info.backend == "onnxruntime"
 
 
 def test_vectors_that_drift_keep_the_model_on_torch(tmp_path: Path, monkeypatch, caplog) -> None:

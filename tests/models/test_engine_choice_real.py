@@ -1,0 +1,151 @@
+"""The engine choice (models/engines.py) through the real loaders: seeded tiny models and all-MiniLM-L6-v2.
+
+The CPU is told it has AVX-512 BF16 (``cpu_description`` patched) so the bfloat16 engine is a candidate on
+every machine that runs these tests; torch runs bfloat16 on any x86 CPU, only slower without those units.
+Which engine ``auto`` picks depends on this machine's timings: the tests check what holds whichever wins.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.errors import ModelLoadError
+from core.model_settings import CustomModel
+from models import engines
+from models.families import make_loader
+from models.fingerprint import model_identity
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+TEXTS = ["Hello world, the cat sits.", "a dog", "The quick brown fox jumps over the lazy dog " * 9, "x", "Café"]
+
+
+@pytest.fixture(autouse=True)
+def bf16_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    name, flags = engines.cpu_description()
+    monkeypatch.setattr(engines, "cpu_description", lambda: (name, flags | {"avx512_bf16"}))
+
+
+def tiny(path: Path, cache: Path, backend: str, pooling: str = "mean"):
+    entry = [CustomModel(name="tiny", path=str(path), family="transformers", pooling=pooling)]
+    return make_loader(device="cpu", cache_dir=str(cache), allow_download=False, custom_models=entry, backend=backend)(
+        "tiny"
+    )
+
+
+def minilm(cache: Path, backend: str):
+    return make_loader(device="cpu", cache_dir=str(cache), allow_download=False, backend=backend)(MINILM)
+
+
+def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float((np.sum(a * b, axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
+
+
+def measured(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "fastest faithful engine" in r.getMessage()]
+
+
+def test_auto_measures_once_caches_and_matches_torch(tiny_bert: Path, tmp_path: Path, caplog) -> None:
+    reference = tiny(tiny_bert, tmp_path, "torch")
+    assert (reference.info.engine, reference.info.engine_reason) == ("torch", "models.backend is torch")
+    with caplog.at_level(logging.INFO, logger="worker.model_manager"):
+        first = tiny(tiny_bert, tmp_path, "auto")
+    assert first.info.engine in ("torch", "onnx", "torch-bf16", "onnx-int8")
+    assert first.info.backend == engines.RUNTIME[first.info.engine]
+    assert first.info.engine_reason.startswith("auto: fastest faithful engine")
+    for engine in ("torch ", "onnx", "torch-bf16", "onnx-int8"):
+        assert engine in first.info.engine_reason  # every candidate is named, with its time or why it was refused
+    assert len(measured(caplog)) == 1
+    [entry] = (tmp_path / "engines").glob("*.json")
+    assert json.loads(entry.read_text())["engine"] == first.info.engine
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="worker.model_manager"):
+        second = tiny(tiny_bert, tmp_path, "auto")
+    assert measured(caplog) == []  # a restart reads the choice
+    assert second.info.engine == first.info.engine
+    assert second.info.engine_reason == f"{first.info.engine_reason} (measured earlier; cached in {entry})"
+    expected = reference.embed_texts(TEXTS, batch_size=2, normalize=True)
+    assert min_cosine(second.embed_texts(TEXTS, batch_size=2, normalize=True), expected) >= engines.COSINE_FLOOR
+    # another pooling is another model identity: measured anew, in its own entry
+    tiny(tiny_bert, tmp_path, "auto", pooling="cls")
+    assert len(list((tmp_path / "engines").glob("*.json"))) == 2
+
+
+def test_forced_bf16_halves_the_weights_keeps_the_identity_and_the_vectors(tiny_bert: Path, tmp_path: Path) -> None:
+    reference = tiny(tiny_bert, tmp_path, "torch")
+    bf16 = tiny(tiny_bert, tmp_path, "torch-bf16")
+    assert (bf16.info.engine, bf16.info.backend) == ("torch-bf16", "torch")
+    assert bf16.info.engine_reason.startswith("models.backend is torch-bf16 (probe cosine ≥ 0.99")
+    assert bf16.memory_bytes() < 0.55 * reference.memory_bytes()  # integer buffers (position ids) stay
+    assert model_identity(bf16) == model_identity(reference)  # the embedding cache is shared
+    got = bf16.embed_texts(TEXTS, batch_size=3, normalize=False)
+    assert got.dtype == np.float32 and got.shape == (len(TEXTS), bf16.info.dim)
+    assert min_cosine(got, reference.embed_texts(TEXTS, batch_size=3, normalize=False)) >= engines.COSINE_FLOOR
+    assert not (tmp_path / "engines").exists()  # a forced engine measures nothing, caches nothing
+
+
+def test_a_broken_engine_is_refused_under_auto_and_fails_a_forced_load(
+    tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = engines.reduced_precision
+
+    def broken(transformer, engine, device):
+        encoder = real(transformer, engine, device)
+        call = encoder.__call__
+
+        class Broken(type(encoder)):
+            def __call__(self, features):
+                states = call(features)
+                return states.flip(-1)  # a wrong kernel: every token state's components reversed
+
+        encoder.__class__ = Broken
+        return encoder
+
+    monkeypatch.setattr(engines, "reduced_precision", broken)
+    model = tiny(tiny_bert, tmp_path, "auto")
+    assert model.info.engine != "torch-bf16"
+    assert "torch-bf16 refused: probe" in model.info.engine_reason
+    with pytest.raises(ModelLoadError) as err:
+        tiny(tiny_bert, tmp_path / "forced", "torch-bf16")
+    message = str(err.value)
+    assert message.startswith("Failed to load model tiny with engine torch-bf16: probe") and "cosine" in message
+    assert "Set VECTORIZE_WORKER_MODELS_BACKEND (YAML models.backend) to auto" in message
+
+
+def test_a_cpu_without_bf16_refuses_the_forced_engine(tiny_bert: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(engines, "cpu_description", lambda: ("Old CPU", frozenset({"avx2"})))
+    with pytest.raises(ModelLoadError, match="torch-bf16 cannot run here: this CPU has neither AMX nor AVX-512 BF16"):
+        tiny(tiny_bert, tmp_path, "torch-bf16")
+    model = tiny(tiny_bert, tmp_path, "auto")
+    assert model.info.engine != "torch-bf16" and "torch-bf16: this CPU has neither" in model.info.engine_reason
+
+
+def test_minilm_bf16_and_int8_against_float32(tmp_path: Path) -> None:
+    reference = minilm(tmp_path, "torch")
+    bf16 = minilm(tmp_path, "torch-bf16")
+    expected = reference.embed_texts(TEXTS, batch_size=4, normalize=True)
+    got = bf16.embed_texts(TEXTS, batch_size=4, normalize=True)
+    assert min_cosine(got, expected) >= engines.COSINE_FLOOR
+    assert abs(float(np.linalg.norm(got[0])) - 1) < 1e-5
+    assert bf16.memory_bytes() < 0.55 * reference.memory_bytes()
+    # dynamic int8 bends the shortest probe ("x") too far for this model: the check refuses it
+    with pytest.raises(ModelLoadError, match=r"with engine onnx-int8: probe \d of 4 has cosine 0\.9"):
+        minilm(tmp_path, "onnx-int8")
+
+
+def test_minilm_auto_is_cached_per_machine(tmp_path: Path, caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="worker.model_manager"):
+        first = minilm(tmp_path, "auto")
+    assert len(measured(caplog)) == 1 and first.info.engine in ("torch", "onnx", "torch-bf16")
+    assert "onnx-int8 refused" in first.info.engine_reason or "onnx-int8 not timed" in first.info.engine_reason
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="worker.model_manager"):
+        second = minilm(tmp_path, "auto")
+    if "not timed" in first.info.engine_reason:  # a busy machine ran out of time: measured again, not cached
+        assert len(measured(caplog)) == 1
+    else:
+        assert measured(caplog) == [] and second.info.engine == first.info.engine
