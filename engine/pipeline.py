@@ -74,7 +74,7 @@ class TaskPipeline:
         self._deleting: dict[str, asyncio.Future[None]] = {}
         self._deletes: set[asyncio.Future[None]] = set()
         self._ids_changed = asyncio.Condition()
-        self._delete_waiters = 0
+        self._id_waiters = 0  # deletes and tasks waiting for earlier tasks of their id
         self._held_deletes: set[asyncio.Future[None]] = set()  # deletes waiting for earlier tasks of their id
         self.reporter = Reporter(
             publisher, stores=self.stores, settings=settings, metrics=self.metrics, on_done=self._on_done
@@ -130,8 +130,10 @@ class TaskPipeline:
 
         A record without a value and with a key (a tombstone) deletes the task the key names. Per task id, the
         records of a partition take effect in order: a delete waits for the earlier tasks of its id to finish,
-        and a task waits for an earlier delete of its id. While the worker drains for shutdown this waits
-        forever: the record stays unacknowledged and goes to another worker.
+        a task waits for an earlier delete of its id, and a task waits for an earlier version of itself (else a
+        later version whose texts are all cached could be stored first and then overwritten by the earlier one).
+        While the worker drains for shutdown this waits forever: the record stays unacknowledged and goes to
+        another worker.
         """
         if not self.accepting:
             await asyncio.Event().wait()
@@ -155,6 +157,8 @@ class TaskPipeline:
             return
         if task.task_id in self._deleting:  # a delete of this id came first: it takes effect first
             await asyncio.shield(self._deleting[task.task_id])
+        if self._active.get(task.task_id):  # an earlier version of this task is in work: this one is stored after it
+            await self._wait_for_id(task.task_id)
         self._task_of[id(ticket)] = task.task_id
         self._active[task.task_id] = self._active.get(task.task_id, 0) + 1
         await self.reporter.early_status(item, "received")
@@ -232,15 +236,12 @@ class TaskPipeline:
         received = time.monotonic()
         try:
             if self._active.get(task_id):
-                self._delete_waiters += 1
                 me = asyncio.current_task()
                 if me is not None:
                     self._held_deletes.add(me)
                 try:
-                    async with self._ids_changed:
-                        await self._ids_changed.wait_for(lambda: not self._active.get(task_id))
+                    await self._wait_for_id(task_id)
                 finally:
-                    self._delete_waiters -= 1
                     self._held_deletes.discard(me)  # type: ignore[arg-type]
             collection = task.collection or self.settings.default_collection
             removed = await self.writer.delete_tasks(collection, [task_id])
@@ -257,13 +258,22 @@ class TaskPipeline:
             if self._deleting.get(task_id) is done:
                 del self._deleting[task_id]
 
+    async def _wait_for_id(self, task_id: str) -> None:
+        """Wait until no task of ``task_id`` taken in earlier is unfinished."""
+        self._id_waiters += 1
+        try:
+            async with self._ids_changed:
+                await self._ids_changed.wait_for(lambda: not self._active.get(task_id))
+        finally:
+            self._id_waiters -= 1
+
     async def _on_done(self, ticket: Ticket) -> None:
         task_id = self._task_of.pop(id(ticket), None)
         if task_id is not None:
             left = self._active.pop(task_id, 1) - 1
             if left > 0:
                 self._active[task_id] = left
-            if self._delete_waiters:
+            if self._id_waiters:
                 async with self._ids_changed:
                     self._ids_changed.notify_all()
         self._slots.release()

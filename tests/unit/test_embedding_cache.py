@@ -460,3 +460,31 @@ async def test_a_model_that_cannot_load_is_tried_once_per_batch() -> None:
     await w.run({"task_type": "text_vectorization", "data": "hello", "task_id": "b1", "model_name": "broken-model"})
     assert attempts == ["broken-model"] and w.acked == [0]
     assert w.result("b1")["status"] == "failed" and "broken-model" in w.result("b1")["error"]["message"]
+
+
+async def test_a_later_version_of_a_task_is_stored_after_the_earlier_one_even_when_cached() -> None:
+    w = Worker(batch_wait_ms=0)
+    await w.run(batch("warm", ["cached text"]))
+    gate = asyncio.Event()
+    original = w.manager.run
+
+    async def slow_model(func: Any) -> Any:  # the earlier version's new text takes the model a while
+        await gate.wait()
+        return await original(func)
+
+    w.manager.run = slow_model  # type: ignore[method-assign]
+    w.pipeline.start()
+    await w.send(batch("doc", ["new text", "second"]))  # version 1: needs the model
+    later = asyncio.ensure_future(w.send(batch("doc", ["cached text"])))  # version 2: all in the cache
+    await asyncio.sleep(0.05)
+    assert not later.done()  # it waits for version 1 of its id
+    gate.set()
+    await later
+    await w.pipeline.settled()
+    await w.pipeline.stop()
+    await w.writes_done()
+    assert w.acked == [0, 1, 2]
+    assert [r["count"] for r in w.kafka.on("results") if r["task_id"] == "doc"] == [2, 1]  # in order
+    [point] = w.store.retrieve("vectorize", [vector_id("doc", 0)])
+    assert point.payload["text"] == "cached text"  # the later version's, not overwritten by the earlier
+    assert w.store.retrieve("vectorize", [vector_id("doc", 1)]) == []  # its stale item removed
