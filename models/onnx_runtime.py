@@ -33,13 +33,12 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import numpy as np
 
-from core.errors import ModelLoadError
 from models.resolve import first_line
 
 log = logging.getLogger("worker.model_manager")
@@ -60,7 +59,6 @@ PROBE_BATCH = 3
 OPSET = 17
 STALE_PARTIAL_S = 3600.0
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-T = TypeVar("T")
 
 
 class OnnxUnavailable(Exception):
@@ -90,42 +88,6 @@ class OnnxTransformer:
         """The weights ONNX Runtime holds: the export's files. Its prepared copies and per-call buffers are
         not counted."""
         return self._bytes
-
-
-def onnx_or_torch(requested: str, *, name: str, device: str, build: Callable[[], T]) -> T | None:
-    """Run ``build`` (export, open, check) when the backend and device allow it; None means stay on torch.
-
-    The ONNX-or-torch decision alone, for callers that want no measurement (the families use
-    models/engines.py, which gives the same errors and warning).
-
-    ``build`` raises :class:`OnnxUnavailable` for anything that keeps ONNX
-    Runtime from matching torch. Under ``onnx`` that becomes a
-    :class:`ModelLoadError`; under ``auto`` a warning.
-    """
-    if requested == "torch":
-        return None
-    if device != "cpu":
-        if requested == "onnx":
-            raise ModelLoadError(
-                f"Failed to load model {name}: models.backend onnx runs on the CPU only and the device is {device}; "
-                f"set {BACKEND_SETTING} to auto or torch, or VECTORIZE_WORKER_DEVICE=cpu."
-            )
-        return None
-    try:
-        return build()
-    except OnnxUnavailable as exc:
-        if requested == "onnx":
-            raise ModelLoadError(
-                f"Failed to load model {name} with ONNX Runtime: {exc}. Set {BACKEND_SETTING} to auto (falls back "
-                "to torch) or torch."
-            ) from None
-        log.warning(
-            "Model %s runs on torch, not ONNX Runtime: %s. Set VECTORIZE_WORKER_MODELS_BACKEND=torch (YAML "
-            "models.backend: torch) to skip the attempt.",
-            name,
-            exc,
-        )
-        return None
 
 
 def export_transformer(model: Any, sample: Mapping[str, Any], *, cache_dir: str | Path | None) -> OnnxTransformer:
@@ -352,26 +314,3 @@ def _remove_stale_partials(root: Path, max_age_s: float = STALE_PARTIAL_S) -> No
                 shutil.rmtree(leftover, ignore_errors=True)
         except OSError:
             continue
-
-
-def export_and_check(
-    name: str,
-    model: Any,
-    sample: Mapping[str, Any],
-    *,
-    cache_dir: str | Path | None,
-    embed: Callable[[Sequence[str], int, OnnxTransformer | None], np.ndarray],
-) -> OnnxTransformer:
-    """Export ``model``, embed :data:`PROBE_TEXTS` both ways and return the session only when they agree.
-
-    ``embed(texts, batch_size, encoder)`` is the family's own embedding, on
-    torch when ``encoder`` is None.
-    """
-    encoder = export_transformer(model, sample, cache_dir=cache_dir)
-    try:
-        expected = embed(PROBE_TEXTS, PROBE_BATCH, None)
-        got = embed(PROBE_TEXTS, PROBE_BATCH, encoder)
-    except Exception as exc:  # noqa: BLE001 - a model whose modules need more than token states stays on torch
-        raise OnnxUnavailable(f"embedding the probe texts failed: {type(exc).__name__}: {first_line(exc)}") from None
-    check_parity(name, got, expected)
-    return encoder

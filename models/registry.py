@@ -16,10 +16,10 @@ vector-database adapters (sinks/registry.py).
 
 from __future__ import annotations
 
-import importlib
 import threading
 from importlib.metadata import entry_points
 
+from core import plugins
 from core.errors import ModelLoadError
 from core.model_settings import MODEL_FAMILIES_GROUP, describe_families
 from models.base import ModelFamily
@@ -37,10 +37,7 @@ _lock = threading.RLock()  # re-entrant: a plugin module may look a family up wh
 
 def available() -> dict[str, str]:
     """Every installed family: name -> ``module:attr`` of its :class:`ModelFamily`."""
-    found = dict(BUILTINS)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        found[ep.name] = ep.value
-    return found
+    return plugins.installed(ENTRY_POINT_GROUP, BUILTINS, entry_points)
 
 
 def get_family(family: str, *, model: str) -> ModelFamily:
@@ -68,12 +65,9 @@ def get_family(family: str, *, model: str) -> ModelFamily:
 
 
 def _make(family: str, target: str, model: str) -> ModelFamily:
-    module_name, _, attr = target.partition(":")
     where = f"the model family {family!r} ({target}, entry-point group {ENTRY_POINT_GROUP})"
     try:
-        found: object = importlib.import_module(module_name)
-        for part in attr.split(".") if attr else []:
-            found = getattr(found, part)
+        found: object = plugins.load(target)
     except Exception as exc:  # noqa: BLE001 - whatever a plugin's import raises, the model's tasks fail with it
         raise ModelLoadError(
             f"Failed to load model {model}: {where} cannot be imported ({type(exc).__name__}: {exc}); "

@@ -10,11 +10,11 @@ where ``create(settings) -> BaseVectorDB``. Built-ins register the same way.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
+from core import plugins
 from core.errors import ConfigError
 from sinks.base import BaseVectorDB
 
@@ -32,10 +32,7 @@ BUILTINS = {
 
 
 def available() -> dict[str, str]:
-    found = dict(BUILTINS)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        found[ep.name] = ep.value
-    return found
+    return plugins.installed(ENTRY_POINT_GROUP, BUILTINS, entry_points)
 
 
 def _factory(name: str) -> Callable[[Any], BaseVectorDB]:
@@ -45,12 +42,10 @@ def _factory(name: str) -> Callable[[Any], BaseVectorDB]:
             f"Unknown vector database {name!r} in vector_dbs; available: {', '.join(sorted(available()))}. "
             f"Install its adapter package or fix VECTORIZE_WORKER_VECTOR_DBS."
         )
-    module_name, _, attr = target.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        return plugins.load(target)  # type: ignore[no-any-return]
     except ImportError as exc:
         raise ConfigError(f"Vector database {name!r} cannot be used: {exc}") from None
-    return getattr(module, attr)
 
 
 def create_stores(settings: Settings) -> list[BaseVectorDB]:

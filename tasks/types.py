@@ -18,13 +18,13 @@ built-in type, as with the vector-database adapters (sinks/registry.py) and mode
 
 from __future__ import annotations
 
-import importlib
 import threading
 import typing
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from core import plugins
 from core.errors import PermanentError, UnsupportedTaskError
 from core.ids import vector_id
 from sinks.base import WORKER_FIELDS, VectorRecord
@@ -180,10 +180,7 @@ def _installed() -> dict[str, str]:
     if found is None:
         with _lock:
             if _available is None:
-                read = dict(BUILTINS)
-                for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
-                    read[ep.name] = ep.value
-                _available = read
+                _available = plugins.installed(ENTRY_POINT_GROUP, BUILTINS, entry_points)
             found = _available
     return found
 
@@ -246,12 +243,9 @@ def builtin(name: str) -> TaskType:
 
 
 def _make(name: str, target: str) -> TaskType:
-    module_name, _, attr = target.partition(":")
     where = f"the task type {name!r} ({target}, entry-point group {ENTRY_POINT_GROUP})"
     try:
-        found: object = importlib.import_module(module_name)
-        for part in attr.split(".") if attr else []:
-            found = getattr(found, part)
+        found: object = plugins.load(target)
         if isinstance(found, type) and issubclass(found, TaskType):
             found = found()
     except Exception as exc:  # noqa: BLE001 - whatever a plugin's import raises, its tasks fail with it

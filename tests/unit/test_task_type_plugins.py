@@ -366,13 +366,15 @@ def test_a_broken_plugin_is_imported_once_not_once_per_task(
     plugins: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     imported: list[str] = []
-    real = types.importlib.import_module
+    from core import plugins as plugin_loading
+
+    real = plugin_loading.importlib.import_module
 
     def counting(name: str) -> Any:
         imported.append(name)
         return real(name)
 
-    monkeypatch.setattr(types.importlib, "import_module", counting)
+    monkeypatch.setattr(plugin_loading.importlib, "import_module", counting)
     plugins["broken"] = "no_such_module.types:Thing"
     for task_id in ("b1", "b2", "b3"):
         with pytest.raises(UnsupportedTaskError) as info:
