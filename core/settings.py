@@ -568,6 +568,13 @@ class Settings(BaseSettings):
         "store that this version no longer has (one lookup by task id per batch and store); false skips the lookup",
         yaml="stores.replace_stale",
     )
+    skip_unchanged: bool = Setting(
+        True,
+        description="Before writing a task, read the content digest of its records already in each store (the "
+        "lookup `replace_stale` makes) and leave out the records whose vector, text and metadata are unchanged "
+        "(a task sent again costs no store write; docs/sync.md); false writes every record",
+        yaml="stores.skip_unchanged",
+    )
     # metadata fields stored as native, filterable fields: {collection or "*": {name: type}} (core.metadata_contract)
     filterable: dict[str, dict[str, FieldType]] = Setting(
         default_factory=dict,

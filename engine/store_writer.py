@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
 
 from core.errors import PermanentError, cap_message
 from core.metadata_contract import MetadataContract
@@ -101,13 +105,13 @@ class StoreWriter:
         self, collection: str, dim: int, records: list[VectorRecord]
     ) -> tuple[BaseException | None, Removed]:
         """Write to every store in parallel: the first failure or None, and what each store removed as stale."""
-        # sized and grouped once for every store: record_bytes serialises each payload
-        parts = split_records(records, self.settings.store_batch_points, self.settings.store_batch_bytes)
+        # digested and weighed once for every store (both serialise each payload)
+        digested = [with_digest(r) for r in records]
         fresh: dict[str, set[str]] = defaultdict(set)
         for r in records:
             fresh[str(r.payload.get("task_id"))].add(r.id)
         writes = await asyncio.gather(
-            *(self._write(store, collection, dim, parts, fresh) for store in self.stores), return_exceptions=True
+            *(self._write(store, collection, dim, digested, fresh) for store in self.stores), return_exceptions=True
         )
         for result in writes:
             if isinstance(result, asyncio.CancelledError):
@@ -127,29 +131,44 @@ class StoreWriter:
         store: BaseVectorDB,
         collection: str,
         dim: int,
-        parts: list[list[VectorRecord]],
+        digested: list[tuple[VectorRecord, int]],
         fresh: dict[str, set[str]],
     ) -> dict[str, int]:
         """Write to one store, then remove what earlier versions of these tasks left there that this version does
         not have (write first: a reader never sees a task without vectors); retried while the store is
         unavailable (the tasks are not acked meanwhile; a crash in between leaves stale extras that the
-        redelivery removes). ``parts``: the records in bounded requests; ``fresh``: each task's new ids.
+        redelivery removes). ``digested``: the records with their content digest and weight; ``fresh``: each
+        task's new ids. Records whose digest the store already holds are not written (``skip_unchanged``).
         Returns the stale vectors removed, by task id."""
+        s = self.settings
+        skipped = 0
 
         def write() -> dict[str, int]:
+            nonlocal skipped
             store.ensure_collection(collection, dim)
-            for part in parts:  # bounded requests; upserts by id, so a retry after a partial write is harmless
+            # one lookup serves both: what is unchanged (not written) and what is stale (deleted after the write)
+            known = task_records(store, collection, fresh) if s.replace_stale or s.skip_unchanged else {}
+            stored = {rid: d for recs in known.values() for rid, d in recs.items()} if s.skip_unchanged else {}
+            todo = [(r, w) for r, w in digested if stored.get(r.id) != r.payload[DIGEST_KEY]]
+            skipped = len(digested) - len(todo)
+            # bounded requests; upserts by id, so a retry after a partial write is harmless (and finds the part
+            # written unchanged)
+            for part in split_records(
+                [r for r, _ in todo], s.store_batch_points, s.store_batch_bytes, weights=[w for _, w in todo]
+            ):
                 store.upsert(collection, part)
-            return remove_stale(store, collection, fresh) if self.settings.replace_stale else {}
+            return delete_stale(store, collection, known, fresh) if s.replace_stale else {}
 
         t0 = time.monotonic()
         removed = await retry_forever(
             lambda: self.in_store_thread(write, store),
-            what=f"Storing {sum(map(len, parts))} vectors in {collection} on {store.describe()}",
+            what=f"Storing {len(digested)} vectors in {collection} on {store.describe()}",
             on_retry=self._on_retry,
         )
         self._last_ok[id(store)] = now = time.monotonic()
         self.metrics.store_seconds.labels(store.name).observe(now - t0)
+        if skipped:
+            self.metrics.store_unchanged.labels(store.name).inc(skipped)
         return removed
 
     async def delete_tasks(self, collection: str, task_ids: list[str]) -> Removed:
@@ -201,28 +220,72 @@ class StoreWriter:
 
 #: what each store removed, by store (describe()), then by task id
 Removed = dict[str, dict[str, int]]
-#: task ids asked of a store at once when looking for stale vectors
+#: task ids asked of a store at once when looking up their records
 TASKS_PER_LOOKUP = 64
+#: ids deleted in one request
+IDS_PER_DELETE = 1000
+#: the payload key holding a record's content digest (a worker field: native in every store)
+DIGEST_KEY = "content_digest"
+#: payload keys that differ between two writes of the same content: left out of the digest
+VOLATILE_KEYS = frozenset({"worker_id", "created_at", DIGEST_KEY})
+#: changes when what the digest covers changes, so records digested the old way are written again
+DIGEST_VERSION = b"vw-content-1"
+
+
+def with_digest(record: VectorRecord) -> tuple[VectorRecord, int]:
+    """``record`` with its content digest in the payload, and about what it weighs in a store request.
+
+    The digest covers what a store keeps of the record except the volatile keys: the vector (as float32, as
+    the model and the embedding cache produce it), the payload (text, metadata, chunk fields, model name)
+    and the declared filterable values; a record whose digest a store already holds under its id is not
+    written again (``stores.skip_unchanged``).
+    """
+    stable = {k: v for k, v in record.payload.items() if k not in VOLATILE_KEYS}
+    body = json.dumps(stable, ensure_ascii=False, sort_keys=True, default=str).encode("utf-8")
+    digest = hashlib.blake2b(DIGEST_VERSION, digest_size=16)
+    digest.update(np.asarray(record.vector, dtype=np.float32).tobytes())
+    digest.update(body)
+    if record.filterable:
+        digest.update(json.dumps(sorted(record.filterable.items()), default=str).encode("utf-8"))
+    payload = {**record.payload, DIGEST_KEY: digest.hexdigest()}
+    return replace(record, payload=payload), 12 * len(record.vector) + len(body) + VOLATILE_BYTES
+
+
+#: about what the volatile keys add to a payload's JSON (worker id, time, digest)
+VOLATILE_BYTES = 160
+
+
+def task_records(store: BaseVectorDB, collection: str, task_ids: Iterable[str]) -> dict[str, dict[str, str | None]]:
+    """Every record of each task (its id and stored content digest), asked ``TASKS_PER_LOOKUP`` tasks at a time;
+    a lookup that may have been cut at the store's window is asked again task by task. Blocks on the store."""
+    ids = sorted(task_ids)
+    found: dict[str, dict[str, str | None]] = {}
+    for start in range(0, len(ids), TASKS_PER_LOOKUP):
+        chunk = ids[start : start + TASKS_PER_LOOKUP]
+        part = store.task_records(collection, chunk)
+        if len(chunk) > 1 and sum(map(len, part.values())) >= MAX_TASK_RECORDS:
+            part = {}  # the lookup may have been cut at its window: ask task by task
+            for task_id in chunk:
+                part |= store.task_records(collection, [task_id])
+        found |= part
+    return found
+
+
+def delete_stale(
+    store: BaseVectorDB, collection: str, known: dict[str, dict[str, str | None]], fresh: dict[str, set[str]]
+) -> dict[str, int]:
+    """Delete the ``known`` records of each task in ``fresh`` whose id is not among its fresh ids (all of them for
+    an empty set: a delete); blocks on the store. The stale vectors removed, by task id."""
+    stale = {task_id: set(records) - fresh.get(task_id, set()) for task_id, records in known.items()}
+    doomed = sorted(i for ids in stale.values() for i in ids)
+    for start in range(0, len(doomed), IDS_PER_DELETE):
+        store.delete(collection, doomed[start : start + IDS_PER_DELETE])
+    return {task_id: len(ids) for task_id, ids in stale.items() if ids}
 
 
 def remove_stale(store: BaseVectorDB, collection: str, fresh: dict[str, set[str]]) -> dict[str, int]:
-    """Delete the records of each task in ``fresh`` whose id is not among its fresh ids (all of them for an empty
-    set: a delete); blocks on the store. The stale vectors removed, by task id."""
-    removed: dict[str, int] = {}
-    task_ids = sorted(fresh)
-    for start in range(0, len(task_ids), TASKS_PER_LOOKUP):
-        chunk = task_ids[start : start + TASKS_PER_LOOKUP]
-        found = store.task_record_ids(collection, chunk)
-        if len(chunk) > 1 and sum(map(len, found.values())) >= MAX_TASK_RECORDS:
-            found = {}  # the lookup may have been cut at its window: ask task by task
-            for task_id in chunk:
-                found |= store.task_record_ids(collection, [task_id])
-        stale = {task_id: ids - fresh[task_id] for task_id, ids in found.items()}
-        doomed = sorted(i for ids in stale.values() for i in ids)
-        if doomed:
-            store.delete(collection, doomed)
-        removed |= {task_id: len(ids) for task_id, ids in stale.items() if ids}
-    return removed
+    """Look up the records of each task in ``fresh`` and delete those not among its fresh ids; blocks."""
+    return delete_stale(store, collection, task_records(store, collection, fresh), fresh)
 
 
 def _note_removed(out: Outcome, removed: Removed) -> None:
@@ -236,14 +299,17 @@ def record_bytes(record: VectorRecord) -> int:
     return 12 * len(record.vector) + len(json.dumps(record.payload, ensure_ascii=False, default=str).encode("utf-8"))
 
 
-def split_records(records: list[VectorRecord], max_points: int, max_bytes: int) -> list[list[VectorRecord]]:
+def split_records(
+    records: list[VectorRecord], max_points: int, max_bytes: int, *, weights: Sequence[int] | None = None
+) -> list[list[VectorRecord]]:
     """``records`` in order, in parts of at most ``max_points`` records and about ``max_bytes`` bytes each
-    (a single record larger than ``max_bytes`` goes alone)."""
+    (a single record larger than ``max_bytes`` goes alone); ``weights``: each record's, when already known
+    (else :func:`record_bytes`)."""
     parts: list[list[VectorRecord]] = []
     part: list[VectorRecord] = []
     size = 0
-    for record in records:
-        weight = record_bytes(record)
+    for index, record in enumerate(records):
+        weight = weights[index] if weights is not None else record_bytes(record)
         if part and (len(part) >= max_points or size + weight > max_bytes):
             parts.append(part)
             part, size = [], 0

@@ -55,6 +55,12 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.store_unchanged = Counter(
+            "worker_store_unchanged_records",
+            "Records not written to a store because the same content was already there (stores.skip_unchanged)",
+            ["store"],
+            registry=r,
+        )
         self.dependency_up = Gauge("worker_dependency_up", "1 when a dependency answers", ["dependency"], registry=r)
         # the embedding cache (engine/embedding_cache.py): hits / (hits + misses) is its hit ratio
         self.cache_hits = Counter(

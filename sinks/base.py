@@ -24,7 +24,7 @@ from typing import Any, Literal
 from core.metadata_contract import MetadataContract, finite_float
 
 Distance = Literal["cosine", "dot", "euclid"]
-#: the most records :meth:`BaseVectorDB.task_record_ids` reads in one call (Weaviate's query window)
+#: the most records :meth:`BaseVectorDB.task_records` reads in one call (Weaviate's query window)
 MAX_TASK_RECORDS = 10_000
 #: the payload as JSON, in stores whose fields are flat scalars
 PAYLOAD_KEY = "_payload"
@@ -49,6 +49,7 @@ WORKER_FIELDS: dict[str, str] = {
     "width": "int",
     "height": "int",
     "image_ref": "string",
+    "content_digest": "string",
 }
 
 
@@ -100,12 +101,18 @@ class BaseVectorDB(ABC):
         """Delete records by id; missing ids are ignored."""
 
     @abstractmethod
-    def task_record_ids(self, collection: str, task_ids: Sequence[str]) -> dict[str, set[str]]:
-        """The ids of every record of each of ``task_ids`` in ``collection`` (its ``task_id`` field), to find
-        the records an update left stale and those a delete removes; a missing collection holds none.
+    def task_records(self, collection: str, task_ids: Sequence[str]) -> dict[str, dict[str, str | None]]:
+        """Every record of each of ``task_ids`` in ``collection`` (its ``task_id`` field): its id and its
+        ``content_digest`` field (None where the record has none: written before digests, or a store field
+        an older collection lacks). The writer reads them to skip records whose content is unchanged and to
+        find the records an update left stale; a delete removes them. A missing collection holds none.
 
         At most :data:`MAX_TASK_RECORDS` records are read per call (a task holds at most 10,000 texts;
         callers ask for few tasks at a time)."""
+
+    def task_record_ids(self, collection: str, task_ids: Sequence[str]) -> dict[str, set[str]]:
+        """The ids of every record of each of ``task_ids`` (see :meth:`task_records`)."""
+        return {task_id: set(records) for task_id, records in self.task_records(collection, task_ids).items()}
 
     @abstractmethod
     def search(

@@ -203,7 +203,7 @@ class ChromaStore(LazyClient, BaseVectorDB):
         if ids:
             self._call(f"delete from {collection}", self._collection(collection).delete, ids=list(ids))
 
-    def task_record_ids(self, collection: str, task_ids: Sequence[str]) -> dict[str, set[str]]:
+    def task_records(self, collection: str, task_ids: Sequence[str]) -> dict[str, dict[str, str | None]]:
         wanted = set(task_ids)
         if not wanted:
             return {}
@@ -212,7 +212,7 @@ class ChromaStore(LazyClient, BaseVectorDB):
             if self.count(collection) == 0:
                 return {}
             col = self._collection(collection)
-        found: dict[str, set[str]] = {}
+        found: dict[str, dict[str, str | None]] = {}
         page = 1000
         for offset in range(0, MAX_TASK_RECORDS, page):
             res = self._call(
@@ -226,7 +226,8 @@ class ChromaStore(LazyClient, BaseVectorDB):
             for record_id, meta in zip(res["ids"], res["metadatas"] or [], strict=False):
                 task_id = (meta or {}).get("task_id")
                 if task_id in wanted:
-                    found.setdefault(task_id, set()).add(record_id)
+                    digest = (meta or {}).get("content_digest")
+                    found.setdefault(task_id, {})[record_id] = digest if isinstance(digest, str) else None
             if len(res["ids"]) < page:
                 break
         return found

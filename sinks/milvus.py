@@ -244,17 +244,22 @@ class MilvusStore(LazyClient, BaseVectorDB):
         if ids:
             self._call("delete", self._connect().delete, collection_name(collection), ids=list(ids))
 
-    def task_record_ids(self, collection: str, task_ids: Sequence[str]) -> dict[str, set[str]]:
+    def task_records(self, collection: str, task_ids: Sequence[str]) -> dict[str, dict[str, str | None]]:
         wanted = set(task_ids)
         client = self._connect()
         name = collection_name(collection)
         if not wanted:
             return {}
         # a collection this adapter made sure of exists: no round trip to ask again
-        if collection not in self._dims and not self._call("collection lookup", client.has_collection, name):
-            return {}
+        if collection not in self._dims:
+            if not self._call("collection lookup", client.has_collection, name):
+                return {}
+            if collection not in self._fixed:
+                self._read_schema(collection)  # which worker fields (the digest among them) its schema has
         expr = "task_id in [" + ", ".join(_literal(t) for t in sorted(wanted)) + "]"
-        found: dict[str, set[str]] = {}
+        # an older collection's schema may lack the field (it is then only in the payload): no digests
+        digests = "content_digest" in self._fixed.get(collection, ())
+        found: dict[str, dict[str, str | None]] = {}
         page = 1000
         for offset in range(0, MAX_TASK_RECORDS, page):  # Milvus caps offset + limit at 16,384
             rows = self._call(
@@ -262,13 +267,14 @@ class MilvusStore(LazyClient, BaseVectorDB):
                 client.query,
                 name,
                 filter=expr,
-                output_fields=["id", "task_id"],
+                output_fields=["id", "task_id", "content_digest"] if digests else ["id", "task_id"],
                 limit=page,
                 offset=offset,
             )
             for row in rows:
                 if row.get("task_id") in wanted:
-                    found.setdefault(row["task_id"], set()).add(str(row["id"]))
+                    digest = row.get("content_digest") or None
+                    found.setdefault(row["task_id"], {})[str(row["id"])] = digest
             if len(rows) < page:
                 break
         return found

@@ -198,7 +198,7 @@ class QdrantStore(BaseVectorDB):
                 wait=True,
             )
 
-    def task_record_ids(self, collection: str, task_ids: Sequence[str]) -> dict[str, set[str]]:
+    def task_records(self, collection: str, task_ids: Sequence[str]) -> dict[str, dict[str, str | None]]:
         wanted = set(task_ids)
         if not wanted:
             return {}
@@ -208,7 +208,7 @@ class QdrantStore(BaseVectorDB):
         ):
             return {}
         where = models.Filter(must=[models.FieldCondition(key="task_id", match=models.MatchAny(any=sorted(wanted)))])
-        found: dict[str, set[str]] = {}
+        found: dict[str, dict[str, str | None]] = {}
         offset: Any = None
         read = 0
         while read < MAX_TASK_RECORDS:
@@ -219,14 +219,15 @@ class QdrantStore(BaseVectorDB):
                 scroll_filter=where,
                 limit=1000,
                 offset=offset,
-                with_payload=["task_id"],
+                with_payload=["task_id", "content_digest"],
                 with_vectors=False,
             )
             read += len(points)
             for p in points:
                 task_id = (p.payload or {}).get("task_id")
                 if task_id in wanted:
-                    found.setdefault(task_id, set()).add(str(p.id))
+                    digest = (p.payload or {}).get("content_digest")
+                    found.setdefault(task_id, {})[str(p.id)] = digest if isinstance(digest, str) else None
             if offset is None:
                 break
         return found

@@ -288,18 +288,18 @@ class WeaviateStore(LazyClient, BaseVectorDB):
             col = self._collection(collection)
             self._call("delete", col.data.delete_many, where=Filter.by_id().contains_any(list(ids)))
 
-    def task_record_ids(self, collection: str, task_ids: Sequence[str]) -> dict[str, set[str]]:
+    def task_records(self, collection: str, task_ids: Sequence[str]) -> dict[str, dict[str, str | None]]:
         wanted = set(task_ids)
         if not wanted:
             return {}
-        # a collection this adapter made sure of exists: no round trip to ask again (the writer looks up right
-        # after its upsert, so this saves one request per write)
-        if collection not in self._layouts and not self._call(
-            "collection lookup", self._connect().collections.exists, class_name(collection)
-        ):
+        # a collection this adapter made sure of: no round trip to ask again (the writer looks up right after
+        # ensure_collection, so this saves a request per write)
+        layout = self._layouts.get(collection) or self._lookup(collection)
+        if layout is None:
             return {}
         col = self._collection(collection)
-        found: dict[str, set[str]] = {}
+        digests = "content_digest" in layout.props  # classes of the legacy layout may lack the property
+        found: dict[str, dict[str, str | None]] = {}
         page = 1000
         for offset in range(0, MAX_TASK_RECORDS, page):  # filtered queries page by offset within Weaviate's window
             res = self._call(
@@ -308,12 +308,13 @@ class WeaviateStore(LazyClient, BaseVectorDB):
                 filters=Filter.by_property("task_id").contains_any(sorted(wanted)),
                 limit=page,
                 offset=offset,
-                return_properties=["task_id"],
+                return_properties=["task_id", "content_digest"] if digests else ["task_id"],
             )
             for o in res.objects:
-                task_id = (o.properties or {}).get("task_id")
+                props = o.properties or {}
+                task_id = props.get("task_id")
                 if task_id in wanted:  # exact: an old auto-schema class tokenized task_id into words
-                    found.setdefault(task_id, set()).add(str(o.uuid))
+                    found.setdefault(task_id, {})[str(o.uuid)] = props.get("content_digest")
             if len(res.objects) < page:
                 break
         return found

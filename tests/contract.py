@@ -21,6 +21,7 @@ import pytest
 
 from core.errors import StoreRejectedError, StoreUnavailableError
 from core.metadata_contract import MetadataContract, native_name
+from engine.store_writer import with_digest
 from sinks.base import PAYLOAD_KEY, WORKER_FIELDS, BaseVectorDB, VectorRecord
 from sinks.filters import InvalidFilterError
 
@@ -203,6 +204,16 @@ class VectorDBContract:
         assert store.task_record_ids(collection, []) == {}
         store.delete(collection, sorted(found["t-a"]))
         assert store.task_record_ids(collection, ["t-a", "t-a b"]) == {"t-a b": {ids[3]}}
+
+    def test_task_records_return_each_records_content_digest(self, store: BaseVectorDB, collection: str) -> None:
+        """What the writer skips unchanged records by: the digest written with a record comes back with its id
+        (None for a record written without one)."""
+        store.ensure_collection(collection, DIM)
+        ids = _ids(3)
+        digested = [with_digest(record(collection, i, n, {"k": n}, task="t-d"))[0] for n, i in enumerate(ids[:2])]
+        store.upsert(collection, [*digested, record(collection, ids[2], 2, {}, task="t-d")])
+        found = store.task_records(collection, ["t-d"])
+        assert found == {"t-d": {r.id: r.payload["content_digest"] for r in digested} | {ids[2]: None}}
 
     def test_search_nearest_first(self, store: BaseVectorDB, collection: str) -> None:
         store.ensure_collection(collection, DIM)

@@ -81,6 +81,7 @@ class FakeStore(BaseVectorDB):
         self.dims: dict[str, int] = {}
         self.fail_next: list[Exception] = []
         self.upserts = 0
+        self.lookups = 0
         self.upsert_sizes: list[int] = []
 
     def _maybe_fail(self) -> None:
@@ -111,12 +112,13 @@ class FakeStore(BaseVectorDB):
         for i in ids:
             self.collections.get(collection, {}).pop(i, None)
 
-    def task_record_ids(self, collection: str, task_ids: Sequence[str]) -> dict[str, set[str]]:
+    def task_records(self, collection: str, task_ids: Sequence[str]) -> dict[str, dict[str, str | None]]:
         self._maybe_fail()
-        found: dict[str, set[str]] = {}
+        self.lookups += 1
+        found: dict[str, dict[str, str | None]] = {}
         for point in self.collections.get(collection, {}).values():
             if point.payload.get("task_id") in task_ids:
-                found.setdefault(point.payload["task_id"], set()).add(point.id)
+                found.setdefault(point.payload["task_id"], {})[point.id] = point.payload.get("content_digest")
         return found
 
     def search(

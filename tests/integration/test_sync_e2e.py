@@ -5,6 +5,7 @@ task (counted per store in the result), a delete of an unknown id completes with
 from __future__ import annotations
 
 import json
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 
 from core.settings import load_settings
 from sinks.registry import create_stores
-from tests.integration.harness import Topics, WorkerProcess, collect, produce, run
+from tests.integration.harness import Topics, WorkerProcess, collect, free_port, produce, run
 
 pytestmark = pytest.mark.integration
 
@@ -52,6 +53,21 @@ def send(topics: Topics, *tasks: dict[str, Any] | tuple[str, None]) -> None:
     run(go())
 
 
+def scrape(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()  # noqa: S310
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("worker_") and not line.startswith("#")
+    }
+
+
+def unchanged(port: int) -> dict[str, float]:
+    """worker_store_unchanged_records_total by store: the records left out of a write as already stored."""
+    prefix = 'worker_store_unchanged_records_total{store="'
+    return {name[len(prefix) : -2]: v for name, v in scrape(port).items() if name.startswith(prefix)}
+
+
 def results_for(topics: Topics, wanted: list[tuple[str, int]]) -> dict[str, list[dict[str, Any]]]:
     """Wait until each task id has at least its number of results; return them by task id, in order."""
 
@@ -70,7 +86,8 @@ def test_updates_replace_and_deletes_delete_in_every_store(topics: Topics, tmp_p
     run_id = uuid.uuid4().hex[:8]
     collection = f"Sync_{run_id}"
     doc_id, bat_id, unknown = f"doc-{run_id}", f"bat-{run_id}", f"never-sent-{run_id}"
-    worker = WorkerProcess(topics, tmp_path / "w", **STORES).start()
+    metrics_port = free_port()
+    worker = WorkerProcess(topics, tmp_path / "w", **STORES, VECTORIZE_WORKER_METRICS_PORT=str(metrics_port)).start()
     try:
         worker.wait_ready()
         send(topics, document(doc_id, 2000, collection), batch(bat_id, 5, collection))
@@ -97,16 +114,31 @@ def test_updates_replace_and_deletes_delete_in_every_store(topics: Topics, tmp_p
             assert doc["deleted"] == {n: len(first[doc_id][0]["vector_ids"]) - len(doc["vector_ids"]) for n in names}
             assert bat["deleted"] == dict.fromkeys(names, 3)
 
+            # the same version again (its texts come from the embedding cache): nothing is written to any store
+            before = {store.describe(): store.task_records(collection, [bat_id]) for store in opened}
+            skipped = unchanged(metrics_port)
+            send(topics, batch(bat_id, 2, collection))
+            again = results_for(topics, [(bat_id, 3)])[bat_id][-1]
+            assert again["status"] == "completed" and again["vector_ids"] == bat["vector_ids"]
+            assert again["deleted"] is None
+            for store in opened:
+                assert store.task_records(collection, [bat_id]) == before[store.describe()], store.describe()
+                assert all(before[store.describe()][bat_id].values()), store.describe()  # every record has a digest
+            after = unchanged(metrics_port)
+            assert {name: after[name] - skipped.get(name, 0.0) for name in after} == dict.fromkeys(
+                ("weaviate", "chroma", "milvus"), 2.0
+            )
+
             send(topics, {"task_type": "delete", "task_id": doc_id, "collection": collection})
             send(topics, (bat_id, None))  # a tombstone: its key names the task; the default collection is used
             send(topics, {"task_type": "delete", "task_id": bat_id, "collection": collection})
             send(topics, {"task_type": "delete", "task_id": unknown, "collection": collection})
-            third = results_for(topics, [(doc_id, 3), (bat_id, 4), (unknown, 1)])
+            third = results_for(topics, [(doc_id, 3), (bat_id, 5), (unknown, 1)])
             assert third[doc_id][-1]["deleted"] == dict.fromkeys(names, len(doc["vector_ids"]))
-            tomb = third[bat_id][2]
+            tomb = third[bat_id][3]
             assert tomb["task_type"] == "delete" and tomb["collection"] == "vectorize"
             assert tomb["deleted"] == dict.fromkeys(names, 0)  # nothing of bat_id in the default collection
-            assert third[bat_id][3]["deleted"] == dict.fromkeys(names, 2)
+            assert third[bat_id][4]["deleted"] == dict.fromkeys(names, 2)
             assert third[unknown][0]["deleted"] == dict.fromkeys(names, 0)
             for store in opened:
                 assert store.task_record_ids(collection, [doc_id, bat_id]) == {}, store.describe()

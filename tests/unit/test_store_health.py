@@ -39,6 +39,7 @@ def writer_for(store: FakeStore) -> StoreWriter:
             store_batch_points=1000,
             store_batch_bytes=1 << 23,
             replace_stale=True,
+            skip_unchanged=True,
         ),
         metrics=Metrics(),
         on_retry=lambda attempt, exc: None,

@@ -4,9 +4,11 @@ in the order of the records of a task id."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 from core.ids import vector_id
+from engine.store_writer import with_digest
 from tests.unit.test_pipeline import Harness
 
 
@@ -124,3 +126,93 @@ async def test_bad_deletes_fail_alone() -> None:
     assert "field 'metadata': unknown field" in errors[1]
     assert "tombstone" in errors[2] and "is not a task id" in errors[2]
     assert h.statuses("fine")[-1] == "completed"
+
+
+def unchanged(h: Harness) -> float:
+    return h.pipeline.metrics.store_unchanged.labels("fake")._value.get()
+
+
+async def test_a_task_sent_again_unchanged_is_not_written_again() -> None:
+    h = Harness()
+    await h.send({**batch("b", 3), "metadata": {"lang": "en"}})
+    await h.drain()
+    stored = {i: (p.payload, p.vector) for i, p in h.store.collections["vectorize"].items()}
+    upserts = h.store.upserts
+    await h.send({**batch("b", 3), "metadata": {"lang": "en"}})
+    await h.drain()
+    assert h.store.upserts == upserts  # nothing written: every record's digest was already there
+    assert unchanged(h) == 3
+    assert {i: (p.payload, p.vector) for i, p in h.store.collections["vectorize"].items()} == stored
+    assert result(h, "b")["vector_ids"] == result(h, "b", 0)["vector_ids"]
+    assert result(h, "b")["deleted"] is None
+
+
+async def test_an_edited_batch_writes_only_the_records_that_changed() -> None:
+    h = Harness()
+    await h.send(batch("b", 4))
+    await h.drain()
+    edited = batch("b", 4)
+    edited["data"][2] = "an edited text"
+    await h.send(edited)
+    await h.drain()
+    assert h.store.upsert_sizes[-1] == 1  # only item 2
+    assert unchanged(h) == 3
+    assert h.store.collections["vectorize"][vector_id("b", 2)].payload["text"] == "an edited text"
+
+
+async def test_changed_metadata_rewrites_every_record_of_the_task() -> None:
+    h = Harness()
+    await h.send({**batch("b", 2), "metadata": {"v": 1}})
+    await h.drain()
+    await h.send({**batch("b", 2), "metadata": {"v": 2}})
+    await h.drain()
+    assert h.store.upsert_sizes[-1] == 2
+    assert {p.payload["metadata"]["v"] for p in h.store.collections["vectorize"].values()} == {2}
+
+
+async def test_a_record_stored_without_a_digest_is_written_again() -> None:
+    h = Harness()
+    await h.send(batch("b", 2))
+    await h.drain()
+    for point in h.store.collections["vectorize"].values():  # as written before digests existed
+        del point.payload["content_digest"]
+    await h.send(batch("b", 2))
+    await h.drain()
+    assert h.store.upsert_sizes[-1] == 2
+    assert all("content_digest" in p.payload for p in h.store.collections["vectorize"].values())
+
+
+async def test_skip_unchanged_off_writes_every_record() -> None:
+    h = Harness(skip_unchanged=False)
+    await h.send(batch("b", 2))
+    await h.drain()
+    await h.send(batch("b", 2))
+    await h.drain()
+    assert h.store.upsert_sizes == [2, 2]
+    assert unchanged(h) == 0
+
+
+async def test_with_both_off_the_writer_makes_no_lookup() -> None:
+    h = Harness(skip_unchanged=False, replace_stale=False)
+    await h.send(batch("b", 2))
+    await h.drain()
+    assert h.store.lookups == 0 and h.store.upserts == 1
+
+
+def test_the_digest_covers_vector_payload_and_filterable_values_but_not_who_wrote_it_or_when() -> None:
+    from sinks.base import VectorRecord
+
+    base = VectorRecord(
+        id="x", vector=[0.25, -0.5], payload={"task_id": "t", "text": "a", "worker_id": "w1", "created_at": 1.0}
+    )
+
+    def digest(record: VectorRecord) -> str:
+        return with_digest(record)[0].payload["content_digest"]
+
+    same = replace(base, payload={**base.payload, "worker_id": "w2", "created_at": 2.0})
+    assert digest(same) == digest(base)
+    assert digest(replace(base, vector=[0.25, -0.4999])) != digest(base)
+    assert digest(replace(base, payload={**base.payload, "text": "b"})) != digest(base)
+    assert digest(replace(base, filterable={"lang": "en"})) != digest(base)
+    record, weight = with_digest(base)
+    assert record.payload["worker_id"] == "w1" and weight > 0  # the volatile keys are still written
