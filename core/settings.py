@@ -363,16 +363,19 @@ class Settings(BaseSettings):
         yaml="models.idle_unload_seconds",
     )
     # the engine of the text transformers: auto = the fastest faithful one on this machine (models/engines.py)
-    models_backend: Literal["auto", "torch", "torch-bf16", "torch-fp16", "onnx", "onnx-int8"] = Setting(
-        "auto",
-        description="what runs the transformer of the sentence-transformers and transformers families: `auto` ="
-        " at load, the fastest engine this device supports whose vectors match torch float32's (cosine >= 0.999 on"
-        " probe texts; int8 also keeps 99% of top-10 neighbours), measured once per model and machine and cached,"
-        " else torch; `torch` = torch float32; `torch-bf16` = bfloat16 weights (a CPU with AMX or AVX-512 BF16, or"
-        " CUDA); `torch-fp16` = float16 weights (CUDA); `onnx` = ONNX Runtime float32 (CPU); `onnx-int8` = ONNX"
-        " Runtime with int8 weights (CPU). A named engine that cannot run or does not match fails the load; CLIP"
-        " always uses torch (docs/models.md)",
-        yaml="models.backend",
+    models_backend: Literal["auto", "torch", "torch-bf16", "torch-fp16", "onnx", "onnx-int8", "onnx-int8-static"] = (
+        Setting(
+            "auto",
+            description="what runs the transformer of the sentence-transformers and transformers families: `auto` ="
+            " at load, the fastest engine this device supports whose vectors match torch float32's (cosine >= 0.999 on"
+            " probe texts; int8 also keeps 99% of top-10 neighbours), measured once per model and machine and cached,"
+            " else torch; `torch` = torch float32; `torch-bf16` = bfloat16 weights (a CPU with AMX or AVX-512 BF16, or"
+            " CUDA); `torch-fp16` = float16 weights (CUDA); `onnx` = ONNX Runtime float32 (CPU); `onnx-int8` = ONNX"
+            " Runtime with int8 weights (CPU); `onnx-int8-static` = ONNX Runtime int8 with activation ranges calibrated"
+            " once on fixed texts (CPU). A named engine that cannot run or does not match fails the load; CLIP"
+            " always uses torch (docs/models.md)",
+            yaml="models.backend",
+        )
     )
 
     # tasks held unfinished (validated, queued, in a model batch, being stored/reported);

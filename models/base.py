@@ -39,7 +39,8 @@ class EmbedderInfo:
     max_tokens: int = 512  # the model's maximum sequence length in tokens
     source: str = ""  # where it was loaded from (path or package)
     backend: str = "torch"  # what runs it: torch or onnxruntime (models/onnx_runtime.py)
-    # the engine (models/engines.py): torch, torch-bf16, torch-fp16, onnx, onnx-int8; empty: the family does not say
+    # the engine (models/engines.py): torch, torch-bf16, torch-fp16, onnx, onnx-int8, onnx-int8-static; empty: the
+    # family does not say
     engine: str = ""
     engine_reason: str = ""  # why that engine: models.backend forced it, or auto's measurements (ms per engine)
 
@@ -196,6 +197,7 @@ class TorchEmbedder(Embedder):
             exported_model,
             open_session,
             quantized_model,
+            static_quantized_model,
         )
 
         name, device = self._info.name, self._info.device
@@ -231,6 +233,11 @@ class TorchEmbedder(Embedder):
             names, path = export()
             return open_session(quantized_model(path), names)
 
+        def int8_static() -> Any:
+            names, path = export()
+            tokenizer = self._onnx_parts()[1]
+            return open_session(static_quantized_model(path, names, tokenizer, self._info.max_tokens), names)
+
         candidates = [
             engines.Candidate(
                 engines.ONNX,
@@ -244,6 +251,7 @@ class TorchEmbedder(Embedder):
                 engines.TORCH_FP16, lambda: engines.reduced_precision(self._onnx_parts()[0], engines.TORCH_FP16, device)
             ),
             engines.Candidate(engines.ONNX_INT8, int8, quantized=True),
+            engines.Candidate(engines.ONNX_INT8_STATIC, int8_static, quantized=True),
         ]
         support = engines.engine_support(device, cpu_flags=engines.cpu_description()[1], cuda_bf16=_cuda_bf16(device))
         cache = None
@@ -301,7 +309,7 @@ class ModelSpec:
     device: str  # cpu, cuda, cuda:1, mps (models/device.py resolved it)
     cache_dir: str | None = None  # models.cache_dir: where models may be looked up or downloaded to
     allow_download: bool = False  # models.allow_download and not HF_HUB_OFFLINE (models.resolve.downloads_allowed)
-    backend: str = "auto"  # models.backend: auto, torch, torch-bf16, torch-fp16, onnx or onnx-int8 (models/engines.py)
+    backend: str = "auto"  # models.backend: auto or an engine of models/engines.py (torch, onnx-int8-static, ...)
     path: str | None = None  # the custom entry's path
     max_length: int | None = None  # the custom entry's max_length (tokens per input)
     normalize: bool | None = None  # the custom entry's normalize: the default when a task does not say

@@ -8,6 +8,8 @@
 * ``torch-fp16`` — float16 weights, CUDA only;
 * ``onnx`` — ONNX Runtime float32 on the CPU (models/onnx_runtime.py: exported once, cached);
 * ``onnx-int8`` — that export with its weights quantized to int8 (ONNX Runtime dynamic quantization), CPU;
+* ``onnx-int8-static`` — that export quantized to int8 with activation ranges calibrated on fixed texts (ONNX
+  Runtime static quantization, QDQ; :func:`~models.onnx_runtime.static_quantized_model`), CPU;
 * ``auto`` (default) — every engine the device supports is built, checked and timed; the fastest that
   passes runs the model, else torch.
 
@@ -59,12 +61,20 @@ TORCH_BF16 = "torch-bf16"
 TORCH_FP16 = "torch-fp16"
 ONNX = "onnx"
 ONNX_INT8 = "onnx-int8"
-#: every engine, in the order ``auto`` builds them (the reference first; int8 reuses the ONNX export)
-ENGINES = (TORCH, ONNX, TORCH_BF16, TORCH_FP16, ONNX_INT8)
+ONNX_INT8_STATIC = "onnx-int8-static"
+#: every engine, in the order ``auto`` builds them (the reference first; the int8 ones reuse the ONNX export)
+ENGINES = (TORCH, ONNX, TORCH_BF16, TORCH_FP16, ONNX_INT8, ONNX_INT8_STATIC)
 #: the values of ``models.backend``
 BACKENDS = ("auto", *ENGINES)
 #: what runs each engine (EmbedderInfo.backend)
-RUNTIME = {TORCH: "torch", TORCH_BF16: "torch", TORCH_FP16: "torch", ONNX: "onnxruntime", ONNX_INT8: "onnxruntime"}
+RUNTIME = {
+    TORCH: "torch",
+    TORCH_BF16: "torch",
+    TORCH_FP16: "torch",
+    ONNX: "onnxruntime",
+    ONNX_INT8: "onnxruntime",
+    ONNX_INT8_STATIC: "onnxruntime",
+}
 #: the lowest cosine between an engine's probe vector and torch float32's
 COSINE_FLOOR = 0.999
 #: the share of top-10 neighbours a quantized engine must keep on the held-out set
@@ -140,10 +150,10 @@ def engine_support(device: str, *, cpu_flags: frozenset[str], cuda_bf16: bool = 
             None if has else "this CPU has neither AMX nor AVX-512 BF16 (no amx_bf16 or avx512_bf16 in /proc/cpuinfo)"
         )
         out[TORCH_FP16] = "float16 runs on a CUDA GPU only and the device is cpu"
-        out[ONNX] = out[ONNX_INT8] = None
+        out[ONNX] = out[ONNX_INT8] = out[ONNX_INT8_STATIC] = None
     else:
         onnx_off = f"ONNX Runtime runs on the CPU only and the device is {device}"
-        out[ONNX] = out[ONNX_INT8] = onnx_off
+        out[ONNX] = out[ONNX_INT8] = out[ONNX_INT8_STATIC] = onnx_off
         if on == "cuda":
             out[TORCH_FP16] = None
             out[TORCH_BF16] = None if cuda_bf16 else f"the GPU ({device}) does not support bfloat16"

@@ -3,8 +3,8 @@
 On some 2-core machines all-MiniLM-L6-v2 runs about twice as fast in ONNX
 Runtime as in torch (fp32 both, vectors equal to 2e-7; bench/README.md), on
 others barely faster. The sentence-transformers and transformers families
-offer it as the engines ``onnx`` and ``onnx-int8`` (:func:`quantized_model`)
-to models/engines.py, which under ``models.backend`` ``auto`` (the default)
+offer it as the engines ``onnx``, ``onnx-int8`` (:func:`quantized_model`) and
+``onnx-int8-static`` (:func:`static_quantized_model`) to models/engines.py, which under ``models.backend`` ``auto`` (the default)
 times it against the other engines on the CPU and keeps the fastest:
 
 1. the family's transformer (a ``transformers`` model that returns token
@@ -26,6 +26,7 @@ times it against the other engines on the CPU and keeps the fastest:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import logging
@@ -33,7 +34,7 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,6 +58,55 @@ PROBE_TEXTS = (
 #: probes run in calls of 3 and 1 texts: the export is traced on 2, so a batch size baked in would show
 PROBE_BATCH = 3
 OPSET = 17
+#: in the static int8 copy's folder name: bump it when the calibration texts or the quantizer's options change, so
+#: copies made the old way are not reused
+STATIC_INT8_RECIPE = "v1"
+#: the texts the static int8 engine calibrates its activation ranges on: none is a probe text or one of the
+#: held-out retrieval texts (models/engines.py checks the engine on those); short and long (two past 256
+#: tokens), several languages, code, numbers, an address
+CALIBRATION_TEXTS = (
+    "Hi",
+    "ok",
+    "Thanks!",
+    "y",
+    "Why?",
+    "NEW RELEASE",
+    "Where is the station?",
+    "Is it safe to swim here?",
+    "How can I change the email address on my account?",
+    "The museum reopens its modern art wing next spring after a two-year renovation.",
+    "Quarterly revenue beat analysts' expectations, driven by strong cloud sales in Asia.",
+    "A recipe for lemon cake: flour, sugar, eggs, butter and two lemons.",
+    "The patient reported mild headaches and dizziness after the second dose.",
+    "Volunteers planted three thousand trees along the river banks over the weekend.",
+    "Shipping is free for orders above 50 euros; returns are accepted within 30 days.",
+    "The orchestra played Beethoven's ninth symphony to a sold-out hall.",
+    "Climbers reached the summit at dawn, hours ahead of the forecast storm.",
+    "The library extended its opening hours during the exam period for students.",
+    "Electric scooters are banned from the pavements of the old town from June.",
+    "Scientists sequenced the genome of a rare deep-sea octopus.",
+    "Reset your router, then wait two minutes before reconnecting.",
+    "The referee's late penalty decision sparked angry protests from the home fans.",
+    "Los precios del aceite de oliva subieron un 40 % este año.",
+    "Le conseil municipal a voté le budget mardi soir.",
+    "Die Bahn kündigte neue Verbindungen zwischen München und Wien an.",
+    "Café, naïve, résumé, façade — accented words.",
+    "ERROR 504: gateway timeout while contacting upstream service",
+    "def add(a, b): return a + b",
+    "user@example.com wrote: please see the attached invoice #4471",
+    "1, 2, 3, 4, 5",
+    " ".join(["Long calibration sentence about software releases, bug fixes and deployment schedules."] * 30),
+    " ".join(['A second long text mixes Names, NUMBERS like 2024 and punctuation; quotes "here" too.'] * 20),
+)
+#: SmoothQuant's migration strength: how much of an activation channel's range moves into the weights (its
+#: paper's default, not tuned on the probes; on all-MiniLM-L6-v2 0.3 / 0.5 / 0.65 / 0.8 gave a lowest probe
+#: cosine of 0.991 / 0.994 / 0.995 / 0.993, none of them faithful)
+SMOOTHING_ALPHA = 0.5
+#: a MatMul fed by one of these (an activation function; torch's GELU and SiLU end in Mul) stays in float
+_ACTIVATIONS = frozenset(
+    {"Mul", "Gelu", "FastGelu", "BiasGelu", "QuickGelu", "Relu", "LeakyRelu", "Elu", "Selu", "Sigmoid",
+     "HardSigmoid", "HardSwish", "Tanh", "Softplus", "Erf"}
+)  # fmt: skip
 STALE_PARTIAL_S = 3600.0
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -162,7 +212,169 @@ def open_session(path: Path, names: Sequence[str]) -> OnnxTransformer:
 def quantized_model(path: Path) -> Path:
     """The int8 copy of the float32 export at ``path`` (ONNX Runtime dynamic quantization of the weights), made
     once into ``<its folder>-int8/model.onnx``; raises :class:`OnnxUnavailable` with the reason."""
-    folder = path.parent.with_name(f"{path.parent.name}-int8")
+
+    def quantize(source: Path, target: Path) -> None:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True)
+
+    return _derived_model(path, "int8", "int8", quantize)
+
+
+def static_quantized_model(path: Path, names: Sequence[str], tokenizer: Any, max_length: int) -> Path:
+    """The statically calibrated int8 copy of the float32 export at ``path``, made once into
+    ``<its folder>-int8-static-<recipe>/model.onnx``; raises :class:`OnnxUnavailable` with the reason.
+
+    ONNX Runtime static quantization in QDQ format: int8 weights per output channel and uint8 activations
+    (the fast u8s8 kernels of x86) whose ranges are calibrated (min/max) on :data:`CALIBRATION_TEXTS`, each
+    tokenized alone by the model's ``tokenizer`` at ``max_length`` (no padding in the ranges). What keeps it
+    close to float32: only the MatMuls with constant weights are quantized (attention's activation-by-activation
+    products stay float), not those fed by an activation function (the feed-forward output projection, by far
+    the most sensitive: alone it bends all-MiniLM-L6-v2's probes to cosine 0.905), and each quantized MatMul's
+    input channels are first smoothed (SmoothQuant, :data:`SMOOTHING_ALPHA`): the channels with outliers are
+    divided down and the weights multiplied up to match, the same function in float32.
+    """
+    extra = [f.name for f in path.parent.iterdir() if f.is_file() and f.name != path.name]
+    if extra:
+        raise OnnxUnavailable(
+            f"static int8 is offered for exports under 2 GB only, and {path.parent} keeps its weights in separate "
+            f"files ({', '.join(sorted(extra)[:3])}{', ...' if len(extra) > 3 else ''})"
+        )
+
+    def quantize(source: Path, target: Path) -> None:
+        import onnx
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        feeds = calibration_feeds(tokenizer, names, max_length)
+        model, nodes = smooth_for_int8(onnx.load(str(source)), feeds)
+        if not nodes:
+            raise OnnxUnavailable("the export has no MatMul with constant weights that static int8 would quantize")
+        log.info("Quantizing %s to static int8 (%d MatMuls, calibrated on %d texts)", source, len(nodes), len(feeds))
+        smoothed = target.with_name("smoothed.onnx")  # a path, not the proto: onnxruntime 1.17 takes paths only
+        onnx.save(model, str(smoothed))
+        del model
+        quantize_static(
+            str(smoothed),
+            str(target),
+            _Feeds(feeds),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["MatMul"],
+            nodes_to_quantize=nodes,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            calibration_providers=["CPUExecutionProvider"],
+            extra_options={"MatMulConstBOnly": True},
+        )
+        smoothed.unlink()  # the folder holds the engine's files only (its size is the engine's memory)
+
+    return _derived_model(path, f"int8-static-{STATIC_INT8_RECIPE}", "static int8", quantize)
+
+
+def calibration_feeds(tokenizer: Any, names: Sequence[str], max_length: int) -> list[dict[str, np.ndarray]]:
+    """ONNX Runtime feeds of :data:`CALIBRATION_TEXTS`, one text per feed, cut at ``max_length`` tokens."""
+    feeds = []
+    for text in CALIBRATION_TEXTS:
+        encoded = tokenizer([text], truncation=True, max_length=max_length, return_tensors="np")
+        feeds.append({name: np.asarray(encoded[name], dtype=np.int64) for name in names})
+    return feeds
+
+
+class _Feeds:
+    """ONNX Runtime's CalibrationDataReader over prepared feeds."""
+
+    def __init__(self, feeds: Sequence[dict[str, np.ndarray]]) -> None:
+        self._feeds = list(feeds)
+        self._next = iter(self._feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._next, None)
+
+    def rewind(self) -> None:
+        self._next = iter(self._feeds)
+
+
+def smooth_for_int8(model: Any, feeds: Sequence[Mapping[str, np.ndarray]]) -> tuple[Any, list[str]]:
+    """``model`` (an ``onnx.ModelProto``, changed in place) with the inputs of the MatMuls to quantize smoothed,
+    and those MatMuls' names.
+
+    Those MatMuls: a constant 2-D weight, an input not produced by an activation function (:data:`_ACTIVATIONS`).
+    For each input tensor ``x`` they share, with per-channel maxima ``a`` (of ``|x|`` over ``feeds``) and ``w``
+    (of their weights' rows), ``s = a**alpha / w**(1 - alpha)``: a new ``Mul`` gives them ``x / s`` and their
+    weights' rows are multiplied by ``s``. The graph computes the same function; its activations' outliers have
+    moved into the weights, which are quantized per output channel.
+    """
+    import onnx
+    import onnxruntime
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    weights = {i.name: i for i in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    groups: dict[str, list[Any]] = {}
+    for index, node in enumerate(graph.node):
+        if node.op_type != "MatMul" or node.input[1] not in weights or len(weights[node.input[1]].dims) != 2:
+            continue
+        source = producers.get(node.input[0])
+        if source is not None and source.op_type in _ACTIVATIONS:
+            continue
+        node.name = node.name or f"MatMul/{index}"  # the quantizer is told its MatMuls by name
+        groups.setdefault(node.input[0], []).append(node)
+    if not groups:
+        return model, []
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    listed = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(
+        helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None) for x in groups if x not in listed
+    )
+    session = onnxruntime.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    del probe
+    wanted = list(groups)
+    peaks: dict[str, np.ndarray] = {}
+    for feed in feeds:
+        for x, value in zip(wanted, session.run(wanted, dict(feed)), strict=True):
+            peak = np.abs(value).reshape(-1, value.shape[-1]).max(axis=0)
+            peaks[x] = np.maximum(peaks[x], peak) if x in peaks else peak
+    del session
+    muls, replaced = [], set()
+    for group, (x, nodes) in enumerate(groups.items()):
+        matrices = [numpy_helper.to_array(weights[n.input[1]]) for n in nodes]
+        if any(m.shape[0] != peaks[x].shape[0] for m in matrices):
+            continue  # a weight that does not multiply the last axis: left as it is (quantized unsmoothed)
+        a = peaks[x].astype(np.float64)
+        w = np.max([np.abs(m).max(axis=1) for m in matrices], axis=0).astype(np.float64)
+        scale = np.where((a > 0) & (w > 0), a**SMOOTHING_ALPHA / np.maximum(w, 1e-12) ** (1 - SMOOTHING_ALPHA), 1.0)
+        scale = np.clip(scale, 1e-4, 1e4)
+        inverse = numpy_helper.from_array((1 / scale).astype(np.float32), name=f"smoothquant/{group}/inverse")
+        graph.initializer.append(inverse)
+        smoothed = f"smoothquant/{group}/input"
+        muls.append((nodes[0], helper.make_node("Mul", [x, inverse.name], [smoothed], name=f"smoothquant/{group}")))
+        for member, (node, matrix) in enumerate(zip(nodes, matrices, strict=True)):
+            replaced.add(node.input[1])
+            scaled = numpy_helper.from_array(
+                (matrix * scale[:, None]).astype(np.float32), f"smoothquant/{group}/weight/{member}"
+            )
+            graph.initializer.append(scaled)
+            node.input[0], node.input[1] = smoothed, scaled.name
+    order = list(graph.node)
+    for first, mul in muls:  # each Mul just before the first MatMul it feeds: the graph stays in topological order
+        order.insert(order.index(first), mul)
+    del graph.node[:]
+    graph.node.extend(order)
+    used = {name for node in graph.node for name in node.input}
+    kept = [i for i in graph.initializer if i.name not in replaced or i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return model, [n.name for nodes in groups.values() for n in nodes]
+
+
+def _derived_model(path: Path, suffix: str, what: str, make: Any) -> Path:
+    """A model made once from the float32 export at ``path`` by ``make(source, target)`` into ``<its
+    folder>-<suffix>/model.onnx`` (written under a name of the process's own, then renamed whole); a failure other
+    than the file system's is remembered beside it (``<folder>-<suffix>.failed``) and not tried again."""
+    folder = path.parent.with_name(f"{path.parent.name}-{suffix}")
     target = folder / "model.onnx"
     if target.is_file():
         return target
@@ -172,26 +384,44 @@ def quantized_model(path: Path) -> Path:
         raise OnnxUnavailable(f"{reason} (at an earlier load; delete {failed} to quantize again)")
     partial = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
     try:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet_quantizer():
             warnings.simplefilter("ignore")
-            quantize_dynamic(str(path), str(partial / "model.onnx"), weight_type=QuantType.QInt8, per_channel=True)
+            make(path, partial / "model.onnx")
         try:
             os.replace(partial, folder)
         except OSError:
             if not target.is_file():
                 raise
-    except Exception as exc:  # noqa: BLE001 - the quantizer raises many types; each means "no int8 engine"
-        reason = f"quantizing {path} to int8 failed: {type(exc).__name__}: {first_line(exc)}"
+    except Exception as exc:  # noqa: BLE001 - the quantizer raises many types; each means "no such engine"
+        why = str(exc) if isinstance(exc, OnnxUnavailable) else f"{type(exc).__name__}: {first_line(exc)}"
+        reason = f"quantizing {path} to {what} failed: {why}"
         if not isinstance(exc, OSError):
             _remember_failure(folder, reason)
         raise OnnxUnavailable(reason) from None
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return target
+
+
+class _QuantizerChatter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING and not str(record.msg).startswith("Please consider")
+
+
+@contextlib.contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    """The quantizer logs on the root logger: a line per tensor (info) and advice to pre-process at every call
+    (tried: it changes neither the vectors nor the speed here). Both are dropped while it runs; its other
+    warnings and errors go through, and so does whatever other loggers say."""
+    chatter = _QuantizerChatter()
+    root = logging.getLogger()
+    root.addFilter(chatter)
+    try:
+        yield
+    finally:
+        root.removeFilter(chatter)
 
 
 def check_parity(name: str, onnx_vectors: np.ndarray, torch_vectors: np.ndarray) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -54,10 +55,10 @@ def test_auto_measures_once_caches_and_matches_torch(tiny_bert: Path, tmp_path: 
     assert (reference.info.engine, reference.info.engine_reason) == ("torch", "models.backend is torch")
     with caplog.at_level(logging.INFO, logger="worker.model_manager"):
         first = tiny(tiny_bert, tmp_path, "auto")
-    assert first.info.engine in ("torch", "onnx", "torch-bf16", "onnx-int8")
+    assert first.info.engine in ("torch", "onnx", "torch-bf16", "onnx-int8", "onnx-int8-static")
     assert first.info.backend == engines.RUNTIME[first.info.engine]
     assert first.info.engine_reason.startswith("auto: fastest faithful engine")
-    for engine in ("torch ", "onnx", "torch-bf16", "onnx-int8"):
+    for engine in ("torch ", "onnx ", "torch-bf16", "onnx-int8 ", "onnx-int8-static"):
         assert engine in first.info.engine_reason  # every candidate is named, with its time or why it was refused
     assert len(measured(caplog)) == 1
     [entry] = (tmp_path / "engines").glob("*.json")
@@ -135,6 +136,68 @@ def test_minilm_bf16_and_int8_against_float32(tmp_path: Path) -> None:
     # dynamic int8 bends the shortest probe ("x") too far for this model: the check refuses it
     with pytest.raises(ModelLoadError, match=r"with engine onnx-int8: probe \d of 4 has cosine 0\.9"):
         minilm(tmp_path, "onnx-int8")
+
+
+def quantized_matmuls(path: Path) -> tuple[int, int]:
+    """(MatMuls of a weight that run in int8, MatMuls of a weight left in float32); each of the latter must be
+    fed by an activation function (GELU ends in Mul): the feed-forward output projection."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    weights = {i.name for i in graph.initializer}
+    producers = {out: node.op_type for node in graph.node for out in node.output}
+    matmuls = [n for n in graph.node if n.op_type == "MatMul"]
+    quantized = [n for n in matmuls if producers.get(n.input[1]) == "DequantizeLinear"]
+    assert all(producers.get(n.input[0]) == "DequantizeLinear" for n in quantized)  # activations in int8 too
+    left = [n for n in matmuls if n.input[1] in weights]
+    assert all(producers.get(n.input[0]) == "Mul" for n in left)
+    return len(quantized), len(left)
+
+
+def test_static_int8_is_calibrated_once_and_faithful_or_refused_with_its_cosine(
+    tiny_bert: Path, tmp_path: Path, caplog
+) -> None:
+    reference = tiny(tiny_bert, tmp_path, "torch")
+    with caplog.at_level(logging.INFO):  # the root logger too: where the quantizer talks
+        try:
+            model = tiny(tiny_bert, tmp_path, "onnx-int8-static")
+        except ModelLoadError as exc:  # refused: the reason names the probe's cosine or the neighbours kept
+            assert str(exc).startswith("Failed to load model tiny with engine onnx-int8-static: ")
+            assert "has cosine 0." in str(exc) or "top-10 neighbours" in str(exc)
+            model = None
+    [made] = (tmp_path / "onnx").glob("*-int8-static-v*/model.onnx")
+    assert [p.name for p in made.parent.iterdir()] == ["model.onnx"]  # the smoothed float32 copy is not kept
+    assert quantized_matmuls(made) == (2 * 5, 2)  # tiny BERT: q, k, v, out, ffn-in of 2 layers; ffn-out float
+    assert sum("Quantizing" in r.getMessage() and "calibrated on 32 texts" in r.getMessage() for r in caplog.records)
+    assert [r.getMessage() for r in caplog.records if r.name == "root"] == []  # its per-tensor lines and advice
+    if model is not None:
+        assert (model.info.engine, model.info.backend) == ("onnx-int8-static", "onnxruntime")
+        assert re.fullmatch(
+            r"models\.backend is onnx-int8-static \(probe cosine ≥ \d\.\d{5}, top-10 overlap \d\.\d{3}\)",
+            model.info.engine_reason,
+        )
+        expected = reference.embed_texts(TEXTS, batch_size=2, normalize=True)
+        assert min_cosine(model.embed_texts(TEXTS, batch_size=2, normalize=True), expected) >= engines.COSINE_FLOOR
+        assert model.memory_bytes() == made.stat().st_size
+    written = made.stat().st_mtime_ns
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="worker.model_manager"):
+        again = tiny(tiny_bert, tmp_path, "auto")  # auto builds it too, from the file made above
+    assert made.stat().st_mtime_ns == written
+    assert not any("Quantizing" in r.getMessage() for r in caplog.records)
+    assert "onnx-int8-static" in again.info.engine_reason
+
+
+def test_minilm_static_int8_is_refused_with_its_cosine(tmp_path: Path) -> None:
+    """Even calibrated, smoothed and with the feed-forward output projection in float, int8 bends all-MiniLM-L6-v2
+    below the floor (measured 0.994 on the one-letter probe); the load fails saying so."""
+    with pytest.raises(ModelLoadError) as err:
+        minilm(tmp_path, "onnx-int8-static")
+    message = str(err.value)
+    assert re.match(r"Failed to load model \S+ with engine onnx-int8-static: probe \d of 4 has cosine 0\.9\d+", message)
+    assert "to torch float32 (at least 0.999 needed)" in message
+    [made] = (tmp_path / "onnx").glob("*-int8-static-v*/model.onnx")  # made once: the next load checks, not quantizes
+    assert quantized_matmuls(made) == (6 * 5, 6)  # q, k, v, attention output, ffn-in of 6 layers; ffn-out float
 
 
 def test_minilm_auto_is_cached_per_machine(tmp_path: Path, caplog) -> None:

@@ -247,3 +247,84 @@ def test_transformers_family_matches_torch(family: str, pooling: str, tmp_path: 
     expected = loaded["torch"].embed_texts(texts, batch_size=3, normalize=False)
     got = loaded["onnx"].embed_texts(texts, batch_size=3, normalize=False)
     assert float(np.abs(got - expected).max()) < 1e-5 * max(1.0, float(np.abs(expected).max()))
+
+
+def tiny_export(tiny_bert: Path, cache: Path):
+    from transformers import AutoModel, AutoTokenizer
+
+    import models.onnx_runtime as onnx_runtime
+
+    model, tok = AutoModel.from_pretrained(tiny_bert).eval(), AutoTokenizer.from_pretrained(tiny_bert)
+    names, path = onnx_runtime.exported_model(
+        model, tok(["a b c", "a"], padding=True, return_tensors="pt"), cache_dir=cache
+    )
+    return names, path, tok
+
+
+def test_smoothing_for_static_int8_keeps_the_float32_function(tiny_bert: Path, tmp_path: Path) -> None:
+    import onnx
+    import onnxruntime
+
+    import models.onnx_runtime as onnx_runtime
+
+    names, path, tok = tiny_export(tiny_bert, tmp_path)
+    feeds = onnx_runtime.calibration_feeds(tok, names, 64)
+    assert len(feeds) == len(onnx_runtime.CALIBRATION_TEXTS) and all(f["input_ids"].shape[0] == 1 for f in feeds)
+    assert max(f["input_ids"].shape[1] for f in feeds) == 64  # the long texts are cut at the worker's length
+    smoothed, nodes = onnx_runtime.smooth_for_int8(onnx.load(str(path)), feeds)
+    onnx.checker.check_model(smoothed)
+    muls = [n for n in smoothed.graph.node if n.name.startswith("smoothquant/")]
+    assert len(muls) == 2 * 3  # per layer: the q/k/v input, the attention output's, the feed-forward input's
+    assert len(nodes) == 2 * 5 and not any("output/dense" in n and "attention" not in n for n in nodes)
+    batch = {k: v.astype(np.int64) for k, v in tok(SENTENCES[:3], padding=True, return_tensors="np").items()}
+    batch = {n: batch[n] for n in names}
+    run = {
+        which: onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, batch)[0]
+        for which, model in (("float32", str(path)), ("smoothed", smoothed.SerializeToString()))
+    }
+    assert float(np.abs(run["smoothed"] - run["float32"]).max()) < 1e-4 * float(np.abs(run["float32"]).max())
+
+
+def test_a_failing_static_quantizer_is_remembered_and_refused(tiny_bert: Path, tmp_path: Path, monkeypatch) -> None:
+    import onnxruntime.quantization
+
+    from core.model_settings import CustomModel
+
+    calls = []
+
+    def refuse(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("calibration needs more memory than there is")
+
+    monkeypatch.setattr(onnxruntime.quantization, "quantize_static", refuse)
+    entry = [CustomModel(name="tiny", path=str(tiny_bert), family="transformers")]
+
+    def tiny(backend: str):
+        return make_loader(
+            device="cpu", cache_dir=str(tmp_path), allow_download=False, custom_models=entry, backend=backend
+        )("tiny")
+
+    model = tiny("auto")
+    assert model.info.engine != "onnx-int8-static"
+    assert "onnx-int8-static refused: quantizing " in model.info.engine_reason
+    assert "to static int8 failed: RuntimeError: calibration needs more memory" in model.info.engine_reason
+    [marker] = (tmp_path / "onnx").glob("*-int8-static-v1.failed")
+    assert "calibration needs more memory" in marker.read_text()
+    assert not list((tmp_path / "onnx").glob("*partial*")) and not list((tmp_path / "onnx").glob("*-int8-static-v1"))
+    with pytest.raises(ModelLoadError) as err:
+        tiny("onnx-int8-static")
+    assert str(err.value).startswith("Failed to load model tiny with engine onnx-int8-static: quantizing")
+    assert f"(at an earlier load; delete {marker} to quantize again)" in str(err.value)
+    assert len(calls) == 1  # the marker spares the next loads the calibration
+
+
+def test_static_int8_is_not_offered_for_an_export_with_external_weights(tmp_path: Path) -> None:
+    from models.onnx_runtime import OnnxUnavailable, static_quantized_model
+
+    folder = tmp_path / "onnx" / "abc"
+    folder.mkdir(parents=True)
+    (folder / "model.onnx").write_bytes(b"graph")
+    (folder / "encoder.weight").write_bytes(b"weights")
+    with pytest.raises(OnnxUnavailable, match=r"under 2 GB only, and .*abc keeps its weights in separate files"):
+        static_quantized_model(folder / "model.onnx", ["input_ids"], tokenizer=None, max_length=8)
+    assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == ["abc"]  # nothing made, nothing remembered

@@ -83,7 +83,7 @@ def candidate(engine: str, encoder: FakeEncoder | None = None, *, fails: str = "
         built.append(encoder)
         return encoder
 
-    c = Candidate(engine, build, quantized=engine == engines.ONNX_INT8, **kw)
+    c = Candidate(engine, build, quantized=engine in (engines.ONNX_INT8, engines.ONNX_INT8_STATIC), **kw)
     c.built = built  # type: ignore[attr-defined]
     return c
 
@@ -138,6 +138,78 @@ def test_a_quantized_engine_must_also_keep_the_neighbours() -> None:
     assert choice.engine == "onnx-int8" and "top-10 overlap 1.000" in choice.reason
 
 
+def test_static_int8_competes_as_a_quantized_engine() -> None:
+    """The dynamic copy is bent (refused), the statically calibrated one is faithful and fastest: it runs."""
+    family = Family(Clock())
+    dynamic = FakeEncoder("onnx-int8", 0.1e-3, noise=0.2)
+    static = FakeEncoder("onnx-int8-static", 0.15e-3, noise=0.001)
+    bf16 = FakeEncoder("torch-bf16", 0.3e-3, noise=0.001)
+    candidates = [candidate("torch-bf16", bf16), candidate("onnx-int8", dynamic), candidate("onnx-int8-static", static)]
+    choice = run(family, candidates)
+    assert (choice.engine, choice.encoder) == ("onnx-int8-static", static) and dynamic.closed and bf16.closed
+    assert "onnx-int8 refused: probe" in choice.reason
+    assert "onnx-int8-static " in choice.reason and "ms (top-10 overlap 1.000, cosine ≥ " in choice.reason
+    assert engines.RUNTIME[choice.engine] == "onnxruntime"
+
+
+def test_static_int8_that_loses_the_neighbours_or_bends_the_probes_is_refused() -> None:
+    scrambled = FakeEncoder("onnx-int8-static", 0.1e-3, scramble=True)  # probes match, held-out texts do not
+    choice = run(Family(Clock()), [candidate("onnx-int8-static", scrambled)])
+    assert choice.engine == "torch" and scrambled.closed
+    assert "onnx-int8-static refused: it keeps" in choice.reason and "top-10 neighbours of 16 held-out" in choice.reason
+    bent = FakeEncoder("onnx-int8-static", 0.1e-3, noise=0.1)
+    choice = run(Family(Clock()), [candidate("onnx-int8-static", bent)])
+    assert choice.engine == "torch" and "onnx-int8-static refused: probe" in choice.reason
+    assert "to torch float32 (at least 0.999 needed)" in choice.reason
+
+
+def test_forced_static_int8_is_checked_for_neighbours_and_fails_the_load_naming_the_cosine() -> None:
+    good = FakeEncoder("onnx-int8-static", 1.0, noise=0.001)  # slow: forced anyway
+    choice = run(Family(Clock()), [candidate("onnx-int8-static", good)], requested="onnx-int8-static")
+    assert choice.engine == "onnx-int8-static" and choice.encoder is good
+    assert choice.reason == "models.backend is onnx-int8-static (probe cosine ≥ 1.00000, top-10 overlap 1.000)"
+    bent = FakeEncoder("onnx-int8-static", 1e-4, noise=0.1)
+    with pytest.raises(ModelLoadError) as err:
+        run(Family(Clock()), [candidate("onnx-int8-static", bent)], requested="onnx-int8-static")
+    message = str(err.value)
+    assert message.startswith("Failed to load model m with engine onnx-int8-static: probe")
+    assert (
+        "has cosine 0.9" in message and "Set VECTORIZE_WORKER_MODELS_BACKEND (YAML models.backend) to auto" in message
+    )
+    assert bent.closed
+    with pytest.raises(ModelLoadError, match="models.backend onnx-int8-static cannot run here: ONNX Runtime runs on"):
+        run(
+            Family(Clock()),
+            [],
+            requested="onnx-int8-static",
+            device="cuda",
+            support=engine_support("cuda", cpu_flags=PLAIN_CPU),
+        )
+    with pytest.raises(ModelLoadError, match="with engine onnx-int8-static: quantizing .* failed: ValueError: no"):
+        run(Family(Clock()), [candidate("onnx-int8-static", fails="quantizing x to static int8 failed: ValueError: no")],
+            requested="onnx-int8-static")  # fmt: skip
+
+
+def test_static_int8_calibrates_on_texts_that_are_neither_probes_nor_held_out() -> None:
+    from models.onnx_runtime import CALIBRATION_TEXTS
+
+    docs, queries = engines.heldout_texts()
+    assert 16 <= len(CALIBRATION_TEXTS) <= 64  # a few dozen: quantizing stays a matter of seconds
+    assert len(set(CALIBRATION_TEXTS)) == len(CALIBRATION_TEXTS)
+    assert not set(CALIBRATION_TEXTS) & (set(PROBE_TEXTS) | set(docs) | set(queries) | set(engines.timing_texts()))
+    assert min(map(len, CALIBRATION_TEXTS)) <= 2 and max(len(t.split()) for t in CALIBRATION_TEXTS) > 256
+
+
+def test_every_engine_is_a_value_of_the_setting() -> None:
+    from typing import get_args
+
+    from core.settings import Settings
+
+    values = get_args(Settings.model_fields["models_backend"].annotation)
+    assert sorted(values) == sorted(engines.BACKENDS) and values[0] == "auto"
+    assert set(engines.RUNTIME) == set(engines.ENGINES)
+
+
 def test_a_refused_onnx_export_warns_as_before_and_auto_goes_on(caplog: pytest.LogCaptureFixture) -> None:
     family = Family(Clock())
     bf16 = FakeEncoder("torch-bf16", 0.3e-3)
@@ -172,10 +244,16 @@ def test_bf16_is_not_a_candidate_on_a_cpu_without_it() -> None:
 
 def test_engine_support_by_device() -> None:
     cpu = engine_support("cpu", cpu_flags=frozenset({"amx_bf16"}))
-    assert [e for e, why in cpu.items() if why is None] == ["torch", "torch-bf16", "onnx", "onnx-int8"]
+    assert [e for e, why in cpu.items() if why is None] == [
+        "torch",
+        "torch-bf16",
+        "onnx",
+        "onnx-int8",
+        "onnx-int8-static",
+    ]
     cuda = engine_support("cuda:1", cpu_flags=PLAIN_CPU, cuda_bf16=False)
     assert [e for e, why in cuda.items() if why is None] == ["torch", "torch-fp16"]
-    assert cuda["onnx"] == "ONNX Runtime runs on the CPU only and the device is cuda:1"
+    assert cuda["onnx"] == cuda["onnx-int8-static"] == "ONNX Runtime runs on the CPU only and the device is cuda:1"
     assert cuda["torch-bf16"] == "the GPU (cuda:1) does not support bfloat16"
     assert engine_support("cuda", cpu_flags=PLAIN_CPU, cuda_bf16=True)["torch-bf16"] is None
     mps = engine_support("mps", cpu_flags=PLAIN_CPU)
