@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import resource
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -36,6 +37,11 @@ class Metrics:
         )
         self.loaded_models = Gauge("worker_loaded_models", "Models loaded in memory", registry=r)
         self.memory = Gauge("worker_memory_usage_bytes", "Resident memory of the worker process", registry=r)
+        self.memory_limit = Gauge(
+            "worker_memory_limit_bytes",
+            "The memory the worker may use: its cgroup's limit (a container's or pod's), else the machine's memory",
+            registry=r,
+        )
         self.active_tasks = Gauge("worker_active_tasks", "Tasks taken in and not yet finished", registry=r)
         self.batch_size = Histogram("worker_batch_size", "Texts per model call", buckets=BATCH_BUCKETS, registry=r)
         self.inference_seconds = Histogram(
@@ -110,6 +116,9 @@ class Metrics:
 
     def refresh_memory(self) -> None:
         self.memory.set(rss_bytes())
+        limit = memory_limit_bytes()
+        if limit is not None:
+            self.memory_limit.set(limit)
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> Any:
         """Serve /metrics on ``addr``:``port`` in a background thread (0 disables).
@@ -120,6 +129,42 @@ class Metrics:
         if port:
             return start_http_server(port, addr=addr, registry=self.registry)
         return None
+
+
+#: where a cgroup's memory limit is read: v2 (the unified hierarchy), then v1
+CGROUP_LIMITS = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+#: cgroup v1 says "no limit" with a huge number (the largest page-aligned 64-bit value)
+UNLIMITED = 1 << 60
+
+
+def memory_limit_bytes(
+    cgroup_files: tuple[Path, ...] = CGROUP_LIMITS, meminfo: Path = Path("/proc/meminfo")
+) -> int | None:
+    """The memory this process may use: its cgroup's limit when one is set, else the machine's total memory
+    (``MemTotal``); None when neither can be read (not Linux)."""
+    total: int | None = None
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                total = int(line.split()[1]) * 1024
+                break
+    except (OSError, ValueError, IndexError):
+        pass
+    for path in cgroup_files:
+        try:
+            raw = path.read_text().strip()
+        except OSError:
+            continue
+        if raw == "max":  # v2: no limit
+            break
+        try:
+            limit = int(raw)
+        except ValueError:
+            continue
+        if 0 < limit < UNLIMITED:
+            return min(limit, total) if total else limit
+        break
+    return total
 
 
 def rss_bytes() -> int:

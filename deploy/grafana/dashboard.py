@@ -253,8 +253,8 @@ def panels() -> list[dict[str, Any]]:
         panel(
             "timeseries",
             "Memory per worker",
-            "Resident memory of each worker process; keep it under the container's limit.",
-            [("worker_memory_usage_bytes", "{{instance}}")],
+            "Resident memory of each worker process, and the limit it may use (its container's, else the machine's).",
+            [("worker_memory_usage_bytes", "{{instance}}"), ("worker_memory_limit_bytes", "{{instance}} limit")],
             unit="bytes",
             grid=(0, 51, 8, 8),
         ),
