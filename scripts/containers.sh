@@ -170,6 +170,16 @@ main() {
   declare -A host
   for w in "${ws[@]}"; do host[$w]=$(podman inspect "$w" --format '{{.Config.Hostname}}'); done
   step "3 workers ready: ${host[*]} (restarts on the cold start: $(podman inspect "${ws[@]}" --format '{{.RestartCount}}' | paste -sd' '))"
+  local where limit
+  for w in "${ws[@]}"; do  # published on the host's loopback only (docker-compose.yml, WORKER_HOST_IP)
+    for i in 6066 9091; do
+      where=$(podman port "$w" $i/tcp | head -1)
+      [[ $where == 127.0.0.1:* ]] || die "worker ${host[$w]} publishes port $i on '$where', not on 127.0.0.1"
+    done
+  done
+  limit=$(curl -sf "http://$where/metrics" | awk '/^worker_memory_limit_bytes /{print $2}')
+  [[ -n $limit ]] || die "no worker_memory_limit_bytes on http://$where/metrics"
+  step "web and metrics ports on 127.0.0.1 only; http://$where/metrics: worker_memory_limit_bytes $limit"
   step "the shared models volume holds: $(podman exec "${ws[0]}" sh -c 'cd /models && ls -d onnx/* hf 2>/dev/null | paste -sd" "')"
 
   local py="$VENV/bin/python" sent="$STATE/sent.txt"
