@@ -52,6 +52,11 @@ DASHBOARD_HEADERS = dashboard_headers(DASHBOARD)
 View = Callable[..., Awaitable[Any]]  # (faust's view, request, **match_info) -> response
 
 
+def _identity(manager: Any, name: str) -> dict[str, Any] | None:
+    record = manager.identity_record(name) if manager is not None else None
+    return record.to_dict() if record is not None else None
+
+
 def install_guards(app: Any, settings: Settings) -> None:
     """Access log and bearer token on every route of ``app``'s web server; added before the server starts
     (aiohttp freezes the middleware list then)."""
@@ -247,7 +252,8 @@ class WebViews:
                 "device": rt.device,
                 "max_loaded": self.settings.max_loaded_models,
                 "default": self.settings.default_model,
-                "loaded": [asdict(info) for info in loaded],
+                # each with its identity record (core.versioning.ModelIdentity): what its vectors are stored under
+                "loaded": [{**asdict(info), "identity": _identity(rt.manager, info.name)} for info in loaded],
             }
         )
 

@@ -80,7 +80,11 @@ class TaskPipeline:
             publisher, stores=self.stores, settings=settings, metrics=self.metrics, on_done=self._on_done
         )
         self.writer = StoreWriter(
-            self.stores, settings=settings, metrics=self.metrics, on_retry=self.reporter.count_retry
+            self.stores,
+            settings=settings,
+            metrics=self.metrics,
+            on_retry=self.reporter.count_retry,
+            identities=manager.identity_record,  # each task's vectors are written under their model's identity
         )
         self.steps = Steps(
             settings=settings,

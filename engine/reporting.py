@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from core.errors import PermanentError, RetryableError
 from core.retry import retry_forever
 from engine.publisher import RecordPublisher
-from tasks.records import ErrorInfo, ResultRecord, Status, Timings
+from tasks.records import ErrorInfo, ModelIdentityInfo, ResultRecord, Status, Timings
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -145,6 +145,7 @@ class Reporter:
             task_type=task.task_type,
             model=out.model,
             dimension=out.info.dim if out.info else None,
+            model_identity=ModelIdentityInfo(**out.identity.to_dict()) if out.identity is not None else None,
             count=len(out.ids),
             vector_ids=out.ids,
             collection=task.collection or self.settings.default_collection,

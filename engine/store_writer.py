@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import json
 import logging
 import time
@@ -18,6 +19,7 @@ import numpy as np
 from core.errors import PermanentError, cap_message
 from core.metadata_contract import MetadataContract
 from core.retry import retry_forever
+from core.versioning import ModelIdentity
 from sinks.base import MAX_TASK_RECORDS, BaseVectorDB, VectorRecord
 from tasks.inputs import build_records
 
@@ -33,11 +35,18 @@ T = TypeVar("T")
 class StoreWriter:
     """One upsert per collection for a list of finished tasks, into every store in parallel.
 
-    Sets each outcome's ``ids``, ``store_ms`` and, when its write failed for
-    good, ``error``. A store that is unavailable is retried without end (the
-    tasks are not acknowledged meanwhile); when a store refuses the data of a
-    batch of several tasks, they are written one by one so only the task at
-    fault fails.
+    Sets each outcome's ``ids``, ``store_ms``, ``identity`` and, when its
+    write failed for good, ``error``. A store that is unavailable is retried
+    without end (the tasks are not acknowledged meanwhile); when a store
+    refuses the data of a batch of several tasks, they are written one by one
+    so only the task at fault fails.
+
+    Each task's records carry the identity of the model that made its vectors
+    (``identities``: the model manager's :meth:`~models.manager.ModelManager.identity_record`),
+    and the collection is ensured with it: a collection bound to another model
+    refuses the write (:mod:`core.versioning`), and only the tasks of that model
+    fail. With several stores, every store's collection is ensured before any
+    is written, so a task one store refuses leaves no vectors in the others.
     """
 
     def __init__(
@@ -47,6 +56,7 @@ class StoreWriter:
         settings: Settings,
         metrics: Metrics,
         on_retry: Callable[[int, BaseException], None],
+        identities: Callable[[str], ModelIdentity | None] | None = None,
     ) -> None:
         self.stores = stores  # the pipeline's list: the result records name the same stores
         self.settings = settings
@@ -58,15 +68,21 @@ class StoreWriter:
             id(store): ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"store-{store.name}")
             for store in self.stores
         }
+        self._identities = identities
+        self._binds: dict[int, bool] = {}  # store -> whether its ensure_collection takes identity=
         self._last_ok: dict[int, float] = {}  # store -> when a write to it last succeeded
         self._probes: dict[int, asyncio.Future[Any]] = {}  # store -> its health check, queued or running
 
     async def write(self, outcomes: list[Outcome]) -> None:
-        groups: dict[tuple[str, int], list[tuple[Outcome, list[VectorRecord]]]] = defaultdict(list)
+        groups: dict[tuple[str, int, ModelIdentity | None], list[tuple[Outcome, list[VectorRecord]]]] = defaultdict(
+            list
+        )
         for out in outcomes:
             if out.error is not None or out.vectors is None or out.info is None:
                 continue
             collection = out.item.task.collection or self.settings.default_collection
+            if out.identity is None and self._identities is not None:
+                out.identity = self._identities(out.model)
             try:
                 records = build_records(
                     out.item.task,
@@ -76,20 +92,22 @@ class StoreWriter:
                     worker_id=self.settings.worker_id,
                     contract=self.contract,
                     collection=collection,
+                    identity=out.identity,
                 )
             except Exception as exc:  # noqa: BLE001 - a task whose records cannot be built fails alone
                 out.error = exc if isinstance(exc, PermanentError) else _unbuildable(out, exc)
                 continue
             out.ids = [r.id for r in records]
-            groups[(collection, out.info.dim)].append((out, records))
-        for (collection, dim), entries in groups.items():
+            # one write per model: a collection bound to another model refuses that model's tasks only
+            groups[(collection, out.info.dim, out.identity)].append((out, records))
+        for (collection, dim, identity), entries in groups.items():
             records = [r for _, rs in entries for r in rs]
             t0 = time.monotonic()
-            error, removed = await self._write_all(collection, dim, _dedupe(records))
+            error, removed = await self._write_all(collection, dim, _dedupe(records), identity)
             if isinstance(error, PermanentError) and len(entries) > 1:
                 # one task's data was refused: write task by task so only that task fails
                 for out, task_records in entries:
-                    out.error, task_removed = await self._write_all(collection, dim, _dedupe(task_records))
+                    out.error, task_removed = await self._write_all(collection, dim, _dedupe(task_records), identity)
                     _note_removed(out, task_removed)
             elif error is not None:
                 for out, _ in entries:
@@ -102,16 +120,30 @@ class StoreWriter:
                 out.store_ms = elapsed
 
     async def _write_all(
-        self, collection: str, dim: int, records: list[VectorRecord]
+        self, collection: str, dim: int, records: list[VectorRecord], identity: ModelIdentity | None = None
     ) -> tuple[BaseException | None, Removed]:
-        """Write to every store in parallel: the first failure or None, and what each store removed as stale."""
+        """Write to every store in parallel: the first failure or None, and what each store removed as stale.
+
+        With several stores, each one's collection is ensured first (created, bound, checked; retried while
+        a store is unavailable), so that a store refusing the model writes nothing into the others."""
+        if len(self.stores) > 1:
+            ensured = await asyncio.gather(
+                *(self._ensure(store, collection, dim, identity) for store in self.stores), return_exceptions=True
+            )
+            for result in ensured:
+                if isinstance(result, asyncio.CancelledError):
+                    raise result
+            refused = [e for e in ensured if isinstance(e, BaseException)]
+            if refused:
+                return refused[0], {}
         # digested and weighed once for every store (both serialise each payload)
         digested = [with_digest(r) for r in records]
         fresh: dict[str, set[str]] = defaultdict(set)
         for r in records:
             fresh[str(r.payload.get("task_id"))].add(r.id)
         writes = await asyncio.gather(
-            *(self._write(store, collection, dim, digested, fresh) for store in self.stores), return_exceptions=True
+            *(self._write(store, collection, dim, digested, fresh, identity) for store in self.stores),
+            return_exceptions=True,
         )
         for result in writes:
             if isinstance(result, asyncio.CancelledError):
@@ -126,6 +158,32 @@ class StoreWriter:
         }
         return (errors[0] if errors else None), removed
 
+    async def _ensure(self, store: BaseVectorDB, collection: str, dim: int, identity: ModelIdentity | None) -> None:
+        """Ensure ``collection`` on ``store`` for ``identity``'s vectors, retried while the store is unavailable."""
+        await retry_forever(
+            lambda: self.in_store_thread(lambda: self.ensure(store, collection, dim, identity), store),
+            what=f"Preparing collection {collection} on {store.describe()}",
+            on_retry=self._on_retry,
+        )
+
+    def ensure(self, store: BaseVectorDB, collection: str, dim: int, identity: ModelIdentity | None) -> None:
+        """``store.ensure_collection`` with the model's identity, when the adapter takes one (an adapter written
+        before bindings does not: its collections are not bound, said once in the log). Blocks on the store."""
+        binds = self._binds.get(id(store))
+        if binds is None:
+            binds = self._binds[id(store)] = _takes_identity(store)
+            if not binds:
+                log.warning(
+                    "The %s adapter's ensure_collection takes no identity= argument: its collections are not bound "
+                    "to a model, and tasks of several models can mix in one collection there. Update the adapter "
+                    "(docs/stores.md, 'One model per collection').",
+                    store.name,
+                )
+        if identity is not None and binds:
+            store.ensure_collection(collection, dim, identity=identity)
+        else:
+            store.ensure_collection(collection, dim)
+
     async def _write(
         self,
         store: BaseVectorDB,
@@ -133,6 +191,7 @@ class StoreWriter:
         dim: int,
         digested: list[tuple[VectorRecord, int]],
         fresh: dict[str, set[str]],
+        identity: ModelIdentity | None = None,
     ) -> dict[str, int]:
         """Write to one store, then remove what earlier versions of these tasks left there that this version does
         not have (write first: a reader never sees a task without vectors); retried while the store is
@@ -145,7 +204,7 @@ class StoreWriter:
 
         def write() -> dict[str, int]:
             nonlocal skipped
-            store.ensure_collection(collection, dim)
+            self.ensure(store, collection, dim, identity)  # remembered by the adapter: no request after the first
             # one lookup serves both: what is unchanged (not written) and what is stale (deleted after the write)
             known = task_records(store, collection, fresh) if s.replace_stale or s.skip_unchanged else {}
             stored = {rid: d for recs in known.values() for rid, d in recs.items()} if s.skip_unchanged else {}
@@ -318,6 +377,15 @@ def split_records(
     if part:
         parts.append(part)
     return parts
+
+
+def _takes_identity(store: BaseVectorDB) -> bool:
+    """Whether ``store.ensure_collection`` accepts ``identity=`` (every built-in adapter does)."""
+    try:
+        parameters = inspect.signature(store.ensure_collection).parameters
+    except (TypeError, ValueError):  # not introspectable: assume the current port
+        return True
+    return "identity" in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
 def _unbuildable(out: Outcome, exc: BaseException) -> PermanentError:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from core.versioning import ModelIdentity
 from engine.acks import Ticket
 from models.base import EmbedderInfo
 from tasks import types as task_types
@@ -63,3 +64,4 @@ class Outcome:
     store_ms: float = 0.0
     prepared: Prepared | None = None  # chunks, truncation, image (tasks/inputs.py)
     deleted: dict[str, int] = field(default_factory=dict)  # store -> stale vectors of an earlier version removed
+    identity: ModelIdentity | None = None  # the model that made the vectors (set by the store writer)

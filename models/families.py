@@ -270,7 +270,6 @@ def build_manager(settings: Settings, device: str) -> ModelManager:
         idle_unload_seconds=settings.models_idle_unload_seconds,
         keep_loaded=[settings.default_model],
         freeze_after_load=True,
-        identify=settings.cache_enabled,  # the embedding cache keys vectors by the model's identity
     )
 
 

@@ -13,6 +13,10 @@ loading the model again after the manager evicted it costs a ``stat`` per
 file. The ctime is in that key because no one can set it back: a file
 rewritten in place with its old size and mtime restored is hashed again.
 
+The same hash is the ``revision`` of the model's identity record
+(:func:`identity_record`, :class:`core.versioning.ModelIdentity`): every
+stored vector carries it, and a collection is bound to one.
+
 What is hashed in a model folder: the weight files the loaders read
 (``*.safetensors`` when there are any, else ``*.bin``/``*.pt``/``*.pth``) and
 every configuration or tokenizer file (``*.json``, ``*.txt``, ``*.model``,
@@ -33,6 +37,7 @@ import os
 import threading
 from pathlib import Path
 
+from core.versioning import ModelIdentity
 from models.base import Embedder
 from models.resolve import WEIGHT_SUFFIXES
 
@@ -126,3 +131,21 @@ def model_identity(embedder: Embedder) -> str:
         "weights": weights,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def identity_record(embedder: Embedder, revision: str | None = None) -> ModelIdentity:
+    """The model's identity record: its name, ``revision`` (:func:`model_identity`, computed when not given:
+    blocks, reads files), dimension, default normalisation and pooling (from
+    :meth:`~models.base.Embedder.vector_settings`) and family."""
+    info = embedder.info
+    settings = embedder.vector_settings()
+    normalize = settings.get("normalize_default")
+    pooling = settings.get("pooling")
+    return ModelIdentity(
+        name=info.name,
+        revision=revision if revision is not None else model_identity(embedder),
+        dim=info.dim,
+        normalize=normalize if isinstance(normalize, bool) else None,
+        pooling=pooling if isinstance(pooling, str) else None,
+        family=info.family,
+    )

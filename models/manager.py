@@ -15,9 +15,10 @@ from typing import Any, TypeVar
 import numpy as np
 
 from core.errors import ModelMemoryError
+from core.versioning import ModelIdentity
 from models.base import Embedder, EmbedderInfo, format_bytes
 from models.device import freeze_heap, is_out_of_memory, release_memory
-from models.fingerprint import model_identity
+from models.fingerprint import identity_record, model_identity
 
 log = logging.getLogger("worker.model_manager")
 T = TypeVar("T")
@@ -39,6 +40,7 @@ class _Loaded:
     infos: tuple[EmbedderInfo, ...] = ()
     memory: int = 0
     identities: Mapping[str, str] = field(default_factory=dict)  # name -> models.fingerprint.model_identity
+    records: Mapping[str, ModelIdentity] = field(default_factory=dict)  # name -> its identity record
 
 
 class ModelManager:
@@ -62,10 +64,13 @@ class ModelManager:
     :class:`ModelMemoryError`. Loading raises whatever the loader raises
     (``ModelLoadError`` for a model that cannot be found). With
     ``freeze_after_load`` (the worker) each load ends with
-    :func:`models.device.freeze_heap`. With ``identify`` (the worker, when
-    its embedding cache is on) each load also computes the model's identity
-    (:func:`models.fingerprint.model_identity`: a hash of its name, weights,
-    configuration and vector settings), read lock-free by :meth:`identity`.
+    :func:`models.device.freeze_heap`. Each load also computes the model's
+    identity (:func:`models.fingerprint.model_identity`: a hash of its name,
+    weights, configuration and vector settings; a file hash once per load,
+    remembered per file), read lock-free by :meth:`identity`, and its
+    identity record (:class:`core.versioning.ModelIdentity`: the embedding
+    cache keys vectors by it, every stored vector carries it, a collection is
+    bound to one), read by :meth:`identity_record`.
     """
 
     def __init__(
@@ -81,7 +86,6 @@ class ModelManager:
         keep_loaded: Iterable[str] = (),
         clock: Callable[[], float] = time.monotonic,
         freeze_after_load: bool = False,
-        identify: bool = False,
     ) -> None:
         if max_loaded < 1:
             raise ValueError("max_loaded must be >= 1")
@@ -93,8 +97,11 @@ class ModelManager:
         self.keep_loaded = frozenset(keep_loaded)
         self._warmup = warmup
         self._freeze_after_load = freeze_after_load
-        self._identify = identify
         self._identities: dict[str, str] = {}  # loaded models only
+        self._records: dict[str, ModelIdentity] = {}  # loaded models only
+        # the record of every model loaded in this process, kept after it is unloaded: the vectors a model made
+        # before it was evicted are still written under its identity
+        self._known: dict[str, ModelIdentity] = {}
         self._size_hint = size_hint
         self._clock = clock
         self._models: OrderedDict[str, Embedder] = OrderedDict()
@@ -145,13 +152,17 @@ class ModelManager:
                 self._make_room(size, for_model=name)
             if self._warmup and "text" in model.info.modalities:
                 model.embed_texts(["warm-up"], batch_size=1, normalize=None)
-            identity = self._identity_of(name, model) if self._identify else None
+            identity = self._identity_of(name, model)
+            record = identity_record(model, identity) if identity is not None else None
             # evicted only now: a name that fails to load (a typo in a task) never unloads a working model
             while len(self._models) >= self.max_loaded:
                 self._evict_oldest(f"max_loaded_models={self.max_loaded}")
             self._models[name] = model
-            if identity is not None:
+            if identity is not None and record is not None:
                 self._identities[name] = identity
+                self._records[name] = self._known[name] = record
+            else:  # not an older load's record either: these weights may differ from those
+                self._known.pop(name, None)
             self._last_used[name] = self._clock()
             log.info("Model %s holds %s; %d model(s) loaded", name, format_bytes(size), len(self._models))
             self._changed()
@@ -239,9 +250,16 @@ class ModelManager:
         return self._snapshot.memory
 
     def identity(self, name: str) -> str | None:
-        """The identity of ``name``'s loaded model (see ``identify`` in the class doc); None when it is not loaded
-        or was not identified. Lock-free; exact on the device thread, where models load and unload."""
+        """The identity hash of ``name``'s loaded model (see the class doc); None when it is not loaded or its
+        identity could not be computed. Lock-free; exact on the device thread, where models load and unload."""
         return self._snapshot.identities.get(name)
+
+    def identity_record(self, name: str) -> ModelIdentity | None:
+        """The identity record of ``name``'s model: the loaded one's, else the one last loaded in this process
+        (the vectors it made before it was unloaded are still written under it); None when ``name`` was never
+        loaded or its identity could not be computed. Lock-free."""
+        record = self._snapshot.records.get(name)
+        return record if record is not None else self._known.get(name)
 
     def unload(self, name: str) -> bool:
         with self._lock:
@@ -249,6 +267,7 @@ class ModelManager:
             if model is None:
                 return False
             self._identities.pop(name, None)
+            self._records.pop(name, None)
             self._last_used.pop(name, None)
             self._publish()  # out of the readers' view before it closes
             model.close()
@@ -324,6 +343,7 @@ class ModelManager:
     def _evict_oldest(self, reason: str) -> None:
         name, model = self._models.popitem(last=False)
         self._identities.pop(name, None)
+        self._records.pop(name, None)
         self._last_used.pop(name, None)
         self._publish()  # out of the readers' view before it closes
         log.info("Unloading model %s (least recently used; %s)", name, reason)
@@ -331,14 +351,15 @@ class ModelManager:
         self._changed()
 
     def _identity_of(self, name: str, model: Embedder) -> str | None:
-        """The model's identity, or None (no cache for it) when it cannot be computed; blocks (reads files)."""
+        """The model's identity, or None when it cannot be computed; blocks (reads files)."""
         started = time.monotonic()
         try:
             identity = model_identity(model)
         except Exception as exc:  # noqa: BLE001 - without an identity the model still works, uncached
             log.warning(
-                "Model %s: computing its identity for the embedding cache failed (%s: %s); its vectors are not "
-                "cached. Check that its files at %s are readable.",
+                "Model %s: computing its identity failed (%s: %s); its vectors are not cached, carry no "
+                "model_revision, and the collections they go to are not checked against their bound model. "
+                "Check that its files at %s are readable.",
                 name,
                 type(exc).__name__,
                 str(exc)[:200],
@@ -399,6 +420,7 @@ class ModelManager:
             infos=tuple(m.info for m in models.values()),
             memory=self._memory_in_use(),
             identities=dict(self._identities),
+            records=dict(self._records),
         )
 
     def _changed(self) -> None:

@@ -12,6 +12,11 @@ What a stored record holds, in every store (docs/stores.md, "Metadata and filter
 
 No other key ever becomes a store field, so a task's metadata cannot change
 a collection's schema.
+
+Every collection is bound to one model (:class:`core.versioning.ModelIdentity`),
+kept by the store at collection level (docs/stores.md, "One model per
+collection"): :meth:`BaseVectorDB.ensure_collection` with ``identity=`` binds
+a new or unbound collection and refuses another model's vectors.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from core.metadata_contract import MetadataContract, finite_float
+from core.versioning import ModelIdentity
 
 Distance = Literal["cosine", "dot", "euclid"]
 #: the most records :meth:`BaseVectorDB.task_records` reads in one call (Weaviate's query window)
@@ -33,6 +39,7 @@ WORKER_FIELDS: dict[str, str] = {
     "task_id": "string",
     "task_type": "string",
     "model": "string",
+    "model_revision": "string",
     "worker_id": "string",
     "created_at": "float",
     "item_index": "int",
@@ -86,11 +93,24 @@ class BaseVectorDB(ABC):
     name: str = "base"
     #: the declared filterable fields, set by each adapter's constructor (``contract=``; none when omitted)
     contract: MetadataContract
+    #: whether an existing collection made before bindings can be bound (Milvus cannot change a collection's
+    #: description: there, one stored record says which model an unbound collection holds)
+    binds_existing_collections: bool = True
 
     @abstractmethod
-    def ensure_collection(self, collection: str, dim: int, distance: Distance = "cosine") -> None:
+    def ensure_collection(
+        self, collection: str, dim: int, distance: Distance = "cosine", identity: ModelIdentity | None = None
+    ) -> None:
         """Create the collection if missing, with its fixed and declared fields; reject an existing one of
-        another dimension. Another worker creating it at the same moment is success, not an error."""
+        another dimension. Another worker creating it at the same moment is success, not an error.
+
+        With ``identity`` (the model whose vectors are about to be written), the collection is bound to that
+        model: a new one at its creation, an unbound one (made before bindings, or without ``identity``) now
+        where the store can keep a binding on an existing collection; one bound to another model (or, unbound,
+        holding a record of another model) raises :class:`~core.errors.StoreRejectedError` with
+        :func:`core.versioning.mismatch_message`. The binding is remembered per collection like the
+        dimension, so a write costs no request for it. Workers creating or binding a collection at the same
+        moment with the same model all succeed, and leave one binding."""
 
     @abstractmethod
     def upsert(self, collection: str, records: Sequence[VectorRecord]) -> None:
@@ -109,6 +129,11 @@ class BaseVectorDB(ABC):
 
         At most :data:`MAX_TASK_RECORDS` records are read per call (a task holds at most 10,000 texts;
         callers ask for few tasks at a time)."""
+
+    def bound_identity(self, collection: str) -> ModelIdentity | None:
+        """The model ``collection`` is bound to, read from the store now (not cached); None when it is missing,
+        unbound, or the store keeps no bindings (the default, for adapters that predate them)."""
+        return None
 
     def task_record_ids(self, collection: str, task_ids: Sequence[str]) -> dict[str, set[str]]:
         """The ids of every record of each of ``task_ids`` (see :meth:`task_records`)."""

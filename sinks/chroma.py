@@ -11,6 +11,14 @@ its default model.
 
 Records of the old layout (every scalar flattened under its dotted path, such
 as ``metadata.lang``) read the same, from their ``_payload``.
+
+The model a collection is bound to (:mod:`core.versioning`) is a JSON string
+under ``vw_model`` in the collection's metadata (Chroma's values are
+scalars): written at creation, or, for a collection made before bindings, at
+its first write. ``modify`` replaces the whole metadata and refuses ``hnsw:*``
+keys, so the binding is merged into the other keys, ``hnsw:*`` left out (the
+distance stays in the collection's configuration); one stored record is read
+first, so a collection holding another model's vectors is refused.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from urllib.parse import urlparse
 from core.errors import ConfigError, StoreRejectedError, StoreUnavailableError
 from core.metadata_contract import MetadataContract, epoch_micros, native_name
 from core.secrets import reveal
+from core.versioning import ModelIdentity, check_binding, unreadable_binding
 from sinks.base import MAX_TASK_RECORDS, PAYLOAD_KEY, BaseVectorDB, Distance, StoredPoint, VectorRecord, worker_values
 from sinks.filters import Condition, parse_filter
 from sinks.lazy import LazyClient
@@ -40,6 +49,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 
 _SPACES = {"cosine": "cosine", "dot": "ip", "euclid": "l2"}
 _RANGES = {"gt": "$gt", "gte": "$gte", "lt": "$lt", "lte": "$lte"}
+#: the collection metadata key holding the model binding (JSON)
+BINDING_KEY = "vw_model"
 
 
 class ChromaStore(LazyClient, BaseVectorDB):
@@ -64,6 +75,7 @@ class ChromaStore(LazyClient, BaseVectorDB):
         self.contract = contract or MetadataContract()
         self._init_client()
         self._collections: dict[str, Any] = {}
+        self._bindings: dict[str, ModelIdentity] = {}  # collection -> the model it is bound to, once known
 
     def describe(self) -> str:
         return f"Chroma at {self._where}"
@@ -112,6 +124,7 @@ class ChromaStore(LazyClient, BaseVectorDB):
     def _dropped(self, client: Any) -> None:
         # Chroma's clients share a process-wide system: not closed here, only forgotten with their collections
         self._collections.clear()
+        self._bindings.clear()
 
     def _collection(self, name: str) -> Any:
         col = self._collections.get(name)
@@ -121,9 +134,13 @@ class ChromaStore(LazyClient, BaseVectorDB):
             self._collections[name] = col
         return col
 
-    def ensure_collection(self, collection: str, dim: int, distance: Distance = "cosine") -> None:
+    def ensure_collection(
+        self, collection: str, dim: int, distance: Distance = "cosine", identity: ModelIdentity | None = None
+    ) -> None:
         # known to this adapter: its dimension is checked without a round trip (the writer calls this per write)
-        col = self._collections.get(collection) or self._create_collection(collection, dim, distance)
+        col = self._collections.get(collection) or self._create_collection(collection, dim, distance, identity)
+        if identity is not None:
+            col = self._check_model(collection, col, identity)
         known = int((col.metadata or {}).get("dimension", dim))
         if known != dim:
             raise StoreRejectedError(
@@ -132,15 +149,81 @@ class ChromaStore(LazyClient, BaseVectorDB):
             )
         self._collections[collection] = col
 
-    def _create_collection(self, collection: str, dim: int, distance: Distance) -> Any:
-        """The collection, created if missing; a create that races another worker's reads theirs."""
+    def _binding(self, collection: str, metadata: Mapping[str, Any] | None) -> ModelIdentity | None:
+        stored = (metadata or {}).get(BINDING_KEY)
+        if stored is None:
+            return None
+        try:
+            return ModelIdentity.from_json(stored)
+        except ValueError as exc:
+            where = f"collection metadata {BINDING_KEY!r}"
+            raise unreadable_binding(collection=collection, store=self.describe(), where=where, problem=exc) from None
+
+    def _check_model(self, collection: str, col: Any, identity: ModelIdentity) -> Any:
+        """Refuse ``identity`` when the collection is bound to another model; bind it when unbound (requests
+        only the first time: the binding is remembered). Returns the collection's handle, read again when
+        this call bound it."""
+        binding = self._bindings.get(collection)
+        if binding is None:
+            binding = self._binding(collection, col.metadata)
+            if binding is None:
+                col, binding = self._bind(collection, identity)
+            if binding is not None:
+                self._bindings[collection] = binding
+        check_binding(binding, identity, collection=collection, store=self.describe())
+        return col
+
+    def _bind(self, collection: str, identity: ModelIdentity) -> tuple[Any, ModelIdentity | None]:
+        """Bind a collection made before bindings to ``identity``, unless one of its records is of another model
+        (refused) or its dimension is another (None: the dimension check refuses it)."""
         client = self._connect()
+        col = self._call(
+            f"collection lookup {collection}", client.get_collection, name=collection, embedding_function=None
+        )
+        bound = self._binding(collection, col.metadata)  # another worker may have bound it since
+        if bound is not None:
+            return col, bound
+        metadata = dict(col.metadata or {})
+        dim = int(metadata.get("dimension", identity.dim))
+        res = self._call(f"reading a record of {collection}", col.get, limit=1, include=["metadatas"])
+        held = ModelIdentity.from_record(_payload(res["metadatas"][0]), dim) if res["ids"] else None
+        check_binding(held, identity, collection=collection, store=self.describe())
+        if dim != identity.dim:
+            return col, None
+        merged = {k: v for k, v in metadata.items() if not k.startswith("hnsw:")} | {BINDING_KEY: identity.to_json()}
+        self._call(f"binding collection {collection} to model {identity.name}", col.modify, metadata=merged)
+        col = self._call(
+            f"collection lookup {collection}", client.get_collection, name=collection, embedding_function=None
+        )
+        return col, self._binding(collection, col.metadata) or identity
+
+    def bound_identity(self, collection: str) -> ModelIdentity | None:
+        client = self._connect()
+        names = {
+            c if isinstance(c, str) else c.name for c in self._call("listing collections", client.list_collections)
+        }
+        if collection not in names:
+            return None
+        col = self._call(
+            f"collection lookup {collection}", client.get_collection, name=collection, embedding_function=None
+        )
+        return self._binding(collection, col.metadata)
+
+    def _create_collection(
+        self, collection: str, dim: int, distance: Distance, identity: ModelIdentity | None = None
+    ) -> Any:
+        """The collection (bound to ``identity`` when this call creates it), created if missing; a create that
+        races another worker's reads theirs."""
+        client = self._connect()
+        metadata: dict[str, Any] = {"hnsw:space": _SPACES[distance], "dimension": dim}
+        if identity is not None:
+            metadata[BINDING_KEY] = identity.to_json()
 
         def create() -> Any:
             try:
                 return client.get_or_create_collection(
                     name=collection,
-                    metadata={"hnsw:space": _SPACES[distance], "dimension": dim},
+                    metadata=metadata,
                     embedding_function=None,
                 )
             except Exception as exc:  # noqa: BLE001 - chromadb raises UniqueConstraintError or a bare Exception
@@ -188,6 +271,7 @@ class ChromaStore(LazyClient, BaseVectorDB):
                 if not _vanished(exc):
                     raise
                 self._collections.pop(collection, None)  # deleted behind our back: made again at the retry
+                self._bindings.pop(collection, None)
                 raise StoreUnavailableError(
                     f"Chroma collection {collection!r} at {self._where} was deleted while the worker wrote to it; "
                     "it is created again when the write is retried."

@@ -16,6 +16,13 @@ ever written, so a task's other metadata keys never reach Milvus outside
 Collections of the old layout (every scalar a dynamic field ``metadata__lang``)
 read the same, from ``_payload``; new rows there carry only ``_payload`` and
 the declared fields.
+
+The model a collection is bound to (:mod:`core.versioning`) is in its schema's
+description (``vectorize-worker model={…}``), written at creation: Milvus
+cannot change an existing collection's description (Milvus Lite answers
+``alter_collection_properties`` with UNIMPLEMENTED). For a collection made
+before bindings, one stored record says which model it holds (an empty one
+accepts any), remembered by this adapter.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from core.errors import ConfigError, StoreRejectedError, StoreUnavailableError
 from core.metadata_contract import MetadataContract, epoch_micros, native_name
 from core.secrets import reveal
+from core.versioning import ModelIdentity, binding_in, binding_text, check_binding, unreadable_binding
 from sinks.base import (
     MAX_TASK_RECORDS,
     PAYLOAD_KEY,
@@ -95,6 +103,7 @@ def _literal(value: Any) -> str:
 
 class MilvusStore(LazyClient, BaseVectorDB):
     name = "milvus"
+    binds_existing_collections = False  # no description change on an existing collection (see the module doc)
 
     def __init__(
         self, *, uri: str, token: str | None = None, timeout: float = 10.0, contract: MetadataContract | None = None
@@ -108,6 +117,8 @@ class MilvusStore(LazyClient, BaseVectorDB):
         self._init_client()
         self._dims: dict[str, int] = {}
         self._fixed: dict[str, set[str]] = {}  # collection -> worker fields its schema has
+        self._descriptions: dict[str, str] = {}  # collection -> its schema's description (holds the binding)
+        self._bindings: dict[str, ModelIdentity] = {}  # collection -> its model, once known
 
     def describe(self) -> str:
         return f"Milvus at {self._uri}"
@@ -146,7 +157,9 @@ class MilvusStore(LazyClient, BaseVectorDB):
             self._forget()
             raise self._unavailable(what, exc) from None
 
-    def ensure_collection(self, collection: str, dim: int, distance: Distance = "cosine") -> None:
+    def ensure_collection(
+        self, collection: str, dim: int, distance: Distance = "cosine", identity: ModelIdentity | None = None
+    ) -> None:
         known = self._dims.get(collection)
         if known is None:
             client = self._connect()
@@ -154,20 +167,64 @@ class MilvusStore(LazyClient, BaseVectorDB):
             if self._call("collection lookup", client.has_collection, name):
                 known = self._read_schema(collection) or dim
             else:
-                known = self._create_collection(collection, dim, distance)
+                known = self._create_collection(collection, dim, distance, identity)
             self._dims[collection] = known
+            self._bindings.pop(collection, None)  # read again from the description (or a record)
+        if identity is not None:
+            self._check_model(collection, known, identity)
         if known != dim:
             raise StoreRejectedError(
                 f"Milvus collection {collection_name(collection)!r} at {self._uri} holds {known}-dimensional vectors "
                 f"but the model produces {dim}; send the task to another collection or use the model it was made with."
             )
 
-    def _create_collection(self, collection: str, dim: int, distance: Distance) -> int:
-        """Create the collection with every fixed field and return its dimension; when another worker created it
-        first, the dimension of theirs."""
+    def _binding(self, collection: str) -> ModelIdentity | None:
+        try:
+            return binding_in(self._descriptions.get(collection))
+        except ValueError as exc:
+            where = f"the schema description of Milvus collection {collection_name(collection)!r}"
+            raise unreadable_binding(collection=collection, store=self.describe(), where=where, problem=exc) from None
+
+    def _check_model(self, collection: str, dim: int, identity: ModelIdentity) -> None:
+        """Refuse ``identity`` when the collection is bound to another model, or, made before bindings, holds a
+        record of another model (requests only the first time: the answer is remembered)."""
+        binding = self._bindings.get(collection)
+        if binding is None:
+            binding = self._binding(collection)
+            if binding is None:
+                # no binding can be added to an existing collection: its records say which model it holds
+                rows = self._call(
+                    f"reading a record of {collection_name(collection)}",
+                    self._connect().query,
+                    collection_name(collection),
+                    filter="",
+                    output_fields=[PAYLOAD_KEY],
+                    limit=1,
+                )
+                held = ModelIdentity.from_record(json.loads(rows[0][PAYLOAD_KEY]), dim) if rows else None
+                check_binding(held, identity, collection=collection, store=self.describe())
+                if dim != identity.dim:
+                    return  # the dimension check refuses it
+                # from now on, in this process, it holds this model's vectors (compared as a record's)
+                binding = ModelIdentity(name=identity.name, revision=identity.revision, dim=identity.dim, partial=True)
+            self._bindings[collection] = binding
+        check_binding(binding, identity, collection=collection, store=self.describe())
+
+    def bound_identity(self, collection: str) -> ModelIdentity | None:
+        if not self._call("collection lookup", self._connect().has_collection, collection_name(collection)):
+            return None
+        self._read_schema(collection)
+        return self._binding(collection)
+
+    def _create_collection(
+        self, collection: str, dim: int, distance: Distance, identity: ModelIdentity | None = None
+    ) -> int:
+        """Create the collection with every fixed field (bound to ``identity``) and return its dimension; when
+        another worker created it first, the dimension of theirs."""
         client = self._connect()
         name = collection_name(collection)
-        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=True)
+        description = f"vectorize-worker {binding_text(identity)}" if identity is not None else ""
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=True, description=description)
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
         schema.add_field(PAYLOAD_KEY, DataType.VARCHAR, max_length=MAX_PAYLOAD)
@@ -190,12 +247,14 @@ class MilvusStore(LazyClient, BaseVectorDB):
         if not self._call(f"creating collection {name}", create):
             return self._read_schema(collection) or dim  # another worker's
         self._fixed[collection] = set(WORKER_FIELDS)
+        self._descriptions[collection] = description
         return dim
 
     def _read_schema(self, collection: str) -> int | None:
         """The stored dimension (None when unknown); remembers which worker fields the schema has."""
         info = self._call("collection lookup", self._connect().describe_collection, collection_name(collection))
         fields = {f.get("name"): f for f in info.get("fields", [])}
+        self._descriptions[collection] = str(info.get("description") or "")
         self._fixed[collection] = {
             name for name, kind in WORKER_FIELDS.items() if fields.get(name, {}).get("type") == _TYPES[kind]
         }

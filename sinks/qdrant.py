@@ -9,6 +9,12 @@ Qdrant has no schema to grow), plus the declared metadata fields as top-level
 ``meta_<name>`` keys with a payload index each (on a server; local mode has no
 indexes), which filters use. Reads leave the ``meta_`` keys out, so a hit's
 payload is what was written.
+
+The model a collection is bound to (:mod:`core.versioning`) is in the
+collection's metadata under ``vectorize_worker``: written at creation, or,
+for a collection made before bindings, at its first write
+(``update_collection``, which merges metadata; one stored record is read
+first, so a collection holding another model's vectors is refused).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from core.errors import ConfigError, StoreRejectedError, StoreUnavailableError
 from core.metadata_contract import FIELD_PREFIX, MetadataContract, native_name
 from core.secrets import reveal
+from core.versioning import ModelIdentity, check_binding, unreadable_binding
 from sinks.base import MAX_TASK_RECORDS, BaseVectorDB, Distance, StoredPoint, VectorRecord
 from sinks.filters import Condition, parse_filter
 
@@ -43,6 +50,8 @@ _INDEXES = {
     "bool": models.PayloadSchemaType.BOOL,
     "datetime": models.PayloadSchemaType.DATETIME,
 }
+#: the collection metadata key holding the model binding
+BINDING_KEY = "vectorize_worker"
 
 
 class QdrantStore(BaseVectorDB):
@@ -63,6 +72,8 @@ class QdrantStore(BaseVectorDB):
         self._local = not url
         self.contract = contract or MetadataContract()
         self._dims: dict[str, int] = {}
+        # collection -> the model it is bound to, read with its dimension: trusted only while it is in _dims
+        self._bindings: dict[str, ModelIdentity | None] = {}
         try:
             if url:
                 self._client = QdrantClient(
@@ -92,6 +103,7 @@ class QdrantStore(BaseVectorDB):
             if exc.status_code == 404:
                 # the collection went away under us: forget it so the next attempt recreates it
                 self._dims.clear()
+                self._bindings.clear()
                 raise StoreUnavailableError(f"Qdrant at {self._where}: not found during {what}; will retry") from None
             if exc.status_code == 409 and what.startswith("creating collection"):
                 return None  # another worker created it first
@@ -105,15 +117,20 @@ class QdrantStore(BaseVectorDB):
         except (ConnectionError, TimeoutError, OSError) as exc:
             raise StoreUnavailableError(f"Failed to reach Qdrant at {self._where} during {what}: {exc}") from None
 
-    def ensure_collection(self, collection: str, dim: int, distance: Distance = "cosine") -> None:
+    def ensure_collection(
+        self, collection: str, dim: int, distance: Distance = "cosine", identity: ModelIdentity | None = None
+    ) -> None:
         known = self._dims.get(collection)
         if known is None:
             if self._call("collection lookup", self._client.collection_exists, collection):
-                known = self._stored_dim(collection)
+                known, binding = self._stored(collection)
             else:
-                known = self._create_collection(collection, dim, distance)
+                known, binding = self._create_collection(collection, dim, distance, identity)
             self._index_declared(collection)
             self._dims[collection] = known
+            self._bindings[collection] = binding
+        if identity is not None:
+            self._check_model(collection, known, identity)
         if known != dim:
             raise StoreRejectedError(
                 f"Qdrant collection {collection!r} at {self._where} holds {known}-dimensional vectors but the model "
@@ -121,18 +138,76 @@ class QdrantStore(BaseVectorDB):
             )
 
     def _stored_dim(self, collection: str) -> int:
-        info = self._call("collection lookup", self._client.get_collection, collection)
-        return int(info.config.params.vectors.size)
+        return self._stored(collection)[0]
 
-    def _create_collection(self, collection: str, dim: int, distance: Distance) -> int:
-        """Create the collection and return its dimension; when another worker created it first (HTTP 409 from
-        a server, ValueError in local mode), the dimension of theirs."""
+    def _stored(self, collection: str, *, strict: bool = False) -> tuple[int, ModelIdentity | None]:
+        """The collection's dimension and the model it is bound to (None: unbound; also for a binding that
+        cannot be read, unless ``strict``: then that raises StoreRejectedError)."""
+        info = self._call("collection lookup", self._client.get_collection, collection)
+        stored = (info.config.metadata or {}).get(BINDING_KEY)
+        binding = None
+        if stored is not None:
+            try:
+                binding = ModelIdentity.from_dict(stored)
+            except ValueError as exc:
+                if strict:
+                    where = f"collection metadata {BINDING_KEY!r}"
+                    raise unreadable_binding(
+                        collection=collection, store=self.describe(), where=where, problem=exc
+                    ) from None
+        return int(info.config.params.vectors.size), binding
+
+    def _check_model(self, collection: str, dim: int, identity: ModelIdentity) -> None:
+        """Refuse ``identity`` when the collection is bound to another model; bind it when unbound (requests
+        only the first time: the binding is remembered with the dimension)."""
+        binding = self._bindings.get(collection)
+        if binding is None:
+            binding = self._bindings[collection] = self._bind(collection, dim, identity)
+        check_binding(binding, identity, collection=collection, store=self.describe())
+
+    def _bind(self, collection: str, dim: int, identity: ModelIdentity) -> ModelIdentity | None:
+        """Bind a collection made before bindings to ``identity``, unless one of its records is of another model
+        (refused) or its dimension is another (None: the dimension check refuses it)."""
+        _, bound = self._stored(collection, strict=True)  # another worker may have bound it since
+        if bound is not None:
+            return bound
+        points, _ = self._call(
+            f"reading a record of {collection}",
+            self._client.scroll,
+            collection_name=collection,
+            limit=1,
+            with_payload=["model", "model_revision"],
+            with_vectors=False,
+        )
+        held = ModelIdentity.from_record(points[0].payload or {}, dim) if points else None
+        check_binding(held, identity, collection=collection, store=self.describe())
+        if dim != identity.dim:
+            return None
+        self._call(
+            f"binding collection {collection} to model {identity.name}",
+            self._client.update_collection,
+            collection_name=collection,
+            metadata={BINDING_KEY: identity.to_dict()},
+        )
+        return self._stored(collection, strict=True)[1] or identity
+
+    def bound_identity(self, collection: str) -> ModelIdentity | None:
+        if not self._call("collection lookup", self._client.collection_exists, collection):
+            return None
+        return self._stored(collection, strict=True)[1]
+
+    def _create_collection(
+        self, collection: str, dim: int, distance: Distance, identity: ModelIdentity | None = None
+    ) -> tuple[int, ModelIdentity | None]:
+        """Create the collection (bound to ``identity``) and return its dimension and binding; when another
+        worker created it first (HTTP 409 from a server, ValueError in local mode), those of theirs."""
 
         def create() -> bool:
             try:
                 self._client.create_collection(
                     collection_name=collection,
                     vectors_config=models.VectorParams(size=dim, distance=models.Distance(_DISTANCES[distance])),
+                    metadata={BINDING_KEY: identity.to_dict()} if identity is not None else None,
                 )
             except ValueError as exc:
                 if "already exists" not in str(exc):
@@ -141,7 +216,7 @@ class QdrantStore(BaseVectorDB):
             return True
 
         created = self._call(f"creating collection {collection}", create)  # None: 409, already there
-        return dim if created else self._stored_dim(collection)
+        return (dim, identity) if created else self._stored(collection)
 
     def _index_declared(self, collection: str) -> None:
         """A payload index per declared field (idempotent on the server; local mode has no indexes)."""

@@ -9,6 +9,12 @@ declared metadata fields ``meta_<name>``. Objects never carry another
 property, so Weaviate's auto-schema never adds one: a task's metadata cannot
 change the schema. A field declared later is added explicitly, once.
 
+The description also holds the model the collection is bound to
+(``model={…}``, :mod:`core.versioning`): written when the collection is
+created, or, for a collection made before bindings, at its first write
+(``config.update``; one stored record is read first, so a collection holding
+another model's vectors is refused rather than bound).
+
 Collections of the old layout (no ``layout=2``; every scalar flattened into an
 auto-schema property such as ``metadata__lang``) keep working: reads use
 ``_payload`` as before, and new objects carry only ``_payload`` and the
@@ -26,6 +32,7 @@ from urllib.parse import urlparse
 from core.errors import ConfigError, StoreRejectedError, StoreUnavailableError
 from core.metadata_contract import MetadataContract, native_name
 from core.secrets import reveal
+from core.versioning import ModelIdentity, binding_in, binding_text, check_binding, unreadable_binding
 from sinks.base import (
     MAX_TASK_RECORDS,
     PAYLOAD_KEY,
@@ -158,14 +165,18 @@ class WeaviateStore(LazyClient, BaseVectorDB):
     def _collection(self, collection: str) -> Any:
         return self._connect().collections.get(class_name(collection))
 
-    def ensure_collection(self, collection: str, dim: int, distance: Distance = "cosine") -> None:
+    def ensure_collection(
+        self, collection: str, dim: int, distance: Distance = "cosine", identity: ModelIdentity | None = None
+    ) -> None:
         layout = self._layouts.get(collection)
         if layout is None:
-            layout = self._lookup(collection) or self._create_collection(collection, dim, distance)
+            layout = self._lookup(collection) or self._create_collection(collection, dim, distance, identity)
             if layout.dim is None:  # a class not made by this worker: trust the model
                 layout.dim = dim
             self._add_missing_properties(collection, layout)
             self._layouts[collection] = layout
+        if identity is not None:
+            self._check_model(collection, layout, identity)
         if layout.dim != dim:
             raise StoreRejectedError(
                 f"Weaviate collection {class_name(collection)!r} at {self._url} holds {layout.dim}-dimensional "
@@ -188,10 +199,64 @@ class WeaviateStore(LazyClient, BaseVectorDB):
             dim=int(match.group(1)) if match else None,
             legacy=LAYOUT not in description,
             props={p.name: p.data_type for p in config.properties},
+            description=description,
         )
 
-    def _create_collection(self, collection: str, dim: int, distance: Distance) -> Layout:
-        """Create the class with every property; when another worker created it first, read theirs."""
+    def _binding(self, collection: str, layout: Layout) -> ModelIdentity | None:
+        try:
+            return binding_in(layout.description)
+        except ValueError as exc:
+            where = f"the description of Weaviate class {class_name(collection)!r}"
+            raise unreadable_binding(collection=collection, store=self.describe(), where=where, problem=exc) from None
+
+    def _check_model(self, collection: str, layout: Layout, identity: ModelIdentity) -> None:
+        """Refuse ``identity`` when the collection is bound to another model; bind it when unbound (requests
+        only the first time: the binding is kept in ``layout``)."""
+        if layout.binding is None:
+            layout.binding = self._binding(collection, layout) or self._bind(collection, layout, identity)
+        check_binding(layout.binding, identity, collection=collection, store=self.describe())
+
+    def _bind(self, collection: str, layout: Layout, identity: ModelIdentity) -> ModelIdentity | None:
+        """Bind a collection made before bindings to ``identity`` (in its description), unless one of its records
+        is of another model (refused) or its dimension is another (None: the dimension check refuses it)."""
+        fresh = self._read_layout(collection)  # another worker may have bound it since this adapter looked
+        bound = self._binding(collection, fresh)
+        if bound is not None:
+            return bound
+        dim = layout.dim or identity.dim
+        held = self._held_model(collection, fresh, dim)
+        check_binding(held, identity, collection=collection, store=self.describe())
+        if dim != identity.dim:
+            return None
+        description = f"{fresh.description or f'vectorize-worker dim={dim}'} {binding_text(identity)}"
+        name = class_name(collection)
+        self._call(
+            f"binding collection {name} to model {identity.name}",
+            lambda: self._collection(collection).config.update(description=description),
+        )
+        return self._binding(collection, self._read_layout(collection)) or identity
+
+    def _held_model(self, collection: str, layout: Layout, dim: int) -> ModelIdentity | None:
+        """The model one stored record names (None for an empty collection, or one without ``_payload``)."""
+        if PAYLOAD_KEY not in layout.props:
+            return None
+        res = self._call(
+            f"reading a record of {class_name(collection)}",
+            self._collection(collection).query.fetch_objects,
+            limit=1,
+            return_properties=[PAYLOAD_KEY],
+        )
+        return ModelIdentity.from_record(_payload(res.objects[0].properties), dim) if res.objects else None
+
+    def bound_identity(self, collection: str) -> ModelIdentity | None:
+        layout = self._lookup(collection)
+        return self._binding(collection, layout) if layout is not None else None
+
+    def _create_collection(
+        self, collection: str, dim: int, distance: Distance, identity: ModelIdentity | None = None
+    ) -> Layout:
+        """Create the class with every property (bound to ``identity``); when another worker created it first,
+        read theirs."""
         client = self._connect()
         name = class_name(collection)
         properties = [PAYLOAD_PROPERTY, *(make_property(n, kind) for n, kind in WORKER_FIELDS.items())]
@@ -199,11 +264,15 @@ class WeaviateStore(LazyClient, BaseVectorDB):
             make_property(native_name(n), kind, ranged=True) for n, kind in self.contract.fields(collection).items()
         ]
 
+        description = f"vectorize-worker dim={dim} {LAYOUT}"
+        if identity is not None:
+            description += f" {binding_text(identity)}"
+
         def create() -> bool:
             try:
                 client.collections.create(
                     name,
-                    description=f"vectorize-worker dim={dim} {LAYOUT}",
+                    description=description,
                     properties=properties,
                     vector_config=Configure.Vectors.self_provided(
                         vector_index_config=Configure.VectorIndex.hnsw(distance_metric=_DISTANCES[distance])
@@ -217,7 +286,13 @@ class WeaviateStore(LazyClient, BaseVectorDB):
 
         if not self._call(f"creating collection {name}", create):
             return self._read_layout(collection)
-        return Layout(dim=dim, legacy=False, props={p.name: p.dataType for p in properties})
+        return Layout(
+            dim=dim,
+            legacy=False,
+            props={p.name: p.dataType for p in properties},
+            description=description,
+            binding=identity,
+        )
 
     def _add_missing_properties(self, collection: str, layout: Layout) -> None:
         """Declared fields (and, in the new layout, worker fields) the class lacks, added explicitly; a declared

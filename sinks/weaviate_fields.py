@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.versioning import ModelIdentity
 from sinks.base import PAYLOAD_KEY, WORKER_FIELDS
 from sinks.filters import Condition
 
@@ -64,11 +65,14 @@ PAYLOAD_PROPERTY = Property(name=PAYLOAD_KEY, data_type=DataType.TEXT, index_fil
 
 @dataclass
 class Layout:
-    """What a collection holds, read once per process: dimension, layout, property types."""
+    """What a collection holds, read once per process: dimension, layout, property types, its description
+    (``vectorize-worker dim=… layout=2 model={…}``) and the model it is bound to (None: not known yet)."""
 
     dim: int | None
     legacy: bool
     props: dict[str, DataType] = field(default_factory=dict)
+    description: str = ""
+    binding: ModelIdentity | None = None
 
     def fixed(self) -> set[str]:
         """Worker fields written natively: those of the new layout whose property has our type."""

@@ -24,6 +24,7 @@ import numpy as np
 
 from core.errors import PermanentError
 from core.metadata_contract import MetadataContract
+from core.versioning import ModelIdentity
 from models.base import l2_normalize
 from models.manager import ModelManager
 from sinks.base import VectorRecord
@@ -131,9 +132,14 @@ def build_records(
     worker_id: str,
     contract: MetadataContract | None = None,
     collection: str | None = None,
+    identity: ModelIdentity | None = None,
 ) -> list[VectorRecord]:
     """The records to store for one task, with deterministic ids (see :mod:`core.ids`), made by its type's
     :meth:`~tasks.types.TaskType.records` from the payload fields every record has.
+
+    Every record names the model that made it: ``model``, and with its ``identity`` (None when it could not
+    be computed) ``model_revision`` (the first 16 hex of the revision) and ``normalize`` (whether the vectors
+    were L2-normalised by the worker: the task's ``normalize``, else the model's default).
 
     The whole ``metadata`` goes into every record's payload; the fields ``contract`` declares filterable in
     ``collection`` are also checked and carried as the records' ``filterable`` values. A declared field of
@@ -146,8 +152,17 @@ def build_records(
         "task_id": task.task_id,
         "task_type": task.task_type,
         "model": model,
+        **_versioned(task, identity),
         "worker_id": worker_id,
         "created_at": time.time(),
         "metadata": dict(task.metadata),
     }
     return task_types.of(task).records(task, prepared, vectors, base=base, filterable=filterable)
+
+
+def _versioned(task: Task, identity: ModelIdentity | None) -> dict[str, Any]:
+    """The payload keys that say which revision of the model made a task's vectors, and how."""
+    if identity is None:
+        return {} if task.normalize is None else {"normalize": task.normalize}
+    normalize = task.normalize if task.normalize is not None else bool(identity.normalize)
+    return {"model_revision": identity.record_revision, "normalize": normalize}

@@ -61,6 +61,21 @@ class Timings(BaseModel):
     total_ms: float = 0.0
 
 
+class ModelIdentityInfo(BaseModel):
+    """Which model made a task's vectors (core.versioning.ModelIdentity): the collection is bound to it."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    revision: str = Field(
+        description="SHA-256 hex of the model's name, family, dimension, vector settings, weights and configuration; "
+        "stored records carry its first 16 hex as model_revision"
+    )
+    dim: int
+    normalize: bool | None = Field(None, description="The model's default L2 normalisation (null: none set)")
+    pooling: str | None = Field(None, description="The pooling the family chose (mean, cls; null: the model's own)")
+    family: str = ""
+
+
 class ResultRecord(BaseModel):
     """The final outcome of a task (topic vectorization-results)."""
 
@@ -71,6 +86,9 @@ class ResultRecord(BaseModel):
     task_type: str | None = None
     model: str | None = None
     dimension: int | None = None
+    model_identity: ModelIdentityInfo | None = Field(
+        None, description="The identity of the model that made the vectors (null when it could not be computed)"
+    )
     count: int = 0
     vector_ids: list[str] = Field(default_factory=list)
     collection: str | None = None

@@ -125,7 +125,7 @@ class TaskType:
         filterable: dict[str, Any],
     ) -> list[VectorRecord]:
         """The records to store: one per vector, id ``vector_id(task_id, index)``, payload ``base`` (task_id,
-        task_type, model, worker_id, created_at, metadata) plus the item's fields and :meth:`item_payload`."""
+        task_type, model, model_revision, normalize, worker_id, created_at, metadata) plus the item's fields and :meth:`item_payload`."""
         if self.lane == "image":
             image = prepared.image if prepared else None
             payload = {**base, "item_index": 0}

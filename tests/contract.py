@@ -7,13 +7,19 @@ fields the database holds for a collection: its schema, or what stands for it
 in a schemaless store), :meth:`VectorDBContract.legacy_upsert` (records written
 the way the adapter did before the metadata contract, every scalar flattened
 into a field) and :meth:`VectorDBContract.drop`.
+
+The model binding (docs/stores.md, "One model per collection") is checked with
+two made-up model identities, :data:`MODEL_A` and :data:`MODEL_B`, of the same
+dimension, so that only the binding can refuse the second.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -21,6 +27,7 @@ import pytest
 
 from core.errors import StoreRejectedError, StoreUnavailableError
 from core.metadata_contract import MetadataContract, native_name
+from core.versioning import ModelIdentity
 from engine.store_writer import with_digest
 from sinks.base import PAYLOAD_KEY, WORKER_FIELDS, BaseVectorDB, VectorRecord
 from sinks.filters import InvalidFilterError
@@ -59,6 +66,23 @@ def worker_payload(task: str, metadata: Mapping[str, Any], index: int = 0) -> di
         "item_index": index,
         "text": f"text of {task}",
     }
+
+
+def _revision(seed: str) -> str:
+    return hashlib.sha256(seed.encode()).hexdigest()
+
+
+MODEL_A = ModelIdentity("contract/model-a", _revision("a"), DIM, normalize=True, pooling="mean", family="contract")
+MODEL_B = ModelIdentity("contract/model-b", _revision("b"), DIM, normalize=None, pooling=None, family="contract")
+
+
+def versioned_record(rid: str, seed: int, model: str, revision: str | None, task: str = "t") -> VectorRecord:
+    """A record as the worker writes it with ``model`` (``revision``: its model_revision; None: as written before
+    revisions existed)."""
+    payload = {**worker_payload(task, {}), "model": model}
+    if revision is not None:
+        payload |= {"model_revision": revision[:16], "normalize": True}
+    return VectorRecord(rid, _vec(seed), payload)
 
 
 def record(collection: str, rid: str, seed: int, metadata: Mapping[str, Any], task: str = "t") -> VectorRecord:
@@ -368,8 +392,183 @@ class VectorDBContract:
         with pytest.raises(StoreRejectedError, match="dimension"):
             store.upsert(collection, [VectorRecord(str(uuid.uuid4()), [0.1] * (DIM + 2))])
 
+    # -- one model per collection -------------------------------------------------------------------------
+    def _other(self, store: BaseVectorDB, check: Callable[[BaseVectorDB], None]) -> None:
+        """Run ``check`` with another worker's view of the database (nothing cached), then close it."""
+        other = self.second_store(store)
+        try:
+            check(other)
+        finally:
+            if other is not store:
+                other.close()
+
+    @staticmethod
+    def _refused(store: BaseVectorDB, collection: str, wanted: ModelIdentity, bound: ModelIdentity) -> str:
+        """``wanted`` is refused in ``collection`` (bound to ``bound``) by a message that names the collection, the
+        store, both models (name, 12 hex of the revision, dimension) and the way out; the message."""
+        with pytest.raises(StoreRejectedError) as info:
+            store.ensure_collection(collection, wanted.dim, identity=wanted)
+        message = str(info.value)
+        for part in (
+            repr(collection),
+            store.describe(),
+            f"{bound.name} (rev {bound.revision[:12]}, dim {bound.dim})",
+            f"{wanted.name} (rev {wanted.revision[:12]}, dim {wanted.dim})",
+            "Send the task to another collection (its `collection` field)",
+            f"delete collection {collection!r} and send its tasks again",
+        ):
+            assert part in message, (part, message)
+        assert "migrat" not in message.lower()
+        return message
+
+    def test_a_new_collection_is_bound_to_the_model_it_is_made_for(self, store: BaseVectorDB, collection: str) -> None:
+        store.ensure_collection(collection, DIM, identity=MODEL_A)
+        store.ensure_collection(collection, DIM, identity=MODEL_A)  # the same model again: fine
+        store.upsert(collection, [versioned_record(str(uuid.uuid4()), 0, MODEL_A.name, MODEL_A.revision)])
+        assert store.bound_identity(collection) == MODEL_A
+        store.ensure_collection(collection, DIM)  # without an identity (an older caller): unchecked, as before
+
+        def another_worker(other: BaseVectorDB) -> None:
+            assert other.bound_identity(collection) == MODEL_A  # read from the database itself
+            other.ensure_collection(collection, DIM, identity=MODEL_A)
+            other.upsert(collection, [versioned_record(str(uuid.uuid4()), 1, MODEL_A.name, MODEL_A.revision)])
+
+        self._other(store, another_worker)
+        assert store.count(collection) == 2
+        assert store.bound_identity(f"{collection}_missing") is None
+
+    def test_another_model_is_refused_naming_both(self, store: BaseVectorDB, collection: str) -> None:
+        store.ensure_collection(collection, DIM, identity=MODEL_A)
+        self._refused(store, collection, MODEL_B, MODEL_A)  # this worker: from what it remembers
+
+        def another_worker(other: BaseVectorDB) -> None:
+            self._refused(other, collection, MODEL_B, MODEL_A)  # read from the database
+            retrained = replace(MODEL_A, revision=_revision("a, fine-tuned"))  # same name, other weights
+            self._refused(other, collection, retrained, MODEL_A)
+            wider = replace(MODEL_B, dim=DIM + 1)  # another dimension too: still both models named
+            self._refused(other, collection, wider, MODEL_A)
+            other.ensure_collection(collection, DIM, identity=MODEL_A)
+
+        self._other(store, another_worker)
+        assert store.bound_identity(collection) == MODEL_A  # a refusal changes nothing
+
+    def test_the_binding_check_costs_no_request_once_known(self, store: BaseVectorDB, collection: str) -> None:
+        """Every request of an adapter goes through its ``_call``: after the first ensure, ensuring the same
+        collection again (the writer does before every write) makes none, whether the model fits or not."""
+        store.ensure_collection(collection, DIM, identity=MODEL_A)
+        calls: list[str] = []
+        real = store._call  # type: ignore[attr-defined]
+
+        def counting(what: str, *args: Any, **kwargs: Any) -> Any:
+            calls.append(what)
+            return real(what, *args, **kwargs)
+
+        store._call = counting  # type: ignore[attr-defined]
+        try:
+            for _ in range(20):
+                store.ensure_collection(collection, DIM, identity=MODEL_A)
+            with pytest.raises(StoreRejectedError, match=MODEL_B.name):
+                store.ensure_collection(collection, DIM, identity=MODEL_B)
+        finally:
+            del store._call  # type: ignore[attr-defined]
+        assert calls == []
+
+    def test_an_unbound_collection_is_bound_at_its_first_write(self, store: BaseVectorDB, collection: str) -> None:
+        """A collection made before bindings (here: ensured without an identity) holding records of the model,
+        written before revisions: bound where the store can keep a binding on an existing collection (Milvus
+        cannot: its records say which model it holds), and another model refused from then on."""
+        store.ensure_collection(collection, DIM)
+        store.upsert(collection, [versioned_record(str(uuid.uuid4()), 0, MODEL_A.name, None, task="old")])
+        assert store.bound_identity(collection) is None
+
+        def first_write(worker: BaseVectorDB) -> None:
+            worker.ensure_collection(collection, DIM, identity=MODEL_A)
+            worker.upsert(collection, [versioned_record(str(uuid.uuid4()), 1, MODEL_A.name, MODEL_A.revision)])
+
+        self._other(store, first_write)
+        expected = MODEL_A if store.binds_existing_collections else None
+        assert store.bound_identity(collection) == expected
+
+        if store.binds_existing_collections:
+            self._other(store, lambda worker: self._refused(worker, collection, MODEL_B, MODEL_A))
+        else:  # what the one record read says: the model's name, and no revision for a record from before them
+            self._other(store, lambda worker: _refused_by_record(worker, collection))
+        self._other(store, lambda worker: worker.ensure_collection(collection, DIM, identity=MODEL_A))
+
+    def test_an_unbound_collection_of_another_model_is_refused_not_bound(
+        self, store: BaseVectorDB, collection: str
+    ) -> None:
+        store.ensure_collection(collection, DIM)
+        store.upsert(collection, [versioned_record(str(uuid.uuid4()), 0, MODEL_B.name, MODEL_B.revision, task="b")])
+
+        def first_write(worker: BaseVectorDB) -> None:
+            with pytest.raises(StoreRejectedError) as info:
+                worker.ensure_collection(collection, DIM, identity=MODEL_A)
+            message = str(info.value)
+            assert f"holds vectors of model {MODEL_B.name} (rev {MODEL_B.revision[:12]}, dim {DIM})" in message
+            assert f"{MODEL_A.name} (rev {MODEL_A.revision[:12]}, dim {DIM})" in message and collection in message
+            worker.ensure_collection(collection, DIM, identity=MODEL_B)  # its own model is welcome
+
+        self._other(store, first_write)
+        expected = MODEL_B if store.binds_existing_collections else None
+        assert store.bound_identity(collection) == expected
+
+    def test_workers_binding_one_collection_at_once(self, store: BaseVectorDB, collection: str) -> None:
+        """Three workers starting on a new collection with the same model at the same moment, then three on an
+        unbound one: all succeed and leave one binding. (Workers that share one client, as in embedded modes
+        that lock their folder, take turns: the worker calls a store from its one store thread.)"""
+        unbound = f"{collection}_u"
+        store.ensure_collection(unbound, DIM)
+        try:
+            for name in (collection, unbound):
+                workers = [self.second_store(store) for _ in range(3)]
+                errors = _at_once(workers, lambda w, name=name: w.ensure_collection(name, DIM, identity=MODEL_A))
+                for worker in workers:
+                    if worker is not store:
+                        worker.close()
+                assert not errors, [repr(e) for e in errors]
+            assert store.bound_identity(collection) == MODEL_A
+            assert store.bound_identity(unbound) == (MODEL_A if store.binds_existing_collections else None)
+            self._other(store, lambda worker: self._refused(worker, collection, MODEL_B, MODEL_A))
+        finally:
+            self.drop(store, unbound)
+
     def test_unreachable_server_is_retryable_and_clear(self, unreachable: BaseVectorDB) -> None:
         with pytest.raises(StoreUnavailableError) as info:
             unreachable.health()
         message = str(info.value)
         assert "Failed to connect" in message and "is the server running?" in message
+
+
+def _refused_by_record(store: BaseVectorDB, collection: str) -> None:
+    """Milvus, unbound: another model is refused by what a stored record says (name, revision when it has one)."""
+    with pytest.raises(StoreRejectedError) as info:
+        store.ensure_collection(collection, DIM, identity=MODEL_B)
+    message = str(info.value)
+    assert f"holds vectors of model {MODEL_A.name} (rev " in message and MODEL_B.name in message, message
+    assert repr(collection) in message and "another collection" in message
+
+
+def _at_once(workers: list[BaseVectorDB], start: Callable[[BaseVectorDB], None]) -> list[BaseException]:
+    """Run ``start`` for every worker at the same moment (in turn when they share one client); the errors."""
+    errors: list[BaseException] = []
+
+    def run(worker: BaseVectorDB, barrier: threading.Barrier | None) -> None:
+        if barrier is not None:
+            barrier.wait()
+        try:
+            start(worker)
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller
+            errors.append(exc)
+
+    if len({id(w) for w in workers}) < len(workers):
+        for worker in workers:
+            run(worker, None)
+        return errors
+    barrier = threading.Barrier(len(workers))
+    threads = [threading.Thread(target=run, args=(w, barrier)) for w in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import StoreRejectedError, StoreUnavailableError
+from core.versioning import ModelIdentity, check_binding
 from models.base import Embedder, EmbedderInfo, l2_normalize
 from sinks.base import BaseVectorDB, StoredPoint, VectorRecord
 
@@ -72,13 +73,15 @@ class FakeTokenizer:
 
 
 class FakeStore(BaseVectorDB):
-    """In-memory store; ``fail_next`` makes the next calls raise (fault injection)."""
+    """In-memory store; ``fail_next`` makes the next calls raise (fault injection). A collection is bound to the
+    first model identity it is ensured with (``bindings``), like the real adapters."""
 
     name = "fake"
 
     def __init__(self) -> None:
         self.collections: dict[str, dict[str, StoredPoint]] = {}
         self.dims: dict[str, int] = {}
+        self.bindings: dict[str, ModelIdentity] = {}
         self.fail_next: list[Exception] = []
         self.upserts = 0
         self.lookups = 0
@@ -88,10 +91,16 @@ class FakeStore(BaseVectorDB):
         if self.fail_next:
             raise self.fail_next.pop(0)
 
-    def ensure_collection(self, collection: str, dim: int, distance: str = "cosine") -> None:
+    def ensure_collection(
+        self, collection: str, dim: int, distance: str = "cosine", identity: ModelIdentity | None = None
+    ) -> None:
         self._maybe_fail()
+        if identity is not None:
+            check_binding(self.bindings.get(collection), identity, collection=collection, store="FakeStore")
         known = self.dims.setdefault(collection, dim)
         self.collections.setdefault(collection, {})
+        if identity is not None and known == dim:
+            self.bindings.setdefault(collection, identity)
         if known != dim:
             raise StoreRejectedError(f"collection {collection} has dimension {known}, not {dim}")
 
@@ -125,6 +134,9 @@ class FakeStore(BaseVectorDB):
         self, collection: str, vector: Sequence[float], k: int = 10, filter: Mapping[str, Any] | None = None
     ) -> list[StoredPoint]:
         return []
+
+    def bound_identity(self, collection: str) -> ModelIdentity | None:
+        return self.bindings.get(collection)
 
     def retrieve(self, collection: str, ids: Sequence[str], *, with_vectors: bool = True) -> list[StoredPoint]:
         points = self.collections.get(collection, {})

@@ -96,7 +96,7 @@ class Worker:
         self.kafka, self.store, self.tracker = FakeKafka(), FakeStore(), AckTracker()
         self.version = "v1"
         self.model_texts: list[str] = []
-        self.manager = ModelManager(self._load, max_loaded=2, warmup=False, identify=True)
+        self.manager = ModelManager(self._load, max_loaded=2, warmup=False)
         self.remote = remote if remote is not None else FakeRemote()
         self.clock = Clock()
         self.cache = EmbeddingCache(
@@ -232,6 +232,7 @@ async def test_a_changed_model_misses_the_old_models_vectors() -> None:
     old, old_vector = w.manager.identity("fake-model"), w.vectors("t", 1)[0]
     w.manager.unload("fake-model")
     w.version = "v2"  # same name, other weights
+    w.store.bindings.clear()  # the collection is bound to v1: deleted, as the refusal says (docs/stores.md)
     await w.run(batch("t", ["same text"]))
     assert w.manager.identity("fake-model") not in (None, old)
     assert w.model_texts == ["same text", "same text"]
