@@ -256,6 +256,13 @@ class Settings(BaseSettings):
         "stays flat) or `memory` (in the process; grows with the tasks of the retention window)",
         yaml="kafka.table_store",
     )
+    status_updates: Literal["all", "terminal"] = Setting(
+        "all",
+        description="which status records a task gets on `vectorization-status`: `all` = `received`, `processing`, "
+        "then `completed` or `failed`; `terminal` = only `completed` or `failed` (two records fewer per task to "
+        "send and to read back into the `task-status` table; docs/performance.md)",
+        yaml="kafka.status_updates",
+    )
     task_status_table: bool = Setting(
         True,
         description="keep the `task-status` table behind `/tasks/{id}`; `false` saves reading every status record "

@@ -285,7 +285,10 @@ class Reporter:
         self.metrics.errors.labels(ErrorInfo.of(exc).kind).inc()
 
     async def early_status(self, item: WorkItem, status: Status) -> None:
-        """received/processing are best effort: failing to queue them never stops the task."""
+        """received/processing are best effort: failing to queue them never stops the task; with
+        ``kafka.status_updates: terminal`` they are not sent."""
+        if self.settings.status_updates == "terminal":
+            return
         try:
             item.pending.append(await self.publisher.status(item.task.task_id, status, task_type=item.task.task_type))
         except self.publisher.errors as exc:

@@ -210,6 +210,15 @@ async def test_failed_delivery_is_retried_before_ack(monkeypatch: pytest.MonkeyP
     assert h.statuses("t")[-1] == "completed" and h.acked == [0]
 
 
+async def test_terminal_status_updates_send_only_the_final_status() -> None:
+    h = Harness(status_updates="terminal")
+    await h.send({"task_type": "text_vectorization", "data": "a", "task_id": "ok"})
+    await h.send({"task_type": "text_vectorization", "data": "b", "task_id": "bad", "model_name": "missing-model"})
+    await h.drain()
+    assert h.statuses("ok") == ["completed"] and h.statuses("bad") == ["failed"]
+    assert h.acked == [0, 1] and [r["task_id"] for r in h.kafka.on("dlq")] == ["bad"]
+
+
 async def test_expired_task_is_failed_not_embedded() -> None:
     h = Harness(task_timeout=0.000001)
     await h.send({"task_type": "text_vectorization", "data": "a", "task_id": "old"})
