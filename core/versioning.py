@@ -13,12 +13,17 @@ revision, dimension, default normalisation and pooling are equal (the
 family only describes; a change of what the revision hashes is a new
 revision anyway).
 
+A collection a task names (``docs``) may also be an alias, or a pointer, to a
+*physical* collection named after the model whose vectors it holds:
+:func:`physical_name` (docs/stores.md, "Aliases and pointers").
+
 A leaf: pure data and messages, no I/O.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +36,15 @@ RECORD_REVISION_CHARS = 16
 SHOWN_REVISION_CHARS = 12
 #: where a store's collection-level text holds the binding: ``... model={json}``
 BINDING_MARKER = "model="
+#: a collection name, as tasks and settings accept it (``collection``, ``stores.default_collection``)
+COLLECTION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
+#: between the alias and the model in a physical collection's name
+PHYSICAL_SEPARATOR = "__"
+#: the longest model slug in a physical collection's name
+SLUG_CHARS = 40
+#: the hex digits of the revision in a physical collection's name
+NAME_REVISION_CHARS = 8
+_HEX = re.compile(r"^[0-9a-f]+$")
 
 
 @dataclass(frozen=True)
@@ -188,3 +202,36 @@ def unreadable_binding(*, collection: str, store: str, where: str, problem: Base
         f"Collection {collection!r} on {store}: its model binding ({where}) cannot be read: {problem}. Restore it, "
         "or send the task to another collection."
     )
+
+
+def model_slug(name: str) -> str:
+    """The model's name as it appears in a physical collection's name: the last part of its path, lower case,
+    every run of characters outside ``[a-z0-9]`` one ``_``, at most :data:`SLUG_CHARS` characters
+    (``sentence-transformers/all-MiniLM-L6-v2`` -> ``all_minilm_l6_v2``); ``model`` when nothing is left."""
+    last = name.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
+    slug = re.sub(r"[^a-z0-9]+", "_", last.lower()).strip("_")[:SLUG_CHARS].strip("_")
+    return slug or "model"
+
+
+def physical_name(alias: str, identity: ModelIdentity) -> str:
+    """The physical collection that holds ``identity``'s vectors for the collection (alias) ``alias``:
+    ``<alias>__<slug>_<rev8>``, e.g. ``docs__all_minilm_l6_v2_3f2a9c1d``.
+
+    Valid in every store when ``alias`` is a collection name (:data:`COLLECTION_NAME`): at most 114
+    characters of ``[A-Za-z0-9_-]``, starting with a letter and ending with a hex digit (Weaviate makes it a
+    class name, ``Docs__all_minilm_l6_v2_3f2a9c1d``, and Weaviate and Milvus write ``-`` as ``_``, as they do
+    for any collection). ``ValueError`` naming the problem when ``alias`` is not a collection name or
+    ``identity`` has no revision (an identity read from a stored record, or a model of unknown revision)."""
+    if not isinstance(alias, str) or not COLLECTION_NAME.match(alias):
+        raise ValueError(
+            f"cannot name a physical collection for {alias!r}: a collection name starts with a letter and has at "
+            f"most 63 letters, digits, '_' or '-' ({COLLECTION_NAME.pattern})"
+        )
+    revision = identity.revision[:NAME_REVISION_CHARS].lower()
+    if identity.partial or len(revision) < NAME_REVISION_CHARS or not _HEX.match(revision):
+        raise ValueError(
+            f"cannot name a physical collection of {alias!r} for model {identity.name}: its revision "
+            f"{identity.revision!r} is not a hex digest of at least {NAME_REVISION_CHARS} digits (use the identity "
+            "of the loaded model, models.fingerprint.identity_record, not one read from a stored record)"
+        )
+    return f"{alias}{PHYSICAL_SEPARATOR}{model_slug(identity.name)}_{revision}"

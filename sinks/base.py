@@ -17,6 +17,13 @@ Every collection is bound to one model (:class:`core.versioning.ModelIdentity`),
 kept by the store at collection level (docs/stores.md, "One model per
 collection"): :meth:`BaseVectorDB.ensure_collection` with ``identity=`` binds
 a new or unbound collection and refuses another model's vectors.
+
+The operations a model migration builds on (docs/stores.md, "Aliases and
+pointers"): :meth:`BaseVectorDB.resolve`, :meth:`~BaseVectorDB.point`,
+:meth:`~BaseVectorDB.unpoint`, :meth:`~BaseVectorDB.drop`,
+:meth:`~BaseVectorDB.scan` and :meth:`~BaseVectorDB.scan_ids`. A store with
+native aliases (Weaviate, Qdrant) keeps them; the others (Chroma, Milvus)
+keep one row per alias in the pointer collection :data:`POINTER_COLLECTION`.
 """
 
 from __future__ import annotations
@@ -26,10 +33,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from core.errors import StoreRejectedError
 from core.metadata_contract import MetadataContract, finite_float
 from core.versioning import ModelIdentity
 
 Distance = Literal["cosine", "dot", "euclid"]
+#: how a store keeps an alias: its own aliases, a row of :data:`POINTER_COLLECTION`, or not at all
+AliasKind = Literal["native", "pointer", "none"]
+#: the collection that holds one row per alias (alias -> physical collection) in stores without aliases
+POINTER_COLLECTION = "vw_aliases"
+#: the records :meth:`BaseVectorDB.scan` reads per call when not told, and the most it reads per call
+SCAN_PAGE = 1000
+MAX_SCAN_PAGE = 10_000
 #: the most records :meth:`BaseVectorDB.task_records` reads in one call (Weaviate's query window)
 MAX_TASK_RECORDS = 10_000
 #: the payload as JSON, in stores whose fields are flat scalars
@@ -96,6 +111,10 @@ class BaseVectorDB(ABC):
     #: whether an existing collection made before bindings can be bound (Milvus cannot change a collection's
     #: description: there, one stored record says which model an unbound collection holds)
     binds_existing_collections: bool = True
+    #: how this store keeps aliases (:meth:`point`): ``native`` ones resolve in every operation of the store;
+    #: a ``pointer`` is a row that only :meth:`resolve` reads (a pointer may have the name of a collection);
+    #: ``none``: the adapter has no aliases (the default, for adapters that predate them)
+    alias_kind: AliasKind = "none"
 
     @abstractmethod
     def ensure_collection(
@@ -161,6 +180,61 @@ class BaseVectorDB(ABC):
     def health(self) -> None:
         """Return when the database answers; raise StoreUnavailableError otherwise."""
 
+    # -- aliases, pointers and read-back: what a model migration builds on ---------------------------------
+    def store_name(self, collection: str) -> str:
+        """The name this store gives ``collection`` (Weaviate: its class name, ``docs`` -> ``Docs``; Milvus:
+        ``-`` as ``_``): what :meth:`resolve` returns. Every method accepts either form."""
+        return collection
+
+    def resolve(self, alias: str) -> str | None:
+        """The physical collection ``alias`` points at (in this store's form, :meth:`store_name`), read from
+        the store now; None when no alias or pointer of that name exists (a plain collection of that name is
+        then used as it is)."""
+        return None
+
+    def point(self, alias: str, physical: str, *, identity: ModelIdentity | None = None) -> None:
+        """Make ``alias`` point at the existing collection ``physical``: create the alias, or switch it in one
+        atomic step (readers see the old target or the new one, never none). ``identity``, the model
+        ``physical`` holds, is kept beside a pointer for external readers (native aliases need none: the
+        collection's own binding says it). :class:`~core.errors.StoreRejectedError` when ``physical`` does
+        not exist or is itself an alias, or when a native alias would take the name of a collection."""
+        raise StoreRejectedError(
+            f"{self.describe()}: the {self.name} adapter keeps no aliases, so alias {alias!r} cannot point at "
+            f'{physical!r}; implement BaseVectorDB.point/resolve/unpoint (docs/stores.md, "Aliases and pointers").'
+        )
+
+    def unpoint(self, alias: str) -> None:  # noqa: B027 - an adapter without aliases has none to remove
+        """Remove the alias or pointer ``alias`` (its target stays); nothing when there is none."""
+
+    def drop(self, physical: str) -> None:
+        """Delete the collection ``physical`` and every record in it; nothing when it does not exist.
+        :class:`~core.errors.StoreRejectedError` when an alias or pointer still points at it (switch or
+        :meth:`unpoint` it first), or when ``physical`` is an alias."""
+        raise StoreRejectedError(
+            f"{self.describe()}: the {self.name} adapter cannot drop collection {physical!r}; implement "
+            'BaseVectorDB.drop (docs/stores.md, "Aliases and pointers").'
+        )
+
+    def scan(
+        self, physical: str, cursor: str | None = None, limit: int = SCAN_PAGE
+    ) -> tuple[list[StoredPoint], str | None]:
+        """Up to ``limit`` records of ``physical`` with their payloads (no vectors) from ``cursor`` on (None:
+        from the start), and the cursor to go on from (None: there are no more). A cursor is a string that can
+        be stored and used later, by another process: every record present from the first call to the last
+        and not written again meanwhile is read exactly once (Chroma: see docs/stores.md for its caveat). A
+        missing collection holds none."""
+        raise StoreRejectedError(
+            f"{self.describe()}: the {self.name} adapter cannot read a collection back ({physical!r}); implement "
+            'BaseVectorDB.scan (docs/stores.md, "Aliases and pointers").'
+        )
+
+    def scan_ids(
+        self, physical: str, cursor: str | None = None, limit: int = SCAN_PAGE
+    ) -> tuple[list[str], str | None]:
+        """:meth:`scan`, ids only (cheaper where the store can leave the payloads out)."""
+        points, cursor = self.scan(physical, cursor, limit)
+        return [p.id for p in points], cursor
+
     def describe(self) -> str:
         """Where this database is, for messages and result records."""
         return self.name
@@ -191,3 +265,18 @@ def worker_values(payload: Mapping[str, Any]) -> dict[str, Any]:
         if value is not None and (native := worker_value(kind, value)) is not None:
             found[name] = native
     return found
+
+
+def scan_page(limit: int) -> int:
+    """``limit`` of a :meth:`BaseVectorDB.scan` call, kept within 1..:data:`MAX_SCAN_PAGE` (Weaviate's query
+    window; Milvus caps offset + limit at 16,384)."""
+    return max(1, min(int(limit), MAX_SCAN_PAGE))
+
+
+def refuse_pointer_collection(where: str, *names: str) -> None:
+    """:class:`~core.errors.StoreRejectedError` when one of ``names`` is the pointer collection itself."""
+    if POINTER_COLLECTION in names:
+        raise StoreRejectedError(
+            f"{where}: {POINTER_COLLECTION!r} is the collection that holds the worker's pointers (one row per "
+            "alias); it cannot be an alias, a target or dropped this way. Use another collection name."
+        )

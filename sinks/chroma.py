@@ -19,11 +19,21 @@ its first write. ``modify`` replaces the whole metadata and refuses ``hnsw:*``
 keys, so the binding is merged into the other keys, ``hnsw:*`` left out (the
 distance stays in the collection's configuration); one stored record is read
 first, so a collection holding another model's vectors is refused.
+
+Chroma has no aliases, and renaming is not atomic (a switch by two renames
+left searches failing in between) nor followed by a held handle (it follows
+the collection's id). An alias is a pointer instead: one row per alias in the
+collection ``vw_aliases`` (:data:`~sinks.base.POINTER_COLLECTION`), id = the
+alias, metadata ``target`` (the physical collection) and ``identity`` (its
+model, JSON), embedding ``[0.0]``; a switch is an upsert of that one row.
+Only :meth:`ChromaStore.resolve` reads pointers: every other method takes the
+name it is given as a collection's (docs/stores.md, "Aliases and pointers").
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -34,7 +44,19 @@ from core.errors import ConfigError, StoreRejectedError, StoreUnavailableError
 from core.metadata_contract import MetadataContract, epoch_micros, native_name
 from core.secrets import reveal
 from core.versioning import ModelIdentity, check_binding, unreadable_binding
-from sinks.base import MAX_TASK_RECORDS, PAYLOAD_KEY, BaseVectorDB, Distance, StoredPoint, VectorRecord, worker_values
+from sinks.base import (
+    MAX_TASK_RECORDS,
+    PAYLOAD_KEY,
+    POINTER_COLLECTION,
+    SCAN_PAGE,
+    BaseVectorDB,
+    Distance,
+    StoredPoint,
+    VectorRecord,
+    refuse_pointer_collection,
+    scan_page,
+    worker_values,
+)
 from sinks.filters import Condition, parse_filter
 from sinks.lazy import LazyClient
 
@@ -55,6 +77,7 @@ BINDING_KEY = "vw_model"
 
 class ChromaStore(LazyClient, BaseVectorDB):
     name = "chroma"
+    alias_kind = "pointer"
 
     def __init__(
         self,
@@ -76,6 +99,7 @@ class ChromaStore(LazyClient, BaseVectorDB):
         self._init_client()
         self._collections: dict[str, Any] = {}
         self._bindings: dict[str, ModelIdentity] = {}  # collection -> the model it is bound to, once known
+        self._pointers: Any = None  # the pointer collection's handle, once it exists
 
     def describe(self) -> str:
         return f"Chroma at {self._where}"
@@ -125,6 +149,7 @@ class ChromaStore(LazyClient, BaseVectorDB):
         # Chroma's clients share a process-wide system: not closed here, only forgotten with their collections
         self._collections.clear()
         self._bindings.clear()
+        self._pointers = None
 
     def _collection(self, name: str) -> Any:
         col = self._collections.get(name)
@@ -368,6 +393,181 @@ class ChromaStore(LazyClient, BaseVectorDB):
         if collection not in names:
             return 0
         return int(self._call(f"count in {collection}", self._collection(collection).count))
+
+    # -- pointers, dropping, reading back ------------------------------------------------------------------------
+    def _pointer_collection(self, *, create: bool) -> Any:
+        """The pointer collection's handle; None when it does not exist and ``create`` is false."""
+        if self._pointers is not None:
+            return self._pointers
+        client = self._connect()
+        if create:
+            handle = self._call(
+                f"creating collection {POINTER_COLLECTION}",
+                client.get_or_create_collection,
+                name=POINTER_COLLECTION,
+                metadata={"vw_pointers": 1, "dimension": 1},
+                embedding_function=None,
+            )
+        else:
+            try:
+                handle = self._call(
+                    f"collection lookup {POINTER_COLLECTION}",
+                    client.get_collection,
+                    name=POINTER_COLLECTION,
+                    embedding_function=None,
+                )
+            except StoreRejectedError as exc:
+                if not _vanished(exc):
+                    raise
+                return None
+        if (handle.metadata or {}).get("vw_pointers") is None:
+            raise StoreRejectedError(
+                f"Chroma at {self._where}: collection {POINTER_COLLECTION!r} exists but is not the worker's pointer "
+                f"collection (no 'vw_pointers' in its metadata); rename or delete it: the worker keeps its alias "
+                "pointers there."
+            )
+        self._pointers = handle
+        return handle
+
+    def _pointer_call(self, what: str, method: str, **kwargs: Any) -> Any:
+        """A request on the pointer collection; None when it does not exist (or was deleted behind this adapter)."""
+        handle = self._pointer_collection(create=False)
+        if handle is None:
+            return None
+        try:
+            return self._call(what, getattr(handle, method), **kwargs)
+        except StoreRejectedError as exc:
+            if not _vanished(exc):
+                raise
+            self._pointers = None
+            return None
+
+    def _pointing_at(self, physical: str) -> list[str]:
+        """The aliases whose pointer targets ``physical``."""
+        res = self._pointer_call(
+            f"pointer lookup for {physical}", "get", where={"target": physical}, include=["metadatas"]
+        )
+        return sorted(res["ids"]) if res else []
+
+    def _handle(self, collection: str) -> Any:
+        """A fresh handle of ``collection`` (not the remembered one: it may have been dropped and made again);
+        None when it does not exist."""
+        try:
+            return self._call(
+                f"collection lookup {collection}",
+                self._connect().get_collection,
+                name=collection,
+                embedding_function=None,
+            )
+        except StoreRejectedError as exc:
+            if _vanished(exc):
+                return None
+            raise
+
+    def _forget_name(self, collection: str) -> None:
+        self._collections.pop(collection, None)
+        self._bindings.pop(collection, None)
+
+    def resolve(self, alias: str) -> str | None:
+        res = self._pointer_call(f"pointer lookup {alias}", "get", ids=[alias], include=["metadatas"])
+        if not res or not res["ids"]:
+            return None
+        target = (res["metadatas"][0] or {}).get("target")
+        if not isinstance(target, str) or not target:
+            raise StoreRejectedError(
+                f"Chroma at {self._where}: the pointer of alias {alias!r} in collection {POINTER_COLLECTION!r} has no "
+                "target (edited by hand?). Point the alias again, or unpoint it."
+            )
+        return target
+
+    def point(self, alias: str, physical: str, *, identity: ModelIdentity | None = None) -> None:
+        where = f"Chroma at {self._where}"
+        refuse_pointer_collection(where, alias, physical)
+        if self._handle(physical) is None:
+            raise StoreRejectedError(
+                f"{where}: alias {alias!r} cannot point at collection {physical!r}: it does not exist. Create it "
+                "(ensure_collection) first."
+            )
+        metadata: dict[str, Any] = {"target": physical, "updated_at": time.time()}
+        if identity is not None:
+            metadata["identity"] = identity.to_json()
+        for attempt in range(2):
+            pointers = self._pointer_collection(create=True)
+            try:
+                # the switch: one row written in one request (readers see the old target or the new one)
+                self._call(
+                    f"pointing alias {alias} at {physical}",
+                    pointers.upsert,
+                    ids=[alias],
+                    embeddings=[[0.0]],
+                    metadatas=[metadata],
+                )
+                return
+            except StoreRejectedError as exc:
+                self._pointers = None  # deleted behind this adapter: made again once
+                if attempt or not _vanished(exc):
+                    raise
+
+    def unpoint(self, alias: str) -> None:
+        self._pointer_call(f"deleting pointer {alias}", "delete", ids=[alias])
+
+    def drop(self, physical: str) -> None:
+        where = f"Chroma at {self._where}"
+        refuse_pointer_collection(where, physical)
+        pointing = self._pointing_at(physical)
+        if pointing:
+            raise StoreRejectedError(
+                f"{where}: collection {physical!r} cannot be dropped: pointer(s) {', '.join(pointing)} in "
+                f"{POINTER_COLLECTION!r} point at it. Point them at another collection or unpoint them first."
+            )
+        self._forget_name(physical)
+        col = self._handle(physical)
+        if col is None:
+            return
+        # records first: deleting only the collection leaves list values behind (chroma-core/chroma#7594)
+        while ids := self._call(f"reading ids of {physical}", col.get, limit=1000, include=[])["ids"]:
+            self._call(f"deleting records of {physical}", col.delete, ids=ids)
+        try:
+            self._call(f"dropping collection {physical}", self._connect().delete_collection, name=physical)
+        except StoreRejectedError as exc:
+            if not _vanished(exc):  # dropped by another at the same moment: done
+                raise
+        finally:
+            self._forget_name(physical)
+
+    def scan(
+        self, physical: str, cursor: str | None = None, limit: int = SCAN_PAGE
+    ) -> tuple[list[StoredPoint], str | None]:
+        res, cursor = self._page(physical, cursor, limit, ["metadatas"])
+        points = [StoredPoint(id=i, payload=_payload(m)) for i, m in zip(res["ids"], res["metadatas"], strict=True)]
+        return points, cursor
+
+    def scan_ids(
+        self, physical: str, cursor: str | None = None, limit: int = SCAN_PAGE
+    ) -> tuple[list[str], str | None]:
+        res, cursor = self._page(physical, cursor, limit, [])
+        return list(res["ids"]), cursor
+
+    def _page(
+        self, physical: str, cursor: str | None, limit: int, include: list[str]
+    ) -> tuple[dict[str, Any], str | None]:
+        """Chroma's only paging: an offset into the records in the order they were added (the cursor). A record
+        deleted behind the cursor moves the later ones back by one, so one of them is skipped: the verify step
+        finds such ids."""
+        try:
+            offset = int(cursor or 0)
+        except ValueError:
+            raise StoreRejectedError(
+                f"Chroma at {self._where}: {cursor!r} is not a cursor of a scan of {physical!r} (an offset); start "
+                "the scan again without one."
+            ) from None
+        col = self._handle(physical)
+        if col is None:
+            return {"ids": [], "metadatas": []}, None
+        page = scan_page(limit)
+        res = self._call(f"reading {physical} back", col.get, limit=page, offset=offset, include=include)
+        read = len(res["ids"])
+        return res, str(offset + read) if read == page else None
 
     def health(self) -> None:
         self._call("health check", self._connect().heartbeat)

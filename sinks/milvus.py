@@ -23,11 +23,22 @@ cannot change an existing collection's description (Milvus Lite answers
 ``alter_collection_properties`` with UNIMPLEMENTED). For a collection made
 before bindings, one stored record says which model it holds (an empty one
 accepts any), remembered by this adapter.
+
+Milvus Lite (and the ``make up`` Milvus, the same engine) answers every alias
+call with ``UNIMPLEMENTED``: an alias is a pointer instead, one row per alias
+in the collection ``vw_aliases`` (:data:`~sinks.base.POINTER_COLLECTION`:
+primary key ``alias``, ``target`` the physical collection, ``identity`` its
+model as JSON, ``updated_at``, and a 2-dimensional vector field ``v`` that
+Milvus requires, always ``[0, 0]``); a switch is an upsert of that one row.
+Only :meth:`MilvusStore.resolve` reads pointers (docs/stores.md, "Aliases and
+pointers"). An ``UNIMPLEMENTED`` answer to any call is a permanent refusal
+("not supported by this Milvus"), never an outage to retry.
 """
 
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -41,11 +52,15 @@ from core.versioning import ModelIdentity, binding_in, binding_text, check_bindi
 from sinks.base import (
     MAX_TASK_RECORDS,
     PAYLOAD_KEY,
+    POINTER_COLLECTION,
+    SCAN_PAGE,
     WORKER_FIELDS,
     BaseVectorDB,
     Distance,
     StoredPoint,
     VectorRecord,
+    refuse_pointer_collection,
+    scan_page,
     worker_value,
 )
 from sinks.filters import Condition, parse_filter
@@ -78,6 +93,9 @@ _UNAVAILABLE_WORDS = (
     "busy",
 )
 MAX_PAYLOAD = 65535
+#: the longest name and identity a pointer row holds
+_POINTER_NAME = 255
+_POINTER_IDENTITY = 8192
 _TYPES = {
     "string": DataType.VARCHAR,
     "text": DataType.VARCHAR,
@@ -104,6 +122,7 @@ def _literal(value: Any) -> str:
 class MilvusStore(LazyClient, BaseVectorDB):
     name = "milvus"
     binds_existing_collections = False  # no description change on an existing collection (see the module doc)
+    alias_kind = "pointer"
 
     def __init__(
         self, *, uri: str, token: str | None = None, timeout: float = 10.0, contract: MetadataContract | None = None
@@ -119,6 +138,7 @@ class MilvusStore(LazyClient, BaseVectorDB):
         self._fixed: dict[str, set[str]] = {}  # collection -> worker fields its schema has
         self._descriptions: dict[str, str] = {}  # collection -> its schema's description (holds the binding)
         self._bindings: dict[str, ModelIdentity] = {}  # collection -> its model, once known
+        self._pointers_exist = False  # the pointer collection is known to exist
 
     def describe(self) -> str:
         return f"Milvus at {self._uri}"
@@ -127,6 +147,14 @@ class MilvusStore(LazyClient, BaseVectorDB):
         return StoreUnavailableError(
             f"Failed to connect to Milvus at {self._uri} during {what}: {str(exc)[:300]} — is the server running? "
             "(VECTORIZE_WORKER_MILVUS__URI; `make up` starts a local one)"
+        )
+
+    def _unsupported(self, what: str, exc: BaseException) -> StoreRejectedError:
+        """A call this Milvus does not implement (Milvus Lite: aliases, collection properties): permanent."""
+        details = exc.details() if hasattr(exc, "details") else str(exc)  # a grpc error's own message
+        return StoreRejectedError(
+            f"Milvus at {self._uri}: {what} is not supported by this Milvus (UNIMPLEMENTED: {str(details)[:200]}); "
+            "retrying cannot help. Use a Milvus server that implements it, or do without it."
         )
 
     def _open(self) -> Any:
@@ -143,12 +171,16 @@ class MilvusStore(LazyClient, BaseVectorDB):
             return func(*args, **kwargs)
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else None
+            if code == grpc.StatusCode.UNIMPLEMENTED:
+                raise self._unsupported(what, exc) from None
             if code == grpc.StatusCode.INVALID_ARGUMENT:
                 raise StoreRejectedError(f"Milvus at {self._uri} refused {what}: {exc}") from None
             self._forget()
             raise self._unavailable(what, exc) from None
         except MilvusException as exc:
             text = str(exc).lower()
+            if "unimplemented" in text:
+                raise self._unsupported(what, exc) from None
             if any(word in text for word in _UNAVAILABLE_WORDS):
                 self._forget()
                 raise self._unavailable(what, exc) from None
@@ -379,6 +411,155 @@ class MilvusStore(LazyClient, BaseVectorDB):
             return 0
         res = self._call("count", client.query, name, filter="", output_fields=["count(*)"])
         return int(res[0]["count(*)"])
+
+    # -- pointers, dropping, reading back ------------------------------------------------------------------------
+    def store_name(self, collection: str) -> str:
+        return collection_name(collection)
+
+    def _has_pointers(self, *, create: bool) -> bool:
+        """Whether the pointer collection exists (made first when ``create``)."""
+        if self._pointers_exist:
+            return True
+        client = self._connect()
+        if not self._call("collection lookup", client.has_collection, POINTER_COLLECTION):
+            if not create:
+                return False
+            schema = MilvusClient.create_schema(
+                auto_id=False, enable_dynamic_field=False, description="vectorize-worker aliases: alias -> target"
+            )
+            schema.add_field("alias", DataType.VARCHAR, is_primary=True, max_length=_POINTER_NAME)
+            schema.add_field("target", DataType.VARCHAR, max_length=_POINTER_NAME)
+            schema.add_field("identity", DataType.VARCHAR, max_length=_POINTER_IDENTITY)
+            schema.add_field("updated_at", DataType.DOUBLE)
+            schema.add_field("v", DataType.FLOAT_VECTOR, dim=2)  # Milvus needs a vector field: always [0, 0]
+            index = client.prepare_index_params()
+            index.add_index(field_name="v", index_type="FLAT", metric_type="L2")
+
+            def create_pointers(timeout: float) -> None:
+                try:
+                    client.create_collection(
+                        POINTER_COLLECTION,
+                        schema=schema,
+                        index_params=index,
+                        consistency_level="Strong",
+                        timeout=timeout,
+                    )
+                except MilvusException as exc:
+                    if not any(word in str(exc).lower() for word in ("already exist", "duplicate collection")):
+                        raise
+
+            self._call(f"creating collection {POINTER_COLLECTION}", create_pointers)
+        info = self._call("collection lookup", client.describe_collection, POINTER_COLLECTION)
+        if not {"alias", "target", "identity"} <= {f.get("name") for f in info.get("fields", [])}:
+            raise StoreRejectedError(
+                f"Milvus at {self._uri}: collection {POINTER_COLLECTION!r} exists but is not the worker's pointer "
+                "collection (it lacks the fields alias, target, identity); rename or drop it: the worker keeps its "
+                "alias pointers there."
+            )
+        self._pointers_exist = True
+        return True
+
+    def _pointer_call(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        """A request on the pointer collection; None when it does not exist (or was dropped behind this adapter)."""
+        if not self._has_pointers(create=False):
+            return None
+        try:
+            return self._call(what, getattr(self._connect(), method), POINTER_COLLECTION, *args, **kwargs)
+        except StoreRejectedError:
+            self._pointers_exist = False
+            if self._has_pointers(create=False):
+                raise
+            return None
+
+    def _forget_name(self, collection: str) -> None:
+        for cache in (self._dims, self._fixed, self._descriptions, self._bindings):
+            cache.pop(collection, None)
+
+    def resolve(self, alias: str) -> str | None:
+        rows = self._pointer_call(
+            f"pointer lookup {alias}", "get", ids=[collection_name(alias)], output_fields=["target"]
+        )
+        return str(rows[0]["target"]) if rows else None
+
+    def point(self, alias: str, physical: str, *, identity: ModelIdentity | None = None) -> None:
+        name, target = collection_name(alias), collection_name(physical)
+        where = f"Milvus at {self._uri}"
+        refuse_pointer_collection(where, name, target)
+        if max(len(name), len(target)) > _POINTER_NAME:
+            raise StoreRejectedError(
+                f"{where}: alias {name!r} or collection {target!r} is over {_POINTER_NAME} characters."
+            )
+        client = self._connect()
+        if not self._call("collection lookup", client.has_collection, target):
+            raise StoreRejectedError(
+                f"{where}: alias {name!r} cannot point at collection {target!r}: it does not exist. Create it "
+                "(ensure_collection) first."
+            )
+        text = identity.to_json() if identity is not None else ""
+        if len(text.encode()) > _POINTER_IDENTITY:
+            raise StoreRejectedError(f"{where}: the model identity of {target!r} is over {_POINTER_IDENTITY} bytes.")
+        self._has_pointers(create=True)
+        row = {"alias": name, "target": target, "identity": text, "updated_at": time.time(), "v": [0.0, 0.0]}
+        # the switch: one row written in one request (readers see the old target or the new one)
+        self._call(f"pointing alias {name} at {target}", client.upsert, POINTER_COLLECTION, [row])
+
+    def unpoint(self, alias: str) -> None:
+        name = collection_name(alias)
+        self._pointer_call(f"deleting pointer {name}", "delete", ids=[name])
+
+    def drop(self, physical: str) -> None:
+        name = collection_name(physical)
+        where = f"Milvus at {self._uri}"
+        refuse_pointer_collection(where, name)
+        client = self._connect()
+        rows = self._pointer_call(
+            f"pointer lookup for {name}",
+            "query",
+            filter=f"target == {_literal(name)}",
+            output_fields=["alias"],
+            limit=1000,
+        )
+        if rows:
+            raise StoreRejectedError(
+                f"{where}: collection {name!r} cannot be dropped: pointer(s) "
+                f"{', '.join(sorted(str(r['alias']) for r in rows))} in {POINTER_COLLECTION!r} point at it. Point "
+                "them at another collection or unpoint them first."
+            )
+        if self._call("collection lookup", client.has_collection, name):
+            self._call(f"dropping collection {name}", client.drop_collection, name)
+        self._forget_name(physical)
+        self._forget_name(name)
+
+    def scan(
+        self, physical: str, cursor: str | None = None, limit: int = SCAN_PAGE
+    ) -> tuple[list[StoredPoint], str | None]:
+        rows, cursor = self._keyset(physical, cursor, limit, ["id", PAYLOAD_KEY])
+        return [StoredPoint(id=str(r["id"]), payload=json.loads(r[PAYLOAD_KEY])) for r in rows], cursor
+
+    def scan_ids(
+        self, physical: str, cursor: str | None = None, limit: int = SCAN_PAGE
+    ) -> tuple[list[str], str | None]:
+        rows, cursor = self._keyset(physical, cursor, limit, ["id"])
+        return [str(r["id"]) for r in rows], cursor
+
+    def _keyset(self, physical: str, cursor: str | None, limit: int, fields: list[str]) -> tuple[list[Any], str | None]:
+        """Keyset paging: the ``limit`` smallest ids above the id ``cursor`` (Milvus answers a query with a limit
+        with the smallest primary keys, in order; offset paging is capped at 16,384 and does not resume)."""
+        client = self._connect()
+        name = collection_name(physical)
+        if not self._call("collection lookup", client.has_collection, name):
+            return [], None
+        page = scan_page(limit)
+        rows = self._call(
+            f"reading {name} back",
+            client.query,
+            name,
+            filter=f"id > {_literal(cursor or '')}",
+            output_fields=fields,
+            limit=page,
+        )
+        rows = sorted(rows, key=lambda r: str(r["id"]))
+        return rows, str(rows[-1]["id"]) if len(rows) == page else None
 
     def health(self) -> None:
         self._call("health check", self._connect().list_collections)

@@ -15,6 +15,12 @@ collection's metadata under ``vectorize_worker``: written at creation, or,
 for a collection made before bindings, at its first write
 (``update_collection``, which merges metadata; one stored record is read
 first, so a collection holding another model's vectors is refused).
+
+Aliases are Qdrant's own: :meth:`QdrantStore.point` creates one, or switches
+it with its delete and create in one ``update_collection_aliases`` request
+(atomic). An alias resolves in every operation, so a search, a retrieve or a
+count through it reads its current target; this adapter remembers dimensions
+and bindings only under a collection's own name, never an alias's.
 """
 
 from __future__ import annotations
@@ -29,7 +35,15 @@ from core.errors import ConfigError, StoreRejectedError, StoreUnavailableError
 from core.metadata_contract import FIELD_PREFIX, MetadataContract, native_name
 from core.secrets import reveal
 from core.versioning import ModelIdentity, check_binding, unreadable_binding
-from sinks.base import MAX_TASK_RECORDS, BaseVectorDB, Distance, StoredPoint, VectorRecord
+from sinks.base import (
+    MAX_TASK_RECORDS,
+    SCAN_PAGE,
+    BaseVectorDB,
+    Distance,
+    StoredPoint,
+    VectorRecord,
+    scan_page,
+)
 from sinks.filters import Condition, parse_filter
 
 if TYPE_CHECKING:
@@ -56,6 +70,7 @@ BINDING_KEY = "vectorize_worker"
 
 class QdrantStore(BaseVectorDB):
     name = "qdrant"
+    alias_kind = "native"
 
     def __init__(
         self,
@@ -71,9 +86,13 @@ class QdrantStore(BaseVectorDB):
         self._where = url or f"local path {path}"
         self._local = not url
         self.contract = contract or MetadataContract()
+        # collection (never an alias) -> its dimension, as ensure_collection made sure of it
         self._dims: dict[str, int] = {}
         # collection -> the model it is bound to, read with its dimension: trusted only while it is in _dims
         self._bindings: dict[str, ModelIdentity | None] = {}
+        # name (a collection or an alias) -> the dimension a search or write last read there: checked before a
+        # request, read again when a vector does not fit it
+        self._seen_dims: dict[str, int] = {}
         try:
             if url:
                 self._client = QdrantClient(
@@ -104,6 +123,7 @@ class QdrantStore(BaseVectorDB):
                 # the collection went away under us: forget it so the next attempt recreates it
                 self._dims.clear()
                 self._bindings.clear()
+                self._seen_dims.clear()
                 raise StoreUnavailableError(f"Qdrant at {self._where}: not found during {what}; will retry") from None
             if exc.status_code == 409 and what.startswith("creating collection"):
                 return None  # another worker created it first
@@ -123,6 +143,12 @@ class QdrantStore(BaseVectorDB):
         known = self._dims.get(collection)
         if known is None:
             if self._call("collection lookup", self._client.collection_exists, collection):
+                target = self._alias_target(collection)
+                if target is not None:
+                    # an alias: its target is made sure of (and remembered) under the target's own name, never under
+                    # the alias's, so that a switch of the alias is followed at once
+                    self.ensure_collection(target, dim, distance, identity)
+                    return
                 known, binding = self._stored(collection)
             else:
                 known, binding = self._create_collection(collection, dim, distance, identity)
@@ -233,9 +259,14 @@ class QdrantStore(BaseVectorDB):
             )
 
     def _check_dim(self, collection: str, vectors: Sequence[Sequence[float]]) -> None:
-        dim = self._dims.get(collection)
-        if dim is None:
-            dim = self._dims.setdefault(collection, self._stored_dim(collection))
+        dim = self._dims.get(collection) or self._seen_dims.get(collection)
+        if dim is None or any(len(vector) != dim for vector in vectors):
+            # not known, or a vector does not fit what this adapter remembers, which may be stale (an alias
+            # switched to a collection of another dimension, a collection dropped and made again): read it now
+            dim = self._seen_dims[collection] = self._stored_dim(collection)
+            if self._dims.get(collection, dim) != dim:
+                self._dims.pop(collection, None)
+                self._bindings.pop(collection, None)
         for vector in vectors:
             if len(vector) != dim:
                 raise StoreRejectedError(
@@ -343,6 +374,117 @@ class QdrantStore(BaseVectorDB):
         return int(
             self._call(f"count in {collection}", self._client.count, collection_name=collection, exact=True).count
         )
+
+    # -- aliases, dropping, reading back ---------------------------------------------------------------------
+    def _aliases(self) -> dict[str, str]:
+        """Every alias of this Qdrant and the collection it points at."""
+        found = self._call("alias lookup", self._client.get_aliases)
+        return {a.alias_name: a.collection_name for a in found.aliases}
+
+    def _alias_target(self, name: str) -> str | None:
+        return self._aliases().get(name)
+
+    def _forget_name(self, name: str) -> None:
+        for cache in (self._dims, self._bindings, self._seen_dims):
+            cache.pop(name, None)
+
+    def resolve(self, alias: str) -> str | None:
+        return self._alias_target(alias)
+
+    def _change_aliases(self, what: str, operations: list[Any]) -> None:
+        def change() -> None:
+            try:
+                self._client.update_collection_aliases(change_aliases_operations=operations)
+            except ValueError as exc:  # local mode's refusals
+                raise StoreRejectedError(f"Qdrant at {self._where} refused {what}: {exc}") from None
+
+        self._call(what, change)
+
+    def point(self, alias: str, physical: str, *, identity: ModelIdentity | None = None) -> None:
+        where = f"Qdrant at {self._where}"
+        if alias == physical:
+            raise StoreRejectedError(f"{where}: alias {alias!r} cannot point at itself; name another collection.")
+        aliases = self._aliases()
+        if physical in aliases:
+            raise StoreRejectedError(
+                f"{where}: {physical!r} is an alias (of {aliases[physical]!r}), not a collection; point alias "
+                f"{alias!r} at a collection."
+            )
+        if not self._call("collection lookup", self._client.collection_exists, physical):
+            raise StoreRejectedError(
+                f"{where}: alias {alias!r} cannot point at collection {physical!r}: it does not exist. Create it "
+                "(ensure_collection) first."
+            )
+        current = aliases.get(alias)
+        if current is None and self._call("collection lookup", self._client.collection_exists, alias):
+            raise StoreRejectedError(
+                f"{where}: alias {alias!r} cannot be made: a collection of that name exists, and a Qdrant alias "
+                "cannot take a collection's name. A collection made before aliases must be copied to a physical "
+                'collection and dropped first (docs/stores.md, "Aliases and pointers").'
+            )
+        if current != physical:
+            create = models.CreateAliasOperation(
+                create_alias=models.CreateAlias(collection_name=physical, alias_name=alias)
+            )
+            delete = models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias))
+            # the switch: the delete and the create in one request, which Qdrant applies at once
+            operations = [create] if current is None else [delete, create]
+            self._change_aliases(f"pointing alias {alias} at {physical}", operations)
+        self._forget_name(alias)
+
+    def unpoint(self, alias: str) -> None:
+        if alias in self._aliases():
+            delete = models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias))
+            self._change_aliases(f"deleting alias {alias}", [delete])
+        self._forget_name(alias)
+
+    def drop(self, physical: str) -> None:
+        where = f"Qdrant at {self._where}"
+        aliases = self._aliases()
+        if physical in aliases:
+            raise StoreRejectedError(
+                f"{where}: {physical!r} is an alias (of {aliases[physical]!r}), not a collection: unpoint the alias, "
+                "or drop the collection it points at once no alias points at it."
+            )
+        pointing = sorted(a for a, target in aliases.items() if target == physical)
+        if pointing:
+            raise StoreRejectedError(
+                f"{where}: collection {physical!r} cannot be dropped: alias(es) {', '.join(pointing)} point at it. "
+                "Switch them to another collection or unpoint them first."
+            )
+        if self._call("collection lookup", self._client.collection_exists, physical):
+            self._call(f"dropping collection {physical}", self._client.delete_collection, collection_name=physical)
+        self._forget_name(physical)
+
+    def scan(
+        self, physical: str, cursor: str | None = None, limit: int = SCAN_PAGE
+    ) -> tuple[list[StoredPoint], str | None]:
+        points, cursor = self._scroll(physical, cursor, limit, with_payload=True)
+        return [StoredPoint(id=str(p.id), payload=_payload(p.payload)) for p in points], cursor
+
+    def scan_ids(
+        self, physical: str, cursor: str | None = None, limit: int = SCAN_PAGE
+    ) -> tuple[list[str], str | None]:
+        points, cursor = self._scroll(physical, cursor, limit, with_payload=False)
+        return [str(p.id) for p in points], cursor
+
+    def _scroll(
+        self, physical: str, cursor: str | None, limit: int, *, with_payload: bool
+    ) -> tuple[list[Any], str | None]:
+        """Qdrant's scroll: points in id order from the id ``cursor`` on (its ``next_page_offset``)."""
+        if not self._call("collection lookup", self._client.collection_exists, physical):
+            return [], None
+        offset: Any = int(cursor) if cursor is not None and cursor.isdigit() else cursor  # our ids are UUIDs
+        points, following = self._call(
+            f"reading {physical} back",
+            self._client.scroll,
+            collection_name=physical,
+            limit=scan_page(limit),
+            offset=offset,
+            with_payload=with_payload,
+            with_vectors=False,
+        )
+        return list(points), None if following is None else str(following)
 
     def health(self) -> None:
         self._call("health check", self._client.get_collections)

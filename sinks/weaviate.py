@@ -15,6 +15,13 @@ created, or, for a collection made before bindings, at its first write
 (``config.update``; one stored record is read first, so a collection holding
 another model's vectors is refused rather than bound).
 
+Aliases (Weaviate 1.32 and later) are Weaviate's own (``client.alias``), named
+like classes: :meth:`WeaviateStore.point` creates or switches one in one
+request. An alias resolves in every query, so a search, a retrieve or a count
+through it reads its current target; this adapter remembers what it learnt of
+a collection (its dimension, properties and binding) under the target's class
+name only, never under an alias's, so a switch is followed at once.
+
 Collections of the old layout (no ``layout=2``; every scalar flattened into an
 auto-schema property such as ``metadata__lang``) keep working: reads use
 ``_payload`` as before, and new objects carry only ``_payload`` and the
@@ -36,11 +43,13 @@ from core.versioning import ModelIdentity, binding_in, binding_text, check_bindi
 from sinks.base import (
     MAX_TASK_RECORDS,
     PAYLOAD_KEY,
+    SCAN_PAGE,
     WORKER_FIELDS,
     BaseVectorDB,
     Distance,
     StoredPoint,
     VectorRecord,
+    scan_page,
     worker_values,
 )
 from sinks.filters import parse_filter
@@ -56,7 +65,7 @@ try:
     from weaviate.classes.data import DataObject
     from weaviate.classes.init import AdditionalConfig, Auth, Timeout
     from weaviate.classes.query import Filter, MetadataQuery
-    from weaviate.exceptions import UnexpectedStatusCodeError, WeaviateBaseError
+    from weaviate.exceptions import UnexpectedStatusCodeError, WeaviateBaseError, WeaviateUnsupportedFeatureError
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError(f"The Weaviate store needs weaviate-client v4: pip install weaviate-client ({exc})") from exc
 
@@ -93,8 +102,13 @@ def class_name(collection: str) -> str:
     return name[:1].upper() + name[1:]
 
 
+class _Unsupported(StoreRejectedError):
+    """A feature this Weaviate server is too old for (aliases need 1.32)."""
+
+
 class WeaviateStore(LazyClient, BaseVectorDB):
     name = "weaviate"
+    alias_kind = "native"
 
     def __init__(
         self,
@@ -147,6 +161,10 @@ class WeaviateStore(LazyClient, BaseVectorDB):
     def _call(self, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except WeaviateUnsupportedFeatureError as exc:
+            raise _Unsupported(
+                f"Weaviate at {self._url} cannot do {what}: {str(exc)[:300]} Upgrade Weaviate to use it."
+            ) from None
         except UnexpectedStatusCodeError as exc:
             if exc.status_code >= 500 or exc.status_code in (401, 403, 408, 429):
                 raise StoreUnavailableError(
@@ -170,7 +188,15 @@ class WeaviateStore(LazyClient, BaseVectorDB):
     ) -> None:
         layout = self._layouts.get(collection)
         if layout is None:
-            layout = self._lookup(collection) or self._create_collection(collection, dim, distance, identity)
+            layout = self._lookup(collection)
+            if layout is not None and layout.name and layout.name != class_name(collection):
+                # an alias: its target is made sure of (and remembered) under the target's own name, never under
+                # the alias's, so that a switch of the alias is followed at once
+                if layout.name != class_name(layout.name):  # pragma: no cover - Weaviate class names are capitalised
+                    raise StoreRejectedError(f"Weaviate at {self._url} named a class {layout.name!r} unexpectedly")
+                self.ensure_collection(layout.name, dim, distance, identity)
+                return
+            layout = layout or self._create_collection(collection, dim, distance, identity)
             if layout.dim is None:  # a class not made by this worker: trust the model
                 layout.dim = dim
             self._add_missing_properties(collection, layout)
@@ -200,6 +226,7 @@ class WeaviateStore(LazyClient, BaseVectorDB):
             legacy=LAYOUT not in description,
             props={p.name: p.data_type for p in config.properties},
             description=description,
+            name=str(config.name or ""),
         )
 
     def _binding(self, collection: str, layout: Layout) -> ModelIdentity | None:
@@ -292,6 +319,7 @@ class WeaviateStore(LazyClient, BaseVectorDB):
             props={p.name: p.dataType for p in properties},
             description=description,
             binding=identity,
+            name=name,
         )
 
     def _add_missing_properties(self, collection: str, layout: Layout) -> None:
@@ -325,6 +353,12 @@ class WeaviateStore(LazyClient, BaseVectorDB):
     def _check_dim(self, collection: str, vectors: Sequence[Sequence[float]]) -> None:
         layout = self._layouts.get(collection)
         dim = layout.dim if layout else None
+        if dim is not None and any(len(vector) != dim for vector in vectors):
+            # what this adapter remembers may be stale (the name is an alias now, or the class was dropped and made
+            # again): the store is asked once before a vector is refused
+            self._layouts.pop(collection, None)
+            fresh = self._lookup(collection)
+            dim = fresh.dim if fresh is not None else None
         for vector in vectors:
             if dim is not None and len(vector) != dim:
                 raise StoreRejectedError(
@@ -337,6 +371,8 @@ class WeaviateStore(LazyClient, BaseVectorDB):
             return
         self._check_dim(collection, [r.vector for r in records])
         layout = self._layouts.get(collection) or self._lookup(collection) or Layout(dim=None, legacy=True)
+        if layout.name and layout.name != class_name(collection):  # through an alias: its target's, if known
+            layout = self._layouts.get(layout.name) or layout
         fixed = layout.fixed()
         declared = self.contract.fields(collection)
         objects = []
@@ -440,6 +476,135 @@ class WeaviateStore(LazyClient, BaseVectorDB):
             return 0
         res = self._call("count", self._collection(collection).aggregate.over_all, total_count=True)
         return int(res.total_count or 0)
+
+    # -- aliases, dropping, reading back ---------------------------------------------------------------------
+    def store_name(self, collection: str) -> str:
+        return class_name(collection)
+
+    def resolve(self, alias: str) -> str | None:
+        try:
+            return self._alias_target(class_name(alias))
+        except _Unsupported:
+            return None  # a Weaviate before aliases: no name can be one
+
+    def _alias_target(self, name: str) -> str | None:
+        found = self._call(f"alias lookup {name}", self._connect().alias.get, alias_name=name)
+        return str(found.collection) if found is not None else None
+
+    def _class_exists(self, name: str) -> bool:
+        """Whether ``name`` is a class or an alias (Weaviate answers yes to both)."""
+        return bool(self._call(f"collection lookup {name}", self._connect().collections.exists, name))
+
+    def _forget_class(self, name: str) -> None:
+        """Forget what this adapter remembers under any collection name of class ``name``."""
+        for collection in [c for c in self._layouts if class_name(c) == name]:
+            del self._layouts[collection]
+
+    def point(self, alias: str, physical: str, *, identity: ModelIdentity | None = None) -> None:
+        client = self._connect()
+        name, target = class_name(alias), class_name(physical)
+        where = f"Weaviate at {self._url}"
+        if name == target:
+            raise StoreRejectedError(f"{where}: alias {name!r} cannot point at itself; name another collection.")
+        target_of_target = self._alias_target(target)
+        if target_of_target is not None:
+            raise StoreRejectedError(
+                f"{where}: {target!r} is an alias (of {target_of_target!r}), not a collection; point alias {name!r} "
+                "at a collection."
+            )
+        if not self._class_exists(target):
+            raise StoreRejectedError(
+                f"{where}: alias {name!r} cannot point at collection {target!r}: it does not exist. Create it "
+                "(ensure_collection) first."
+            )
+        current = self._alias_target(name)
+        if current is None:
+            if self._class_exists(name):
+                raise StoreRejectedError(
+                    f"{where}: alias {name!r} cannot be made: a collection of that name exists, and a Weaviate "
+                    "alias cannot take a collection's name. A collection made before aliases must be copied to "
+                    'a physical collection and dropped first (docs/stores.md, "Aliases and pointers").'
+                )
+            self._call(
+                f"creating alias {name} -> {target}", client.alias.create, alias_name=name, target_collection=target
+            )
+        elif current != target:
+            switched = self._call(
+                f"switching alias {name} from {current} to {target}",
+                client.alias.update,
+                alias_name=name,
+                new_target_collection=target,
+            )
+            if not switched:  # removed since it was read: made again
+                self._call(
+                    f"creating alias {name} -> {target}", client.alias.create, alias_name=name, target_collection=target
+                )
+        self._forget_class(name)
+
+    def unpoint(self, alias: str) -> None:
+        name = class_name(alias)
+        try:
+            self._call(f"deleting alias {name}", self._connect().alias.delete, alias_name=name)
+        except _Unsupported:
+            return  # a Weaviate before aliases holds none
+        self._forget_class(name)
+
+    def drop(self, physical: str) -> None:
+        client = self._connect()
+        name = class_name(physical)
+        where = f"Weaviate at {self._url}"
+        try:
+            target = self._alias_target(name)
+        except _Unsupported:  # a Weaviate before aliases: nothing can point at the collection
+            target, aliases = None, False
+        else:
+            aliases = True
+        if target is not None:
+            raise StoreRejectedError(
+                f"{where}: {name!r} is an alias (of {target!r}), not a collection: unpoint the alias, or drop the "
+                "collection it points at once no alias points at it."
+            )
+        if self._class_exists(name):
+            if aliases:
+                pointing = self._call(f"alias lookup for {name}", client.alias.list_all, collection=name) or {}
+                if pointing:
+                    raise StoreRejectedError(
+                        f"{where}: collection {name!r} cannot be dropped: alias(es) {', '.join(sorted(pointing))} "
+                        "point at it. Switch them to another collection or unpoint them first."
+                    )
+            self._call(f"dropping collection {name}", client.collections.delete, name)
+        self._forget_class(name)
+
+    def scan(
+        self, physical: str, cursor: str | None = None, limit: int = SCAN_PAGE
+    ) -> tuple[list[StoredPoint], str | None]:
+        objects, cursor = self._scan(physical, cursor, limit, [PAYLOAD_KEY])
+        return [StoredPoint(id=str(o.uuid), payload=_payload(o.properties)) for o in objects], cursor
+
+    def scan_ids(
+        self, physical: str, cursor: str | None = None, limit: int = SCAN_PAGE
+    ) -> tuple[list[str], str | None]:
+        objects, cursor = self._scan(physical, cursor, limit, [])
+        return [str(o.uuid) for o in objects], cursor
+
+    def _scan(
+        self, physical: str, cursor: str | None, limit: int, properties: list[str]
+    ) -> tuple[list[Any], str | None]:
+        """Weaviate's cursor: objects in uuid order after the uuid ``cursor`` (it takes no filter)."""
+        name = class_name(physical)
+        if not self._class_exists(name):
+            return [], None
+        page = scan_page(limit)
+        res = self._call(
+            f"reading {name} back",
+            self._collection(physical).query.fetch_objects,
+            limit=page,
+            after=cursor or None,
+            return_properties=properties,
+            include_vector=False,
+        )
+        objects = list(res.objects)
+        return objects, str(objects[-1].uuid) if len(objects) == page else None
 
     def health(self) -> None:
         if not self._call("health check", self._connect().is_ready):

@@ -66,13 +66,15 @@ PAYLOAD_PROPERTY = Property(name=PAYLOAD_KEY, data_type=DataType.TEXT, index_fil
 @dataclass
 class Layout:
     """What a collection holds, read once per process: dimension, layout, property types, its description
-    (``vectorize-worker dim=… layout=2 model={…}``) and the model it is bound to (None: not known yet)."""
+    (``vectorize-worker dim=… layout=2 model={…}``), the model it is bound to (None: not known yet) and the
+    class name Weaviate reported (an alias's is its target's: "" when not read)."""
 
     dim: int | None
     legacy: bool
     props: dict[str, DataType] = field(default_factory=dict)
     description: str = ""
     binding: ModelIdentity | None = None
+    name: str = ""
 
     def fixed(self) -> set[str]:
         """Worker fields written natively: those of the new layout whose property has our type."""

@@ -11,6 +11,12 @@ into a field) and :meth:`VectorDBContract.drop`.
 The model binding (docs/stores.md, "One model per collection") is checked with
 two made-up model identities, :data:`MODEL_A` and :data:`MODEL_B`, of the same
 dimension, so that only the binding can refuse the second.
+
+Aliases and pointers, dropping and reading back (docs/stores.md, "Aliases and
+pointers") are checked on physical collections named by
+:func:`core.versioning.physical_name` for :data:`MODEL_A` and :data:`MODEL_WIDE`
+(another dimension), and cleaned up by the test (alias first, then the
+collections).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import pytest
 
 from core.errors import StoreRejectedError, StoreUnavailableError
 from core.metadata_contract import MetadataContract, native_name
-from core.versioning import ModelIdentity
+from core.versioning import ModelIdentity, physical_name
 from engine.store_writer import with_digest
 from sinks.base import PAYLOAD_KEY, WORKER_FIELDS, BaseVectorDB, VectorRecord
 from sinks.filters import InvalidFilterError
@@ -74,6 +80,14 @@ def _revision(seed: str) -> str:
 
 MODEL_A = ModelIdentity("contract/model-a", _revision("a"), DIM, normalize=True, pooling="mean", family="contract")
 MODEL_B = ModelIdentity("contract/model-b", _revision("b"), DIM, normalize=None, pooling=None, family="contract")
+#: a model of another dimension, for an alias switched between collections of two dimensions
+WIDE = DIM + 4
+MODEL_WIDE = ModelIdentity("contract/Wide-Model.v2", _revision("w"), WIDE, normalize=True, family="contract")
+
+
+def _wide_vec(seed: int) -> list[float]:
+    v = np.random.default_rng(1000 + seed).normal(size=WIDE)
+    return (v / np.linalg.norm(v)).astype(np.float32).tolist()
 
 
 def versioned_record(rid: str, seed: int, model: str, revision: str | None, task: str = "t") -> VectorRecord:
@@ -533,11 +547,184 @@ class VectorDBContract:
         finally:
             self.drop(store, unbound)
 
+    # -- aliases and pointers, dropping, reading back ---------------------------------------------------------
+    @pytest.fixture
+    def two_models(self, store: BaseVectorDB, collection: str) -> Iterator[tuple[str, str, str]]:
+        """(alias, a, b): the physical collections of ``collection`` for MODEL_A (3 records, dimension DIM) and
+        MODEL_WIDE (2 records, dimension WIDE), made and filled; the alias (``collection``) points at nothing.
+        Afterwards the alias is removed, then both collections."""
+        alias = collection
+        a, b = physical_name(alias, MODEL_A), physical_name(alias, MODEL_WIDE)
+        try:
+            store.ensure_collection(a, DIM, identity=MODEL_A)
+            store.ensure_collection(b, WIDE, identity=MODEL_WIDE)
+            store.upsert(
+                a,
+                [
+                    versioned_record(f"00000000-0000-4000-8000-00000000000{n}", n, MODEL_A.name, MODEL_A.revision)
+                    for n in range(3)
+                ],
+            )
+            store.upsert(
+                b,
+                [
+                    VectorRecord(f"00000000-0000-4000-8000-00000000001{n}", _wide_vec(n), worker_payload(f"w{n}", {}))
+                    for n in range(2)
+                ],
+            )
+            yield alias, a, b
+        finally:
+            store.unpoint(alias)
+            self.drop(store, a)
+            self.drop(store, b)
+
+    def test_a_physical_name_is_a_valid_collection_here(
+        self, store: BaseVectorDB, two_models: tuple[str, str, str]
+    ) -> None:
+        _, a, b = two_models
+        assert store.count(a) == 3 and store.count(b) == 2
+        assert store.bound_identity(a) == MODEL_A and store.bound_identity(b) == MODEL_WIDE
+        assert [p.id for p in store.search(b, _wide_vec(1), k=1)] == ["00000000-0000-4000-8000-000000000011"]
+
+    def test_an_alias_is_made_switched_and_removed(self, store: BaseVectorDB, two_models: tuple[str, str, str]) -> None:
+        alias, a, b = two_models
+        assert store.resolve(alias) is None  # no alias: the name is used as a plain collection's
+        store.point(alias, a, identity=MODEL_A)
+        assert store.resolve(alias) == store.store_name(a)
+        self._other(store, lambda other: _resolves(other, alias, a))  # read from the database, not remembered
+        store.point(alias, a, identity=MODEL_A)  # again: nothing changes
+        store.point(alias, b, identity=MODEL_WIDE)  # the switch
+        assert store.resolve(alias) == store.store_name(b)
+        self._other(store, lambda other: _resolves(other, alias, b))
+        store.unpoint(alias)
+        assert store.resolve(alias) is None
+        self._other(store, lambda other: _resolves(other, alias, None))
+        store.unpoint(alias)  # nothing to remove: fine
+        assert store.count(a) == 3 and store.count(b) == 2  # an alias's targets are untouched
+
+    def test_reads_through_an_alias_follow_its_switch(
+        self, store: BaseVectorDB, two_models: tuple[str, str, str]
+    ) -> None:
+        """A reader that searched (and, with native aliases, made sure of the collection, as a worker writing
+        through the name would) before a switch between two dimensions reads the new target right after it:
+        nothing it remembers answers for the alias."""
+        alias, a, b = two_models
+        native = store.alias_kind == "native"
+
+        def through() -> str:  # native aliases resolve in the store; a pointer is resolved by the reader
+            target = alias if native else store.resolve(alias)
+            assert target is not None
+            return target
+
+        store.point(alias, a)
+        if native:
+            store.ensure_collection(alias, DIM, identity=MODEL_A)
+        assert [p.id for p in store.search(through(), _vec(2), k=1)] == ["00000000-0000-4000-8000-000000000002"]
+        assert store.count(through()) == 3
+        store.point(alias, b)
+        hits = store.search(through(), _wide_vec(1), k=2)
+        assert [p.id for p in hits] == ["00000000-0000-4000-8000-000000000011", "00000000-0000-4000-8000-000000000010"]
+        [got] = store.retrieve(through(), ["00000000-0000-4000-8000-000000000010"])
+        assert len(got.vector or []) == WIDE and got.payload["task_id"] == "w0"
+        assert store.count(through()) == 2
+        if native:
+            store.ensure_collection(alias, WIDE, identity=MODEL_WIDE)  # its binding and dimension, not a's
+            with pytest.raises(StoreRejectedError, match="dimension|vector length"):
+                store.search(alias, _vec(0), k=1)
+
+    def test_point_refuses_what_cannot_be_pointed_at(
+        self, store: BaseVectorDB, two_models: tuple[str, str, str]
+    ) -> None:
+        alias, a, b = two_models
+        with pytest.raises(StoreRejectedError, match="does not exist") as info:
+            store.point(alias, f"{a}_missing")
+        assert f"{a}_missing".lower() in str(info.value).lower() and store.describe() in str(info.value)
+        assert store.resolve(alias) is None
+        if store.alias_kind == "native":
+            # an alias cannot take a collection's name (a collection made before aliases is copied first)
+            with pytest.raises(StoreRejectedError, match="a collection of that name exists"):
+                store.point(b, a)
+            store.point(alias, a)
+            with pytest.raises(StoreRejectedError, match="is an alias"):  # an alias of an alias
+                store.point(f"{alias}_2", alias)
+        else:
+            # a pointer may have a collection's name: a collection made before pointers points at itself
+            store.point(a, a)
+            assert store.resolve(a) == store.store_name(a)
+            store.unpoint(a)
+        assert store.count(a) == 3 and store.count(b) == 2
+
+    def test_drop_refuses_a_collection_an_alias_points_at(
+        self, store: BaseVectorDB, two_models: tuple[str, str, str]
+    ) -> None:
+        alias, a, b = two_models
+        store.point(alias, a)
+        with pytest.raises(StoreRejectedError, match="cannot be dropped") as info:
+            store.drop(a)
+        assert store.store_name(alias) in str(info.value) and "unpoint" in str(info.value)
+        assert store.count(a) == 3
+        if store.alias_kind == "native":
+            with pytest.raises(StoreRejectedError, match="is an alias"):
+                store.drop(alias)
+        store.drop(b)
+        assert store.count(b) == 0 and store.bound_identity(b) is None
+        store.drop(b)  # gone already: fine
+        # nothing of the dropped collection is remembered: made again with another dimension and model
+        store.ensure_collection(b, DIM, identity=MODEL_B)
+        store.upsert(b, [versioned_record(str(uuid.uuid4()), 5, MODEL_B.name, MODEL_B.revision)])
+        assert store.count(b) == 1
+        store.unpoint(alias)
+        store.drop(a)
+        assert store.count(a) == 0 and store.resolve(alias) is None
+
+    def test_scan_reads_every_record_once_and_resumes_from_its_cursor(
+        self, store: BaseVectorDB, collection: str
+    ) -> None:
+        assert store.scan(f"{collection}_missing") == ([], None)
+        assert store.scan_ids(f"{collection}_missing") == ([], None)
+        store.ensure_collection(collection, DIM)
+        records = [record(collection, str(uuid.uuid4()), n, {"lang": "en", "n": n}, task=f"s{n}") for n in range(23)]
+        for start in (0, 9, 17):  # several writes: several segments where the store has them
+            store.upsert(collection, records[start : start + {0: 9, 9: 8, 17: 6}[start]])
+        expected = {r.id: r.payload for r in records}
+
+        first, cursor = store.scan(collection, limit=5)
+        assert len(first) == 5 and cursor is not None and all(p.vector is None for p in first)
+        read = list(first)
+        pages = 1
+
+        def rest(worker: BaseVectorDB) -> None:  # another worker goes on from the stored cursor
+            nonlocal cursor, pages
+            while cursor is not None:
+                page, cursor = worker.scan(collection, cursor, limit=5)
+                read.extend(page)
+                pages += 1
+
+        self._other(store, rest)
+        assert sorted(p.id for p in read) == sorted(expected)  # each once
+        assert {p.id: p.payload for p in read} == expected
+        assert pages == 5  # 23 records in pages of 5: the short last page ends the scan
+
+        ids: list[str] = []
+        cursor = None
+        while True:
+            page_ids, cursor = store.scan_ids(collection, cursor, limit=7)
+            ids.extend(page_ids)
+            if cursor is None:
+                break
+        assert sorted(ids) == sorted(expected)
+        everything, cursor = store.scan(collection, limit=100)
+        assert len(everything) == 23 and cursor is None
+
     def test_unreachable_server_is_retryable_and_clear(self, unreachable: BaseVectorDB) -> None:
         with pytest.raises(StoreUnavailableError) as info:
             unreachable.health()
         message = str(info.value)
         assert "Failed to connect" in message and "is the server running?" in message
+
+
+def _resolves(store: BaseVectorDB, alias: str, physical: str | None) -> None:
+    assert store.resolve(alias) == (store.store_name(physical) if physical is not None else None)
 
 
 def _refused_by_record(store: BaseVectorDB, collection: str) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 from core.errors import StoreRejectedError, StoreUnavailableError
 from core.versioning import ModelIdentity, check_binding
 from models.base import Embedder, EmbedderInfo, l2_normalize
-from sinks.base import BaseVectorDB, StoredPoint, VectorRecord
+from sinks.base import SCAN_PAGE, AliasKind, BaseVectorDB, StoredPoint, VectorRecord, scan_page
 
 
 class FakeEmbedder(Embedder):
@@ -74,27 +74,44 @@ class FakeTokenizer:
 
 class FakeStore(BaseVectorDB):
     """In-memory store; ``fail_next`` makes the next calls raise (fault injection). A collection is bound to the
-    first model identity it is ensured with (``bindings``), like the real adapters."""
+    first model identity it is ensured with (``bindings``), like the real adapters.
+
+    Aliases (``aliases``: alias -> collection; ``pointed``: alias -> the identity given to :meth:`point`) behave
+    as a pointer store's (Chroma, Milvus) by default: only :meth:`resolve` reads them, and an alias may have a
+    collection's name. ``FakeStore(alias_kind="native")`` behaves as Weaviate and Qdrant: every operation given
+    an alias works on its target, and an alias cannot take a collection's name. :meth:`scan` pages in id order
+    (the cursor: the last id read)."""
 
     name = "fake"
 
-    def __init__(self) -> None:
+    def __init__(self, alias_kind: AliasKind = "pointer") -> None:
+        self.alias_kind = alias_kind
         self.collections: dict[str, dict[str, StoredPoint]] = {}
         self.dims: dict[str, int] = {}
         self.bindings: dict[str, ModelIdentity] = {}
+        self.aliases: dict[str, str] = {}
+        self.pointed: dict[str, ModelIdentity | None] = {}
         self.fail_next: list[Exception] = []
         self.upserts = 0
         self.lookups = 0
         self.upsert_sizes: list[int] = []
+        self.scans = 0
 
     def _maybe_fail(self) -> None:
         if self.fail_next:
             raise self.fail_next.pop(0)
 
+    def _target(self, name: str) -> str:
+        """The collection ``name`` means: an alias's target where aliases are native, else ``name`` itself."""
+        if self.alias_kind == "native" and name not in self.collections:
+            return self.aliases.get(name, name)
+        return name
+
     def ensure_collection(
         self, collection: str, dim: int, distance: str = "cosine", identity: ModelIdentity | None = None
     ) -> None:
         self._maybe_fail()
+        collection = self._target(collection)
         if identity is not None:
             check_binding(self.bindings.get(collection), identity, collection=collection, store="FakeStore")
         known = self.dims.setdefault(collection, dim)
@@ -106,6 +123,7 @@ class FakeStore(BaseVectorDB):
 
     def upsert(self, collection: str, records: Sequence[VectorRecord]) -> None:
         self._maybe_fail()
+        collection = self._target(collection)
         if len({r.id for r in records}) != len(records):  # as Chroma and Milvus do
             raise StoreRejectedError("duplicate ids in one upsert")
         if any(r.payload.get("text") == "poison" for r in records):
@@ -118,12 +136,14 @@ class FakeStore(BaseVectorDB):
             )
 
     def delete(self, collection: str, ids: Sequence[str]) -> None:
+        collection = self._target(collection)
         for i in ids:
             self.collections.get(collection, {}).pop(i, None)
 
     def task_records(self, collection: str, task_ids: Sequence[str]) -> dict[str, dict[str, str | None]]:
         self._maybe_fail()
         self.lookups += 1
+        collection = self._target(collection)
         found: dict[str, dict[str, str | None]] = {}
         for point in self.collections.get(collection, {}).values():
             if point.payload.get("task_id") in task_ids:
@@ -136,14 +156,54 @@ class FakeStore(BaseVectorDB):
         return []
 
     def bound_identity(self, collection: str) -> ModelIdentity | None:
-        return self.bindings.get(collection)
+        return self.bindings.get(self._target(collection))
 
     def retrieve(self, collection: str, ids: Sequence[str], *, with_vectors: bool = True) -> list[StoredPoint]:
-        points = self.collections.get(collection, {})
+        points = self.collections.get(self._target(collection), {})
         return [points[i] for i in ids if i in points]
 
     def count(self, collection: str) -> int:
-        return len(self.collections.get(collection, {}))
+        return len(self.collections.get(self._target(collection), {}))
+
+    # -- aliases, dropping, reading back, as the real adapters ------------------------------------------------
+    def resolve(self, alias: str) -> str | None:
+        self._maybe_fail()
+        return self.aliases.get(alias)
+
+    def point(self, alias: str, physical: str, *, identity: ModelIdentity | None = None) -> None:
+        self._maybe_fail()
+        if physical not in self.collections:
+            raise StoreRejectedError(f"FakeStore: alias {alias!r} cannot point at {physical!r}: it does not exist")
+        if self.alias_kind == "native" and (alias in self.collections or alias == physical):
+            raise StoreRejectedError(f"FakeStore: alias {alias!r} cannot take the name of a collection")
+        self.aliases[alias] = physical
+        self.pointed[alias] = identity
+
+    def unpoint(self, alias: str) -> None:
+        self._maybe_fail()
+        self.aliases.pop(alias, None)
+        self.pointed.pop(alias, None)
+
+    def drop(self, physical: str) -> None:
+        self._maybe_fail()
+        if self.alias_kind == "native" and physical in self.aliases and physical not in self.collections:
+            raise StoreRejectedError(f"FakeStore: {physical!r} is an alias, not a collection")
+        pointing = sorted(a for a, target in self.aliases.items() if target == physical)
+        if pointing:
+            raise StoreRejectedError(f"FakeStore: collection {physical!r} cannot be dropped: {pointing} point at it")
+        for table in (self.collections, self.dims, self.bindings):
+            table.pop(physical, None)
+
+    def scan(
+        self, physical: str, cursor: str | None = None, limit: int = SCAN_PAGE
+    ) -> tuple[list[StoredPoint], str | None]:
+        self._maybe_fail()
+        self.scans += 1
+        page = scan_page(limit)
+        points = self.collections.get(self._target(physical), {})
+        ids = sorted(i for i in points if cursor is None or i > cursor)[:page]
+        found = [StoredPoint(i, json.loads(json.dumps(points[i].payload))) for i in ids]
+        return found, ids[-1] if len(ids) == page else None
 
     def health(self) -> None:
         self._maybe_fail()

@@ -16,11 +16,12 @@ from sinks.weaviate import WeaviateStore, class_name
 from tests.contract import CONTRACT, DIM, VectorDBContract, old_flatten
 
 WEAVIATE_URL = os.environ.get("VECTORIZE_TEST_WEAVIATE", "http://127.0.0.1:8080")
+WEAVIATE_GRPC = int(os.environ.get("VECTORIZE_TEST_WEAVIATE_GRPC", "50051"))
 _OLD_PROPERTY = re.compile(r"^[_A-Za-z][_0-9A-Za-z]*$")
 
 
 def require_weaviate() -> WeaviateStore:
-    store = WeaviateStore(url=WEAVIATE_URL, contract=CONTRACT)
+    store = WeaviateStore(url=WEAVIATE_URL, grpc_port=WEAVIATE_GRPC, contract=CONTRACT)
     try:
         store.health()
     except Exception as exc:  # noqa: BLE001
