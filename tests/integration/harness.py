@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -278,6 +279,16 @@ async def committed_vs_end(
     finally:
         await consumer.stop()
         await admin.close()
+
+
+def scrape_metrics(port: int) -> dict[str, float]:
+    """A worker's /metrics on 127.0.0.1:``port``: each ``worker_*`` sample (name with labels) and its value."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()  # noqa: S310
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("worker_") and not line.startswith("#")
+    }
 
 
 def run(coro: Any) -> Any:

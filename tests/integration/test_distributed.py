@@ -22,6 +22,7 @@ from tests.integration.harness import (
     produce,
     require_kafka,
     run,
+    scrape_metrics,
 )
 
 pytestmark = pytest.mark.integration
@@ -111,16 +112,8 @@ def test_two_workers_share_500_tasks_exactly_once(
         assert store.count(collection) == 500
 
         # the metrics endpoint of w-a has every named metric, with sane values
-        import urllib.request
-
         def scrape() -> dict[str, float]:
-            url = f"http://127.0.0.1:{metrics_port}/metrics"
-            text = urllib.request.urlopen(url, timeout=10).read().decode()  # noqa: S310
-            return {
-                line.split(" ")[0]: float(line.split(" ")[-1])
-                for line in text.splitlines()
-                if line.startswith("worker_")
-            }
+            return scrape_metrics(metrics_port)
 
         # gauges (lag, memory, dependencies) are refreshed every 2 s: the 500 tasks can be done before the first
         deadline = time.monotonic() + 20

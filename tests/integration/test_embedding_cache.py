@@ -10,7 +10,6 @@ import json
 import shutil
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -19,28 +18,19 @@ import redis
 
 from core.settings import Settings
 from ops.embedding_cache import CacheStoreError, RedisVectors
-from tests.integration.harness import Topics, WorkerProcess, collect, free_port, produce, run
+from tests.integration.harness import Topics, WorkerProcess, collect, free_port, produce, run, scrape_metrics
 
 pytestmark = pytest.mark.integration
 OWN_REDIS_PORT = 6390  # this test's own Redis, stopped and started again; never the shared 6379
 
 
-def metrics(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()  # noqa: S310
-    return {
-        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("worker_") and not line.startswith("#")
-    }
-
-
 def embedded(port: int) -> float:
     """Texts the worker's model has embedded so far."""
-    return metrics(port).get("worker_batch_size_sum", 0.0)
+    return scrape_metrics(port).get("worker_batch_size_sum", 0.0)
 
 
 def hits(port: int, layer: str) -> float:
-    return metrics(port).get(f'worker_cache_hits_total{{layer="{layer}"}}', 0.0)
+    return scrape_metrics(port).get(f'worker_cache_hits_total{{layer="{layer}"}}', 0.0)
 
 
 def start_worker(topics: Topics, folder: Path, **env: str) -> tuple[WorkerProcess, int]:

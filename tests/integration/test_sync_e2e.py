@@ -5,7 +5,6 @@ task (counted per store in the result), a delete of an unknown id completes with
 from __future__ import annotations
 
 import json
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import pytest
 
 from core.settings import load_settings
 from sinks.registry import create_stores
-from tests.integration.harness import Topics, WorkerProcess, collect, free_port, produce, run
+from tests.integration.harness import Topics, WorkerProcess, collect, free_port, produce, run, scrape_metrics
 
 pytestmark = pytest.mark.integration
 
@@ -53,19 +52,10 @@ def send(topics: Topics, *tasks: dict[str, Any] | tuple[str, None]) -> None:
     run(go())
 
 
-def scrape(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()  # noqa: S310
-    return {
-        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("worker_") and not line.startswith("#")
-    }
-
-
 def unchanged(port: int) -> dict[str, float]:
     """worker_store_unchanged_records_total by store: the records left out of a write as already stored."""
     prefix = 'worker_store_unchanged_records_total{store="'
-    return {name[len(prefix) : -2]: v for name, v in scrape(port).items() if name.startswith(prefix)}
+    return {name[len(prefix) : -2]: v for name, v in scrape_metrics(port).items() if name.startswith(prefix)}
 
 
 def results_for(topics: Topics, wanted: list[tuple[str, int]]) -> dict[str, list[dict[str, Any]]]:
