@@ -386,7 +386,12 @@ class MigrationStateReader:
                 for tp, records in batch.items():
                     for record in records:
                         where = f"{tp.topic}[{tp.partition}]@{record.offset}"
-                        self.view.apply_record(record.key, record.value, where)
+                        try:
+                            self.view.apply_record(record.key, record.value, where)
+                        except Exception as exc:  # noqa: BLE001 - one record must not cost the rest of the batch
+                            log.warning(
+                                "Skipped the migration state record at %s: %s: %s", where, type(exc).__name__, exc
+                            )
                 await self._check_caught_up()
                 pause = 0.5
             except asyncio.CancelledError:

@@ -294,6 +294,8 @@ class MigrationState:
             parsed = json.loads(data)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise MigrationStateError(f"a state record is not UTF-8 JSON ({exc})") from None
+        except RecursionError:  # e.g. 60,000 nested brackets: under the size limit, too deep for the parser
+            raise MigrationStateError("a state record nests too deeply to be a state") from None
         return cls.from_dict(parsed)
 
     # -- what it means ------------------------------------------------------------------------------------
@@ -483,7 +485,9 @@ class MigrationView:
     def apply(self, state: MigrationState, where: str = "") -> bool:
         """Hold ``state`` as its alias's latest, unless it is older than the held one; whether it was taken."""
         held = self._states.get(state.alias)
-        if held is not None and (state.epoch < held.epoch or (state.epoch == held.epoch and state.phase != held.phase)):
+        if held is not None and (
+            state.epoch < held.epoch or (state.epoch == held.epoch and not _progress(held, state))
+        ):
             self.skipped += 1
             log.warning(
                 "Ignored the migration state of alias %r at %s: epoch %d (%s) is behind the state held, epoch %d "
@@ -654,3 +658,16 @@ def _decoded_key(key: bytes | None) -> str | None:
 def _shown(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _progress(held: MigrationState, state: MigrationState) -> bool:
+    """Whether ``state``, of the same epoch as ``held``, moves it on: the same phase and collections (two
+    writers racing from one state to the same phase both write epoch E+1: the first one written wins), the
+    backfill's count not going back and, before the ``switched`` phase, no store leaving the switched list
+    (in ``switched`` a rollback points the stores back one by one)."""
+    return (
+        state.phase == held.phase
+        and (state.live, state.shadow, state.old) == (held.live, held.shadow, held.old)
+        and state.backfill.produced >= held.backfill.produced
+        and (state.phase == "switched" or set(held.switched) <= set(state.switched))
+    )

@@ -39,7 +39,7 @@ class Metrics:
         self.memory = Gauge("worker_memory_usage_bytes", "Resident memory of the worker process", registry=r)
         self.memory_limit = Gauge(
             "worker_memory_limit_bytes",
-            "The memory the worker may use: its cgroup's limit (a container's or pod's), else the machine's memory",
+            "The memory the worker may use: the lowest cgroup limit along its cgroup path, else the machine's memory",
             registry=r,
         )
         self.active_tasks = Gauge("worker_active_tasks", "Tasks taken in and not yet finished", registry=r)
@@ -131,17 +131,22 @@ class Metrics:
         return None
 
 
-#: where a cgroup's memory limit is read: v2 (the unified hierarchy), then v1
-CGROUP_LIMITS = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
 #: cgroup v1 says "no limit" with a huge number (the largest page-aligned 64-bit value)
 UNLIMITED = 1 << 60
 
 
 def memory_limit_bytes(
-    cgroup_files: tuple[Path, ...] = CGROUP_LIMITS, meminfo: Path = Path("/proc/meminfo")
+    cgroup_root: Path = Path("/sys/fs/cgroup"),
+    proc_cgroup: Path = Path("/proc/self/cgroup"),
+    meminfo: Path = Path("/proc/meminfo"),
 ) -> int | None:
-    """The memory this process may use: its cgroup's limit when one is set, else the machine's total memory
-    (``MemTotal``); None when neither can be read (not Linux)."""
+    """The memory this process may use: the lowest memory limit of its cgroup and the cgroups above it (a
+    container's, a pod's, a systemd unit's ``MemoryMax``), else the machine's total memory (``MemTotal``);
+    None when neither can be read (not Linux).
+
+    cgroup v2: ``memory.max`` along the process's path from ``/proc/self/cgroup`` (``0::/…``); v1: the
+    ``memory`` controller's ``memory.limit_in_bytes`` along its path. Inside a container the path is ``/``
+    and the limit is at the root of its cgroup namespace."""
     total: int | None = None
     try:
         for line in meminfo.read_text().splitlines():
@@ -150,21 +155,43 @@ def memory_limit_bytes(
                 break
     except (OSError, ValueError, IndexError):
         pass
-    for path in cgroup_files:
-        try:
-            raw = path.read_text().strip()
-        except OSError:
-            continue
-        if raw == "max":  # v2: no limit
-            break
-        try:
-            limit = int(raw)
-        except ValueError:
-            continue
-        if 0 < limit < UNLIMITED:
-            return min(limit, total) if total else limit
-        break
-    return total
+    limits = [limit for limit in _cgroup_limits(cgroup_root, proc_cgroup) if 0 < limit < UNLIMITED]
+    if total:
+        limits.append(total)
+    return min(limits) if limits else None
+
+
+def _cgroup_limits(root: Path, proc_cgroup: Path) -> list[int]:
+    """The memory limits set along this process's cgroup path, v2 then v1 (none where "max" or unreadable)."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        lines = []
+    places: list[tuple[Path, str]] = []
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and controllers == "":
+            places.append((root / "memory.max", path or "/"))
+        elif "memory" in controllers.split(","):
+            places.append((root / "memory" / "memory.limit_in_bytes", path or "/"))
+    if not places:  # no /proc/self/cgroup: the root files only
+        places = [(root / "memory.max", "/"), (root / "memory" / "memory.limit_in_bytes", "/")]
+    limits: list[int] = []
+    for file, path in places:
+        folder = file.parent
+        parts = [p for p in path.split("/") if p and p not in (".", "..")]
+        for depth in range(len(parts), -1, -1):  # the process's own cgroup first, then each parent up to the root
+            try:
+                raw = (folder.joinpath(*parts[:depth]) / file.name).read_text().strip()
+            except OSError:
+                continue
+            if raw != "max":
+                try:
+                    limits.append(int(raw))
+                except ValueError:
+                    continue
+    return limits
 
 
 def rss_bytes() -> int:

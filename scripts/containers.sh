@@ -23,6 +23,7 @@ export CONTAINERS_CONF="$ROOT/$C/containers.conf"
 BASE=localhost/vw-base
 export KAFKA_IMAGE=$BASE/kafka:4.1.1 REDIS_IMAGE=$BASE/redis:7 WEAVIATE_IMAGE=$BASE/weaviate:1.39.0
 export WORKER_IMAGE=localhost/vectorize-worker:test WORKER_SESSION_TIMEOUT=10
+unset WORKER_HOST_IP                        # the test checks the workers' ports are on 127.0.0.1, the default
 VENV="${VENV:-$CACHE/venv-$(sha256sum requirements.lock | cut -c1-12)}"
 t0=$(date +%s)
 step() { echo "== containers.sh +$(( $(date +%s) - t0 ))s: $*"; }

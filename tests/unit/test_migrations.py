@@ -291,6 +291,7 @@ GOOD = run_to("backfill")
         (b"docs", json.dumps({**GOOD.to_dict(), "phase": "warp"}).encode(), "unknown phase 'warp'"),
         (b"docs", json.dumps({**GOOD.to_dict(), "epoch": "3"}).encode(), "epoch must be an integer"),
         (b"docs", GOOD.to_json() + b" " * MAX_STATE_BYTES, "over the limit"),
+        (b"docs", b"[" * 60_000, "nests too deeply"),  # under the size limit, deeper than the parser goes
         (b"other", GOOD.to_json(), "its key 'other' is not the alias it holds ('docs')"),
         (None, GOOD.to_json(), "its key None is not an alias"),
         (b"\xff\xfe", GOOD.to_json(), "is not an alias"),
@@ -427,6 +428,24 @@ def test_reads_follow_each_store_while_the_stores_are_switched_one_by_one() -> N
     assert view.physical_for_reads("docs", "weaviate") == A_PHYS
     assert view.physical_for_reads("docs", "qdrant") == B_PHYS
     assert physicals(view) == [("live", B_PHYS), ("old", A_PHYS)]  # writes still go to both
+
+
+def test_within_an_epoch_the_first_writer_wins_and_progress_never_goes_back() -> None:
+    view = MigrationView()
+    backfill = run_to("backfill")
+    assert view.apply(advance(backfill, "backfill", backfill=Backfill("weaviate", 2000, 2000)))
+    # the same epoch: an older cursor, or another writer's collections, are not taken
+    assert not view.apply(advance(backfill, "backfill", backfill=Backfill("weaviate", 1000, 1000)))
+    assert view.get("docs").backfill.produced == 2000  # type: ignore[union-attr]
+    # two commands racing from one state to the same phase write the same epoch: the first one written wins
+    racing = MigrationView()
+    bound = run_to("bound")
+    first = advance(bound, "shadow_created", shadow=SHADOW_B)
+    second = advance(bound, "shadow_created", shadow=Collection("docs__model_c_cccccccc", B))
+    assert first.epoch == second.epoch
+    assert racing.apply(bound) and racing.apply(first) and not racing.apply(second)
+    assert racing.get("docs").shadow == SHADOW_B  # type: ignore[union-attr]
+    assert view.skipped == 1 and racing.skipped == 1
 
 
 def test_the_view_reports_the_epoch_of_every_alias() -> None:

@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 from core.ids import vector_id
-from engine.store_writer import with_digest
+from engine.store_writer import DIGEST_INLINE, with_digest
 from tests.unit.test_pipeline import Harness
 
 
@@ -216,3 +216,13 @@ def test_the_digest_covers_vector_payload_and_filterable_values_but_not_who_wrot
     assert digest(replace(base, filterable={"lang": "en"})) != digest(base)
     record, weight = with_digest(base)
     assert record.payload["worker_id"] == "w1" and weight > 0  # the volatile keys are still written
+
+
+async def test_a_large_write_is_digested_off_the_event_loop_and_skipped_alike() -> None:
+    h = Harness()
+    await h.send(batch("big", DIGEST_INLINE + 44))
+    await h.drain()
+    upserts = h.store.upserts
+    await h.send(batch("big", DIGEST_INLINE + 44))
+    await h.drain()
+    assert h.store.upserts == upserts and unchanged(h) == DIGEST_INLINE + 44
