@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from core.errors import StoreRejectedError
+from core.errors import StoreRejectedError, StoreUnavailableError
 from core.metadata_contract import MetadataContract, finite_float
 from core.versioning import ModelIdentity
 
@@ -47,6 +47,9 @@ SCAN_PAGE = 1000
 MAX_SCAN_PAGE = 10_000
 #: the most records :meth:`BaseVectorDB.task_records` reads in one call (Weaviate's query window)
 MAX_TASK_RECORDS = 10_000
+#: how many times in a row a write call may find its collection missing (each time made again at the writer's
+#: retry) before that is a refusal of the task rather than an outage (see :class:`MissingCollections`)
+MISSING_LIMIT = 5
 #: the payload as JSON, in stores whose fields are flat scalars
 PAYLOAD_KEY = "_payload"
 #: the payload fields of tasks.inputs.build_records, with their types ("text": long, not for filtering)
@@ -271,6 +274,42 @@ def scan_page(limit: int) -> int:
     """``limit`` of a :meth:`BaseVectorDB.scan` call, kept within 1..:data:`MAX_SCAN_PAGE` (Weaviate's query
     window; Milvus caps offset + limit at 16,384)."""
     return max(1, min(int(limit), MAX_SCAN_PAGE))
+
+
+class MissingCollections:
+    """What an adapter's write calls (``task_records``, ``upsert``, ``delete``) do when their collection is not
+    found: it was dropped behind the adapter (by hand, by another tool, by a migration's cleanup) after the
+    adapter remembered it. The adapter forgets what it remembered of the collection and raises the error this
+    gives: :class:`~core.errors.StoreUnavailableError`, so the writer's retry runs ``ensure_collection`` again,
+    which makes the collection again (a delete's retry finds nothing left to delete).
+
+    A collection found missing :data:`MISSING_LIMIT` times in a row, with no write into it succeeding in
+    between, is not made to stay by retrying (something drops it as soon as it is made, or the store does not
+    keep it): the error is then a :class:`~core.errors.StoreRejectedError`, so the task fails alone instead
+    of being retried for ever. The count is per adapter and per collection; :meth:`written` resets it."""
+
+    def __init__(self) -> None:
+        self._missed: dict[str, int] = {}
+
+    def error(self, where: str, collection: str, what: str) -> StoreUnavailableError | StoreRejectedError:
+        """The error for ``collection`` found missing during ``what`` on the store ``where`` (describe())."""
+        missed = self._missed[collection] = self._missed.get(collection, 0) + 1
+        if missed >= MISSING_LIMIT:
+            del self._missed[collection]
+            return StoreRejectedError(
+                f"{where}: collection {collection!r} was not found during {what}, {missed} times in a row, though it "
+                "was made again before each retry: something drops it as soon as it is made (a migration's "
+                "cleanup? another tool?) or the store does not keep it. Find what drops it, then send the task again."
+            )
+        return StoreUnavailableError(
+            f"{where}: collection {collection!r} was not found during {what} (dropped behind the worker?); will "
+            "retry: a write creates it again."
+        )
+
+    def written(self, collection: str) -> None:
+        """A write into ``collection`` succeeded: it is there."""
+        if self._missed:
+            self._missed.pop(collection, None)
 
 
 def refuse_pointer_collection(where: str, *names: str) -> None:

@@ -9,6 +9,11 @@ its compaction failed. Vectors are always passed in: the collection is
 created without an embedding function, so Chroma never loads (or downloads)
 its default model.
 
+Chroma's upsert merges the metadata it is given into what a record held, so
+a write gives None (which deletes a key) for every worker and declared field
+the record lacks, and a record's digest is read from its ``_payload`` (always
+written whole), never from the native key an older writer may have left.
+
 Records of the old layout (every scalar flattened under its dotted path, such
 as ``metadata.lang``) read the same, from their ``_payload``.
 
@@ -49,8 +54,10 @@ from sinks.base import (
     PAYLOAD_KEY,
     POINTER_COLLECTION,
     SCAN_PAGE,
+    WORKER_FIELDS,
     BaseVectorDB,
     Distance,
+    MissingCollections,
     StoredPoint,
     VectorRecord,
     refuse_pointer_collection,
@@ -65,7 +72,7 @@ if TYPE_CHECKING:
 
 try:
     import chromadb
-    from chromadb.errors import ChromaError
+    from chromadb.errors import ChromaError, NotFoundError
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError(f"The Chroma store needs chromadb: pip install chromadb ({exc})") from exc
 
@@ -73,6 +80,10 @@ _SPACES = {"cosine": "cosine", "dot": "ip", "euclid": "l2"}
 _RANGES = {"gt": "$gt", "gte": "$gte", "lt": "$lt", "lte": "$lte"}
 #: the collection metadata key holding the model binding (JSON)
 BINDING_KEY = "vw_model"
+
+
+class _Missing(StoreRejectedError):
+    """Chroma answered NotFound: the collection (or the one a held handle names) does not exist."""
 
 
 class ChromaStore(LazyClient, BaseVectorDB):
@@ -100,6 +111,7 @@ class ChromaStore(LazyClient, BaseVectorDB):
         self._collections: dict[str, Any] = {}
         self._bindings: dict[str, ModelIdentity] = {}  # collection -> the model it is bound to, once known
         self._pointers: Any = None  # the pointer collection's handle, once it exists
+        self._missing = MissingCollections()
 
     def describe(self) -> str:
         return f"Chroma at {self._where}"
@@ -135,7 +147,8 @@ class ChromaStore(LazyClient, BaseVectorDB):
                     f"Chroma at {self._where} failed {what} ({type(exc).__name__}, HTTP {code}): {exc}; will retry. "
                     "Check the server and its credentials."
                 ) from None
-            raise StoreRejectedError(f"Chroma at {self._where} refused {what}: {exc}") from None
+            refused = _Missing if isinstance(exc, NotFoundError) else StoreRejectedError
+            raise refused(f"Chroma at {self._where} refused {what}: {exc}") from None
         except (ConnectionError, TimeoutError, OSError) as exc:
             self._forget()
             raise self._unavailable(what, exc) from None
@@ -162,8 +175,23 @@ class ChromaStore(LazyClient, BaseVectorDB):
     def ensure_collection(
         self, collection: str, dim: int, distance: Distance = "cosine", identity: ModelIdentity | None = None
     ) -> None:
+        remembered = collection in self._collections
+        try:
+            self._ensure(collection, dim, distance, identity)
+        except StoreRejectedError:
+            if not remembered:
+                raise
+            # refused by what this adapter remembers, which may be stale (the collection deleted, the way out of a
+            # model mismatch, and maybe made again since): the store is asked once more before the refusal stands
+            self._forget_name(collection)
+            self._ensure(collection, dim, distance, identity)
+
+    def _ensure(self, collection: str, dim: int, distance: Distance, identity: ModelIdentity | None) -> None:
         # known to this adapter: its dimension is checked without a round trip (the writer calls this per write)
-        col = self._collections.get(collection) or self._create_collection(collection, dim, distance, identity)
+        col = self._collections.get(collection)
+        if col is None:
+            self._bindings.pop(collection, None)  # read again with the handle
+            col = self._create_collection(collection, dim, distance, identity)
         if identity is not None:
             col = self._check_model(collection, col, identity)
         known = int((col.metadata or {}).get("dimension", dim))
@@ -267,40 +295,35 @@ class ChromaStore(LazyClient, BaseVectorDB):
                     f"(dimension {dim}) at {self._where}; use a matching model or another collection."
                 )
 
+    def _missing_error(self, collection: str, what: str, exc: StoreRejectedError) -> Exception:
+        """``exc`` as it stands, or, when it says the collection is gone (dropped behind this adapter), what
+        :class:`~sinks.base.MissingCollections` says, the collection forgotten first (its handle, binding)."""
+        if not _vanished(exc):
+            return exc
+        self._forget_name(collection)
+        return self._missing.error(self.describe(), collection, what)
+
     def upsert(self, collection: str, records: Sequence[VectorRecord]) -> None:
         if not records:
             return
-        col = self._collection(collection)
-        self._check_dim(collection, col, [r.vector for r in records])
-        step = self._max_batch()
-        declared = self.contract.fields(collection)
-        for start in range(0, len(records), step):  # the client refuses batches over the server's limit
-            chunk = records[start : start + step]
-            metadatas = [
-                {
-                    **worker_values(r.payload),
-                    **{native_name(n): _native(v) for n, v in r.filterable.items() if n in declared},
-                    PAYLOAD_KEY: json.dumps(dict(r.payload), ensure_ascii=False),
-                }
-                for r in chunk
-            ]
-            try:
+        what = f"upsert into {collection}"
+        try:
+            col = self._collection(collection)
+            self._check_dim(collection, col, [r.vector for r in records])
+            step = self._max_batch()
+            declared = [native_name(n) for n in self.contract.fields(collection)]
+            for start in range(0, len(records), step):  # the client refuses batches over the server's limit
+                chunk = records[start : start + step]
                 self._call(
-                    f"upsert into {collection}",
+                    what,
                     col.upsert,
                     ids=[r.id for r in chunk],
                     embeddings=[[float(x) for x in r.vector] for r in chunk],
-                    metadatas=metadatas,
+                    metadatas=[_metadata(r, declared) for r in chunk],
                 )
-            except StoreRejectedError as exc:
-                if not _vanished(exc):
-                    raise
-                self._collections.pop(collection, None)  # deleted behind our back: made again at the retry
-                self._bindings.pop(collection, None)
-                raise StoreUnavailableError(
-                    f"Chroma collection {collection!r} at {self._where} was deleted while the worker wrote to it; "
-                    "it is created again when the write is retried."
-                ) from None
+        except StoreRejectedError as exc:
+            raise self._missing_error(collection, what, exc) from None
+        self._missing.written(collection)
 
     def _max_batch(self) -> int:
         try:
@@ -309,36 +332,47 @@ class ChromaStore(LazyClient, BaseVectorDB):
             return 1000
 
     def delete(self, collection: str, ids: Sequence[str]) -> None:
-        if ids:
-            self._call(f"delete from {collection}", self._collection(collection).delete, ids=list(ids))
+        if not ids:
+            return
+        what = f"delete from {collection}"
+        try:
+            self._call(what, self._collection(collection).delete, ids=list(ids))
+        except StoreRejectedError as exc:
+            raise self._missing_error(collection, what, exc) from None
+        self._missing.written(collection)
 
     def task_records(self, collection: str, task_ids: Sequence[str]) -> dict[str, dict[str, str | None]]:
         wanted = set(task_ids)
         if not wanted:
             return {}
-        col = self._collections.get(collection)  # made sure of by this adapter: no round trips to ask again
-        if col is None:
-            if self.count(collection) == 0:
-                return {}
-            col = self._collection(collection)
+        # made sure of by this adapter: no round trips to ask again
+        if collection not in self._collections and self.count(collection) == 0:
+            return {}
+        what = f"task lookup in {collection}"
         found: dict[str, dict[str, str | None]] = {}
         page = 1000
-        for offset in range(0, MAX_TASK_RECORDS, page):
-            res = self._call(
-                f"task lookup in {collection}",
-                col.get,
-                where={"task_id": {"$in": sorted(wanted)}},
-                include=["metadatas"],
-                limit=page,
-                offset=offset,
-            )
-            for record_id, meta in zip(res["ids"], res["metadatas"] or [], strict=False):
-                task_id = (meta or {}).get("task_id")
-                if task_id in wanted:
-                    digest = (meta or {}).get("content_digest")
-                    found.setdefault(task_id, {})[record_id] = digest if isinstance(digest, str) else None
-            if len(res["ids"]) < page:
-                break
+        try:
+            col = self._collection(collection)
+            for offset in range(0, MAX_TASK_RECORDS, page):
+                res = self._call(
+                    what,
+                    col.get,
+                    where={"task_id": {"$in": sorted(wanted)}},
+                    include=["metadatas"],
+                    limit=page,
+                    offset=offset,
+                )
+                for record_id, meta in zip(res["ids"], res["metadatas"] or [], strict=False):
+                    task_id = (meta or {}).get("task_id")
+                    if task_id in wanted:
+                        # from the payload, which every write replaces whole: Chroma's upsert merges the native
+                        # keys, so a native digest can outlive a rewrite by a worker that wrote none
+                        digest = _payload(meta).get("content_digest") if PAYLOAD_KEY in (meta or {}) else None
+                        found.setdefault(task_id, {})[record_id] = digest if isinstance(digest, str) else None
+                if len(res["ids"]) < page:
+                    break
+        except StoreRejectedError as exc:
+            raise self._missing_error(collection, what, exc) from None
         return found
 
     def search(
@@ -351,9 +385,10 @@ class ChromaStore(LazyClient, BaseVectorDB):
         self._check_dim(collection, col, [vector])
         wanted = k
         while True:
-            res = self._call(
+            res = self._read(
+                collection,
                 f"search in {collection}",
-                col.query,
+                "query",
                 query_embeddings=[[float(x) for x in vector]],
                 n_results=wanted,
                 where=where,
@@ -373,9 +408,7 @@ class ChromaStore(LazyClient, BaseVectorDB):
 
     def retrieve(self, collection: str, ids: Sequence[str], *, with_vectors: bool = True) -> list[StoredPoint]:
         include = ["metadatas", "embeddings"] if with_vectors else ["metadatas"]
-        res = self._call(
-            f"retrieve from {collection}", self._collection(collection).get, ids=list(ids), include=include
-        )
+        res = self._read(collection, f"retrieve from {collection}", "get", ids=list(ids), include=include)
         vectors = res.get("embeddings") if with_vectors else None
         found = {
             i: StoredPoint(
@@ -392,7 +425,18 @@ class ChromaStore(LazyClient, BaseVectorDB):
         }
         if collection not in names:
             return 0
-        return int(self._call(f"count in {collection}", self._collection(collection).count))
+        return int(self._read(collection, f"count in {collection}", "count"))
+
+    def _read(self, collection: str, what: str, method: str, **kwargs: Any) -> Any:
+        """A read through the collection's handle; a handle of a collection dropped since (and maybe made again
+        by another worker) is forgotten and the read made once more with a fresh one."""
+        try:
+            return self._call(what, getattr(self._collection(collection), method), **kwargs)
+        except StoreRejectedError as exc:
+            if not _vanished(exc) or collection not in self._collections:
+                raise
+            self._forget_name(collection)
+        return self._call(what, getattr(self._collection(collection), method), **kwargs)
 
     # -- pointers, dropping, reading back ------------------------------------------------------------------------
     def _pointer_collection(self, *, create: bool) -> Any:
@@ -605,6 +649,17 @@ def _native(value: Any) -> Any:
     return epoch_micros(value) if isinstance(value, datetime) else value
 
 
+def _metadata(record: VectorRecord, declared: Sequence[str]) -> dict[str, Any]:
+    """A record's Chroma metadata: its payload as JSON, its worker fields and its declared fields (``declared``:
+    their native names), and None for each of those it lacks. Chroma's upsert merges metadata into what a record
+    held, and deletes a key given None: a field an earlier write of the record had and this one has not (an
+    older worker's digest, a metadata field since removed) does not outlive this write."""
+    values = worker_values(record.payload)
+    values |= {native_name(n): _native(v) for n, v in record.filterable.items()}
+    keys = [*WORKER_FIELDS, *declared]
+    return {key: values.get(key) for key in keys} | {PAYLOAD_KEY: json.dumps(dict(record.payload), ensure_ascii=False)}
+
+
 def _lists_hold(payload: Mapping[str, Any], conditions: Sequence[Condition]) -> bool:
     """Whether the payload's own metadata satisfies the string_list ``conditions``."""
     metadata = payload.get("metadata")
@@ -649,5 +704,7 @@ def create(settings: Settings) -> ChromaStore:
 
 def _vanished(exc: Exception) -> bool:
     """A refusal that says the collection is gone (deleted by someone else since this adapter looked it up)."""
+    if isinstance(exc, _Missing):
+        return True
     text = str(exc).lower()
     return "does not exist" in text or "not found" in text

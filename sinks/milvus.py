@@ -57,6 +57,7 @@ from sinks.base import (
     WORKER_FIELDS,
     BaseVectorDB,
     Distance,
+    MissingCollections,
     StoredPoint,
     VectorRecord,
     refuse_pointer_collection,
@@ -105,6 +106,16 @@ _TYPES = {
 }
 _EMPTY: dict[str, Any] = {"string": "", "text": "", "int": -1, "float": 0.0, "bool": False}
 _RANGES = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+#: pymilvus' code for "collection not found"
+_COLLECTION_NOT_FOUND = 100
+#: the reads the writer decides by (a task's stored records, the record an unbound collection's model is judged
+#: by) see every write and delete acknowledged before them, whatever the collection's own consistency level
+#: (pymilvus makes collections "Bounded" by default: a read may miss the last seconds of writes)
+_READ_LATEST = "Strong"
+
+
+class _Missing(StoreRejectedError):
+    """Milvus answered "collection not found": dropped since this adapter looked (or never made)."""
 
 
 def collection_name(collection: str) -> str:
@@ -139,6 +150,7 @@ class MilvusStore(LazyClient, BaseVectorDB):
         self._descriptions: dict[str, str] = {}  # collection -> its schema's description (holds the binding)
         self._bindings: dict[str, ModelIdentity] = {}  # collection -> its model, once known
         self._pointers_exist = False  # the pointer collection is known to exist
+        self._missing = MissingCollections()
 
     def describe(self) -> str:
         return f"Milvus at {self._uri}"
@@ -184,7 +196,9 @@ class MilvusStore(LazyClient, BaseVectorDB):
             if any(word in text for word in _UNAVAILABLE_WORDS):
                 self._forget()
                 raise self._unavailable(what, exc) from None
-            raise StoreRejectedError(f"Milvus at {self._uri} refused {what}: {str(exc)[:400]}") from None
+            missing = "collection not found" in text or getattr(exc, "code", None) == _COLLECTION_NOT_FOUND
+            refused = _Missing if missing else StoreRejectedError
+            raise refused(f"Milvus at {self._uri} refused {what}: {str(exc)[:400]}") from None
         except (ConnectionError, TimeoutError, OSError) as exc:
             self._forget()
             raise self._unavailable(what, exc) from None
@@ -192,6 +206,18 @@ class MilvusStore(LazyClient, BaseVectorDB):
     def ensure_collection(
         self, collection: str, dim: int, distance: Distance = "cosine", identity: ModelIdentity | None = None
     ) -> None:
+        remembered = collection in self._dims
+        try:
+            self._ensure(collection, dim, distance, identity)
+        except StoreRejectedError:
+            if not remembered:
+                raise
+            # refused by what this adapter remembers, which may be stale (the collection dropped, the way out of a
+            # model mismatch, and maybe made again since): the store is asked once more before the refusal stands
+            self._forget_name(collection)
+            self._ensure(collection, dim, distance, identity)
+
+    def _ensure(self, collection: str, dim: int, distance: Distance, identity: ModelIdentity | None) -> None:
         known = self._dims.get(collection)
         if known is None:
             client = self._connect()
@@ -232,6 +258,7 @@ class MilvusStore(LazyClient, BaseVectorDB):
                     filter="",
                     output_fields=[PAYLOAD_KEY],
                     limit=1,
+                    consistency_level=_READ_LATEST,
                 )
                 held = ModelIdentity.from_record(json.loads(rows[0][PAYLOAD_KEY]), dim) if rows else None
                 check_binding(held, identity, collection=collection, store=self.describe())
@@ -295,6 +322,11 @@ class MilvusStore(LazyClient, BaseVectorDB):
 
     def _check_dim(self, collection: str, vectors: Sequence[Sequence[float]]) -> None:
         dim = self._dims.get(collection)
+        if dim and any(len(vector) != dim for vector in vectors):
+            # what this adapter remembers may be stale (the collection dropped and made again with another
+            # dimension): the store is asked once before a vector is refused
+            self._forget_name(collection)
+            dim = None
         if dim is None and self._call("collection lookup", self._connect().has_collection, collection_name(collection)):
             dim = self._dims.setdefault(collection, self._read_schema(collection) or 0)
         for vector in vectors:
@@ -327,13 +359,25 @@ class MilvusStore(LazyClient, BaseVectorDB):
                     **{native_name(n): _native(v) for n, v in r.filterable.items() if n in declared},
                 }
             )
-        self._call(
-            f"upsert into {collection_name(collection)}", self._connect().upsert, collection_name(collection), rows
-        )
+        what = f"upsert into {collection_name(collection)}"
+        self._write_call(collection, what, self._connect().upsert, collection_name(collection), rows)
+        self._missing.written(collection_name(collection))
+
+    def _write_call(self, collection: str, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
+        """A request of a write (a lookup, an upsert, a delete) on ``collection``; "collection not found" (dropped
+        behind this adapter) forgets what it remembered of it and raises what
+        :class:`~sinks.base.MissingCollections` says."""
+        try:
+            return self._call(what, func, *args, **kwargs)
+        except _Missing:
+            self._forget_name(collection)
+            raise self._missing.error(self.describe(), collection_name(collection), what) from None
 
     def delete(self, collection: str, ids: Sequence[str]) -> None:
         if ids:
-            self._call("delete", self._connect().delete, collection_name(collection), ids=list(ids))
+            what = f"delete from {collection_name(collection)}"
+            self._write_call(collection, what, self._connect().delete, collection_name(collection), ids=list(ids))
+            self._missing.written(collection_name(collection))
 
     def task_records(self, collection: str, task_ids: Sequence[str]) -> dict[str, dict[str, str | None]]:
         wanted = set(task_ids)
@@ -353,7 +397,8 @@ class MilvusStore(LazyClient, BaseVectorDB):
         found: dict[str, dict[str, str | None]] = {}
         page = 1000
         for offset in range(0, MAX_TASK_RECORDS, page):  # Milvus caps offset + limit at 16,384
-            rows = self._call(
+            rows = self._write_call(
+                collection,
                 f"task lookup in {name}",
                 client.query,
                 name,
@@ -361,6 +406,7 @@ class MilvusStore(LazyClient, BaseVectorDB):
                 output_fields=["id", "task_id", "content_digest"] if digests else ["id", "task_id"],
                 limit=page,
                 offset=offset,
+                consistency_level=_READ_LATEST,
             )
             for row in rows:
                 if row.get("task_id") in wanted:
@@ -375,7 +421,8 @@ class MilvusStore(LazyClient, BaseVectorDB):
     ) -> list[StoredPoint]:
         expr = milvus_expr(parse_filter(filter, self.contract.fields(collection), collection=collection))
         self._check_dim(collection, [vector])
-        res = self._call(
+        res = self._read(
+            collection,
             f"search in {collection_name(collection)}",
             self._connect().search,
             collection_name(collection),
@@ -391,8 +438,13 @@ class MilvusStore(LazyClient, BaseVectorDB):
 
     def retrieve(self, collection: str, ids: Sequence[str], *, with_vectors: bool = True) -> list[StoredPoint]:
         fields = [PAYLOAD_KEY, "vector"] if with_vectors else [PAYLOAD_KEY]
-        rows = self._call(
-            "retrieve", self._connect().get, collection_name(collection), ids=list(ids), output_fields=fields
+        rows = self._read(
+            collection,
+            "retrieve",
+            self._connect().get,
+            collection_name(collection),
+            ids=list(ids),
+            output_fields=fields,
         )
         found = {
             str(row["id"]): StoredPoint(
@@ -403,6 +455,14 @@ class MilvusStore(LazyClient, BaseVectorDB):
             for row in rows
         }
         return [found[i] for i in ids if i in found]
+
+    def _read(self, collection: str, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
+        """A read on ``collection``; "collection not found" forgets what this adapter remembered of it."""
+        try:
+            return self._call(what, func, *args, **kwargs)
+        except _Missing:
+            self._forget_name(collection)
+            raise
 
     def count(self, collection: str) -> int:
         client = self._connect()
@@ -472,8 +532,11 @@ class MilvusStore(LazyClient, BaseVectorDB):
             return None
 
     def _forget_name(self, collection: str) -> None:
+        """Forget what this adapter remembers of ``collection``, under any of its spellings (``-`` or ``_``)."""
+        name = collection_name(collection)
         for cache in (self._dims, self._fixed, self._descriptions, self._bindings):
-            cache.pop(collection, None)
+            for key in [k for k in cache if collection_name(k) == name]:
+                del cache[key]
 
     def resolve(self, alias: str) -> str | None:
         rows = self._pointer_call(
@@ -528,7 +591,6 @@ class MilvusStore(LazyClient, BaseVectorDB):
         if self._call("collection lookup", client.has_collection, name):
             self._call(f"dropping collection {name}", client.drop_collection, name)
         self._forget_name(physical)
-        self._forget_name(name)
 
     def scan(
         self, physical: str, cursor: str | None = None, limit: int = SCAN_PAGE

@@ -40,6 +40,7 @@ from sinks.base import (
     SCAN_PAGE,
     BaseVectorDB,
     Distance,
+    MissingCollections,
     StoredPoint,
     VectorRecord,
     scan_page,
@@ -66,6 +67,15 @@ _INDEXES = {
 }
 #: the collection metadata key holding the model binding
 BINDING_KEY = "vectorize_worker"
+#: the reads the writer decides by (a task's stored records, the record an unbound collection's model is judged
+#: by): from every replica, and only the points all of them hold, so a write or delete acknowledged by one
+#: replica is never missed (the default reads one replica); local mode has one copy and takes the argument as is
+_READ_LATEST = models.ReadConsistencyType.ALL
+
+
+class _NotFound(StoreUnavailableError):
+    """Qdrant answered 404 (a server) or "not found" (local mode): a collection dropped since this adapter
+    looked (retried: the retry makes it again)."""
 
 
 class QdrantStore(BaseVectorDB):
@@ -93,6 +103,7 @@ class QdrantStore(BaseVectorDB):
         # name (a collection or an alias) -> the dimension a search or write last read there: checked before a
         # request, read again when a vector does not fit it
         self._seen_dims: dict[str, int] = {}
+        self._missing = MissingCollections()
         try:
             if url:
                 self._client = QdrantClient(
@@ -120,11 +131,7 @@ class QdrantStore(BaseVectorDB):
             ) from None
         except UnexpectedResponse as exc:
             if exc.status_code == 404:
-                # the collection went away under us: forget it so the next attempt recreates it
-                self._dims.clear()
-                self._bindings.clear()
-                self._seen_dims.clear()
-                raise StoreUnavailableError(f"Qdrant at {self._where}: not found during {what}; will retry") from None
+                raise self._not_found(what) from None
             if exc.status_code == 409 and what.startswith("creating collection"):
                 return None  # another worker created it first
             if exc.status_code is not None and exc.status_code >= 500 or exc.status_code in (401, 403, 408, 429):
@@ -136,10 +143,41 @@ class QdrantStore(BaseVectorDB):
             ) from None
         except (ConnectionError, TimeoutError, OSError) as exc:
             raise StoreUnavailableError(f"Failed to reach Qdrant at {self._where} during {what}: {exc}") from None
+        except ValueError as exc:
+            if self._local and "not found" in str(exc).lower():  # local mode's 404
+                raise self._not_found(what) from None
+            raise
+
+    def _not_found(self, what: str) -> _NotFound:
+        # a collection went away under us: forget what is remembered so the next attempt makes it again
+        self._dims.clear()
+        self._bindings.clear()
+        self._seen_dims.clear()
+        return _NotFound(f"Qdrant at {self._where}: not found during {what}; will retry")
+
+    def _write_call(self, collection: str, what: str, func: Any, **kwargs: Any) -> Any:
+        """A request of a write (a lookup, an upsert, a delete) on ``collection``; not found (dropped behind this
+        adapter) raises what :class:`~sinks.base.MissingCollections` says, once what was remembered is forgotten."""
+        try:
+            return self._call(what, func, **kwargs)
+        except _NotFound:
+            raise self._missing.error(self.describe(), collection, what) from None
 
     def ensure_collection(
         self, collection: str, dim: int, distance: Distance = "cosine", identity: ModelIdentity | None = None
     ) -> None:
+        remembered = collection in self._dims
+        try:
+            self._ensure(collection, dim, distance, identity)
+        except StoreRejectedError:
+            if not remembered:
+                raise
+            # refused by what this adapter remembers, which may be stale (the collection deleted, the way out of a
+            # model mismatch, and maybe made again since): the store is asked once more before the refusal stands
+            self._forget_name(collection)
+            self._ensure(collection, dim, distance, identity)
+
+    def _ensure(self, collection: str, dim: int, distance: Distance, identity: ModelIdentity | None) -> None:
         known = self._dims.get(collection)
         if known is None:
             if self._call("collection lookup", self._client.collection_exists, collection):
@@ -204,6 +242,7 @@ class QdrantStore(BaseVectorDB):
             limit=1,
             with_payload=["model", "model_revision"],
             with_vectors=False,
+            consistency=_READ_LATEST,
         )
         held = ModelIdentity.from_record(points[0].payload or {}, dim) if points else None
         check_binding(held, identity, collection=collection, store=self.describe())
@@ -277,7 +316,10 @@ class QdrantStore(BaseVectorDB):
     def upsert(self, collection: str, records: Sequence[VectorRecord]) -> None:
         if not records:
             return
-        self._check_dim(collection, [r.vector for r in records])
+        try:
+            self._check_dim(collection, [r.vector for r in records])
+        except _NotFound:
+            raise self._missing.error(self.describe(), collection, f"upsert into {collection}") from None
         declared = self.contract.fields(collection)
         points = [
             models.PointStruct(
@@ -290,19 +332,27 @@ class QdrantStore(BaseVectorDB):
             )
             for r in records
         ]
-        self._call(
-            f"upsert into {collection}", self._client.upsert, collection_name=collection, points=points, wait=True
+        self._write_call(
+            collection,
+            f"upsert into {collection}",
+            self._client.upsert,
+            collection_name=collection,
+            points=points,
+            wait=True,
         )
+        self._missing.written(collection)
 
     def delete(self, collection: str, ids: Sequence[str]) -> None:
         if ids:
-            self._call(
+            self._write_call(
+                collection,
                 f"delete from {collection}",
                 self._client.delete,
                 collection_name=collection,
                 points_selector=models.PointIdsList(points=list(ids)),
                 wait=True,
             )
+            self._missing.written(collection)
 
     def task_records(self, collection: str, task_ids: Sequence[str]) -> dict[str, dict[str, str | None]]:
         wanted = set(task_ids)
@@ -318,7 +368,8 @@ class QdrantStore(BaseVectorDB):
         offset: Any = None
         read = 0
         while read < MAX_TASK_RECORDS:
-            points, offset = self._call(
+            points, offset = self._write_call(
+                collection,
                 f"task lookup in {collection}",
                 self._client.scroll,
                 collection_name=collection,
@@ -327,6 +378,7 @@ class QdrantStore(BaseVectorDB):
                 offset=offset,
                 with_payload=["task_id", "content_digest"],
                 with_vectors=False,
+                consistency=_READ_LATEST,
             )
             read += len(points)
             for p in points:

@@ -22,6 +22,11 @@ through it reads its current target; this adapter remembers what it learnt of
 a collection (its dimension, properties and binding) under the target's class
 name only, never under an alias's, so a switch is followed at once.
 
+A write into a missing class would not fail (Weaviate's auto-schema would
+make one, unbound, its properties typed by guess), so :meth:`WeaviateStore.upsert`
+asks whether the class exists first, unless the writer's task lookup, a query
+on the class, found it just before.
+
 Collections of the old layout (no ``layout=2``; every scalar flattened into an
 auto-schema property such as ``metadata__lang``) keep working: reads use
 ``_payload`` as before, and new objects carry only ``_payload`` and the
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -47,6 +53,7 @@ from sinks.base import (
     WORKER_FIELDS,
     BaseVectorDB,
     Distance,
+    MissingCollections,
     StoredPoint,
     VectorRecord,
     scan_page,
@@ -71,6 +78,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 
 _DISTANCES = {"cosine": VectorDistances.COSINE, "dot": VectorDistances.DOT, "euclid": VectorDistances.L2_SQUARED}
 _DIM = re.compile(r"dim=(\d+)")
+#: seconds for which a task lookup that found a class vouches for it to the next upsert (see WeaviateStore.upsert)
+_LOOKUP_VOUCHES = 1.0
 # Errors that are about the data itself; anything else (a node not ready, a
 # lost leader, a connection, a timeout) is the server's state and is retried.
 _REJECTED_WORDS = (
@@ -106,6 +115,15 @@ class _Unsupported(StoreRejectedError):
     """A feature this Weaviate server is too old for (aliases need 1.32)."""
 
 
+class _Missing(StoreUnavailableError):
+    """Weaviate could not find the class a request named: dropped since this adapter looked (retried)."""
+
+
+def _class_missing(message: str) -> bool:
+    text = message.lower()
+    return "could not find class" in text or "no such class" in text
+
+
 class WeaviateStore(LazyClient, BaseVectorDB):
     name = "weaviate"
     alias_kind = "native"
@@ -132,6 +150,8 @@ class WeaviateStore(LazyClient, BaseVectorDB):
         self.contract = contract or MetadataContract()
         self._init_client()
         self._layouts: dict[str, Layout] = {}
+        self._missing = MissingCollections()
+        self._looked_up: tuple[str, float] | None = None  # the class the last task lookup found, and when
 
     def describe(self) -> str:
         return f"Weaviate at {self._url}"
@@ -166,12 +186,20 @@ class WeaviateStore(LazyClient, BaseVectorDB):
                 f"Weaviate at {self._url} cannot do {what}: {str(exc)[:300]} Upgrade Weaviate to use it."
             ) from None
         except UnexpectedStatusCodeError as exc:
+            if _class_missing(str(exc)):
+                raise _Missing(
+                    f"Weaviate at {self._url}: no class during {what}: {str(exc)[:300]}; will retry"
+                ) from None
             if exc.status_code >= 500 or exc.status_code in (401, 403, 408, 429):
                 raise StoreUnavailableError(
                     f"Weaviate at {self._url} failed {what} (HTTP {exc.status_code}); will retry"
                 ) from None
             raise StoreRejectedError(f"Weaviate at {self._url} refused {what}: {str(exc)[:400]}") from None
         except WeaviateBaseError as exc:
+            if _class_missing(str(exc)):  # the server answered: the client is fine
+                raise _Missing(
+                    f"Weaviate at {self._url}: no class during {what}: {str(exc)[:300]}; will retry"
+                ) from None
             if _is_rejection(str(exc)):
                 raise StoreRejectedError(f"Weaviate at {self._url} refused {what}: {str(exc)[:400]}") from None
             self._forget()
@@ -186,6 +214,18 @@ class WeaviateStore(LazyClient, BaseVectorDB):
     def ensure_collection(
         self, collection: str, dim: int, distance: Distance = "cosine", identity: ModelIdentity | None = None
     ) -> None:
+        remembered = collection in self._layouts
+        try:
+            self._ensure(collection, dim, distance, identity)
+        except StoreRejectedError:
+            if not remembered:
+                raise
+            # refused by what this adapter remembers, which may be stale (the class deleted, the way out of a model
+            # mismatch, and maybe made again since): the store is asked once more before the refusal stands
+            self._forget_class(class_name(collection))
+            self._ensure(collection, dim, distance, identity)
+
+    def _ensure(self, collection: str, dim: int, distance: Distance, identity: ModelIdentity | None) -> None:
         layout = self._layouts.get(collection)
         if layout is None:
             layout = self._lookup(collection)
@@ -370,7 +410,22 @@ class WeaviateStore(LazyClient, BaseVectorDB):
         if not records:
             return
         self._check_dim(collection, [r.vector for r in records])
-        layout = self._layouts.get(collection) or self._lookup(collection) or Layout(dim=None, legacy=True)
+        cls = class_name(collection)
+        what = f"upsert into {cls}"
+        # A write into a missing class does not fail: Weaviate's auto-schema makes one (unbound, its properties
+        # typed by guess), so the class is asked for first: by _lookup when not remembered, else by its own
+        # request, unless the task lookup the writer makes just before a write found it (that lookup is a query
+        # on the class, which fails on a missing one), so a write of the default settings costs no request more
+        looked_up, self._looked_up = self._looked_up, None
+        layout = self._layouts.get(collection)
+        if layout is None:
+            layout = self._lookup(collection)
+        elif not (
+            looked_up is not None and looked_up[0] == cls and time.monotonic() - looked_up[1] < _LOOKUP_VOUCHES
+        ) and not self._class_exists(cls):
+            layout = None
+        if layout is None:
+            raise self._gone(collection, what)
         if layout.name and layout.name != class_name(collection):  # through an alias: its target's, if known
             layout = self._layouts.get(layout.name) or layout
         fixed = layout.fixed()
@@ -381,23 +436,40 @@ class WeaviateStore(LazyClient, BaseVectorDB):
             properties |= {name: value for name, value in worker_values(r.payload).items() if name in fixed}
             properties |= {native_name(name): value for name, value in r.filterable.items() if name in declared}
             objects.append(DataObject(uuid=r.id, vector=[float(x) for x in r.vector], properties=properties))
-        result = self._call(
-            f"upsert into {class_name(collection)}", self._collection(collection).data.insert_many, objects
-        )
+        try:
+            result = self._call(what, self._collection(collection).data.insert_many, objects)
+        except _Missing:
+            raise self._gone(collection, what) from None
         if result.has_errors:
             first = next(iter(result.errors.values()))
             message = getattr(first, "message", str(first))
+            if _class_missing(message):
+                raise self._gone(collection, what)
             if not _is_rejection(message):
                 raise self._unavailable("upsert", RuntimeError(message))
             raise StoreRejectedError(
                 f"Weaviate at {self._url} refused {len(result.errors)} of {len(objects)} objects in "
                 f"{class_name(collection)}: {message[:300]}"
             )
+        self._missing.written(class_name(collection))
+
+    def _gone(self, collection: str, what: str) -> Exception:
+        """The class of ``collection`` was not found (dropped behind this adapter): forgotten, and the error
+        :class:`~sinks.base.MissingCollections` says."""
+        self._forget_class(class_name(collection))
+        return self._missing.error(self.describe(), class_name(collection), what)
 
     def delete(self, collection: str, ids: Sequence[str]) -> None:
-        if ids:
-            col = self._collection(collection)
-            self._call("delete", col.data.delete_many, where=Filter.by_id().contains_any(list(ids)))
+        if not ids:
+            return
+        what = f"delete from {class_name(collection)}"
+        try:
+            self._call(
+                what, self._collection(collection).data.delete_many, where=Filter.by_id().contains_any(list(ids))
+            )
+        except _Missing:
+            raise self._gone(collection, what) from None
+        self._missing.written(class_name(collection))
 
     def task_records(self, collection: str, task_ids: Sequence[str]) -> dict[str, dict[str, str | None]]:
         wanted = set(task_ids)
@@ -412,15 +484,19 @@ class WeaviateStore(LazyClient, BaseVectorDB):
         digests = "content_digest" in layout.props  # classes of the legacy layout may lack the property
         found: dict[str, dict[str, str | None]] = {}
         page = 1000
+        what = f"task lookup in {class_name(collection)}"
         for offset in range(0, MAX_TASK_RECORDS, page):  # filtered queries page by offset within Weaviate's window
-            res = self._call(
-                f"task lookup in {class_name(collection)}",
-                col.query.fetch_objects,
-                filters=Filter.by_property("task_id").contains_any(sorted(wanted)),
-                limit=page,
-                offset=offset,
-                return_properties=["task_id", "content_digest"] if digests else ["task_id"],
-            )
+            try:
+                res = self._call(
+                    what,
+                    col.query.fetch_objects,
+                    filters=Filter.by_property("task_id").contains_any(sorted(wanted)),
+                    limit=page,
+                    offset=offset,
+                    return_properties=["task_id", "content_digest"] if digests else ["task_id"],
+                )
+            except _Missing:
+                raise self._gone(collection, what) from None
             for o in res.objects:
                 props = o.properties or {}
                 task_id = props.get("task_id")
@@ -428,6 +504,7 @@ class WeaviateStore(LazyClient, BaseVectorDB):
                     found.setdefault(task_id, {})[str(o.uuid)] = props.get("content_digest")
             if len(res.objects) < page:
                 break
+        self._looked_up = (class_name(collection), time.monotonic())
         return found
 
     def search(
@@ -435,15 +512,16 @@ class WeaviateStore(LazyClient, BaseVectorDB):
     ) -> list[StoredPoint]:
         where = weaviate_filter(parse_filter(filter, self.contract.fields(collection), collection=collection))
         self._check_dim(collection, [vector])
-        col = self._collection(collection)
-        res = self._call(
+        res = self._read(
+            collection,
             f"search in {class_name(collection)}",
-            col.query.near_vector,
-            near_vector=[float(x) for x in vector],
-            limit=k,
-            filters=where,
-            return_properties=[PAYLOAD_KEY],
-            return_metadata=MetadataQuery(distance=True),
+            lambda col: col.query.near_vector(
+                near_vector=[float(x) for x in vector],
+                limit=k,
+                filters=where,
+                return_properties=[PAYLOAD_KEY],
+                return_metadata=MetadataQuery(distance=True),
+            ),
         )
         return [
             StoredPoint(id=str(o.uuid), payload=_payload(o.properties), score=1.0 - float(o.metadata.distance or 0))
@@ -451,14 +529,12 @@ class WeaviateStore(LazyClient, BaseVectorDB):
         ]
 
     def retrieve(self, collection: str, ids: Sequence[str], *, with_vectors: bool = True) -> list[StoredPoint]:
-        col = self._collection(collection)
-        res = self._call(
-            "retrieve",
-            col.query.fetch_objects_by_ids,
-            list(ids),
-            include_vector=with_vectors,
-            limit=max(1, len(ids)),
-            return_properties=[PAYLOAD_KEY],
+        res = self._read(
+            collection,
+            f"retrieve from {class_name(collection)}",
+            lambda col: col.query.fetch_objects_by_ids(
+                list(ids), include_vector=with_vectors, limit=max(1, len(ids)), return_properties=[PAYLOAD_KEY]
+            ),
         )
         found = {
             str(o.uuid): StoredPoint(
@@ -469,6 +545,15 @@ class WeaviateStore(LazyClient, BaseVectorDB):
             for o in res.objects
         }
         return [found[i] for i in ids if i in found]
+
+    def _read(self, collection: str, what: str, query: Any) -> Any:
+        """``query(collection handle)``; a class not found (dropped since) is forgotten: what this adapter
+        remembered of it (its dimension, binding) is read again next time."""
+        try:
+            return self._call(what, query, self._collection(collection))
+        except _Missing:
+            self._forget_class(class_name(collection))
+            raise
 
     def count(self, collection: str) -> int:
         client = self._connect()

@@ -6,7 +6,9 @@ with the store's own client: :meth:`VectorDBContract.native_fields` (the
 fields the database holds for a collection: its schema, or what stands for it
 in a schemaless store), :meth:`VectorDBContract.legacy_upsert` (records written
 the way the adapter did before the metadata contract, every scalar flattened
-into a field) and :meth:`VectorDBContract.drop`.
+into a field), :meth:`VectorDBContract.drop` and
+:meth:`VectorDBContract.drop_behind` (a collection deleted with the store's own
+client, behind the adapter, which still remembers it).
 
 The model binding (docs/stores.md, "One model per collection") is checked with
 two made-up model identities, :data:`MODEL_A` and :data:`MODEL_B`, of the same
@@ -35,7 +37,7 @@ from core.errors import StoreRejectedError, StoreUnavailableError
 from core.metadata_contract import MetadataContract, native_name
 from core.versioning import ModelIdentity, physical_name
 from engine.store_writer import with_digest
-from sinks.base import PAYLOAD_KEY, WORKER_FIELDS, BaseVectorDB, VectorRecord
+from sinks.base import MISSING_LIMIT, PAYLOAD_KEY, WORKER_FIELDS, BaseVectorDB, VectorRecord
 from sinks.filters import InvalidFilterError
 
 DIM = 8
@@ -182,6 +184,11 @@ class VectorDBContract:
 
     def drop(self, store: BaseVectorDB, collection: str) -> None:
         """Remove ``collection`` from a shared server after the test (nothing for a temporary folder)."""
+
+    def drop_behind(self, store: BaseVectorDB, collection: str) -> None:  # pragma: no cover - overridden
+        """Delete ``collection`` with the store's own client, as a person or another tool would: not through the
+        adapter, which keeps what it remembered of it."""
+        raise NotImplementedError
 
     @pytest.fixture
     def store(self) -> Iterator[BaseVectorDB]:
@@ -468,7 +475,8 @@ class VectorDBContract:
 
     def test_the_binding_check_costs_no_request_once_known(self, store: BaseVectorDB, collection: str) -> None:
         """Every request of an adapter goes through its ``_call``: after the first ensure, ensuring the same
-        collection again (the writer does before every write) makes none, whether the model fits or not."""
+        collection again with its model (the writer does before every write) makes none. A refusal is
+        confirmed by the store first (what the adapter remembers may be stale), so it costs requests."""
         store.ensure_collection(collection, DIM, identity=MODEL_A)
         calls: list[str] = []
         real = store._call  # type: ignore[attr-defined]
@@ -481,11 +489,12 @@ class VectorDBContract:
         try:
             for _ in range(20):
                 store.ensure_collection(collection, DIM, identity=MODEL_A)
+            assert calls == []
             with pytest.raises(StoreRejectedError, match=MODEL_B.name):
                 store.ensure_collection(collection, DIM, identity=MODEL_B)
+            assert calls, "a refusal by the remembered binding is confirmed by the store"
         finally:
             del store._call  # type: ignore[attr-defined]
-        assert calls == []
 
     def test_an_unbound_collection_is_bound_at_its_first_write(self, store: BaseVectorDB, collection: str) -> None:
         """A collection made before bindings (here: ensured without an identity) holding records of the model,
@@ -546,6 +555,88 @@ class VectorDBContract:
             self._other(store, lambda worker: self._refused(worker, collection, MODEL_B, MODEL_A))
         finally:
             self.drop(store, unbound)
+
+    # -- a collection deleted behind the adapter ----------------------------------------------------------------
+    def test_a_collection_deleted_after_a_refusal_takes_the_new_model(
+        self, store: BaseVectorDB, collection: str
+    ) -> None:
+        """The way out of a model mismatch the refusal names, taken by hand: once the collection is deleted, the
+        same adapter (a running worker that remembered the old binding) makes it again for the new model, no
+        restart; and it follows a collection another worker made again for another model."""
+        store.ensure_collection(collection, DIM, identity=MODEL_A)
+        store.upsert(collection, [versioned_record(str(uuid.uuid4()), 0, MODEL_A.name, MODEL_A.revision)])
+        self._refused(store, collection, MODEL_B, MODEL_A)
+        self.drop_behind(store, collection)
+        store.ensure_collection(collection, DIM, identity=MODEL_B)
+        written = versioned_record(str(uuid.uuid4()), 1, MODEL_B.name, MODEL_B.revision)
+        store.upsert(collection, [written])
+        assert [p.id for p in store.retrieve(collection, [written.id])] == [written.id]
+        assert store.count(collection) == 1 and store.bound_identity(collection) == MODEL_B
+        self._refused(store, collection, MODEL_A, MODEL_B)  # the new binding holds
+
+        self.drop_behind(store, collection)
+
+        def made_again_for_a(other: BaseVectorDB) -> None:
+            other.ensure_collection(collection, DIM, identity=MODEL_A)
+            other.upsert(collection, [versioned_record(str(uuid.uuid4()), 2, MODEL_A.name, MODEL_A.revision)])
+
+        self._other(store, made_again_for_a)
+        store.ensure_collection(collection, DIM, identity=MODEL_A)  # this adapter remembered MODEL_B: read again
+        store.upsert(collection, [versioned_record(str(uuid.uuid4()), 3, MODEL_A.name, MODEL_A.revision)])
+        assert store.count(collection) == 2 and store.bound_identity(collection) == MODEL_A
+        self._refused(store, collection, MODEL_B, MODEL_A)
+
+    @pytest.mark.parametrize("call", ["task_records", "upsert", "delete"])
+    def test_a_collection_deleted_behind_the_adapter_is_made_again_at_the_retry(
+        self, store: BaseVectorDB, collection: str, call: str
+    ) -> None:
+        """A write call on a collection deleted since the adapter made sure of it raises StoreUnavailableError
+        and forgets it, so the writer's retry (ensure_collection, the lookup, the write) makes it again, bound
+        to the model, instead of failing every later task or retrying for ever."""
+        store.ensure_collection(collection, DIM, identity=MODEL_A)
+        first = versioned_record(str(uuid.uuid4()), 0, MODEL_A.name, MODEL_A.revision, task="t-1")
+        store.upsert(collection, [first])
+        self.drop_behind(store, collection)
+        again = versioned_record(str(uuid.uuid4()), 1, MODEL_A.name, MODEL_A.revision, task="t-1")
+        calls: dict[str, Callable[[], Any]] = {
+            "task_records": lambda: store.task_records(collection, ["t-1"]),
+            "upsert": lambda: store.upsert(collection, [again]),
+            "delete": lambda: store.delete(collection, [first.id]),
+        }
+        with pytest.raises(StoreUnavailableError, match="not found during") as info:
+            calls[call]()
+        assert store.describe() in str(info.value) and "will retry" in str(info.value)
+        # the writer's retry
+        store.ensure_collection(collection, DIM, identity=MODEL_A)
+        assert store.task_records(collection, ["t-1"]) == {}
+        store.upsert(collection, [again])
+        assert store.task_record_ids(collection, ["t-1"]) == {"t-1": {again.id}}
+        assert store.count(collection) == 1 and store.bound_identity(collection) == MODEL_A
+        self._refused(store, collection, MODEL_B, MODEL_A)
+
+    def test_a_collection_that_keeps_vanishing_is_refused_not_retried_for_ever(
+        self, store: BaseVectorDB, collection: str
+    ) -> None:
+        """When the collection is gone again each time the retry has made it again, the write gives up after
+        MISSING_LIMIT tries with a permanent refusal that says so (the task fails alone); a write that then
+        succeeds starts the count again."""
+        rec = versioned_record(str(uuid.uuid4()), 0, MODEL_A.name, MODEL_A.revision)
+        for attempt in range(1, MISSING_LIMIT + 1):
+            store.ensure_collection(collection, DIM, identity=MODEL_A)  # the writer's retry makes it again
+            self.drop_behind(store, collection)  # and something drops it at once
+            if attempt < MISSING_LIMIT:
+                with pytest.raises(StoreUnavailableError, match="not found during"):
+                    store.upsert(collection, [rec])
+            else:
+                with pytest.raises(StoreRejectedError, match=f"{MISSING_LIMIT} times in a row") as info:
+                    store.upsert(collection, [rec])
+                assert "Find what drops it" in str(info.value) and store.describe() in str(info.value)
+        store.ensure_collection(collection, DIM, identity=MODEL_A)
+        store.upsert(collection, [rec])
+        assert store.count(collection) == 1
+        self.drop_behind(store, collection)
+        with pytest.raises(StoreUnavailableError):  # counted from one again
+            store.upsert(collection, [rec])
 
     # -- aliases and pointers, dropping, reading back ---------------------------------------------------------
     @pytest.fixture

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from core.errors import StoreUnavailableError
 from core.metadata_contract import native_name
-from sinks.base import PAYLOAD_KEY, BaseVectorDB, VectorRecord
+from engine.store_writer import with_digest
+from sinks.base import PAYLOAD_KEY, BaseVectorDB, VectorRecord, worker_values
 from sinks.chroma import ChromaStore
 from tests.contract import CONTRACT, DECLARED, DIM, VectorDBContract, _vec, old_flatten, record
 
@@ -27,6 +27,12 @@ def require_chroma() -> ChromaStore:
     except Exception as exc:  # noqa: BLE001
         pytest.fail(f"Chroma is not reachable at {CHROMA_URL} ({exc}); start it with `make up`.")
     return store
+
+
+def _plain(r: VectorRecord) -> dict[str, Any]:
+    """A record's metadata as a writer that sends only what it has would write it: its worker fields and its
+    payload (no None for what it lacks)."""
+    return {**worker_values(r.payload), PAYLOAD_KEY: json.dumps(dict(r.payload), ensure_ascii=False)}
 
 
 def _written_keys(payload: dict[str, Any]) -> set[str]:
@@ -64,19 +70,60 @@ class ChromaContract(VectorDBContract):
             ],
         )
 
-    def test_a_collection_deleted_behind_the_adapter_is_made_again_at_the_retry(
+    def drop_behind(self, store: BaseVectorDB, collection: str) -> None:
+        store._connect().delete_collection(collection)  # type: ignore[attr-defined]
+
+    def test_reads_follow_a_collection_made_again_behind_the_adapter(
         self, store: BaseVectorDB, collection: str
     ) -> None:
+        """A held handle names a collection's id: after the collection is deleted and made again (by another
+        worker), a search, retrieve or count through this adapter reads the new one, not a dead handle."""
         store.ensure_collection(collection, DIM)
         store.upsert(collection, [record(collection, str(uuid.uuid4()), 0, {})])
-        store._connect().delete_collection(collection)  # type: ignore[attr-defined]  # someone else drops it
-        again = record(collection, str(uuid.uuid4()), 1, {})
-        with pytest.raises(StoreUnavailableError, match="created again when the write is retried"):
-            store.ensure_collection(collection, DIM)
-            store.upsert(collection, [again])
-        store.ensure_collection(collection, DIM)  # the writer's retry
-        store.upsert(collection, [again])
-        assert [p.id for p in store.retrieve(collection, [again.id])] == [again.id] and store.count(collection) == 1
+        self.drop_behind(store, collection)
+        again = record(collection, str(uuid.uuid4()), 1, {"lang": "en"})
+        # made again by another worker (here with the raw client: the adapter's handle is not replaced)
+        col = store._connect().create_collection(  # type: ignore[attr-defined]
+            collection, metadata={"dimension": DIM}, embedding_function=None
+        )
+        col.upsert(ids=[again.id], embeddings=[list(again.vector)], metadatas=[{**_plain(again), "meta_lang": "en"}])
+        assert store.count(collection) == 1
+        assert [p.id for p in store.retrieve(collection, [again.id])] == [again.id]
+        assert [h.id for h in store.search(collection, again.vector, k=1, filter={"lang": "en"})] == [again.id]
+
+    def test_a_rewrite_leaves_nothing_of_the_record_it_replaces(self, store: BaseVectorDB, collection: str) -> None:
+        """Chroma's upsert merges metadata into what a record held: the adapter sends None (which deletes a key)
+        for every worker and declared field a record lacks, and reads a record's digest from its payload, which
+        every write replaces whole. So neither a stale digest (a wrong skip of a changed record) nor a removed
+        metadata field (a wrong filter match) outlives a rewrite."""
+        store.ensure_collection(collection, DIM)
+        rid = str(uuid.uuid4())
+        col = store._connect().get_collection(collection)  # type: ignore[attr-defined]
+
+        def native() -> dict[str, Any]:
+            return col.get(ids=[rid], include=["metadatas"])["metadatas"][0]
+
+        first, _ = with_digest(record(collection, rid, 0, {"lang": "en", "year": 2020}, task="t-m"))
+        store.upsert(collection, [first])
+        assert store.task_records(collection, ["t-m"]) == {"t-m": {rid: first.payload["content_digest"]}}
+        assert native()["content_digest"] == first.payload["content_digest"] and native()["meta_lang"] == "en"
+        assert [h.id for h in store.search(collection, _vec(0), k=1, filter={"lang": "en"})] == [rid]
+
+        # a worker from before digests rewrites the task (other content, no digest; it sent only what it had):
+        # the native digest stays (Chroma merges), the payload's does not, and the lookup reads the payload's
+        second = record(collection, rid, 1, {"lang": "en", "year": 2021}, task="t-m")
+        col.upsert(ids=[rid], embeddings=[list(second.vector)], metadatas=[_plain(second)])
+        assert native()["content_digest"] == first.payload["content_digest"]  # what Chroma's merge keeps
+        assert store.task_records(collection, ["t-m"]) == {"t-m": {rid: None}}  # so the first content is rewritten
+
+        # this adapter rewrites it without the digest and without the lang field: neither key survives
+        third = record(collection, rid, 2, {"year": 2022}, task="t-m")
+        store.upsert(collection, [third])
+        assert "content_digest" not in native() and "meta_lang" not in native() and native()["meta_year"] == 2022
+        assert store.task_records(collection, ["t-m"]) == {"t-m": {rid: None}}
+        assert store.search(collection, _vec(2), k=1, filter={"lang": "en"}) == []
+        [point] = store.retrieve(collection, [rid])
+        assert point.payload == third.payload
 
     @pytest.fixture
     def unreachable(self) -> Iterator[BaseVectorDB]:

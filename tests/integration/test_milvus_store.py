@@ -68,6 +68,9 @@ class MilvusContract(VectorDBContract):
         if client.has_collection(collection_name(collection)):
             client.drop_collection(collection_name(collection))
 
+    def drop_behind(self, store: BaseVectorDB, collection: str) -> None:
+        store._connect().drop_collection(collection_name(collection))  # type: ignore[attr-defined]
+
     @pytest.fixture
     def unreachable(self) -> Iterator[BaseVectorDB]:
         store = MilvusStore(uri="http://127.0.0.1:9", timeout=2)

@@ -54,6 +54,9 @@ class TestQdrantLocal(VectorDBContract):
         points = [models.PointStruct(id=r.id, vector=list(r.vector), payload=dict(r.payload)) for r in records]
         client.upsert(collection, points=points, wait=True)
 
+    def drop_behind(self, store: BaseVectorDB, collection: str) -> None:
+        store._client.delete_collection(collection)  # type: ignore[attr-defined]
+
     @pytest.fixture
     def unreachable(self) -> Iterator[BaseVectorDB]:
         store = QdrantStore(url="http://127.0.0.1:9", timeout=2)

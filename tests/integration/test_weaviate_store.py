@@ -64,6 +64,9 @@ class TestWeaviateServer(VectorDBContract):
     def drop(self, store: BaseVectorDB, collection: str) -> None:
         store._connect().collections.delete(class_name(collection))  # type: ignore[attr-defined]
 
+    def drop_behind(self, store: BaseVectorDB, collection: str) -> None:
+        self.drop(store, collection)
+
     @pytest.fixture
     def unreachable(self) -> Iterator[BaseVectorDB]:
         store = WeaviateStore(url="http://127.0.0.1:9", grpc_port=10, timeout=2)
