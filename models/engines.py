@@ -51,7 +51,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from core.errors import ModelLoadError
-from models.onnx_runtime import BACKEND_SETTING, PROBE_BATCH, PROBE_TEXTS, OnnxUnavailable
+from models.onnx_runtime import BACKEND_SETTING, PROBE_BATCH, PROBE_TEXTS, OnnxUnavailable, own_partial
 
 log = logging.getLogger("worker.model_manager")
 T = TypeVar("T")
@@ -288,7 +288,7 @@ class ChoiceCache:
 
     def save(self, engine: str, reason: str, seconds: Mapping[str, float]) -> None:
         entry = {"key": self.key, "engine": engine, "reason": reason, "seconds": dict(seconds), "at": time.time()}
-        partial = self.path.with_name(f"{self.path.name}.{os.getpid()}.partial")
+        partial = own_partial(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             partial.write_text(json.dumps(entry, indent=1, default=str), encoding="utf-8")

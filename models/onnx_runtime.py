@@ -32,7 +32,9 @@ import inspect
 import logging
 import os
 import shutil
+import socket
 import time
+import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -382,7 +384,7 @@ def _derived_model(path: Path, suffix: str, what: str, make: Any) -> Path:
     if failed.is_file():
         reason = failed.read_text(encoding="utf-8", errors="replace").strip()
         raise OnnxUnavailable(f"{reason} (at an earlier load; delete {failed} to quantize again)")
-    partial = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
+    partial = own_partial(folder)
     try:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
@@ -484,7 +486,7 @@ def _export(model: Any, names: Sequence[str], sample: Mapping[str, Any], folder:
     travel with the folder. When another worker renamed its export first,
     ours is discarded and theirs used.
     """
-    partial = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
+    partial = own_partial(folder)
     axes = {n: {0: "batch", 1: "tokens"} for n in [*names, "last_hidden_state"]}
     kind = type(model).__name__
     log.info("Exporting %s to ONNX at %s (once per model and library version)", kind, folder)
@@ -533,6 +535,14 @@ def _remember_failure(folder: Path, reason: str) -> None:
         _failure_marker(folder).write_text(reason + "\n", encoding="utf-8")
     except OSError as exc:
         log.debug("Could not record the failed export beside %s (%r)", folder, exc)
+
+
+def own_partial(path: Path) -> Path:
+    """Where this process writes ``path`` before renaming it into place: a name no other writer of the same
+    folder uses. The process id alone is not one: workers in containers sharing a models volume all run with
+    the same small pid, and two of them quantizing at once removed each other's files (and remembered the
+    failure); the host name (a container's own) and a random part make it unique."""
+    return path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
 
 
 def _remove_stale_partials(root: Path, max_age_s: float = STALE_PARTIAL_S) -> None:
