@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -92,6 +93,14 @@ def topic_config_problems(topic: str, configs: Mapping[str, str | None]) -> list
     return problems
 
 
+#: DescribeConfigs' answer for a topic the broker's metadata does not know yet (just created)
+_UNKNOWN_TOPIC = 3
+
+
+class _TopicNotKnownYet(ConfigError):
+    """The broker answered "unknown topic" about a topic that was just listed or created."""
+
+
 def _describe_entries(responses: list[Any], topic: str) -> dict[str, str | None]:
     """``{name: value}`` of a DescribeConfigs answer about ``topic``; ``ConfigError`` on an error code."""
     values: dict[str, str | None] = {}
@@ -99,6 +108,8 @@ def _describe_entries(responses: list[Any], topic: str) -> dict[str, str | None]
         for resource in response.to_object().get("resources", []):
             if resource.get("resource_name") != topic:
                 continue
+            if resource.get("error_code") == _UNKNOWN_TOPIC:
+                raise _TopicNotKnownYet(f"Kafka does not know topic {topic} (yet)")
             if resource.get("error_code"):
                 raise ConfigError(
                     f"Kafka refused to describe the configuration of topic {topic} (error "
@@ -115,6 +126,22 @@ async def describe_topic_configs(admin: AIOKafkaAdminClient, topic: str) -> dict
     """The effective topic-level configuration of ``topic`` (``cleanup.policy``, ``max.message.bytes``…)."""
     responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
     return _describe_entries(responses, topic)
+
+
+async def _settled_configs(admin: AIOKafkaAdminClient, topic: str, timeout: float) -> dict[str, str | None]:
+    """:func:`describe_topic_configs`, asked again for up to ``timeout`` seconds while the broker still answers
+    "unknown topic": right after a topic is created its metadata takes a moment to reach every broker."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await describe_topic_configs(admin, topic)
+        except _TopicNotKnownYet:
+            if time.monotonic() > deadline:
+                raise ConfigError(
+                    f"Kafka still does not know topic {topic} {timeout:.0f} s after it was listed or created: check "
+                    "the brokers' logs (kafka-topics.sh --describe --topic ...)."
+                ) from None
+        await asyncio.sleep(0.2)
 
 
 async def _partition_count(admin: AIOKafkaAdminClient, topic: str) -> int:
@@ -183,7 +210,7 @@ async def ensure_topic(
                     topic,
                     replication_factor,
                 )
-        problems = topic_config_problems(topic, await describe_topic_configs(admin, topic))
+        problems = topic_config_problems(topic, await _settled_configs(admin, topic, timeout))
         partitions = await _partition_count(admin, topic)
         if partitions != 1:
             problems.append(

@@ -440,6 +440,16 @@ def advance(state: MigrationState, to_phase: str, *, now: float | None = None, *
         backfill = value if isinstance(value, Backfill) else Backfill.from_dict(value)
     if "switched" in changes:
         switched = _stores(changes["switched"])
+    if to_phase == "switched" and here != "switched" and not switched:
+        raise IllegalTransition(
+            f"Cannot record the switch of alias {alias!r} with no store switched: point each store's alias at "
+            f"{state.shadow.physical if state.shadow else 'the new collection'!r} and pass switched=[the stores]."
+        )
+    if to_phase in ("backfill", "dual_write", "shadow_created") and here == "verify" and switched:
+        raise IllegalTransition(
+            f"Cannot move the migration of alias {alias!r} back from verify to {to_phase!r}: the stores "
+            f"{list(switched)} already read the new model. Point them back first (then record switched=[])."
+        )
     epoch = state.epoch
     if to_phase != here or (live, shadow, old) != (state.live, state.shadow, state.old):
         epoch += 1

@@ -237,7 +237,9 @@ def test_the_transition_table_is_the_one_advance_obeys() -> None:
         for to in PHASES:
             state = run_to(here)
             other = SHADOW_B if state.live.identity == A else LIVE_A  # the model the alias is not bound to
-            kwargs = {"shadow": other} if to == "shadow_created" else {}
+            kwargs: dict[str, object] = {"shadow": other} if to == "shadow_created" else {}
+            if to == "switched":
+                kwargs["switched"] = ["weaviate"]  # a switch names the stores it pointed at the new model
             if to in TRANSITIONS[here]:
                 assert advance(state, to, **kwargs).phase == to
             else:
@@ -428,6 +430,17 @@ def test_reads_follow_each_store_while_the_stores_are_switched_one_by_one() -> N
     assert view.physical_for_reads("docs", "weaviate") == A_PHYS
     assert view.physical_for_reads("docs", "qdrant") == B_PHYS
     assert physicals(view) == [("live", B_PHYS), ("old", A_PHYS)]  # writes still go to both
+
+
+def test_a_switch_names_its_stores_and_verify_goes_back_only_with_none_switched() -> None:
+    verify = run_to("verify")
+    with pytest.raises(IllegalTransition, match="with no store switched"):
+        advance(verify, "switched")
+    partly = advance(verify, "verify", switched=["weaviate"])
+    if "backfill" in TRANSITIONS["verify"]:
+        with pytest.raises(IllegalTransition, match="already read the new model"):
+            advance(partly, "backfill")
+    assert advance(partly, "switched", switched=["weaviate", "qdrant"]).phase == "switched"
 
 
 def test_within_an_epoch_the_first_writer_wins_and_progress_never_goes_back() -> None:
