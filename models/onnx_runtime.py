@@ -388,9 +388,13 @@ def _derived_model(path: Path, suffix: str, what: str, make: Any) -> Path:
     try:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
+        # the quantizer writes a `<model>-inferred.onnx` beside its input and deletes it: on a copy of our own,
+        # so that workers sharing the models folder do not write and delete one file at once
+        source = _private_source(path, partial / "source")
         with warnings.catch_warnings(), _quiet_quantizer():
             warnings.simplefilter("ignore")
-            make(path, partial / "model.onnx")
+            make(source, partial / "model.onnx")
+        shutil.rmtree(partial / "source")
         try:
             os.replace(partial, folder)
         except OSError:
@@ -535,6 +539,19 @@ def _remember_failure(folder: Path, reason: str) -> None:
         _failure_marker(folder).write_text(reason + "\n", encoding="utf-8")
     except OSError as exc:
         log.debug("Could not record the failed export beside %s (%r)", folder, exc)
+
+
+def _private_source(path: Path, folder: Path) -> Path:
+    """The export folder of ``path`` (``model.onnx`` and any external weight files) linked into ``folder``
+    (copied where the file system refuses hard links); the path of ``model.onnx`` there."""
+    folder.mkdir()
+    for item in path.parent.iterdir():
+        if item.is_file():
+            try:
+                os.link(item, folder / item.name)
+            except OSError:
+                shutil.copy2(item, folder / item.name)
+    return folder / path.name
 
 
 def own_partial(path: Path) -> Path:
