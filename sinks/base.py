@@ -29,7 +29,7 @@ keep one row per alias in the pointer collection :data:`POINTER_COLLECTION`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -237,6 +237,19 @@ class BaseVectorDB(ABC):
         """:meth:`scan`, ids only (cheaper where the store can leave the payloads out)."""
         points, cursor = self.scan(physical, cursor, limit)
         return [p.id for p in points], cursor
+
+    @staticmethod
+    def _ensure_once_more(remembered: bool, ensure: Callable[[], None], forget: Callable[[], None]) -> None:
+        """``ensure()``; when it is refused by what the adapter remembered (``remembered``: the collection was in
+        its cache), which may be stale (the collection deleted — the way out of a model mismatch — and maybe
+        made again since), ``forget()`` it and ask the store once more before the refusal stands."""
+        try:
+            ensure()
+        except StoreRejectedError:
+            if not remembered:
+                raise
+            forget()
+            ensure()
 
     def describe(self) -> str:
         """Where this database is, for messages and result records."""

@@ -166,16 +166,11 @@ class QdrantStore(BaseVectorDB):
     def ensure_collection(
         self, collection: str, dim: int, distance: Distance = "cosine", identity: ModelIdentity | None = None
     ) -> None:
-        remembered = collection in self._dims
-        try:
-            self._ensure(collection, dim, distance, identity)
-        except StoreRejectedError:
-            if not remembered:
-                raise
-            # refused by what this adapter remembers, which may be stale (the collection deleted, the way out of a
-            # model mismatch, and maybe made again since): the store is asked once more before the refusal stands
-            self._forget_name(collection)
-            self._ensure(collection, dim, distance, identity)
+        self._ensure_once_more(
+            collection in self._dims,
+            lambda: self._ensure(collection, dim, distance, identity),
+            lambda: self._forget_name(collection),
+        )
 
     def _ensure(self, collection: str, dim: int, distance: Distance, identity: ModelIdentity | None) -> None:
         known = self._dims.get(collection)

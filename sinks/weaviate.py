@@ -214,16 +214,11 @@ class WeaviateStore(LazyClient, BaseVectorDB):
     def ensure_collection(
         self, collection: str, dim: int, distance: Distance = "cosine", identity: ModelIdentity | None = None
     ) -> None:
-        remembered = collection in self._layouts
-        try:
-            self._ensure(collection, dim, distance, identity)
-        except StoreRejectedError:
-            if not remembered:
-                raise
-            # refused by what this adapter remembers, which may be stale (the class deleted, the way out of a model
-            # mismatch, and maybe made again since): the store is asked once more before the refusal stands
-            self._forget_class(class_name(collection))
-            self._ensure(collection, dim, distance, identity)
+        self._ensure_once_more(
+            collection in self._layouts,
+            lambda: self._ensure(collection, dim, distance, identity),
+            lambda: self._forget_class(class_name(collection)),
+        )
 
     def _ensure(self, collection: str, dim: int, distance: Distance, identity: ModelIdentity | None) -> None:
         layout = self._layouts.get(collection)
