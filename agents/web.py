@@ -19,7 +19,7 @@ import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -287,6 +287,11 @@ class WebViews:
         except BadInput as exc:
             return web.json({"error": str(exc)}, status=exc.status)
         manager, store, pipeline = rt.manager, rt.stores[0], rt.pipeline
+        # a migrated collection is read where its migration state says, with that collection's model unless the
+        # query names one (docs/migration.md)
+        physical, identity = rt.migrations.read_target(params.collection, store.name)
+        if identity is not None and not request.query.get("model"):
+            params = replace(params, model=identity.name)
 
         def embed_query() -> Any:
             # on the device thread, where every load and eviction runs: the model cannot go away in between
@@ -298,7 +303,7 @@ class WebViews:
         try:
             vectors, info = await manager.run(embed_query)
             hits = await pipeline.in_store_thread(
-                lambda: store.search(params.collection, vectors[0].tolist(), k=params.k, filter=params.filter), store
+                lambda: store.search(physical, vectors[0].tolist(), k=params.k, filter=params.filter), store
             )
         except _NotLoaded:
             loaded = ", ".join(m.name for m in manager.loaded()) or "none"

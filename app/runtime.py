@@ -15,9 +15,12 @@ from typing import Any
 from aiokafka.errors import KafkaError
 from faust.exceptions import ProducerSendError
 
+from app.migration_state import MigrationStateReader
+from core.errors import ConfigError
 from core.settings import Settings
 from engine.acks import AckTracker, MissingOffsets, Ticket
 from engine.embedding_cache import EmbeddingCache
+from engine.migrations import MigrationView
 from engine.pipeline import TaskPipeline
 from engine.publisher import SEND_ERRORS, RecordPublisher, SendPort
 from models.device import resolve_device
@@ -65,6 +68,8 @@ class WorkerRuntime:
         self._acker: Callable[[list[Ticket]], Awaitable[None]] | None = None
         self._lane: asyncio.Task[None] | None = None
         self._started = asyncio.Event()
+        self.migrations = MigrationView()  # every alias's migration state, read from the migrations topic
+        self.migration_reader: MigrationStateReader | None = None
 
     async def start(self) -> None:
         if self.pipeline is not None:
@@ -89,6 +94,7 @@ class WorkerRuntime:
         self.cache = (
             EmbeddingCache.from_settings(s, RedisVectors.from_settings(s), self.metrics) if s.cache_enabled else None
         )
+        await self._read_migrations()
         self.pipeline = TaskPipeline(
             settings=s,
             manager=self.manager,
@@ -97,6 +103,7 @@ class WorkerRuntime:
             on_done=self._done,
             metrics=self.metrics,
             cache=self.cache,
+            migrations=self.migrations,
         )
         self.manager.on_change = lambda infos: self.metrics.loaded_models.set(len(infos))
         if not self._metrics_served:
@@ -118,6 +125,40 @@ class WorkerRuntime:
         except Exception as exc:  # noqa: BLE001 - the worker still serves other models
             log.error("Default model could not be loaded; tasks that use it will fail: %s", exc)
         self._started.set()
+
+    async def _read_migrations(self) -> None:
+        """Read the migration states whole before any task is taken (docs/migration.md): a worker that took tasks
+        first could write a migrating collection without its twin. Kafka unreachable: retried, said in the log."""
+        if self.migration_reader is not None:
+            return
+        pause = 1.0
+        while True:
+            reader = MigrationStateReader(self.settings, self.settings.migrations_topic, view=self.migrations)
+            try:
+                await reader.start()
+                await reader.caught_up(timeout=60.0)
+            except ConfigError:
+                await reader.stop()
+                raise  # a topic that is not compacted, or cannot be made: the worker must not start
+            except Exception as exc:  # noqa: BLE001 - the broker may come later: wait for it
+                await reader.stop()
+                log.warning(
+                    "Could not read the migration states from topic %s (%s: %s); retrying in %.0fs. No task is taken "
+                    "before they are read.",
+                    self.settings.migrations_topic,
+                    type(exc).__name__,
+                    exc,
+                    pause,
+                )
+                await asyncio.sleep(pause)
+                pause = min(30.0, pause * 2)
+                continue
+            self.migration_reader = reader
+            migrating = self.migrations.migrating()
+            if migrating:
+                states = [self.migrations.get(alias) for alias in migrating]
+                log.info("Migrations under way: %s", "; ".join(st.describe() for st in states if st is not None))
+            return
 
     def ensure_lane(self) -> None:
         """(Re)start the lanes task (text and image lanes) if it is not running."""
@@ -190,6 +231,9 @@ class WorkerRuntime:
         await asyncio.gather(*self._background, return_exceptions=True)
         self._background = []
         await self.heartbeat.stop()
+        reader, self.migration_reader = self.migration_reader, None
+        if reader is not None:
+            await reader.stop()
         if self._lane is not None:
             self._lane.cancel()
             await asyncio.gather(self._lane, return_exceptions=True)
@@ -234,6 +278,8 @@ class WorkerRuntime:
             "cache_hit_ratio": self.cache.hit_ratio if self.cache is not None else None,
             "cache_hits": self.cache.hits if self.cache is not None else 0,
             "cache_misses": self.cache.misses if self.cache is not None else 0,
+            # the migration epoch of each alias this worker applies (faust -A app migrate waits for every worker)
+            "migrations": p.applied_epochs() if p is not None else {},
         }
 
     def ready(self) -> bool:

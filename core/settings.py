@@ -153,6 +153,12 @@ class Settings(BaseSettings):
         description="the dead-letter topic (failed tasks with their original payload); created when missing",
         yaml="kafka.dlq_topic",
     )
+    migrations_topic: str = Setting(
+        "vectorization-migrations",
+        description="the compacted topic of model migrations' states (docs/migration.md); every worker reads it "
+        "whole before taking tasks; created (1 partition, compacted) when missing",
+        yaml="kafka.migrations_topic",
+    )
     topic_partitions: int = Setting(
         4,
         ge=1,

@@ -263,7 +263,7 @@ class TextLane(LaneBase):
 
     # -- into the model queue and out of it -------------------------------------------------
     def _outcome(self, item: WorkItem) -> Outcome:
-        return Outcome(item=item, texts=item.texts, model=item.task.model_name or self.settings.default_model)
+        return Outcome(item=item, texts=item.texts, model=self.steps.model_for(item.task))
 
     async def _enqueue(self, outcomes: list[Outcome]) -> list[Outcome]:
         """Fit texts to the model (chunks, long_text) and queue them with their token counts.

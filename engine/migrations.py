@@ -264,8 +264,8 @@ class MigrationState:
             raise MigrationStateError(f"a migration state has unknown keys {extra}: only {', '.join(sorted(_FIELDS))}")
         alias = _name(data["alias"], "alias")
         phase = data["phase"]
-        if phase not in TRANSITIONS:
-            raise MigrationStateError(f"alias {alias!r}: unknown phase {phase!r}; one of {', '.join(PHASES)}")
+        if not isinstance(phase, str) or phase not in TRANSITIONS:  # a dict or list is not even hashable
+            raise MigrationStateError(f"alias {alias!r}: unknown phase {_shown(phase)}; one of {', '.join(PHASES)}")
         switched = data.get("switched", [])
         if not isinstance(switched, list):
             raise MigrationStateError(f"alias {alias!r}: switched must be a list of store names, not {_kind(switched)}")
@@ -565,6 +565,18 @@ class MigrationView:
         """The collection a search of ``alias`` (in ``store``) reads; an alias with no state: itself."""
         state = self._states.get(alias)
         return alias if state is None else state.physical_for_reads(store)
+
+    def read_target(self, alias: str, store: str | None = None) -> tuple[str, ModelIdentity | None]:
+        """The collection a search of ``alias`` in ``store`` reads and the identity it is bound to (None: an alias
+        with no state, read under its own name, whose model the caller decides)."""
+        state = self._states.get(alias)
+        if state is None:
+            return alias, None
+        physical = state.physical_for_reads(store)
+        for collection in (state.live, state.shadow, state.old):
+            if collection is not None and collection.physical == physical:
+                return physical, collection.identity
+        return physical, None
 
     def _notify(self, alias: str, state: MigrationState | None) -> None:
         for listener in self._listeners:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -22,16 +22,18 @@ from engine.acks import Ticket
 from engine.embedding_cache import EmbeddingCache
 from engine.image_lane import ImageLane
 from engine.lane import TextBudget, TextLane
+from engine.migrations import MigrationView
 from engine.publisher import RecordPublisher
 from engine.reporting import Reporter
 from engine.stages import Lane, Steps
 from engine.store_writer import StoreWriter
-from engine.work import Source, WorkItem
+from engine.work import Outcome, Source, WorkItem
 from models.manager import ModelManager
 from ops.metrics import Metrics
 from sinks.base import BaseVectorDB
 from tasks import types as task_types
 from tasks.inputs import TextPreparer
+from tasks.reembed import ReembedTask, twin_of
 from tasks.schema import DeleteTask, Limits, Task, parse_task, tombstone
 
 log_main = logging.getLogger("worker.main")
@@ -52,8 +54,11 @@ class TaskPipeline:
         on_done: Callable[[Ticket], Awaitable[None]],
         metrics: Metrics | None = None,
         cache: EmbeddingCache | None = None,
+        migrations: MigrationView | None = None,
     ) -> None:
         self.settings = settings
+        # the migration state of every alias (app/migration_state.py feeds it): where writes go, and the twins
+        self.migrations = migrations if migrations is not None else MigrationView()
         self.metrics = metrics or Metrics()
         self.cache = cache  # the embedding cache (engine/embedding_cache.py); None: every text goes to the model
         self.manager = manager
@@ -85,7 +90,18 @@ class TaskPipeline:
             metrics=self.metrics,
             on_retry=self.reporter.count_retry,
             identities=manager.identity_record,  # each task's vectors are written under their model's identity
+            migrations=self.migrations,
         )
+        # the dual write: a task of a migrating alias is acknowledged once its twin is written too (see _dual_write)
+        self._twin_of: dict[int, asyncio.Future[None]] = {}  # id(twin ticket) -> resolved when the twin is done
+        self._twins: dict[int, list[asyncio.Future[None]]] = {}  # id(task ticket) -> its twins
+        self._jobs: set[asyncio.Future[None]] = set()
+        # which migration epochs this worker applies: every record taken in before it saw them is done
+        self._generation = 0
+        self._epochs_at: list[tuple[int, dict[str, int]]] = [(0, self.migrations.epochs())]
+        self._in_generation: Counter[int] = Counter()
+        self._generation_of: dict[int, int] = {}  # id(ticket) -> the generation it was taken in under
+        self.migrations.subscribe(self._migration_changed)
         self.steps = Steps(
             settings=settings,
             manager=manager,
@@ -93,6 +109,7 @@ class TaskPipeline:
             reporter=self.reporter,
             writer=self.writer,
             cache=cache,
+            after_write=self._dual_write,
         )
         self.text = TextLane(self.steps, TextPreparer(manager, settings))
         self.images = ImageLane(self.steps)
@@ -141,10 +158,13 @@ class TaskPipeline:
         """
         if not self.accepting:
             await asyncio.Event().wait()
+        self._generation_of[id(ticket)] = self._generation
+        self._in_generation[self._generation] += 1
         await self._slots.acquire()  # waits while max_concurrent_tasks records are unfinished
         size = len(raw) if raw is not None else 0
         await self._bytes.acquire(size)  # waits while max_inflight_bytes record bytes are unfinished
         self._held[id(ticket)] = (0, size)
+        task: Task | None = None
         try:
             task = tombstone(key) if raw is None and key is not None else parse_task(raw, limits=self.limits)
             if task_types.of(task).lane == "delete":  # no model: the store writer removes the task's vectors
@@ -157,7 +177,7 @@ class TaskPipeline:
             error = exc if isinstance(exc, PermanentError) else _unreadable(exc)
             task_id = error.task_id or _fallback_task_id(source)
             log_main.warning("Rejected record %s as task %s: %s", _where(source), task_id, error)
-            await self.reporter.fail(task_id, None, raw, error, ticket, source)
+            await self.reporter.fail(task_id, task.task_type if task is not None else None, raw, error, ticket, source)
             return
         if task.task_id in self._deleting:  # a delete of this id came first: it takes effect first
             await asyncio.shield(self._deleting[task.task_id])
@@ -271,7 +291,81 @@ class TaskPipeline:
         finally:
             self._id_waiters -= 1
 
+    # -- migrations: the dual write, and the epochs applied ---------------------------------------------
+    def _dual_write(self, outcomes: list[Outcome]) -> None:
+        """After the live write: each task of an alias whose migration writes to two collections gets a twin,
+        its records embedded with the other collection's model (tasks/reembed.py), queued in the text lane; the
+        task is acknowledged once the twin is done too (:meth:`_on_done`)."""
+        for out in outcomes:
+            task = out.item.task
+            if out.error is not None or out.records is None or out.physical is None or isinstance(task, ReembedTask):
+                continue
+            alias = task.collection or self.settings.default_collection
+            targets = self.migrations.targets(alias)
+            state = self.migrations.get(alias)
+            if len(targets) < 2 or state is None or targets[0].physical != out.physical:
+                continue
+            for other in targets[1:]:
+                if other.identity is None:
+                    continue
+                twin = twin_of(
+                    task_id=task.task_id,
+                    collection=alias,
+                    model=other.identity.name,
+                    epoch=state.epoch,
+                    source=out.physical,
+                    target=other.physical,
+                    records=out.records,
+                    normalize=task.normalize,
+                )
+                ticket = Ticket(("twin", alias), -1)
+                done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self._twin_of[id(ticket)] = done
+                self._twins.setdefault(id(out.item.ticket), []).append(done)
+                self._spawn(self.text.submit(WorkItem(task=twin, raw=None, ticket=ticket, source=out.item.source)))
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        job = asyncio.ensure_future(work)
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+
+    def _migration_changed(self, alias: str, state: object) -> None:
+        self._generation += 1
+        self._epochs_at.append((self._generation, self.migrations.epochs()))
+
+    def applied_epochs(self) -> dict[str, int]:
+        """The migration epoch of each alias this worker applies: every record it took in before it saw that
+        epoch is done (the migrate command waits for every worker before the backfill and before a cleanup)."""
+        oldest = min(self._in_generation) if self._in_generation else self._generation
+        seen = [entry for entry in self._epochs_at if entry[0] <= oldest]
+        self._epochs_at = seen[-1:] + [entry for entry in self._epochs_at if entry[0] > oldest]
+        return dict(seen[-1][1])
+
     async def _on_done(self, ticket: Ticket) -> None:
+        twin = self._twin_of.pop(id(ticket), None)
+        if twin is not None:  # a twin of the dual write: its task may be acknowledged now
+            ticket.done = True
+            if not twin.done():
+                twin.set_result(None)
+            return
+        twins = self._twins.pop(id(ticket), None)
+        if twins and not all(t.done() for t in twins):
+            self._spawn(self._after_twins(ticket, twins))
+            return
+        await self._done(ticket)
+
+    async def _after_twins(self, ticket: Ticket, twins: list[asyncio.Future[None]]) -> None:
+        await asyncio.gather(*twins)
+        await self._done(ticket)
+
+    async def _done(self, ticket: Ticket) -> None:
+        generation = self._generation_of.pop(id(ticket), None)
+        if generation is not None:
+            left = self._in_generation[generation] - 1
+            if left > 0:
+                self._in_generation[generation] = left
+            else:
+                del self._in_generation[generation]
         task_id = self._task_of.pop(id(ticket), None)
         if task_id is not None:
             left = self._active.pop(task_id, 1) - 1

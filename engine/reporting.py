@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from core.errors import PermanentError, RetryableError
 from core.retry import retry_forever
 from engine.publisher import RecordPublisher
+from tasks import types as task_types
 from tasks.records import ErrorInfo, ModelIdentityInfo, ResultRecord, Status, Timings
 
 if TYPE_CHECKING:
@@ -64,6 +65,16 @@ def _retriable(exc: BaseException) -> bool:
     return True
 
 
+def _reports(task_type: str | None) -> bool:
+    """Whether tasks of ``task_type`` publish status and result records (all but a migration's ``reembed``)."""
+    if task_type is None:
+        return True
+    try:
+        return task_types.get(task_type).reports
+    except Exception:  # noqa: BLE001 - an unknown or broken type is reported like any failed task
+        return True
+
+
 class Reporter:
     """Delivers each task's final records and counts the outcomes; ``on_done`` acknowledges the task after."""
 
@@ -96,6 +107,9 @@ class Reporter:
         done: list[tuple[Outcome, ResultRecord, float]] = []
         for out in outcomes:
             item, task = out.item, out.item.task
+            if not _reports(task.task_type):  # a migration's reembed: silent on success, dead-lettered on failure
+                await self._quietly_done(out)
+                continue
             if out.error is not None:
                 await self.fail(
                     task.task_id, task.task_type, item.raw, out.error, item.ticket, item.source, item.pending
@@ -135,6 +149,18 @@ class Reporter:
             self.metrics.task_seconds.labels(task.task_type).observe(total_ms / 1000)
             log_proc.info("Task %s completed successfully in %.2fs", task.task_id, total_ms / 1000)
             await self._on_done(item.ticket)
+
+    async def _quietly_done(self, out: Outcome) -> None:
+        """A task that publishes nothing of its own (:attr:`tasks.types.TaskType.reports` false) is done."""
+        item, task = out.item, out.item.task
+        if out.error is not None:
+            await self.fail(task.task_id, task.task_type, item.raw, out.error, item.ticket, item.source, item.pending)
+            return
+        outcome = "skipped" if out.skipped else "written"
+        self.metrics.migration_records.labels(outcome).inc(len(out.ids))
+        self.metrics.migration_tasks.labels(outcome).inc()
+        log_proc.debug("Re-embedded task %s (%s, %d records)", task.task_id, outcome, len(out.ids))
+        await self._on_done(item.ticket)
 
     def _result(self, out: Outcome, total_ms: float) -> ResultRecord:
         task = out.item.task
@@ -209,6 +235,7 @@ class Reporter:
         characters, the record's topic/partition/offset, so the record can be read from there.
         """
         info = ErrorInfo.of(error)
+        reports = _reports(task_type)
         tiers = [(raw, error, "full"), ((raw or b"")[:4096], error, "payload cut to 4 KiB")]
         tiers.append((None, _Minimal(ErrorInfo.of(error, limit=512)), "minimal: no payload, error cut to 512 chars"))
         delivered: set[str] = set()  # records of this task already accepted: a later attempt skips them
@@ -227,6 +254,8 @@ class Reporter:
                     "result": lambda: self.publisher.result(result),
                     "status": lambda: self.publisher.status(task_id, "failed", task_type=task_type, error=err),
                 }
+                if not reports:  # a migration's reembed: the user's task id has its own status; a dead letter only
+                    del makers["result"], makers["status"]
                 futures = []
                 for name, make in makers.items():
                     if name not in delivered:
@@ -249,6 +278,8 @@ class Reporter:
                         source,
                         exc,
                     )
+        if not reports:
+            self.metrics.migration_tasks.labels("failed").inc()
         self.failed += 1
         self.metrics.tasks_processed.labels(task_type or "invalid", "failed").inc()
         self.metrics.errors.labels(info.kind).inc()
@@ -287,7 +318,7 @@ class Reporter:
     async def early_status(self, item: WorkItem, status: Status) -> None:
         """received/processing are best effort: failing to queue them never stops the task; with
         ``kafka.status_updates: terminal`` they are not sent."""
-        if self.settings.status_updates == "terminal":
+        if self.settings.status_updates == "terminal" or not _reports(item.task.task_type):
             return
         try:
             item.pending.append(await self.publisher.status(item.task.task_id, status, task_type=item.task.task_type))

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from core.errors import PermanentError
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from engine.work import Outcome, WorkItem
     from models.manager import ModelManager
     from ops.metrics import Metrics
+    from tasks.schema import Task
 
 log_main = logging.getLogger("worker.main")
 log_proc = logging.getLogger("worker.task_processor")
@@ -119,13 +121,23 @@ class Steps:
         reporter: Reporter,
         writer: StoreWriter,
         cache: EmbeddingCache | None,
+        after_write: Callable[[list[Outcome]], None] | None = None,
     ) -> None:
         self.settings = settings
+        self.after_write = after_write  # the pipeline's dual write of migrating collections (engine/pipeline.py)
         self.manager = manager
         self.metrics = metrics
         self.reporter = reporter
         self.writer = writer
         self.cache = cache  # the embedding cache (engine/embedding_cache.py); None: every input goes to the model
+
+    def model_for(self, task: Task) -> str:
+        """The text model of ``task``: the one it names, else the model its collection is bound to by a migration
+        (after a switch, tasks that name no model get the new one), else the worker's default model."""
+        if task.model_name:
+            return task.model_name
+        state = self.writer.migrations.get(task.collection or self.settings.default_collection)
+        return state.live.identity.name if state is not None else self.settings.default_model
 
     async def expire(self, batch: list[WorkItem]) -> list[WorkItem]:
         """Fail the tasks that waited longer than task_timeout; return the others."""
@@ -154,6 +166,8 @@ class Steps:
     async def finish(self, outcomes: list[Outcome]) -> None:
         """Write the outcomes' vectors (those without an error) and deliver every outcome's records."""
         await self.writer.write(outcomes)
+        if self.after_write is not None:
+            self.after_write(outcomes)
         await self.reporter.report(outcomes)
 
     async def fail(self, batch: list[WorkItem], exc: BaseException) -> None:

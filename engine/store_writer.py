@@ -20,8 +20,10 @@ from core.errors import PermanentError, cap_message
 from core.metadata_contract import MetadataContract
 from core.retry import retry_forever
 from core.versioning import ModelIdentity
+from engine.migrations import MigrationView
 from sinks.base import MAX_TASK_RECORDS, BaseVectorDB, VectorRecord
 from tasks.inputs import build_records
+from tasks.reembed import ReembedTask
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -57,6 +59,7 @@ class StoreWriter:
         metrics: Metrics,
         on_retry: Callable[[int, BaseException], None],
         identities: Callable[[str], ModelIdentity | None] | None = None,
+        migrations: MigrationView | None = None,
     ) -> None:
         self.stores = stores  # the pipeline's list: the result records name the same stores
         self.settings = settings
@@ -69,18 +72,34 @@ class StoreWriter:
             for store in self.stores
         }
         self._identities = identities
+        # the migration states (engine/migrations.py): which physical collection an alias's tasks are written to
+        self.migrations = migrations if migrations is not None else MigrationView()
         self._binds: dict[int, bool] = {}  # store -> whether its ensure_collection takes identity=
         self._last_ok: dict[int, float] = {}  # store -> when a write to it last succeeded
         self._probes: dict[int, asyncio.Future[Any]] = {}  # store -> its health check, queued or running
 
+    def physical(self, alias: str) -> str:
+        """The physical collection a task of ``alias`` is written to: the live one of its migration state, or the
+        collection of that name when it has none."""
+        return self.migrations.targets(alias)[0].physical
+
     async def write(self, outcomes: list[Outcome]) -> None:
-        groups: dict[tuple[str, int, ModelIdentity | None], list[tuple[Outcome, list[VectorRecord]]]] = defaultdict(
-            list
-        )
+        groups: dict[Group, list[tuple[Outcome, list[VectorRecord]]]] = defaultdict(list)
         for out in outcomes:
             if out.error is not None or out.vectors is None or out.info is None:
                 continue
-            collection = out.item.task.collection or self.settings.default_collection
+            task = out.item.task
+            collection = task.collection or self.settings.default_collection
+            source: str | None = None
+            if isinstance(task, ReembedTask):  # a migration's: written to its target, if the migration still wants it
+                out.ids = [item.id for item in task.items]
+                if not self._wanted(task):
+                    out.skipped = True
+                    continue
+                physical = task.migration.target
+                source = task.migration.source if task.migration.check_source else None
+            else:
+                physical = self.physical(collection)
             if out.identity is None and self._identities is not None:
                 out.identity = self._identities(out.model)
             try:
@@ -98,29 +117,52 @@ class StoreWriter:
                 out.error = exc if isinstance(exc, PermanentError) else _unbuildable(out, exc)
                 continue
             out.ids = [r.id for r in records]
+            out.records, out.physical = records, physical
             # one write per model: a collection bound to another model refuses that model's tasks only
-            groups[(collection, out.info.dim, out.identity)].append((out, records))
-        for (collection, dim, identity), entries in groups.items():
+            groups[(physical, out.info.dim, out.identity, source)].append((out, records))
+        for (collection, dim, identity, source), entries in groups.items():
             records = [r for _, rs in entries for r in rs]
+            check = _source_check(entries) if source is not None else None
             t0 = time.monotonic()
-            error, removed = await self._write_all(collection, dim, _dedupe(records), identity)
+            error, removed = await self._write_all(collection, dim, _dedupe(records), identity, check)
             if isinstance(error, PermanentError) and len(entries) > 1:
                 # one task's data was refused: write task by task so only that task fails
                 for out, task_records in entries:
-                    out.error, task_removed = await self._write_all(collection, dim, _dedupe(task_records), identity)
+                    one = _source_check([(out, task_records)]) if source is not None else None
+                    out.error, task_removed = await self._write_all(
+                        collection, dim, _dedupe(task_records), identity, one
+                    )
                     _note_removed(out, task_removed)
+                    if one is not None and one.changed:
+                        out.skipped = True
             elif error is not None:
                 for out, _ in entries:
                     out.error = error
             else:
                 for out, _ in entries:
                     _note_removed(out, removed)
+            if check is not None:
+                for out, _ in entries:
+                    out.skipped = out.skipped or out.item.task.task_id in check.changed
             elapsed = (time.monotonic() - t0) * 1000
             for out, _ in entries:
                 out.store_ms = elapsed
 
+    def _wanted(self, task: ReembedTask) -> bool:
+        """Whether the migration of ``task``'s alias still writes to its target, reading from its source: the
+        target is the shadow (dual write, backfill, verify) or the old collection (switched), the source the live
+        one. Else it was aborted, switched, rolled back or cleaned since the task was made: nothing to do."""
+        migration = task.migration
+        targets = self.migrations.targets(task.collection)
+        return targets[0].physical == migration.source and any(t.physical == migration.target for t in targets[1:])
+
     async def _write_all(
-        self, collection: str, dim: int, records: list[VectorRecord], identity: ModelIdentity | None = None
+        self,
+        collection: str,
+        dim: int,
+        records: list[VectorRecord],
+        identity: ModelIdentity | None = None,
+        check: SourceCheck | None = None,
     ) -> tuple[BaseException | None, Removed]:
         """Write to every store in parallel: the first failure or None, and what each store removed as stale.
 
@@ -145,7 +187,7 @@ class StoreWriter:
         for r in records:
             fresh[str(r.payload.get("task_id"))].add(r.id)
         writes = await asyncio.gather(
-            *(self._write(store, collection, dim, digested, fresh, identity) for store in self.stores),
+            *(self._write(store, collection, dim, digested, fresh, identity, check) for store in self.stores),
             return_exceptions=True,
         )
         for result in writes:
@@ -195,18 +237,28 @@ class StoreWriter:
         digested: list[tuple[VectorRecord, int]],
         fresh: dict[str, set[str]],
         identity: ModelIdentity | None = None,
+        check: SourceCheck | None = None,
     ) -> dict[str, int]:
         """Write to one store, then remove what earlier versions of these tasks left there that this version does
         not have (write first: a reader never sees a task without vectors); retried while the store is
         unavailable (the tasks are not acked meanwhile; a crash in between leaves stale extras that the
         redelivery removes). ``digested``: the records with their content digest and weight; ``fresh``: each
         task's new ids. Records whose digest the store already holds are not written (``skip_unchanged``).
+        ``check`` (a migration's reembed): a task whose source records in this store are no longer those it
+        carries is left alone (its update or delete has written or will write the target itself).
         Returns the stale vectors removed, by task id."""
         s = self.settings
         skipped = 0
 
         def write() -> dict[str, int]:
-            nonlocal skipped
+            nonlocal skipped, digested, fresh
+            if check is not None:
+                changed = check.changed_in(store)
+                if changed:
+                    digested = [(r, w) for r, w in digested if r.payload.get("task_id") not in changed]
+                    fresh = {t: ids for t, ids in fresh.items() if t not in changed}
+                if not fresh:
+                    return {}
             self.ensure(store, collection, dim, identity)  # remembered by the adapter: no request after the first
             # one lookup serves both: what is unchanged (not written) and what is stale (deleted after the write)
             known = task_records(store, collection, fresh) if s.replace_stale or s.skip_unchanged else {}
@@ -235,19 +287,22 @@ class StoreWriter:
 
     async def delete_tasks(self, collection: str, task_ids: list[str]) -> Removed:
         """Remove every vector of ``task_ids`` from every store (retried while a store is unavailable); the
-        vectors removed, by store, then by task id."""
+        vectors removed from the live collection, by store, then by task id. During a migration the other
+        collection of the alias (shadow or old) loses them too."""
+        physicals = [t.physical for t in self.migrations.targets(collection)]
 
-        async def one(store: BaseVectorDB) -> dict[str, int]:
+        async def one(store: BaseVectorDB, physical: str) -> dict[str, int]:
             return await retry_forever(
                 lambda: self.in_store_thread(
-                    lambda: remove_stale(store, collection, dict.fromkeys(task_ids, set())), store
+                    lambda: remove_stale(store, physical, dict.fromkeys(task_ids, set())), store
                 ),
-                what=f"Deleting the vectors of {len(task_ids)} task(s) from {collection} on {store.describe()}",
+                what=f"Deleting the vectors of {len(task_ids)} task(s) from {physical} on {store.describe()}",
                 on_retry=self._on_retry,
             )
 
-        counts = await asyncio.gather(*(one(store) for store in self.stores))
-        return {store.describe(): c for store, c in zip(self.stores, counts, strict=True)}
+        counts = await asyncio.gather(*(one(store, physical) for physical in physicals for store in self.stores))
+        live = counts[: len(self.stores)]
+        return {store.describe(): c for store, c in zip(self.stores, live, strict=True)}
 
     async def answers(self, store: BaseVectorDB, *, timeout: float = 5.0, fresh: float = 10.0) -> bool:
         """Whether ``store`` answers: a write that succeeded in the last ``fresh`` seconds says so, else its
@@ -282,6 +337,38 @@ class StoreWriter:
 
 #: what each store removed, by store (describe()), then by task id
 Removed = dict[str, dict[str, int]]
+#: one write: physical collection, dimension, the model's identity, and the source a reembed checks (or None)
+Group = tuple[str, int, "ModelIdentity | None", "str | None"]
+
+
+class SourceCheck:
+    """What a migration's reembed tasks carry of their source (record ids and content digests, by task), and
+    which tasks a store holds otherwise now (changed or deleted since they were read: left alone there)."""
+
+    def __init__(self, source: str, expected: dict[str, dict[str, str | None]]) -> None:
+        self.source = source
+        self.expected = expected
+        self.changed: set[str] = set()  # the tasks left alone in at least one store
+
+    def changed_in(self, store: BaseVectorDB) -> set[str]:
+        """The tasks whose records in ``store``'s source differ from those carried; blocks on the store."""
+        found = task_records(store, self.source, self.expected)
+        changed = {task_id for task_id, records in self.expected.items() if found.get(task_id, {}) != records}
+        self.changed |= changed
+        return changed
+
+
+def _source_check(entries: list[tuple[Outcome, list[VectorRecord]]]) -> SourceCheck:
+    expected: dict[str, dict[str, str | None]] = {}
+    source = ""
+    for out, _ in entries:
+        task = out.item.task
+        assert isinstance(task, ReembedTask)
+        source = task.migration.source
+        expected[task.task_id] = {item.id: item.digest for item in task.items}
+    return SourceCheck(source, expected)
+
+
 #: task ids asked of a store at once when looking up their records
 TASKS_PER_LOOKUP = 64
 #: the most records digested on the event loop itself (a larger write is digested on a thread)

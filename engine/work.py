@@ -15,6 +15,7 @@ import numpy as np
 from core.versioning import ModelIdentity
 from engine.acks import Ticket
 from models.base import EmbedderInfo
+from sinks.base import VectorRecord
 from tasks import types as task_types
 from tasks.inputs import Prepared
 from tasks.schema import Task, task_texts
@@ -65,3 +66,6 @@ class Outcome:
     prepared: Prepared | None = None  # chunks, truncation, image (tasks/inputs.py)
     deleted: dict[str, int] = field(default_factory=dict)  # store -> stale vectors of an earlier version removed
     identity: ModelIdentity | None = None  # the model that made the vectors (set by the store writer)
+    records: list[VectorRecord] | None = None  # what the store writer wrote (the twin of a migration copies them)
+    physical: str | None = None  # the physical collection written (the live one of its alias, or a reembed's target)
+    skipped: bool = False  # a migration's reembed with nothing to do (its source changed, or the migration moved on)

@@ -67,6 +67,20 @@ class Metrics:
             ["store"],
             registry=r,
         )
+        # migrations (docs/migration.md): the reembed tasks of the backfill and the twins of the dual write
+        self.migration_tasks = Counter(
+            "worker_migration_tasks",
+            "Tasks re-embedded for a migration: written, skipped (changed or gone since, or the migration moved "
+            "on: nothing to do) or failed (dead-lettered)",
+            ["outcome"],
+            registry=r,
+        )
+        self.migration_records = Counter(
+            "worker_migration_records",
+            "Records re-embedded for a migration (written or skipped)",
+            ["outcome"],
+            registry=r,
+        )
         self.dependency_up = Gauge("worker_dependency_up", "1 when a dependency answers", ["dependency"], registry=r)
         # the embedding cache (engine/embedding_cache.py): hits / (hits + misses) is its hit ratio
         self.cache_hits = Counter(

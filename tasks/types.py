@@ -47,6 +47,7 @@ BUILTINS = {
     "image_vectorization": "tasks.builtin_types:ImageType",
     "document_vectorization": "tasks.builtin_types:DocumentType",
     "delete": "tasks.builtin_types:DeleteType",
+    "reembed": "tasks.reembed:ReembedType",
 }
 #: the lanes a type can run in: the engine's text lane (engine/lane.py), its image lane (engine/image_lane.py),
 #: and "delete", no model at all: the store writer removes the task's vectors (the built-in delete only)
@@ -86,6 +87,9 @@ class TaskType:
     #: batch item, so short texts skip the tokenizer and the embedding cache serves them before fitting.
     #: False: :meth:`prepare` makes other inputs (the document type cuts chunks) and always runs
     fitted_texts: ClassVar[bool] = True
+    #: False: nothing is published for a task of this type that succeeds, and one that fails gets a dead letter
+    #: only (the built-in ``reembed`` of migrations, whose task id is the user's task)
+    reports: ClassVar[bool] = True
 
     def texts(self, task: Task) -> list[str]:
         """The texts a task of this type asks to embed, in item order (text lane types)."""

@@ -9,7 +9,7 @@ import json
 import logging
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from app.migration_state import TOPIC_CONFIGS, topic_config_problems
@@ -328,6 +328,10 @@ def test_a_malformed_record_is_skipped_with_a_line_naming_where_it_is(
             max_leaves=20,
         ).map(lambda v: json.dumps(v).encode()),
     ),
+)
+@example(  # found by hypothesis: a phase that is not even hashable
+    key=b"docs",
+    value=b'{"backfill":null,"epoch":[],"updated_at":{},"phase":{},"alias":"0","live":null,"old":null}',
 )
 def test_no_record_makes_the_view_raise(key: bytes | None, value: bytes | None) -> None:
     view = MigrationView()

@@ -35,6 +35,7 @@ from agents.web_security import (
 )
 from app.faust_app import WorkerApp
 from core.settings import load_settings
+from engine.migrations import MigrationView
 from models.manager import ModelManager
 from sinks.base import StoredPoint
 from tasks.schema import _TaskBase
@@ -337,6 +338,8 @@ async def test_task_view_validates_ids_and_forwards_at_most_one_hop(
 
 # -- /search/ ---------------------------------------------------------------------------------
 class Store:
+    name = "fake"
+
     def __init__(self) -> None:
         self.searches: list[tuple[str, int]] = []
 
@@ -370,7 +373,11 @@ async def test_search_never_loads_a_model(monkeypatch: pytest.MonkeyPatch, built
         return func()
 
     pipeline = SimpleNamespace(in_store_thread=in_store_thread)
-    monkeypatch.setattr(views, "runtime", lambda: SimpleNamespace(pipeline=pipeline, manager=manager, stores=[store]))
+    monkeypatch.setattr(
+        views,
+        "runtime",
+        lambda: SimpleNamespace(pipeline=pipeline, manager=manager, stores=[store], migrations=MigrationView()),
+    )
     monkeypatch.setattr(views.settings, "web_search_enabled", True)
     try:
         body, status = await views.search(Web(), _request("/search/?q=hello&model=m&collection=docs"))

@@ -1,0 +1,245 @@
+"""Migrations in the worker (issue 16), with fakes at the ports: the dual write (a twin of every task of a migrating
+alias, written to the other collection with the other model, acknowledged together), deletes from both, the
+``reembed`` records of the backfill (written only while the migration and the source still want them, silent on
+success, dead-lettered alone on failure) and the epochs a worker applies."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from typing import Any
+
+import numpy as np
+
+from core.ids import DOCUMENT_VECTOR, vector_id
+from core.versioning import ModelIdentity
+from engine.migrations import Backfill, Collection, MigrationState, advance
+from tests.fakes import FakeEmbedder
+from tests.unit.test_pipeline import Harness
+
+A = ModelIdentity("fake-model", "a" * 64, 8, family="fake")
+B = ModelIdentity("model-b", "b" * 64, 6, family="fake")
+LIVE, SHADOW = "vectorize", "vectorize__model_b_bbbbbbbb"
+
+
+def states(alias: str = LIVE) -> list[MigrationState]:
+    """bound → shadow_created → dual_write → backfill → verify → switched, for ``alias`` from A to B."""
+    out = [MigrationState.bound(alias, Collection(alias, A))]
+    out.append(advance(out[-1], "shadow_created", shadow=Collection(SHADOW, B)))
+    out.append(advance(out[-1], "dual_write"))
+    out.append(advance(out[-1], "backfill", backfill=Backfill("fake", None, 0)))
+    out.append(advance(out[-1], "verify"))
+    out.append(advance(out[-1], "switched", switched=("fake",)))
+    return out
+
+
+def harness(phase: str, **overrides: Any) -> Harness:
+    h = Harness(**overrides)
+    h.embedders["model-b"] = FakeEmbedder("model-b", dim=6)
+    for state in states():
+        h.pipeline.migrations.apply(state)
+        if state.phase == phase:
+            break
+    return h
+
+
+def batch(task_id: str, n: int, **extra: Any) -> dict[str, Any]:
+    return {"task_type": "batch_vectorization", "data": [f"text {i}" for i in range(n)], "task_id": task_id, **extra}
+
+
+async def settle(h: Harness) -> None:
+    for _ in range(5):  # twins are queued by the lane that wrote their task: run the lanes until nothing is left
+        await h.drain()
+        await asyncio.sleep(0.01)
+        if not h.pipeline._jobs and not h.pipeline._deletes and not any(lane.pending for lane in h.pipeline.lanes):
+            return
+
+
+def embedded(name: str, text: str, dim: int) -> np.ndarray:
+    return FakeEmbedder(name, dim=dim).embed_texts([text], batch_size=1, normalize=None)[0]
+
+
+async def test_dual_write_stores_every_task_in_both_collections_with_its_model_and_acks_once() -> None:
+    h = harness("dual_write")
+    await h.send(batch("t1", 3, metadata={"k": "v"}))
+    await settle(h)
+    live, shadow = h.store.collections[LIVE], h.store.collections[SHADOW]
+    assert set(live) == set(shadow) == {vector_id("t1", i) for i in range(3)}
+    for i in range(3):
+        a, b = live[vector_id("t1", i)], shadow[vector_id("t1", i)]
+        assert len(a.vector) == 8 and len(b.vector) == 6
+        assert np.allclose(b.vector, embedded("model-b", f"text {i}", 6))
+        assert b.payload["model"] == "model-b" and a.payload["model"] == "fake-model"
+        same = ("text", "task_id", "task_type", "item_index", "metadata")
+        assert {k: b.payload[k] for k in same} == {k: a.payload[k] for k in same}
+    assert h.acked == [0]
+    assert h.statuses("t1") == ["received", "processing", "completed"]  # nothing published for the twin
+    assert [r["task_id"] for r in h.kafka.on("results")] == ["t1"] and h.kafka.on("dlq") == []
+
+
+async def test_a_task_is_acknowledged_only_after_its_twin() -> None:
+    h = harness("backfill")
+    release = threading.Event()
+    twin_model = h.embedders["model-b"]
+    original = twin_model.embed_texts
+
+    def held_back(texts: Any, **kw: Any) -> np.ndarray:
+        release.wait(10)
+        return original(texts, **kw)
+
+    twin_model.embed_texts = held_back  # type: ignore[method-assign]
+    h.pipeline.start()
+    await h.send(batch("t1", 1))
+    for _ in range(500):  # the live write is done and the task reported; its twin is held back
+        if h.kafka.on("results"):
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    assert h.kafka.on("results") and h.acked == []
+    release.set()
+    await settle(h)
+    assert h.acked == [0] and vector_id("t1", 0) in h.store.collections[SHADOW]
+
+
+async def test_a_document_twin_keeps_the_chunks_and_remakes_the_document_vector() -> None:
+    h = harness("dual_write", chunk_tokens=8, chunk_overlap_tokens=0)
+    content = " ".join(f"w{i}" for i in range(30))
+    await h.send({"task_type": "document_vectorization", "data": {"title": "T", "content": content}, "task_id": "d"})
+    await settle(h)
+    live, shadow = h.store.collections[LIVE], h.store.collections[SHADOW]
+    assert set(live) == set(shadow) and len(shadow) > 2
+    chunks = [p for p in shadow.values() if p.payload.get("vector_kind") == "chunk"]
+    doc = shadow[vector_id("d", DOCUMENT_VECTOR)]
+    assert doc.payload["title"] == "T" and doc.payload["model"] == "model-b" and "text" not in doc.payload
+    mean = np.mean([c.vector for c in chunks], axis=0)
+    assert np.allclose(doc.vector, mean, atol=1e-5)  # the fake's vectors are not normalised: the plain mean
+    for c in chunks:
+        assert (
+            c.payload["text"] == live[c.id].payload["text"]
+            and c.payload["char_start"] == live[c.id].payload["char_start"]
+        )
+
+
+async def test_deletes_and_updates_during_a_migration_reach_both_collections() -> None:
+    h = harness("dual_write")
+    await h.send(batch("x", 3))
+    await h.send(batch("y", 1))
+    await settle(h)
+    await h.send(batch("x", 1))  # shrinks: the stale items go from both
+    await h.send({"task_type": "delete", "task_id": "y"})
+    await settle(h)
+    for name in (LIVE, SHADOW):
+        assert set(h.store.collections[name]) == {vector_id("x", 0)}, name
+    deleted = [r for r in h.kafka.on("results") if r["task_id"] == "y"][-1]
+    assert deleted["deleted"] == {"fake": 1}  # what the live collection held
+
+
+async def test_after_the_switch_the_new_model_is_live_and_the_old_collection_gets_the_twins() -> None:
+    h = harness("switched")
+    await h.send(batch("s", 2))
+    await settle(h)
+    assert {len(p.vector) for p in h.store.collections[SHADOW].values()} == {6}  # live now
+    assert {len(p.vector) for p in h.store.collections[LIVE].values()} == {8}  # old: the twin, with model A
+    result = h.kafka.on("results")[-1]
+    assert result["model"] == "model-b" and result["dimension"] == 6  # a task naming no model gets the live one
+    assert h.acked == [0]
+
+
+async def test_a_failing_twin_never_fails_the_task() -> None:
+    h = harness("dual_write")
+    h.pipeline.migrations.apply(
+        advance(h.pipeline.migrations.get(LIVE), "backfill", backfill=Backfill("fake", None, 0))  # type: ignore[arg-type]
+    )
+    h.embedders.pop("model-b")
+    h.embedders["model-b"] = FakeEmbedder("model-b", dim=6, max_tokens=3)  # every text too long for it
+    await h.send({"task_type": "text_vectorization", "data": "a long text for the small model", "task_id": "t"})
+    await settle(h)
+    assert h.statuses("t")[-1] == "completed" and h.acked == [0]
+    dead = h.kafka.on("dlq")
+    assert len(dead) == 1 and dead[0]["task_id"] == "t"
+    assert SHADOW not in h.store.collections or not h.store.collections[SHADOW]
+    assert [s for s in h.kafka.on("status") if s["status"] == "failed"] == []
+
+
+def reembed(task_id: str, items: list[dict[str, Any]], *, epoch: int, metadata: Any = None) -> dict[str, Any]:
+    return {
+        "task_type": "reembed",
+        "task_id": task_id,
+        "collection": LIVE,
+        "model_name": "model-b",
+        "metadata": metadata or {},
+        "migration": {"epoch": epoch, "source": LIVE, "target": SHADOW},
+        "items": items,
+    }
+
+
+def items_of(h: Harness, task_id: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": p.id,
+            "digest": p.payload.get("content_digest"),
+            "payload": {k: v for k, v in p.payload.items() if k != "metadata"},
+        }
+        for p in h.store.collections[LIVE].values()
+        if p.payload["task_id"] == task_id
+    ]
+
+
+async def test_the_backfill_reembeds_what_the_source_still_holds_and_skips_what_changed() -> None:
+    h = harness("bound")
+    await h.send(batch("old", 2, metadata={"m": 1}))
+    await h.send(batch("changed", 1))
+    await settle(h)
+    carried = {t: items_of(h, t) for t in ("old", "changed")}
+    for state in states()[1:4]:  # into backfill
+        h.pipeline.migrations.apply(state)
+    epoch = h.pipeline.migrations.get(LIVE).epoch  # type: ignore[union-attr]
+    h.store.collections[LIVE][vector_id("changed", 0)].payload["content_digest"] = "edited since the scan"
+    before = len(h.kafka.on("status")), len(h.kafka.on("results"))
+    await h.send(reembed("old", carried["old"], epoch=epoch, metadata={"m": 1}))
+    await h.send(reembed("changed", carried["changed"], epoch=epoch))
+    await settle(h)
+    shadow = h.store.collections[SHADOW]
+    assert set(shadow) == {vector_id("old", 0), vector_id("old", 1)}
+    assert shadow[vector_id("old", 1)].payload["metadata"] == {"m": 1}
+    assert np.allclose(shadow[vector_id("old", 1)].vector, embedded("model-b", "text 1", 6))
+    assert (len(h.kafka.on("status")), len(h.kafka.on("results"))) == before  # silent
+    assert h.acked[-2:] == [2, 3]
+    tasks = h.pipeline.metrics.migration_tasks
+    assert tasks.labels("written")._value.get() == 1 and tasks.labels("skipped")._value.get() == 1
+
+
+async def test_a_reembed_for_a_migration_that_moved_on_writes_nothing() -> None:
+    h = harness("bound")
+    await h.send(batch("t", 1))
+    await settle(h)
+    carried = items_of(h, "t")
+    for state in states()[1:]:  # switched: the live collection is the shadow now
+        h.pipeline.migrations.apply(state)
+    await h.send(reembed("t", carried, epoch=3))
+    await settle(h)
+    assert SHADOW not in h.store.collections or vector_id("t", 0) not in h.store.collections[SHADOW]
+    assert h.pipeline.metrics.migration_tasks.labels("skipped")._value.get() == 1
+
+
+async def test_a_reembed_that_cannot_be_done_is_dead_lettered_alone() -> None:
+    h = harness("backfill")
+    image = {"id": vector_id("img", 0), "digest": None, "payload": {"task_id": "img", "item_index": 0, "source": "url"}}
+    await h.send(reembed("img", [image], epoch=3))
+    await settle(h)
+    dead = h.kafka.on("dlq")
+    assert len(dead) == 1 and dead[0]["task_id"] == "img" and "image vectors are not re-embedded" in json.dumps(dead)
+    assert h.statuses("img") == [] and h.kafka.on("results") == []
+    assert h.acked == [0]
+
+
+async def test_the_epoch_a_worker_applies_waits_for_the_records_taken_in_before() -> None:
+    h = harness("bound")
+    h.pipeline.start()
+    assert h.pipeline.applied_epochs() == {LIVE: 0}
+    await h.send(batch("early", 1))  # taken in under epoch 0, not done yet
+    h.pipeline.migrations.apply(states()[1])
+    assert h.pipeline.applied_epochs() == {LIVE: 0}
+    await settle(h)
+    assert h.pipeline.applied_epochs() == {LIVE: 1}
