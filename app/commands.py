@@ -1,4 +1,4 @@
-"""Extra CLI commands: ``faust -A app doctor`` and ``faust -A app workers``."""
+"""Extra CLI commands: ``faust -A app doctor``, ``faust -A app workers`` and ``faust -A app migrate``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 
 def register(worker: WorkerApp) -> None:
-    """Add ``doctor`` and ``workers`` to the app's ``faust -A app`` commands."""
+    """Add ``doctor``, ``workers`` and ``migrate`` to the app's ``faust -A app`` commands."""
     settings = worker.settings
 
     @worker.app.command()
@@ -36,6 +36,38 @@ def register(worker: WorkerApp) -> None:
             raise SystemExit(1) from None
         for line in worker_table(live):
             print(line)
+
+    from faust.cli import argument, option
+
+    from app.migrate import STALL_SECONDS, WAIT_SECONDS
+
+    @worker.app.command(
+        argument("collection"),
+        option("--to-model", default=None, help="Migrate COLLECTION to this model (or resume its migration)."),
+        option("--yes", is_flag=True, default=False, help="Do not ask for confirmation."),
+        option(
+            "--store", default=None, help="The store whose live collection the backfill scans (default: the first)."
+        ),
+        option("--status", is_flag=True, default=False, help="Show the migration state, counts and workers' epochs."),
+        option("--abort", is_flag=True, default=False, help="Give up a migration before its switch."),
+        option("--rollback", is_flag=True, default=False, help="Point COLLECTION back at the old model's collection."),
+        option("--cleanup", is_flag=True, default=False, help="Drop the collection a migration left over."),
+        option(
+            "--drop-unmigratable",
+            is_flag=True,
+            default=False,
+            help="Switch even if some tasks could not be re-embedded (they are then absent).",
+        ),
+        option("--wait-seconds", type=float, default=WAIT_SECONDS, help="How long to wait for the workers' epochs."),
+        option("--stall-seconds", type=float, default=STALL_SECONDS, help="How long the shadow may not grow."),
+    )
+    async def migrate(self: Any, collection: str, **flags: Any) -> None:
+        """Move a collection to another model while it serves (docs/migration.md)."""
+        from app.migrate import MigrateOptions, run_migrate
+
+        code = await run_migrate(settings, MigrateOptions(collection=collection, **flags))
+        if code:
+            raise SystemExit(code)
 
 
 def _cell(value: Any, width: int = 60) -> str:
