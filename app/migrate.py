@@ -1325,10 +1325,12 @@ async def open_ports(settings: Settings, *, need_model: bool) -> tuple[MigratePo
         raise
 
     async def heartbeats() -> list[dict[str, Any]]:
+        """The live workers of this consumer group (kafka.group_id): other groups sharing Redis take other tasks."""
         try:
-            return await live_workers(
+            beats = await live_workers(
                 settings.redis_url, password=settings.redis_password, ssl_ca_file=settings.redis_ssl_ca_file
             )
+            return [beat for beat in beats if beat.get("group") == settings.kafka_group_id]
         except Exception as exc:  # noqa: BLE001 - one clear line, no password
             raise MigrateError(
                 f"{redis_error(settings.redis_url, exc, settings.redis_password)} The command reads the workers' "

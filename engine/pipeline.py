@@ -301,11 +301,13 @@ class TaskPipeline:
             if out.error is not None or out.records is None or out.physical is None or isinstance(task, ReembedTask):
                 continue
             alias = task.collection or self.settings.default_collection
-            targets = self.migrations.targets(alias)
             state = self.migrations.get(alias)
-            if len(targets) < 2 or state is None or targets[0].physical != out.physical:
+            if state is None:
                 continue
-            for other in targets[1:]:
+            # every collection the alias writes to now, but the one just written: the state may have moved since
+            # the task was embedded (a switch, a rollback), and then the live collection gets the twin
+            others = [t for t in self.migrations.targets(alias) if t.physical != out.physical]
+            for other in others:
                 if other.identity is None:
                     continue
                 twin = twin_of(

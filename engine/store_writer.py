@@ -78,10 +78,17 @@ class StoreWriter:
         self._last_ok: dict[int, float] = {}  # store -> when a write to it last succeeded
         self._probes: dict[int, asyncio.Future[Any]] = {}  # store -> its health check, queued or running
 
-    def physical(self, alias: str) -> str:
-        """The physical collection a task of ``alias`` is written to: the live one of its migration state, or the
-        collection of that name when it has none."""
-        return self.migrations.targets(alias)[0].physical
+    def physical(self, alias: str, identity: ModelIdentity | None = None) -> str:
+        """The physical collection a task of ``alias`` whose vectors ``identity``'s model made is written to: the
+        live one of its migration state, or during a migration the other collection when it is that model's (a
+        task embedded just before a switch or a rollback goes where its model belongs; its twin then goes to the
+        live one); an alias without a state: the collection of that name."""
+        targets = self.migrations.targets(alias)
+        if identity is not None:
+            for target in targets:
+                if target.identity is not None and target.identity.accepts(identity):
+                    return target.physical
+        return targets[0].physical
 
     async def write(self, outcomes: list[Outcome]) -> None:
         groups: dict[Group, list[tuple[Outcome, list[VectorRecord]]]] = defaultdict(list)
@@ -98,10 +105,10 @@ class StoreWriter:
                     continue
                 physical = task.migration.target
                 source = task.migration.source if task.migration.check_source else None
-            else:
-                physical = self.physical(collection)
             if out.identity is None and self._identities is not None:
                 out.identity = self._identities(out.model)
+            if not isinstance(task, ReembedTask):
+                physical = self.physical(collection, out.identity)
             try:
                 records = build_records(
                     out.item.task,
@@ -149,11 +156,14 @@ class StoreWriter:
                 out.store_ms = elapsed
 
     def _wanted(self, task: ReembedTask) -> bool:
-        """Whether the migration of ``task``'s alias still writes to its target, reading from its source: the
-        target is the shadow (dual write, backfill, verify) or the old collection (switched), the source the live
-        one. Else it was aborted, switched, rolled back or cleaned since the task was made: nothing to do."""
+        """Whether the migration of ``task``'s alias still writes to its target: a backfill's reembed reads the
+        live collection and writes the shadow (dual write, backfill, verify) or the old collection (switched); a
+        twin writes any collection the alias writes to now. Else the migration was aborted, switched, rolled back
+        or cleaned since the task was made: nothing to do."""
         migration = task.migration
         targets = self.migrations.targets(task.collection)
+        if not migration.check_source:  # a twin: wherever the alias writes now (the live one after a switch)
+            return any(t.physical == migration.target for t in targets)
         return targets[0].physical == migration.source and any(t.physical == migration.target for t in targets[1:])
 
     async def _write_all(

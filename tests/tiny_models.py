@@ -34,7 +34,7 @@ BERT_WORDS = ["the", "a", "cat", "dog", "fox", "text", "model", "hello", "world"
 TINY_MAX_LENGTH = 64
 
 
-def build_bert(path: Path, *, max_length: int = TINY_MAX_LENGTH) -> Path:
+def build_bert(path: Path, *, max_length: int = TINY_MAX_LENGTH, hidden: int = 32, seed: int = 0) -> Path:
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
@@ -45,13 +45,13 @@ def build_bert(path: Path, *, max_length: int = TINY_MAX_LENGTH) -> Path:
     vocab = list(dict.fromkeys(vocab))
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True, model_max_length=max_length)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = BertConfig(
         vocab_size=len(vocab),
-        hidden_size=32,
+        hidden_size=hidden,
         num_hidden_layers=2,
         num_attention_heads=2,
-        intermediate_size=64,
+        intermediate_size=2 * hidden,
         max_position_embeddings=max_length,
     )
     BertModel(config).eval().save_pretrained(path)

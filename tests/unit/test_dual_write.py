@@ -23,10 +23,10 @@ B = ModelIdentity("model-b", "b" * 64, 6, family="fake")
 LIVE, SHADOW = "vectorize", "vectorize__model_b_bbbbbbbb"
 
 
-def states(alias: str = LIVE) -> list[MigrationState]:
-    """bound → shadow_created → dual_write → backfill → verify → switched, for ``alias`` from A to B."""
-    out = [MigrationState.bound(alias, Collection(alias, A))]
-    out.append(advance(out[-1], "shadow_created", shadow=Collection(SHADOW, B)))
+def states(alias: str = LIVE, a: ModelIdentity = A, b: ModelIdentity = B) -> list[MigrationState]:
+    """bound → shadow_created → dual_write → backfill → verify → switched, for ``alias`` from ``a`` to ``b``."""
+    out = [MigrationState.bound(alias, Collection(alias, a))]
+    out.append(advance(out[-1], "shadow_created", shadow=Collection(SHADOW, b)))
     out.append(advance(out[-1], "dual_write"))
     out.append(advance(out[-1], "backfill", backfill=Backfill("fake", None, 0)))
     out.append(advance(out[-1], "verify"))
@@ -243,3 +243,50 @@ async def test_the_epoch_a_worker_applies_waits_for_the_records_taken_in_before(
     assert h.pipeline.applied_epochs() == {LIVE: 0}
     await settle(h)
     assert h.pipeline.applied_epochs() == {LIVE: 1}
+
+
+async def test_a_switch_between_a_tasks_live_write_and_its_twin_still_twins_it_into_the_new_live_collection() -> None:
+    h = harness("verify")
+    write = h.pipeline.writer.write
+    switched = states()[-1]
+
+    async def write_then_switch(outcomes: Any) -> None:
+        await write(outcomes)
+        h.pipeline.migrations.apply(switched)  # the command switched while this task was being written
+
+    h.pipeline.writer.write = write_then_switch  # type: ignore[method-assign]
+    await h.send(batch("racing", 2))
+    await settle(h)
+    assert (
+        set(h.store.collections[LIVE]) == set(h.store.collections[SHADOW]) == {vector_id("racing", i) for i in (0, 1)}
+    )
+    assert {len(p.vector) for p in h.store.collections[SHADOW].values()} == {6}
+
+
+async def test_a_task_embedded_before_a_switch_is_written_where_its_model_belongs_and_twinned_into_the_live_one() -> (
+    None
+):
+    h = Harness()
+    h.embedders["model-b"] = FakeEmbedder("model-b", dim=6)
+    for name in ("fake-model", "model-b"):
+        await h.manager.get(name)
+    # the identities the worker computes for its models, as the migrate command binds the collections with them
+    a, b = h.manager.identity_record("fake-model"), h.manager.identity_record("model-b")
+    assert a is not None and b is not None
+    path = states(a=a, b=b)
+    for state in path[:5]:  # verify
+        h.pipeline.migrations.apply(state)
+    model_a = h.embedders["fake-model"]
+    embed = model_a.embed_texts
+
+    def embed_then_switch(texts: Any, **kw: Any) -> np.ndarray:
+        vectors = embed(texts, **kw)
+        h.pipeline.migrations.apply(path[-1])  # the switch lands while the model runs
+        return vectors
+
+    model_a.embed_texts = embed_then_switch  # type: ignore[method-assign]
+    await h.send(batch("early", 1))
+    await settle(h)
+    assert h.statuses("early")[-1] == "completed" and h.kafka.on("dlq") == []
+    assert len(h.store.collections[LIVE][vector_id("early", 0)].vector) == 8  # model A's, in A's collection
+    assert len(h.store.collections[SHADOW][vector_id("early", 0)].vector) == 6  # its twin in the live one
