@@ -324,7 +324,12 @@ class TaskPipeline:
                 done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
                 self._twin_of[id(ticket)] = done
                 self._twins.setdefault(id(out.item.ticket), []).append(done)
-                self._spawn(self.text.submit(WorkItem(task=twin, raw=None, ticket=ticket, source=out.item.source)))
+                try:
+                    item = WorkItem(task=twin, raw=None, ticket=ticket, source=out.item.source)
+                except Exception as exc:  # noqa: BLE001 - an image's records (no text): the twin fails, not the task
+                    self._spawn(self.reporter.fail(task.task_id, twin.task_type, None, exc, ticket, out.item.source))
+                    continue
+                self._spawn(self.text.submit(item))
 
     def _spawn(self, work: Awaitable[None]) -> None:
         job = asyncio.ensure_future(work)

@@ -6,6 +6,7 @@ success, dead-lettered alone on failure) and the epochs a worker applies."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import threading
 from typing import Any
@@ -16,6 +17,7 @@ from core.ids import DOCUMENT_VECTOR, vector_id
 from core.versioning import ModelIdentity
 from engine.migrations import Backfill, Collection, MigrationState, advance
 from tests.fakes import FakeEmbedder
+from tests.unit.test_images import photo, png_bytes
 from tests.unit.test_pipeline import Harness
 
 A = ModelIdentity("fake-model", "a" * 64, 8, family="fake")
@@ -290,3 +292,15 @@ async def test_a_task_embedded_before_a_switch_is_written_where_its_model_belong
     assert h.statuses("early")[-1] == "completed" and h.kafka.on("dlq") == []
     assert len(h.store.collections[LIVE][vector_id("early", 0)].vector) == 8  # model A's, in A's collection
     assert len(h.store.collections[SHADOW][vector_id("early", 0)].vector) == 6  # its twin in the live one
+
+
+async def test_an_image_task_of_a_migrating_collection_completes_and_its_twin_is_dead_lettered() -> None:
+    h = harness("dual_write")
+    image = base64.b64encode(png_bytes(photo(seed=3))).decode()
+    await h.send({"task_type": "image_vectorization", "data": image, "task_id": "img"})
+    await settle(h)
+    assert h.statuses("img")[-1] == "completed" and h.acked == [0]
+    assert vector_id("img", 0) in h.store.collections[LIVE]
+    dead = h.kafka.on("dlq")
+    assert len(dead) == 1 and dead[0]["task_id"] == "img" and "image vectors are not re-embedded" in json.dumps(dead)
+    assert h.pipeline.metrics.migration_tasks.labels("failed")._value.get() == 1
