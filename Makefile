@@ -11,7 +11,7 @@ export PYTHONPATH := $(CURDIR)
 export VENV
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv example-plugin up down status run worker demo bench bench-peer test chaos test-unit test-integration test-containers lint format schemas lock doctor clean
+.PHONY: help venv example-plugin up down status run worker demo bench bench-migration bench-peer test chaos test-unit test-integration test-containers lint format schemas lock doctor clean
 
 help:
 	@echo "make run    - install, start local Kafka, run a worker (Ctrl-C stops it)"
@@ -20,6 +20,7 @@ help:
 	@echo "make up / make down - start / stop local services (Kafka)"
 	@echo "make doctor - check configuration, Kafka, store and model"
 	@echo "make bench  - throughput: bare model vs the worker (bench/README.md; BENCH_ARGS=\"--runs 3\")"
+	@echo "make bench-migration - a migration's backfill vs worker_bulk (BENCH_ARGS=\"--runs 3\")"
 
 venv: $(VENV)/.complete example-plugin
 
@@ -71,6 +72,11 @@ demo: venv
 bench: venv
 	scripts/services.sh up kafka redis weaviate
 	HF_HUB_OFFLINE=1 $(PY) -m bench.run --peer-python $(CACHE)/infvenv/bin/python $(BENCH_ARGS)
+
+# A model migration's backfill throughput against worker_bulk, in the same worker (docs/migration.md).
+bench-migration: venv
+	scripts/services.sh up kafka redis weaviate
+	HF_HUB_OFFLINE=1 $(PY) -m bench.migration $(BENCH_ARGS)
 
 # The peer for `make bench`: Infinity in its own virtualenv (it pins its own torch stack).
 bench-peer:
