@@ -68,6 +68,9 @@ OVERLAP_QUERIES = 50
 OVERLAP_K = 10
 #: rounds in which verify sends the missing tasks again before it gives up
 REPAIR_ROUNDS = 3
+#: the backfill cursor recorded once the scan has read the whole live collection (a resumed command then only
+#: waits for the workers instead of scanning again)
+SCAN_DONE = "vw:scan-done"
 #: tasks whose records are read in one ``task_records`` call (fewer when they hold many records), ids per
 #: ``retrieve`` call
 TASKS_PER_LOOKUP = 100
@@ -129,6 +132,7 @@ class Timing:
     report: float = 5.0  # between two lines naming the workers still behind
     progress: float = 2.0  # between two reads of the counts while the shadow fills
     retry: float = 2.0  # before a store call that failed for an outage is tried again
+    confirm: float = 5.0  # before ids found only in the shadow are looked at again (a twin may be on its way)
 
 
 @dataclass
@@ -651,6 +655,10 @@ class Migrator:
         store = self.backfill_store()
         live, shadow = state.live.physical, state.shadow.physical
         cursor, produced = state.backfill.cursor, state.backfill.produced
+        if cursor == SCAN_DONE:
+            self.say(f"Backfill: the scan of {live} was done ({produced} reembed task(s) produced); waiting for them.")
+            await self.watch_counts(live, shadow)
+            return
         total = await self.call(store, f"counting {live}", lambda: store.count(live))
         where = f"from cursor {cursor!r}, {produced} produced before" if cursor is not None else "from the start"
         self.say(f"Backfill: scanning {live} on {store.describe()} ({total} records) {where}.")
@@ -668,8 +676,9 @@ class Migrator:
                 )
                 records = await self.reembed_records(store, state, firsts)
                 produced += await self.produce(records) if records else 0
+                done = next_cursor if next_cursor is not None else SCAN_DONE
                 state = await self.publish(
-                    advance(self.current(), "backfill", backfill=Backfill(store.name, next_cursor, produced))
+                    advance(self.current(), "backfill", backfill=Backfill(store.name, done, produced))
                 )
                 bar.update(len(points))
                 if next_cursor is None:
@@ -825,50 +834,64 @@ class Migrator:
             if cursor is None:
                 return ids
 
-    async def diff(self) -> dict[str, set[str]]:
-        """Per store, the live ids missing from the shadow; ids only in the shadow are deleted from it."""
+    async def diff(
+        self, suspects: Mapping[str, set[str]] | None = None
+    ) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+        """Per store, the live ids missing from the shadow, and the ids only in the shadow. Those are deleted from
+        the shadow only when an earlier round (``suspects``) found them too: a task written to the new model's
+        collection first has its twin in the live one on its way (a task naming the new model)."""
         state = self.current()
         assert state.shadow is not None
         live, shadow = state.live.physical, state.shadow.physical
         missing: dict[str, set[str]] = {}
+        extras: dict[str, set[str]] = {}
         for store in self.stores:
             live_ids = await self.all_ids(store, live)
             shadow_ids = await self.all_ids(store, shadow)
             extra = sorted(shadow_ids - live_ids)
-            if extra:  # written to the live one since its ids were read? ask it again before deleting
+            if extra:  # written to the live one since its ids were read? ask it again
                 again = await self.call(
                     store,
                     f"reading {len(extra)} record(s) of {live}",
                     lambda s=store, e=extra: s.retrieve(live, e, with_vectors=False),
                 )
                 extra = sorted(set(extra) - {p.id for p in again})
-            if extra:
+            doomed = sorted(set(extra) & (suspects or {}).get(store.name, set()))
+            if doomed:
                 await self.call(
                     store,
-                    f"deleting {len(extra)} record(s) from {shadow}",
-                    lambda s=store, e=extra: s.delete(shadow, e),
+                    f"deleting {len(doomed)} record(s) from {shadow}",
+                    lambda s=store, e=doomed: s.delete(shadow, e),
                 )
-                self.say(f"Verify: {store.describe()}: deleted {len(extra)} record(s) of {shadow} absent from {live}.")
+                self.say(f"Verify: {store.describe()}: deleted {len(doomed)} record(s) of {shadow} absent from {live}.")
+            if set(extra) - set(doomed):
+                extras[store.name] = set(extra) - set(doomed)
             lost = live_ids - shadow_ids
             self.say(
-                f"Verify: {store.describe()}: {len(live_ids)} records live, {len(shadow_ids) - len(extra)} in the "
-                f"shadow, {len(lost)} missing from it."
+                f"Verify: {store.describe()}: {len(live_ids)} records live, {len(shadow_ids) - len(doomed)} in the "
+                f"shadow, {len(lost)} missing from it"
+                + (f", {len(extras[store.name])} only in it (looked at again)" if store.name in extras else "")
+                + "."
             )
             if lost:
                 missing[store.name] = lost
-        return missing
+        return missing, extras
 
     async def verify(self) -> None:
         state = self.current()
         assert state.shadow is not None
-        missing = await self.diff()
-        for attempt in range(1, REPAIR_ROUNDS + 1):
-            if not missing:
+        missing, extras = await self.diff()
+        for attempt in range(1, REPAIR_ROUNDS + 2):  # one more round than re-sends: extras are confirmed once
+            if not missing and not extras:
                 break
-            tasks = await self.resend(missing)
-            self.say(f"Verify, round {attempt} of {REPAIR_ROUNDS}: sent {tasks} task(s) again for the missing records.")
-            await self.watch_counts(state.live.physical, state.shadow.physical)
-            missing = await self.diff()
+            if missing and attempt <= REPAIR_ROUNDS:
+                tasks = await self.resend(missing)
+                self.say(
+                    f"Verify, round {attempt} of {REPAIR_ROUNDS}: sent {tasks} task(s) again for the missing records."
+                )
+                await self.watch_counts(state.live.physical, state.shadow.physical)
+            await self.ports.sleep(self.ports.timing.confirm)
+            missing, extras = await self.diff(extras)
         if missing:
             task_ids = await self.missing_tasks(missing)
             where = "; ".join(f"{name}: {len(ids)} record(s)" for name, ids in missing.items())

@@ -32,6 +32,7 @@ class Ticket:
     event: Any = None
     done: bool = field(default=False)
     forgotten: bool = field(default=False)
+    failed: bool = field(default=False)  # its task failed (dead-lettered): a migration's twin is then undone
 
 
 class AckTracker:

@@ -10,6 +10,7 @@ are delivered). Only then may the source offset be acknowledged.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import Counter, deque
@@ -93,7 +94,11 @@ class TaskPipeline:
             migrations=self.migrations,
         )
         # the dual write: a task of a migrating alias is acknowledged once its twin is written too (see _dual_write)
-        self._twin_of: dict[int, asyncio.Future[None]] = {}  # id(twin ticket) -> resolved when the twin is done
+        # id(twin ticket) -> (resolved when the twin is done, its task id, the collection it writes)
+        self._twin_of: dict[int, tuple[asyncio.Future[None], str, str]] = {}
+        self._deferred: set[int] = set()  # id(task ticket) of tasks done but for their twins
+        self._twin_waits: dict[int, asyncio.Future[None]] = {}  # id(task ticket) -> the job acknowledging it
+        self._abandoned: set[int] = set()  # id(task ticket) of tasks left unacknowledged by a drain
         self._twins: dict[int, list[asyncio.Future[None]]] = {}  # id(task ticket) -> its twins
         self._jobs: set[asyncio.Future[None]] = set()
         # which migration epochs this worker applies: every record taken in before it saw them is done
@@ -177,7 +182,12 @@ class TaskPipeline:
             error = exc if isinstance(exc, PermanentError) else _unreadable(exc)
             task_id = error.task_id or _fallback_task_id(source)
             log_main.warning("Rejected record %s as task %s: %s", _where(source), task_id, error)
-            await self.reporter.fail(task_id, task.task_type if task is not None else None, raw, error, ticket, source)
+            kind = task.task_type if task is not None else _declared_reembed(raw)
+            await self.reporter.fail(task_id, kind, raw, error, ticket, source)
+            return
+        if isinstance(task, ReembedTask) and not self.writer.wanted(task):  # its migration moved on: nothing to do
+            self.metrics.migration_tasks.labels("skipped").inc()
+            await self._on_done(ticket)
             return
         if task.task_id in self._deleting:  # a delete of this id came first: it takes effect first
             await asyncio.shield(self._deleting[task.task_id])
@@ -212,12 +222,15 @@ class TaskPipeline:
         await asyncio.gather(*(lane.close() for lane in self.lanes))
 
     async def settled(self) -> None:
-        """Wait until every task taken in has left its lane and every delete is done."""
+        """Wait until every task taken in has left its lane, every delete is done and every task waiting for its
+        migration twin is acknowledged."""
         while True:
             await asyncio.gather(*(lane.settled() for lane in self.lanes))
             if self._deletes:
                 await asyncio.wait(set(self._deletes))
-            if not any(lane.pending for lane in self.lanes) and not self._deletes:
+            if self._jobs:
+                await asyncio.wait(set(self._jobs))
+            if not any(lane.pending for lane in self.lanes) and not self._deletes and not self._jobs:
                 return
 
     async def drain(self, timeout: float) -> bool:
@@ -230,6 +243,13 @@ class TaskPipeline:
         self.accepting = False
         for lane in self.lanes:
             lane.drain(seconds=timeout / 2)  # half the time: storing and reporting follow
+        # tasks whose migration twin is still to run: the lanes take no more work, so they stay unacknowledged and
+        # another worker does them again (the live write finds them unchanged, the twin is made there)
+        waiting = list(self._twin_waits.values())
+        for job in waiting:
+            job.cancel()
+        if waiting:
+            log_main.info("Draining: %d task(s) waiting for their migration twin left unacknowledged", len(waiting))
         # a delete still waiting for an earlier task of its id may wait for one the drain just left to another
         # worker: it stays unacknowledged too, and that worker does both, in order
         for held in list(self._held_deletes):
@@ -304,6 +324,10 @@ class TaskPipeline:
             state = self.migrations.get(alias)
             if state is None:
                 continue
+            if not self.accepting:  # draining: no twin can run now; another worker does the task again, both writes
+                if any(t.physical != out.physical for t in self.migrations.targets(alias)):
+                    self._abandoned.add(id(out.item.ticket))
+                continue
             # every collection the alias writes to now, but the one just written: the state may have moved since
             # the task was embedded (a switch, a rollback), and then the live collection gets the twin
             others = [t for t in self.migrations.targets(alias) if t.physical != out.physical]
@@ -322,14 +346,14 @@ class TaskPipeline:
                 )
                 ticket = Ticket(("twin", alias), -1)
                 done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-                self._twin_of[id(ticket)] = done
+                self._twin_of[id(ticket)] = (done, task.task_id, other.physical)
                 self._twins.setdefault(id(out.item.ticket), []).append(done)
                 try:
                     item = WorkItem(task=twin, raw=None, ticket=ticket, source=out.item.source)
                 except Exception as exc:  # noqa: BLE001 - an image's records (no text): the twin fails, not the task
                     self._spawn(self.reporter.fail(task.task_id, twin.task_type, None, exc, ticket, out.item.source))
                     continue
-                self._spawn(self.text.submit(item))
+                self._spawn(self.text.submit_later(item))  # pending in the lane from now on (settled, drain)
 
     def _spawn(self, work: Awaitable[None]) -> None:
         job = asyncio.ensure_future(work)
@@ -352,18 +376,40 @@ class TaskPipeline:
         twin = self._twin_of.pop(id(ticket), None)
         if twin is not None:  # a twin of the dual write: its task may be acknowledged now
             ticket.done = True
-            if not twin.done():
-                twin.set_result(None)
+            done, task_id, target = twin
+            if ticket.failed:  # an earlier version of the task must not stay in the twin's collection
+                self._spawn(self._undo_twin(done, task_id, target))
+            elif not done.done():
+                done.set_result(None)
+            return
+        if id(ticket) in self._deferred:  # already done, waiting for its twins (a bug path may report it twice)
+            return
+        if id(ticket) in self._abandoned:  # its twin could not run (drain): unacknowledged, for another worker
             return
         twins = self._twins.pop(id(ticket), None)
         if twins and not all(t.done() for t in twins):
-            self._spawn(self._after_twins(ticket, twins))
+            self._deferred.add(id(ticket))
+            job = asyncio.ensure_future(self._after_twins(ticket, twins))
+            self._twin_waits[id(ticket)] = job
+            self._jobs.add(job)
+            job.add_done_callback(self._jobs.discard)
+            job.add_done_callback(lambda _, key=id(ticket): self._twin_waits.pop(key, None))
             return
         await self._done(ticket)
 
     async def _after_twins(self, ticket: Ticket, twins: list[asyncio.Future[None]]) -> None:
         await asyncio.gather(*twins)
+        self._deferred.discard(id(ticket))
         await self._done(ticket)
+
+    async def _undo_twin(self, done: asyncio.Future[None], task_id: str, target: str) -> None:
+        """A twin failed: its task's records leave the twin's collection (the migration's verify then finds them
+        missing and sends the task again), then its task may be acknowledged."""
+        try:
+            await self.writer.delete_from(target, [task_id])
+        finally:
+            if not done.done():
+                done.set_result(None)
 
     async def _done(self, ticket: Ticket) -> None:
         generation = self._generation_of.pop(id(ticket), None)
@@ -407,6 +453,16 @@ def _unreadable(exc: BaseException) -> InvalidTaskError:
             "have named the problem."
         )
     )
+
+
+def _declared_reembed(raw: bytes | str | None) -> str | None:
+    """``"reembed"`` when an unreadable record declares that type (it is then dead-lettered without a status under
+    the user's task id), else None (a hostile type name never becomes a metric label)."""
+    try:
+        value = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return "reembed" if isinstance(value, dict) and value.get("task_type") == "reembed" else None
 
 
 def _fallback_task_id(source: Source | None) -> str:

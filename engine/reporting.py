@@ -235,6 +235,7 @@ class Reporter:
         characters, the record's topic/partition/offset, so the record can be read from there.
         """
         info = ErrorInfo.of(error)
+        ticket.failed = True
         reports = _reports(task_type)
         tiers = [(raw, error, "full"), ((raw or b"")[:4096], error, "payload cut to 4 KiB")]
         tiers.append((None, _Minimal(ErrorInfo.of(error, limit=512)), "minimal: no payload, error cut to 512 chars"))

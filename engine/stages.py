@@ -12,7 +12,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
 from core.errors import PermanentError
@@ -84,9 +84,14 @@ class LaneBase:
         self._accepting = True
 
     async def submit(self, item: WorkItem) -> None:
+        await self.submit_later(item)
+
+    def submit_later(self, item: WorkItem) -> Awaitable[None]:
+        """Count ``item`` as pending now; the awaitable returned queues it (a migration's twin, made by a stage
+        that must not wait for room in the queue)."""
         self._pending += 1
         self._idle.clear()
-        await self.waiting.put(item)
+        return self.waiting.put(item)
 
     @property
     def pending(self) -> int:

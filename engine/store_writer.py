@@ -83,12 +83,14 @@ class StoreWriter:
         live one of its migration state, or during a migration the other collection when it is that model's (a
         task embedded just before a switch or a rollback goes where its model belongs; its twin then goes to the
         live one); an alias without a state: the collection of that name."""
-        targets = self.migrations.targets(alias)
-        if identity is not None:
-            for target in targets:
-                if target.identity is not None and target.identity.accepts(identity):
-                    return target.physical
-        return targets[0].physical
+        state = self.migrations.get(alias)
+        if state is None:
+            return alias
+        if identity is not None:  # the live collection first; the shadow or the old one exist until cleanup
+            for kept in (state.live, state.shadow, state.old):
+                if kept is not None and kept.identity.accepts(identity):
+                    return kept.physical
+        return state.live.physical
 
     async def write(self, outcomes: list[Outcome]) -> None:
         groups: dict[Group, list[tuple[Outcome, list[VectorRecord]]]] = defaultdict(list)
@@ -100,7 +102,7 @@ class StoreWriter:
             source: str | None = None
             if isinstance(task, ReembedTask):  # a migration's: written to its target, if the migration still wants it
                 out.ids = [item.id for item in task.items]
-                if not self._wanted(task):
+                if not self.wanted(task):
                     out.skipped = True
                     continue
                 physical = task.migration.target
@@ -155,7 +157,7 @@ class StoreWriter:
             for out, _ in entries:
                 out.store_ms = elapsed
 
-    def _wanted(self, task: ReembedTask) -> bool:
+    def wanted(self, task: ReembedTask) -> bool:
         """Whether the migration of ``task``'s alias still writes to its target: a backfill's reembed reads the
         live collection and writes the shadow (dual write, backfill, verify) or the old collection (switched); a
         twin writes any collection the alias writes to now. Else the migration was aborted, switched, rolled back
@@ -313,6 +315,21 @@ class StoreWriter:
         counts = await asyncio.gather(*(one(store, physical) for physical in physicals for store in self.stores))
         live = counts[: len(self.stores)]
         return {store.describe(): c for store, c in zip(self.stores, live, strict=True)}
+
+    async def delete_from(self, physical: str, task_ids: list[str]) -> None:
+        """Remove every vector of ``task_ids`` from the physical collection ``physical`` in every store (a failed
+        twin's target: an older version of the task must not stay there)."""
+
+        async def one(store: BaseVectorDB) -> None:
+            await retry_forever(
+                lambda: self.in_store_thread(
+                    lambda: remove_stale(store, physical, dict.fromkeys(task_ids, set())), store
+                ),
+                what=f"Deleting the vectors of {len(task_ids)} task(s) from {physical} on {store.describe()}",
+                on_retry=self._on_retry,
+            )
+
+        await asyncio.gather(*(one(store) for store in self.stores))
 
     async def answers(self, store: BaseVectorDB, *, timeout: float = 5.0, fresh: float = 10.0) -> bool:
         """Whether ``store`` answers: a write that succeeded in the last ``fresh`` seconds says so, else its

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from core.errors import InvalidTaskError
 from sinks.base import MAX_TASK_RECORDS, VectorRecord
@@ -57,6 +57,16 @@ class ReembedMigration(BaseModel):
         description="Write only if the source still holds exactly these records with these digests "
         "(false for the twins a worker makes of what it has just written).",
     )
+
+    @field_validator("check_source")
+    @classmethod
+    def _always_checked(cls, value: bool) -> bool:
+        if not value:
+            raise ValueError(
+                "a reembed record from Kafka is always checked against its source; check_source false is only for "
+                "the twins a worker makes in memory: leave the field out"
+            )
+        return value
 
 
 class ReembedItem(BaseModel):

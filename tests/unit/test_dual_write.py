@@ -304,3 +304,85 @@ async def test_an_image_task_of_a_migrating_collection_completes_and_its_twin_is
     dead = h.kafka.on("dlq")
     assert len(dead) == 1 and dead[0]["task_id"] == "img" and "image vectors are not re-embedded" in json.dumps(dead)
     assert h.pipeline.metrics.migration_tasks.labels("failed")._value.get() == 1
+
+
+async def test_a_failed_twin_of_an_update_leaves_no_older_version_in_the_other_collection() -> None:
+    h = harness("dual_write")
+    await h.send(batch("u", 2))
+    await settle(h)
+    assert set(h.store.collections[SHADOW]) == {vector_id("u", 0), vector_id("u", 1)}
+    h.embedders["model-b"].embed_texts = _failing  # type: ignore[method-assign]
+    await h.send(batch("u", 2, metadata={"v": 2}))  # the update: its twin fails
+    await settle(h)
+    assert h.statuses("u")[-1] == "completed" and h.acked == [0, 1]
+    assert vector_id("u", 0) not in h.store.collections[SHADOW]  # gone: verify finds it missing and sends it again
+    assert h.store.collections[LIVE][vector_id("u", 0)].payload["metadata"] == {"v": 2}
+
+
+def _failing(texts: Any, **kw: Any) -> np.ndarray:
+    raise RuntimeError("the new model broke")
+
+
+async def test_a_rollback_while_a_task_of_the_new_model_is_in_flight_keeps_the_task() -> None:
+    h = Harness()
+    h.embedders["model-b"] = FakeEmbedder("model-b", dim=6)
+    for name in ("fake-model", "model-b"):
+        await h.manager.get(name)
+    a, b = h.manager.identity_record("fake-model"), h.manager.identity_record("model-b")
+    assert a is not None and b is not None
+    path = states(a=a, b=b)
+    for state in path:  # switched: tasks naming no model get model-b
+        h.pipeline.migrations.apply(state)
+    rolled_back = advance(path[-1], "rolled_back")
+    model_b = h.embedders["model-b"]
+    embed = model_b.embed_texts
+
+    def embed_then_roll_back(texts: Any, **kw: Any) -> np.ndarray:
+        vectors = embed(texts, **kw)
+        if not h.kafka.on("results"):
+            h.pipeline.migrations.apply(rolled_back)  # the rollback lands while the model runs
+        return vectors
+
+    model_b.embed_texts = embed_then_roll_back  # type: ignore[method-assign]
+    await h.send(batch("late", 1))
+    await settle(h)
+    assert h.statuses("late")[-1] == "completed" and h.kafka.on("dlq") == []
+    assert len(h.store.collections[SHADOW][vector_id("late", 0)].vector) == 6  # where model-b's vectors belong
+    assert len(h.store.collections[LIVE][vector_id("late", 0)].vector) == 8  # its twin in the live one again
+
+
+async def test_a_reembed_record_that_cannot_be_read_publishes_nothing_under_the_users_task_id() -> None:
+    h = harness("backfill")
+    bad = reembed("t", [{"id": "x", "digest": None, "payload": {"text": "a"}}], epoch=3)
+    bad["migration"]["check_source"] = False  # only a worker's own twins skip the source check
+    await h.send(bad)
+    await h.send({**reembed("t2", [], epoch=3)})  # no items
+    await settle(h)
+    assert h.kafka.on("status") == [] and h.kafka.on("results") == []
+    assert [d["task_id"] for d in h.kafka.on("dlq")] == ["t", "t2"] and "check_source" in json.dumps(h.kafka.on("dlq"))
+
+
+async def test_a_reembed_of_a_migration_that_moved_on_is_not_embedded_at_all() -> None:
+    h = harness("bound")
+    await h.send(batch("t", 1))
+    await settle(h)
+    carried = items_of(h, "t")
+    for state in states()[1:4]:
+        h.pipeline.migrations.apply(state)
+    h.pipeline.migrations.apply(advance(h.pipeline.migrations.get(LIVE), "aborted"))  # type: ignore[arg-type]
+    await h.send(reembed("t", carried, epoch=3))
+    await settle(h)
+    assert h.embedders["model-b"].calls == [] and h.acked == [0, 1]
+    assert h.pipeline.metrics.migration_tasks.labels("skipped")._value.get() == 1
+
+
+async def test_a_drain_acknowledges_no_task_whose_twin_is_not_written() -> None:
+    h = harness("dual_write")
+    h.pipeline.start()
+    for i in range(6):
+        await h.send(batch(f"d{i}", 2))
+    await asyncio.sleep(0.02)  # some in the model, some queued
+    assert await h.pipeline.drain(timeout=20)
+    shadow = {p.payload["task_id"] for p in h.store.collections.get(SHADOW, {}).values()}
+    assert {f"d{offset}" for offset in h.acked} <= shadow  # every task acknowledged is in both collections
+    await h.pipeline.stop()

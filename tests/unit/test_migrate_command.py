@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import app.migrate as migrate_module
-from app.migrate import MigrateOptions, MigratePorts, Timing, reembed_record, run_migrate
+from app.migrate import SCAN_DONE, MigrateOptions, MigratePorts, Timing, reembed_record, run_migrate
 from core.errors import ModelLoadError
 from core.settings import Settings
 from core.versioning import ModelIdentity, physical_name
@@ -36,7 +36,7 @@ A = ModelIdentity("org/model-a", "a" * 64, 8, normalize=True, pooling="mean", fa
 B = ModelIdentity("org/model-b", "b" * 64, 4, normalize=True, pooling="cls", family="fake")
 LIVE = physical_name("docs", A)  # docs__model_a_aaaaaaaa
 SHADOW = physical_name("docs", B)  # docs__model_b_bbbbbbbb
-FAST = Timing(poll=0.001, report=0.0, progress=0.001, retry=0.001)
+FAST = Timing(poll=0.001, report=0.0, progress=0.001, retry=0.001, confirm=0.001)
 
 
 # -- fakes --------------------------------------------------------------------------------------------------------
@@ -297,7 +297,7 @@ async def test_a_migration_from_plan_to_switch() -> None:
     ]
     epochs = [s.epoch for s in rig.log.published]
     assert epochs == [1, 2, 3, 3, 4, 4, 4, 5]
-    assert rig.log.published[3].backfill == Backfill("weaviate", None, 4)
+    assert rig.log.published[3].backfill == Backfill("weaviate", SCAN_DONE, 4)  # the whole collection scanned
     assert [s.switched for s in rig.log.published[5:7]] == [("weaviate",), ("weaviate", "chroma")]
     final = rig.state()
     assert (final.live.physical, final.old.physical if final.old else None) == (SHADOW, LIVE)
@@ -337,6 +337,52 @@ async def test_a_crashed_command_resumes_the_backfill_at_its_cursor(monkeypatch:
     assert scans[1] == (LIVE, cursor)  # after the plan's sample, the backfill went on from the stored cursor
     assert set(first_run) | set(rig.worker.tasks()) == {"doc-1", "t1", "t2", "t3"}
     assert rig.state().phase == "switched"
+
+
+async def test_a_command_stopped_after_its_scan_does_not_scan_again() -> None:
+    rig = Rig()
+    rig.log.crash = lambda s: s.phase == "verify"  # stopped while it watched the counts, after the whole scan
+    with pytest.raises(Crash):
+        await rig.run(to_model="org/model-b", yes=True)
+    assert rig.state().backfill.cursor == SCAN_DONE
+    produced = len(rig.worker.sent)
+    weaviate = rig.stores[0]
+    weaviate.calls.clear()
+    code, out = await rig.run(to_model="org/model-b", yes=True)
+    assert code == 0, out
+    assert "Backfill: the scan of docs__model_a_aaaaaaaa was done (4 reembed task(s) produced)" in out
+    backfill_scans = [args for call, args in weaviate.calls if call == "scan" and args[0] == LIVE and args[1]]
+    assert backfill_scans == [] and len(rig.worker.sent) == produced  # nothing sent twice
+    assert rig.state().phase == "switched"
+
+
+async def test_a_record_only_in_the_new_collection_is_kept_when_its_twin_reaches_the_live_one_later() -> None:
+    rig = Rig()
+    chroma = rig.stores[1]
+    original = chroma.ensure_collection
+    diffs = {"n": 0}
+    scan_ids = chroma.scan_ids
+
+    def ensure_and_plant(collection: str, dim: int, distance: str = "cosine", identity: Any = None) -> None:
+        original(collection, dim, distance, identity)
+        if collection == SHADOW:  # a task naming the new model: written there first, its twin to the live one follows
+            chroma.collections[SHADOW]["early-0"] = StoredPoint("early-0", {"task_id": "early"}, [1.0, 0, 0, 0])
+
+    def scan_ids_then_twin(physical: str, cursor: Any = None, limit: int = 1000) -> Any:
+        if physical == SHADOW:
+            diffs["n"] += 1
+            if diffs["n"] == 2:  # between the first look and the second: the twin lands in the live collection
+                chroma.collections[LIVE]["early-0"] = StoredPoint(
+                    "early-0", {"task_id": "early"}, [1.0, 0, 0, 0, 0, 0, 0, 0]
+                )
+        return scan_ids(physical, cursor, limit)
+
+    chroma.ensure_collection = ensure_and_plant  # type: ignore[method-assign]
+    chroma.scan_ids = scan_ids_then_twin  # type: ignore[method-assign]
+    code, out = await rig.run(to_model="org/model-b", yes=True)
+    assert code == 0, out
+    assert "1 only in it (looked at again)" in out and "deleted" not in out
+    assert "early-0" in chroma.collections[SHADOW]
 
 
 async def test_the_backfill_waits_until_every_worker_applies_the_dual_write_epoch() -> None:
