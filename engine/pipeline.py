@@ -34,7 +34,7 @@ from ops.metrics import Metrics
 from sinks.base import BaseVectorDB
 from tasks import types as task_types
 from tasks.inputs import TextPreparer
-from tasks.reembed import ReembedTask, twin_of
+from tasks.reembed import ReembedTask, image_task, twin_of
 from tasks.schema import DeleteTask, Limits, Task, parse_task, tombstone
 
 log_main = logging.getLogger("worker.main")
@@ -176,7 +176,10 @@ class TaskPipeline:
                 assert isinstance(task, DeleteTask)  # the registry lets only DeleteTask models run there
                 self._start_delete(task, raw, ticket, source)
                 return
-            item = WorkItem(task=task, raw=raw, ticket=ticket, source=source)
+            if isinstance(task, ReembedTask) and not self.writer.wanted(task):  # its migration moved on
+                item = None
+            else:
+                item = _work_item(task, raw, ticket, source)
         except Exception as exc:  # noqa: BLE001 - whatever a record holds, it can fail only itself
             # an installed task type that cannot load raises UnsupportedTaskError, a PermanentError too
             error = exc if isinstance(exc, PermanentError) else _unreadable(exc)
@@ -185,7 +188,7 @@ class TaskPipeline:
             kind = task.task_type if task is not None else _declared_reembed(raw)
             await self.reporter.fail(task_id, kind, raw, error, ticket, source)
             return
-        if isinstance(task, ReembedTask) and not self.writer.wanted(task):  # its migration moved on: nothing to do
+        if item is None:  # a migration's reembed with nothing to do: not embedded at all
             self.metrics.migration_tasks.labels("skipped").inc()
             await self._on_done(ticket)
             return
@@ -196,7 +199,7 @@ class TaskPipeline:
         self._task_of[id(ticket)] = task.task_id
         self._active[task.task_id] = self._active.get(task.task_id, 0) + 1
         await self.reporter.early_status(item, "received")
-        lane = self.lane_for(task)
+        lane = self.lane_for(item.task)
         if lane is self.text:
             await self._texts.acquire(item.weight)  # waits while max_inflight_texts texts are unfinished
             self._held[id(ticket)] = (item.weight, size)
@@ -318,7 +321,9 @@ class TaskPipeline:
         task is acknowledged once the twin is done too (:meth:`_on_done`)."""
         for out in outcomes:
             task = out.item.task
-            if out.error is not None or out.records is None or out.physical is None or isinstance(task, ReembedTask):
+            if out.error is not None or out.records is None or out.physical is None:
+                continue
+            if isinstance(task, ReembedTask) or out.item.reembed is not None:  # a twin or a backfill's: no twin of it
                 continue
             alias = task.collection or self.settings.default_collection
             state = self.migrations.get(alias)
@@ -349,11 +354,16 @@ class TaskPipeline:
                 self._twin_of[id(ticket)] = (done, task.task_id, other.physical)
                 self._twins.setdefault(id(out.item.ticket), []).append(done)
                 try:
-                    item = WorkItem(task=twin, raw=None, ticket=ticket, source=out.item.source)
-                except Exception as exc:  # noqa: BLE001 - an image's records (no text): the twin fails, not the task
-                    self._spawn(self.reporter.fail(task.task_id, twin.task_type, None, exc, ticket, out.item.source))
+                    if self.lane_for(task) is self.images:  # the image read again, embedded with the other model
+                        again = task.model_copy(update={"model_name": other.identity.name})
+                        item = WorkItem(task=again, raw=None, ticket=ticket, source=out.item.source, reembed=twin)
+                    else:
+                        item = WorkItem(task=twin, raw=None, ticket=ticket, source=out.item.source)
+                except Exception as exc:  # noqa: BLE001 - a twin that cannot be made fails alone, not the task
+                    self._spawn(self.reporter.fail(task.task_id, "reembed", None, exc, ticket, out.item.source))
                     continue
-                self._spawn(self.text.submit_later(item))  # pending in the lane from now on (settled, drain)
+                lane = self.images if item.reembed is not None else self.text
+                self._spawn(lane.submit_later(item))  # pending in the lane from now on (settled, drain)
 
     def _spawn(self, work: Awaitable[None]) -> None:
         job = asyncio.ensure_future(work)
@@ -453,6 +463,15 @@ def _unreadable(exc: BaseException) -> InvalidTaskError:
             "have named the problem."
         )
     )
+
+
+def _work_item(task: Task, raw: bytes | str | None, ticket: Ticket, source: Source | None) -> WorkItem:
+    """The work a validated task makes; a migration's reembed of an image record is that image read again."""
+    if isinstance(task, ReembedTask):
+        image = image_task(task)
+        if image is not None:
+            return WorkItem(task=image, raw=raw, ticket=ticket, source=source, reembed=task)
+    return WorkItem(task=task, raw=raw, ticket=ticket, source=source)
 
 
 def _declared_reembed(raw: bytes | str | None) -> str | None:

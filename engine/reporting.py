@@ -107,7 +107,7 @@ class Reporter:
         done: list[tuple[Outcome, ResultRecord, float]] = []
         for out in outcomes:
             item, task = out.item, out.item.task
-            if not _reports(task.task_type):  # a migration's reembed: silent on success, dead-lettered on failure
+            if not _reports(item.kind):  # a migration's reembed: silent on success, dead-lettered on failure
                 await self._quietly_done(out)
                 continue
             if out.error is not None:
@@ -154,7 +154,7 @@ class Reporter:
         """A task that publishes nothing of its own (:attr:`tasks.types.TaskType.reports` false) is done."""
         item, task = out.item, out.item.task
         if out.error is not None:
-            await self.fail(task.task_id, task.task_type, item.raw, out.error, item.ticket, item.source, item.pending)
+            await self.fail(task.task_id, item.kind, item.raw, out.error, item.ticket, item.source, item.pending)
             return
         outcome = "skipped" if out.skipped else "written"
         self.metrics.migration_records.labels(outcome).inc(len(out.ids))
@@ -319,7 +319,7 @@ class Reporter:
     async def early_status(self, item: WorkItem, status: Status) -> None:
         """received/processing are best effort: failing to queue them never stops the task; with
         ``kafka.status_updates: terminal`` they are not sent."""
-        if self.settings.status_updates == "terminal" or not _reports(item.task.task_type):
+        if self.settings.status_updates == "terminal" or not _reports(item.kind):
             return
         try:
             item.pending.append(await self.publisher.status(item.task.task_id, status, task_type=item.task.task_type))

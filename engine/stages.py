@@ -156,7 +156,7 @@ class Steps:
                     f"({self.settings.task_timeout:.0f}s, VECTORIZE_WORKER_TASK_TIMEOUT); resend it or raise the limit."
                 )
                 await self.reporter.fail(
-                    item.task.task_id, item.task.task_type, item.raw, error, item.ticket, item.source, item.pending
+                    item.task.task_id, item.kind, item.raw, error, item.ticket, item.source, item.pending
                 )
             else:
                 live.append(item)
@@ -186,7 +186,7 @@ class Steps:
             for item in batch:
                 if not item.ticket.done:
                     task = item.task
-                    await self.reporter.fail(task.task_id, task.task_type, item.raw, exc, item.ticket, item.source)
+                    await self.reporter.fail(task.task_id, item.kind, item.raw, exc, item.ticket, item.source)
         except Exception:  # noqa: BLE001 - last resort
             log_proc.critical(
                 "Cannot fail a broken batch either; exiting so another worker takes the tasks", exc_info=True

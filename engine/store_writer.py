@@ -100,16 +100,17 @@ class StoreWriter:
             task = out.item.task
             collection = task.collection or self.settings.default_collection
             source: str | None = None
-            if isinstance(task, ReembedTask):  # a migration's: written to its target, if the migration still wants it
-                out.ids = [item.id for item in task.items]
-                if not self.wanted(task):
+            reembed = reembed_of(out)
+            if reembed is not None:  # a migration's: written to its target, if the migration still wants it
+                out.ids = [item.id for item in reembed.items]
+                if not self.wanted(reembed):
                     out.skipped = True
                     continue
-                physical = task.migration.target
-                source = task.migration.source if task.migration.check_source else None
+                physical = reembed.migration.target
+                source = reembed.migration.source if reembed.migration.check_source else None
             if out.identity is None and self._identities is not None:
                 out.identity = self._identities(out.model)
-            if not isinstance(task, ReembedTask):
+            if reembed is None:
                 physical = self.physical(collection, out.identity)
             try:
                 records = build_records(
@@ -389,11 +390,17 @@ def _source_check(entries: list[tuple[Outcome, list[VectorRecord]]]) -> SourceCh
     expected: dict[str, dict[str, str | None]] = {}
     source = ""
     for out, _ in entries:
-        task = out.item.task
-        assert isinstance(task, ReembedTask)
+        task = reembed_of(out)
+        assert task is not None
         source = task.migration.source
         expected[task.task_id] = {item.id: item.digest for item in task.items}
     return SourceCheck(source, expected)
+
+
+def reembed_of(out: Outcome) -> ReembedTask | None:
+    """The migration reembed an outcome carries out: its task, or the one an image task stands for."""
+    task = out.item.task
+    return out.item.reembed if out.item.reembed is not None else (task if isinstance(task, ReembedTask) else None)
 
 
 #: task ids asked of a store at once when looking up their records

@@ -18,6 +18,7 @@ from models.base import EmbedderInfo
 from sinks.base import VectorRecord
 from tasks import types as task_types
 from tasks.inputs import Prepared
+from tasks.reembed import ReembedTask
 from tasks.schema import Task, task_texts
 
 #: where a record came from: (topic, partition, offset)
@@ -41,11 +42,18 @@ class WorkItem:
     pending: list[Awaitable[Any]] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     tokens: int = 0  # estimated (engine.lane.estimate_tokens)
+    # a migration's reembed carried out as another task (an image read again): where and whether to write, silent
+    reembed: ReembedTask | None = None
 
     def __post_init__(self) -> None:
         if not self.texts and task_types.of(self.task).lane == "text":
             self.texts = task_texts(self.task)
             self.tokens = sum(estimate_tokens(t) for t in self.texts)
+
+    @property
+    def kind(self) -> str:
+        """The task type its records are reported under: ``reembed`` for a migration's (silent), else its own."""
+        return "reembed" if self.reembed is not None else self.task.task_type
 
     @property
     def weight(self) -> int:

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from core.errors import InvalidTaskError
 from sinks.base import MAX_TASK_RECORDS, VectorRecord
-from tasks.schema import TaskBase
+from tasks.schema import ImageTask, TaskBase
 from tasks.types import TaskType
 
 if TYPE_CHECKING:
@@ -116,9 +116,8 @@ class ReembedType(TaskType):
             if not isinstance(text, str) or not text:
                 kind = item.payload.get("vector_kind") or item.payload.get("source") or "record"
                 raise InvalidTaskError(
-                    f"{where}: record {item.id} ({kind}, item {index}) has no stored text to embed again; image "
-                    "vectors are not re-embedded by migrations (docs/migration.md, 'Images'): send the image task "
-                    "again after the switch.",
+                    f"{where}: record {item.id} ({kind}, item {index}) has no stored text to embed again and is "
+                    "not one image record (docs/migration.md, 'Images'): send the task again after the switch.",
                     task_id=task.task_id,
                 )
             texts.append(text)
@@ -172,6 +171,35 @@ def _document_vector(chunks: np.ndarray, normalize: bool | None) -> list[float]:
     if normalize and norm > 0:
         mean = mean / norm
     return [float(x) for x in mean]
+
+
+def image_task(task: ReembedTask) -> ImageTask | None:
+    """The image task that embeds ``task``'s one image record again (its image read again from the path or URL
+    it was stored with, under the worker's image rules); None when ``task`` holds texts. An image sent inline is
+    not kept by the stores: :class:`~core.errors.InvalidTaskError` (the reembed is dead-lettered, verify lists
+    the task)."""
+    images = [item for item in task.items if "text" not in item.payload and item.payload.get("vector_kind") is None]
+    if not images or len(task.items) != 1:
+        return None
+    payload = images[0].payload
+    ref = payload.get("image_ref")
+    if not isinstance(ref, str) or not ref:
+        raise InvalidTaskError(
+            f"Task {task.task_id} (reembed of collection {task.collection!r}): its image cannot be read again: it "
+            f"was sent inline (source {payload.get('source', 'unknown')!r}) or its path or URL was not stored, and no "
+            "store keeps the image itself; send the image task again after the switch (docs/migration.md, "
+            "'Images').",
+            task_id=task.task_id,
+        )
+    return ImageTask(
+        task_type="image_vectorization",
+        task_id=task.task_id,
+        data=ref,
+        model_name=task.model_name,
+        collection=task.collection,
+        metadata=task.metadata,
+        normalize=task.normalize,
+    )
 
 
 def twin_of(

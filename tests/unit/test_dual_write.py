@@ -9,6 +9,7 @@ import asyncio
 import base64
 import json
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -231,7 +232,7 @@ async def test_a_reembed_that_cannot_be_done_is_dead_lettered_alone() -> None:
     await h.send(reembed("img", [image], epoch=3))
     await settle(h)
     dead = h.kafka.on("dlq")
-    assert len(dead) == 1 and dead[0]["task_id"] == "img" and "image vectors are not re-embedded" in json.dumps(dead)
+    assert len(dead) == 1 and dead[0]["task_id"] == "img" and "its path or URL was not stored" in json.dumps(dead)
     assert h.statuses("img") == [] and h.kafka.on("results") == []
     assert h.acked == [0]
 
@@ -294,16 +295,48 @@ async def test_a_task_embedded_before_a_switch_is_written_where_its_model_belong
     assert len(h.store.collections[SHADOW][vector_id("early", 0)].vector) == 6  # its twin in the live one
 
 
-async def test_an_image_task_of_a_migrating_collection_completes_and_its_twin_is_dead_lettered() -> None:
+async def test_an_image_task_of_a_migrating_collection_is_read_again_for_its_twin() -> None:
     h = harness("dual_write")
     image = base64.b64encode(png_bytes(photo(seed=3))).decode()
-    await h.send({"task_type": "image_vectorization", "data": image, "task_id": "img"})
+    await h.send({"task_type": "image_vectorization", "data": image, "task_id": "img", "metadata": {"k": 1}})
     await settle(h)
-    assert h.statuses("img")[-1] == "completed" and h.acked == [0]
-    assert vector_id("img", 0) in h.store.collections[LIVE]
+    assert h.statuses("img")[-1] == "completed" and h.acked == [0] and h.kafka.on("dlq") == []
+    live, shadow = h.store.collections[LIVE][vector_id("img", 0)], h.store.collections[SHADOW][vector_id("img", 0)]
+    assert len(live.vector) == 8 and len(shadow.vector) == 6  # the image embedded again by the new model
+    assert shadow.payload["model"] == "model-b" and shadow.payload["metadata"] == {"k": 1}
+    assert h.embedders["model-b"].image_calls == [1]
+    assert [r["task_id"] for r in h.kafka.on("results")] == ["img"]  # nothing published for the twin
+
+
+async def test_the_backfill_reads_a_stored_image_again_by_its_path(tmp_path: Path) -> None:
+    picture = tmp_path / "p.png"
+    picture.write_bytes(png_bytes(photo(seed=5)))
+    h = harness("bound", images_allowed_roots=[str(tmp_path)])
+    await h.send({"task_type": "image_vectorization", "data": str(picture), "task_id": "img"})
+    await settle(h)
+    carried = items_of(h, "img")
+    assert carried[0]["payload"]["image_ref"] == str(picture)
+    for state in states()[1:4]:
+        h.pipeline.migrations.apply(state)
+    await h.send(reembed("img", carried, epoch=3))
+    await settle(h)
+    assert len(h.store.collections[SHADOW][vector_id("img", 0)].vector) == 6 and h.kafka.on("dlq") == []
+    assert h.statuses("img") == ["received", "processing", "completed"]  # the first send's only
+
+
+async def test_the_backfill_of_an_image_sent_inline_is_dead_lettered_alone() -> None:
+    h = harness("bound")
+    image = base64.b64encode(png_bytes(photo(seed=4))).decode()
+    await h.send({"task_type": "image_vectorization", "data": image, "task_id": "inline"})
+    await settle(h)
+    carried = items_of(h, "inline")
+    for state in states()[1:4]:
+        h.pipeline.migrations.apply(state)
+    await h.send(reembed("inline", carried, epoch=3))
+    await settle(h)
     dead = h.kafka.on("dlq")
-    assert len(dead) == 1 and dead[0]["task_id"] == "img" and "image vectors are not re-embedded" in json.dumps(dead)
-    assert h.pipeline.metrics.migration_tasks.labels("failed")._value.get() == 1
+    assert [d["task_id"] for d in dead] == ["inline"] and "cannot be read again" in json.dumps(dead)
+    assert h.statuses("inline") == ["received", "processing", "completed"] and h.acked == [0, 1]
 
 
 async def test_a_failed_twin_of_an_update_leaves_no_older_version_in_the_other_collection() -> None:
