@@ -47,6 +47,21 @@ def harness(phase: str, **overrides: Any) -> Harness:
     return h
 
 
+async def harness_with_loaded_models(upto: int) -> tuple[Harness, list[MigrationState]]:
+    """A harness whose states bind the identities the worker computes for its two models (as the migrate command
+    binds the collections), applied up to the ``upto``-th; the states."""
+    h = Harness()
+    h.embedders["model-b"] = FakeEmbedder("model-b", dim=6)
+    for name in ("fake-model", "model-b"):
+        await h.manager.get(name)
+    a, b = h.manager.identity_record("fake-model"), h.manager.identity_record("model-b")
+    assert a is not None and b is not None
+    path = states(a=a, b=b)
+    for state in path[:upto]:
+        h.pipeline.migrations.apply(state)
+    return h, path
+
+
 def batch(task_id: str, n: int, **extra: Any) -> dict[str, Any]:
     return {"task_type": "batch_vectorization", "data": [f"text {i}" for i in range(n)], "task_id": task_id, **extra}
 
@@ -269,16 +284,7 @@ async def test_a_switch_between_a_tasks_live_write_and_its_twin_still_twins_it_i
 async def test_a_task_embedded_before_a_switch_is_written_where_its_model_belongs_and_twinned_into_the_live_one() -> (
     None
 ):
-    h = Harness()
-    h.embedders["model-b"] = FakeEmbedder("model-b", dim=6)
-    for name in ("fake-model", "model-b"):
-        await h.manager.get(name)
-    # the identities the worker computes for its models, as the migrate command binds the collections with them
-    a, b = h.manager.identity_record("fake-model"), h.manager.identity_record("model-b")
-    assert a is not None and b is not None
-    path = states(a=a, b=b)
-    for state in path[:5]:  # verify
-        h.pipeline.migrations.apply(state)
+    h, path = await harness_with_loaded_models(upto=5)  # verify
     model_a = h.embedders["fake-model"]
     embed = model_a.embed_texts
 
@@ -357,15 +363,7 @@ def _failing(texts: Any, **kw: Any) -> np.ndarray:
 
 
 async def test_a_rollback_while_a_task_of_the_new_model_is_in_flight_keeps_the_task() -> None:
-    h = Harness()
-    h.embedders["model-b"] = FakeEmbedder("model-b", dim=6)
-    for name in ("fake-model", "model-b"):
-        await h.manager.get(name)
-    a, b = h.manager.identity_record("fake-model"), h.manager.identity_record("model-b")
-    assert a is not None and b is not None
-    path = states(a=a, b=b)
-    for state in path:  # switched: tasks naming no model get model-b
-        h.pipeline.migrations.apply(state)
+    h, path = await harness_with_loaded_models(upto=len(states()))  # switched: tasks naming no model get model-b
     rolled_back = advance(path[-1], "rolled_back")
     model_b = h.embedders["model-b"]
     embed = model_b.embed_texts
