@@ -15,12 +15,12 @@ from typing import Any
 from aiokafka.errors import KafkaError
 from faust.exceptions import ProducerSendError
 
-from app.migration_state import MigrationStateReader
-from core.errors import ConfigError
+from app.migration_state import MigrationStateReader, MigrationStateWriter
+from core.errors import ConfigError, RetryableError
 from core.settings import Settings
 from engine.acks import AckTracker, MissingOffsets, Ticket
 from engine.embedding_cache import EmbeddingCache
-from engine.migrations import MigrationView
+from engine.migrations import MigrationState, MigrationView
 from engine.pipeline import TaskPipeline
 from engine.publisher import SEND_ERRORS, RecordPublisher, SendPort
 from models.device import resolve_device
@@ -70,6 +70,7 @@ class WorkerRuntime:
         self._started = asyncio.Event()
         self.migrations = MigrationView()  # every alias's migration state, read from the migrations topic
         self.migration_reader: MigrationStateReader | None = None
+        self.migration_writer: MigrationStateWriter | None = None  # publishes the binding of a new collection
 
     async def start(self) -> None:
         if self.pipeline is not None:
@@ -104,6 +105,7 @@ class WorkerRuntime:
             metrics=self.metrics,
             cache=self.cache,
             migrations=self.migrations,
+            bind=self._bind if s.collection_aliases else None,
         )
         self.manager.on_change = lambda infos: self.metrics.loaded_models.set(len(infos))
         if not self._metrics_served:
@@ -159,6 +161,24 @@ class WorkerRuntime:
                 states = [self.migrations.get(alias) for alias in migrating]
                 log.info("Migrations under way: %s", "; ".join(st.describe() for st in states if st is not None))
             return
+
+    async def _bind(self, state: MigrationState) -> None:
+        """Publish the state of a collection just made behind an alias (engine/store_writer.py); a Kafka error is
+        retryable (the write waits and tries again)."""
+        try:
+            if self.migration_writer is None:
+                self.migration_writer = await MigrationStateWriter(
+                    self.settings, self.settings.migrations_topic, create=False
+                ).start()
+            await self.migration_writer.publish(state)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            writer, self.migration_writer = self.migration_writer, None
+            if writer is not None:
+                await writer.stop()
+            raise RetryableError(
+                f"Publishing the binding of collection {state.alias} to topic {self.settings.migrations_topic} on "
+                f"{self.settings.kafka_bootstrap_servers} failed ({type(exc).__name__}: {exc}); retrying."
+            ) from exc
 
     def ensure_lane(self) -> None:
         """(Re)start the lanes task (text and image lanes) if it is not running."""
@@ -234,6 +254,9 @@ class WorkerRuntime:
         reader, self.migration_reader = self.migration_reader, None
         if reader is not None:
             await reader.stop()
+        writer, self.migration_writer = self.migration_writer, None
+        if writer is not None:
+            await writer.stop()
         if self._lane is not None:
             self._lane.cancel()
             await asyncio.gather(self._lane, return_exceptions=True)

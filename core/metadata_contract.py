@@ -45,6 +45,11 @@ _INT64 = (-(2**63), 2**63 - 1)
 _ORIGIN = "stores.filterable / VECTORIZE_WORKER_FILTERABLE"
 
 
+#: a physical collection of a model behind an alias (core.versioning.physical_name): ``<alias>__<slug>_<rev8>``;
+#: it has the declared fields of its alias
+_PHYSICAL = re.compile(r"^(.+?)__[a-z0-9_]+_[0-9a-f]{8}$", re.IGNORECASE)
+
+
 class WrongType(ValueError):
     """A value that does not fit a declared type; ``given`` describes what it is instead."""
 
@@ -117,7 +122,12 @@ class MetadataContract:
         """Declared name -> type for ``collection``: ``"*"`` overridden by the collection's own entry."""
         found = self._resolved.get(collection)
         if found is None:
-            found = {**self._declared.get(ALL_COLLECTIONS, {}), **self._declared.get(collection, {})}
+            named = collection
+            physical = _PHYSICAL.match(collection)
+            if collection not in self._declared and physical is not None:  # a model's collection behind an alias
+                alias = physical.group(1)  # in Weaviate's class form too (Docs__… for docs)
+                named = next((k for k in self._declared if k.lower() == alias.lower()), alias)
+            found = {**self._declared.get(ALL_COLLECTIONS, {}), **self._declared.get(named, {})}
             self._resolved[collection] = found
         return found
 

@@ -537,6 +537,14 @@ class Settings(BaseSettings):
         "`weaviate`, `qdrant`, `chroma`, `milvus`, or a plug-in's name",
         yaml="stores.vector_dbs",
     )
+    collection_aliases: bool = Setting(
+        True,
+        description="make a new collection behind an alias: its physical collection is named after its model "
+        "(`docs__all_minilm_l6_v2_3f2a9c1d`), the alias (Weaviate, Qdrant) or pointer row (Chroma, Milvus) `docs` "
+        "names it, and a model migration switches it atomically (docs/migration.md); false: new collections get "
+        "the name tasks use, as collections made before aliases",
+        yaml="stores.aliases",
+    )
     default_collection: str = Setting(
         "vectorize",
         pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,62}$",

@@ -23,7 +23,7 @@ from engine.acks import Ticket
 from engine.embedding_cache import EmbeddingCache
 from engine.image_lane import ImageLane
 from engine.lane import TextBudget, TextLane
-from engine.migrations import MigrationView
+from engine.migrations import MigrationState, MigrationView
 from engine.publisher import RecordPublisher
 from engine.reporting import Reporter
 from engine.stages import Lane, Steps
@@ -56,6 +56,7 @@ class TaskPipeline:
         metrics: Metrics | None = None,
         cache: EmbeddingCache | None = None,
         migrations: MigrationView | None = None,
+        bind: Callable[[MigrationState], Awaitable[Any]] | None = None,
     ) -> None:
         self.settings = settings
         # the migration state of every alias (app/migration_state.py feeds it): where writes go, and the twins
@@ -92,6 +93,7 @@ class TaskPipeline:
             on_retry=self.reporter.count_retry,
             identities=manager.identity_record,  # each task's vectors are written under their model's identity
             migrations=self.migrations,
+            bind=bind,  # new collections behind an alias (stores.aliases)
         )
         # the dual write: a task of a migrating alias is acknowledged once its twin is written too (see _dual_write)
         # id(twin ticket) -> (resolved when the twin is done, its task id, the collection it writes)

@@ -9,7 +9,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -19,8 +19,8 @@ import numpy as np
 from core.errors import PermanentError, cap_message
 from core.metadata_contract import MetadataContract
 from core.retry import retry_forever
-from core.versioning import ModelIdentity
-from engine.migrations import MigrationView
+from core.versioning import ModelIdentity, physical_name
+from engine.migrations import Collection, MigrationState, MigrationView
 from sinks.base import MAX_TASK_RECORDS, BaseVectorDB, VectorRecord
 from tasks.inputs import build_records
 from tasks.reembed import ReembedTask
@@ -60,6 +60,7 @@ class StoreWriter:
         on_retry: Callable[[int, BaseException], None],
         identities: Callable[[str], ModelIdentity | None] | None = None,
         migrations: MigrationView | None = None,
+        bind: Callable[[MigrationState], Awaitable[Any]] | None = None,
     ) -> None:
         self.stores = stores  # the pipeline's list: the result records name the same stores
         self.settings = settings
@@ -74,6 +75,11 @@ class StoreWriter:
         self._identities = identities
         # the migration states (engine/migrations.py): which physical collection an alias's tasks are written to
         self.migrations = migrations if migrations is not None else MigrationView()
+        # a new collection is made behind an alias (its physical collection named after the model) and its state
+        # published (bind: app/migration_state.py's writer); None: collections are made under their own name
+        self.bind = bind
+        self._placing: dict[str, asyncio.Lock] = {}
+        self._own_name: set[str] = set()  # aliases found as plain collections (made before aliases): kept as they are
         self._binds: dict[int, bool] = {}  # store -> whether its ensure_collection takes identity=
         self._last_ok: dict[int, float] = {}  # store -> when a write to it last succeeded
         self._probes: dict[int, asyncio.Future[Any]] = {}  # store -> its health check, queued or running
@@ -94,6 +100,17 @@ class StoreWriter:
 
     async def write(self, outcomes: list[Outcome]) -> None:
         groups: dict[Group, list[tuple[Outcome, list[VectorRecord]]]] = defaultdict(list)
+        if self.bind is not None:  # a collection's first write makes it behind an alias
+            firsts: dict[str, tuple[ModelIdentity, int]] = {}
+            for out in outcomes:
+                if out.error is None and out.vectors is not None and out.info is not None and reembed_of(out) is None:
+                    if out.identity is None and self._identities is not None:
+                        out.identity = self._identities(out.model)
+                    alias = out.item.task.collection or self.settings.default_collection
+                    if out.identity is not None and self.migrations.get(alias) is None:
+                        firsts.setdefault(alias, (out.identity, out.info.dim))
+            for alias, (identity, dim) in firsts.items():
+                await self._place(alias, identity, dim)
         for out in outcomes:
             if out.error is not None or out.vectors is None or out.info is None:
                 continue
@@ -157,6 +174,56 @@ class StoreWriter:
             elapsed = (time.monotonic() - t0) * 1000
             for out, _ in entries:
                 out.store_ms = elapsed
+
+    async def _place(self, alias: str, identity: ModelIdentity, dim: int) -> None:
+        """Before the first write of ``alias`` (no migration state): a collection none of the stores has yet is
+        made behind the alias, as ``<alias>__<slug>_<rev8>`` bound to ``identity``, the alias (Weaviate, Qdrant)
+        or pointer (Chroma, Milvus) made in every store, and the state ``bound`` published and applied; an alias
+        some store already holds as a plain collection (made before aliases), or whose alias points elsewhere,
+        is written under its own name as before (its first migration puts it behind an alias)."""
+        if alias in self._own_name or self.migrations.get(alias) is not None or identity.partial:
+            return
+        async with self._placing.setdefault(alias, asyncio.Lock()):
+            if alias in self._own_name or self.migrations.get(alias) is not None:
+                return
+            try:
+                physical = physical_name(alias, identity)
+            except ValueError:
+                self._own_name.add(alias)
+                return
+            found = await asyncio.gather(
+                *(
+                    self._retried(store, f"Looking up collection {alias}", self._lookup(store, alias))
+                    for store in self.stores
+                )
+            )
+            ours = [store.store_name(physical).lower() for store in self.stores]
+            elsewhere = any(t is not None and t.lower() != mine for (_, t), mine in zip(found, ours, strict=True))
+            if any(plain for plain, _ in found) or elsewhere:
+                self._own_name.add(alias)
+                return
+            for store in self.stores:
+                await self._ensure(store, physical, dim, identity)
+                await self._retried(
+                    store,
+                    f"Pointing alias {alias} at {physical}",
+                    lambda store=store: store.point(alias, physical, identity=identity),
+                )
+            state = MigrationState.bound(alias, Collection(physical, identity), owner=self.settings.worker_id)
+            bind = self.bind
+            assert bind is not None
+            await retry_forever(lambda: bind(state), what=f"Publishing the binding of {alias}", on_retry=self._on_retry)
+            self.migrations.apply(state, "this worker")
+            log.info("Collection %s made behind an alias: %s, model %s", alias, physical, identity.describe())
+
+    @staticmethod
+    def _lookup(store: BaseVectorDB, alias: str) -> Callable[[], tuple[bool, str | None]]:
+        return lambda: (store.has_collection(alias), store.resolve(alias))
+
+    async def _retried(self, store: BaseVectorDB, what: str, func: Callable[[], T]) -> T:
+        return await retry_forever(
+            lambda: self.in_store_thread(func, store), what=f"{what} on {store.describe()}", on_retry=self._on_retry
+        )
 
     def wanted(self, task: ReembedTask) -> bool:
         """Whether the migration of ``task``'s alias still writes to its target: a backfill's reembed reads the

@@ -195,6 +195,14 @@ class BaseVectorDB(ABC):
         then used as it is)."""
         return None
 
+    def has_collection(self, name: str) -> bool:
+        """Whether a collection (not an alias or a pointer) of that name exists, read from the store now: a
+        collection made before aliases, which the worker keeps using under its own name."""
+        raise StoreRejectedError(
+            f"{self.describe()}: the {self.name} adapter cannot tell whether collection {name!r} exists; implement "
+            'BaseVectorDB.has_collection (docs/stores.md, "Aliases and pointers").'
+        )
+
     def point(self, alias: str, physical: str, *, identity: ModelIdentity | None = None) -> None:
         """Make ``alias`` point at the existing collection ``physical``: create the alias, or switch it in one
         atomic step (readers see the old target or the new one, never none). ``identity``, the model

@@ -246,6 +246,7 @@ class ChromaStore(LazyClient, BaseVectorDB):
         return col, self._binding(collection, col.metadata) or identity
 
     def bound_identity(self, collection: str) -> ModelIdentity | None:
+        collection = self._readable(collection)
         client = self._connect()
         names = {
             c if isinstance(c, str) else c.name for c in self._call("listing collections", client.list_collections)
@@ -337,6 +338,7 @@ class ChromaStore(LazyClient, BaseVectorDB):
         self._missing.written(collection)
 
     def task_records(self, collection: str, task_ids: Sequence[str]) -> dict[str, dict[str, str | None]]:
+        collection = self._readable(collection)
         wanted = set(task_ids)
         if not wanted:
             return {}
@@ -376,6 +378,7 @@ class ChromaStore(LazyClient, BaseVectorDB):
         conditions = parse_filter(filter, self.contract.fields(collection), collection=collection)
         where = chroma_where(conditions)
         lists = [c for c in conditions if c.is_list]
+        collection = self._readable(collection)  # after the filter: declared fields belong to the alias's name
         col = self._collection(collection)
         self._check_dim(collection, col, [vector])
         wanted = k
@@ -402,6 +405,7 @@ class ChromaStore(LazyClient, BaseVectorDB):
             wanted *= 4
 
     def retrieve(self, collection: str, ids: Sequence[str], *, with_vectors: bool = True) -> list[StoredPoint]:
+        collection = self._readable(collection)
         include = ["metadatas", "embeddings"] if with_vectors else ["metadatas"]
         res = self._read(collection, f"retrieve from {collection}", "get", ids=list(ids), include=include)
         vectors = res.get("embeddings") if with_vectors else None
@@ -414,6 +418,7 @@ class ChromaStore(LazyClient, BaseVectorDB):
         return [found[i] for i in ids if i in found]
 
     def count(self, collection: str) -> int:
+        collection = self._readable(collection)
         client = self._connect()
         names = {
             c if isinstance(c, str) else c.name for c in self._call("listing collections", client.list_collections)
@@ -502,6 +507,17 @@ class ChromaStore(LazyClient, BaseVectorDB):
             if _vanished(exc):
                 return None
             raise
+
+    def has_collection(self, name: str) -> bool:
+        return self._handle(name) is not None
+
+    def _readable(self, name: str) -> str:
+        """What a read of ``name`` reads: the collection of that name, else the one its pointer names (a pointer
+        is this store's alias: a collection made behind one is read by its alias too); one request more for a
+        name the adapter has not seen as a collection."""
+        if name in self._collections or name == POINTER_COLLECTION or self._handle(name) is not None:
+            return name
+        return self.resolve(name) or name
 
     def _forget_name(self, collection: str) -> None:
         self._collections.pop(collection, None)

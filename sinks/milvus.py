@@ -265,6 +265,7 @@ class MilvusStore(LazyClient, BaseVectorDB):
         check_binding(binding, identity, collection=collection, store=self.describe())
 
     def bound_identity(self, collection: str) -> ModelIdentity | None:
+        collection = self._readable(collection)
         if not self._call("collection lookup", self._connect().has_collection, collection_name(collection)):
             return None
         self._read_schema(collection)
@@ -375,6 +376,7 @@ class MilvusStore(LazyClient, BaseVectorDB):
             self._missing.written(collection_name(collection))
 
     def task_records(self, collection: str, task_ids: Sequence[str]) -> dict[str, dict[str, str | None]]:
+        collection = self._readable(collection)
         wanted = set(task_ids)
         client = self._connect()
         name = collection_name(collection)
@@ -415,6 +417,7 @@ class MilvusStore(LazyClient, BaseVectorDB):
         self, collection: str, vector: Sequence[float], k: int = 10, filter: Mapping[str, Any] | None = None
     ) -> list[StoredPoint]:
         expr = milvus_expr(parse_filter(filter, self.contract.fields(collection), collection=collection))
+        collection = self._readable(collection)  # after the filter: declared fields belong to the alias's name
         self._check_dim(collection, [vector])
         res = self._read(
             collection,
@@ -432,6 +435,7 @@ class MilvusStore(LazyClient, BaseVectorDB):
         ]
 
     def retrieve(self, collection: str, ids: Sequence[str], *, with_vectors: bool = True) -> list[StoredPoint]:
+        collection = self._readable(collection)
         fields = [PAYLOAD_KEY, "vector"] if with_vectors else [PAYLOAD_KEY]
         rows = self._read(
             collection,
@@ -460,6 +464,7 @@ class MilvusStore(LazyClient, BaseVectorDB):
             raise
 
     def count(self, collection: str) -> int:
+        collection = self._readable(collection)
         client = self._connect()
         name = collection_name(collection)
         if not self._call("collection lookup", client.has_collection, name):
@@ -532,6 +537,17 @@ class MilvusStore(LazyClient, BaseVectorDB):
         for cache in (self._dims, self._fixed, self._descriptions, self._bindings):
             for key in [k for k in cache if collection_name(k) == name]:
                 del cache[key]
+
+    def has_collection(self, name: str) -> bool:
+        return bool(self._call("collection lookup", self._connect().has_collection, collection_name(name)))
+
+    def _readable(self, name: str) -> str:
+        """What a read of ``name`` reads: the collection of that name, else the one its pointer names (a pointer
+        is this store's alias here: Milvus Lite has no aliases); one request more for a name the adapter has not
+        seen as a collection."""
+        if name in self._dims or collection_name(name) == POINTER_COLLECTION or self.has_collection(name):
+            return name
+        return self.resolve(name) or name
 
     def resolve(self, alias: str) -> str | None:
         rows = self._pointer_call(

@@ -438,6 +438,10 @@ class QdrantStore(BaseVectorDB):
     def resolve(self, alias: str) -> str | None:
         return self._alias_target(alias)
 
+    def has_collection(self, name: str) -> bool:
+        exists = self._call("collection lookup", self._client.collection_exists, name)
+        return bool(exists) and self._alias_target(name) is None
+
     def _change_aliases(self, what: str, operations: list[Any]) -> None:
         def change() -> None:
             try:

@@ -567,6 +567,10 @@ class WeaviateStore(LazyClient, BaseVectorDB):
         except _Unsupported:
             return None  # a Weaviate before aliases: no name can be one
 
+    def has_collection(self, name: str) -> bool:
+        cls = class_name(name)
+        return self._class_exists(cls) and self.resolve(name) is None
+
     def _alias_target(self, name: str) -> str | None:
         found = self._call(f"alias lookup {name}", self._connect().alias.get, alias_name=name)
         return str(found.collection) if found is not None else None

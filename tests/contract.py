@@ -723,6 +723,21 @@ class VectorDBContract:
             with pytest.raises(StoreRejectedError, match="dimension|vector length"):
                 store.search(alias, _vec(0), k=1)
 
+    def test_every_read_by_the_name_reads_its_target_and_has_collection_tells_them_apart(
+        self, store: BaseVectorDB, two_models: tuple[str, str, str]
+    ) -> None:
+        """Readers use the name a collection was made behind on first use: native aliases resolve in the
+        store, this project's pointer stores read a name that is not a collection through its pointer."""
+        alias, a, b = two_models
+        assert not store.has_collection(alias) and store.has_collection(a) and store.has_collection(b)
+        store.point(alias, b, identity=MODEL_WIDE)
+        assert not store.has_collection(alias)  # an alias or a pointer is not a collection
+        assert store.count(alias) == 2 and store.bound_identity(alias) == MODEL_WIDE
+        assert [p.id for p in store.search(alias, _wide_vec(1), k=1)] == ["00000000-0000-4000-8000-000000000011"]
+        [got] = store.retrieve(alias, ["00000000-0000-4000-8000-000000000010"])
+        assert got.payload["task_id"] == "w0"
+        assert set(store.task_records(alias, ["w0", "w1"])) == {"w0", "w1"}
+
     def test_point_refuses_what_cannot_be_pointed_at(
         self, store: BaseVectorDB, two_models: tuple[str, str, str]
     ) -> None:

@@ -170,6 +170,10 @@ class FakeStore(BaseVectorDB):
         self._maybe_fail()
         return self.aliases.get(alias)
 
+    def has_collection(self, name: str) -> bool:
+        self._maybe_fail()
+        return name in self.collections
+
     def point(self, alias: str, physical: str, *, identity: ModelIdentity | None = None) -> None:
         self._maybe_fail()
         if physical not in self.collections:

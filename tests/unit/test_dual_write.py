@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from core.ids import DOCUMENT_VECTOR, vector_id
-from core.versioning import ModelIdentity
+from core.versioning import ModelIdentity, physical_name
 from engine.migrations import Backfill, Collection, MigrationState, advance
 from tests.fakes import FakeEmbedder
 from tests.unit.test_images import photo, png_bytes
@@ -417,3 +417,54 @@ async def test_a_drain_acknowledges_no_task_whose_twin_is_not_written() -> None:
     shadow = {p.payload["task_id"] for p in h.store.collections.get(SHADOW, {}).values()}
     assert {f"d{offset}" for offset in h.acked} <= shadow  # every task acknowledged is in both collections
     await h.pipeline.stop()
+
+
+# -- a new collection made behind an alias (stores.aliases) --------------------------------------------------------
+class Binder:
+    """The port that publishes a collection's binding (the runtime's migration state writer)."""
+
+    def __init__(self) -> None:
+        self.states: list[MigrationState] = []
+
+    async def __call__(self, state: MigrationState) -> None:
+        self.states.append(state)
+
+
+def bound_harness(**overrides: Any) -> tuple[Harness, Binder]:
+    binder = Binder()
+    h = Harness(**overrides)
+    h.pipeline.writer.bind = binder
+    return h, binder
+
+
+async def test_a_new_collection_is_made_behind_an_alias_named_after_its_model() -> None:
+    h, binder = bound_harness()
+    await h.send(batch("t1", 2, collection="docs"))
+    await h.send(batch("t2", 1, collection="docs"))
+    await settle(h)
+    identity = h.manager.identity_record("fake-model")
+    assert identity is not None
+    physical = physical_name("docs", identity)
+    assert h.store.aliases == {"docs": physical} and h.store.pointed["docs"] == identity
+    assert set(h.store.collections) == {physical} and h.store.count(physical) == 3
+    assert h.store.bindings[physical] == identity
+    assert [(s.alias, s.phase, s.live.physical) for s in binder.states] == [("docs", "bound", physical)]  # once
+    assert h.pipeline.migrations.get("docs") == binder.states[0]
+    assert [r["collection"] for r in h.kafka.on("results")] == ["docs", "docs"]  # the name tasks use
+
+
+async def test_a_collection_made_before_aliases_keeps_its_name() -> None:
+    h, binder = bound_harness()
+    h.store.ensure_collection("docs", 8)  # a plain collection of that name, from an earlier version
+    await h.send(batch("t1", 1, collection="docs"))
+    await settle(h)
+    assert binder.states == [] and h.store.aliases == {} and h.store.count("docs") == 1
+
+
+async def test_an_alias_pointing_at_another_collection_is_written_through_its_name() -> None:
+    h, binder = bound_harness()
+    h.store.ensure_collection("elsewhere", 8)
+    h.store.point("docs", "elsewhere")  # made by hand, or by a worker of another model
+    await h.send(batch("t1", 1, collection="docs"))
+    await settle(h)
+    assert binder.states == [] and h.store.count("docs") == 1 and h.store.count("elsewhere") == 0  # under its name

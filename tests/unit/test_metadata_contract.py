@@ -57,6 +57,14 @@ def test_a_collection_overrides_the_wildcard_field_by_field() -> None:
     assert not MetadataContract() and contract
 
 
+def test_a_models_collection_behind_an_alias_has_the_declared_fields_of_its_alias() -> None:
+    contract = MetadataContract(DECLARED)
+    docs = contract.fields("docs")
+    assert contract.fields("docs__all_minilm_l6_v2_3f2a9c1d") == docs  # core.versioning.physical_name
+    assert contract.fields("Docs__all_minilm_l6_v2_3f2a9c1d") == docs  # Weaviate's class name of it
+    assert contract.fields("docs__not_a_physical_name") == {"lang": "string"}  # the wildcard only
+
+
 def test_extract_checks_and_normalises() -> None:
     contract = MetadataContract(
         {"*": {"s": "string", "i": "int", "f": "float", "b": "bool", "d": "datetime", "l": "string_list"}}
