@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from core.errors import PermanentError, cap_message
+from core.errors import PermanentError, StoreRejectedError, cap_message
 from core.metadata_contract import MetadataContract
 from core.retry import retry_forever
-from core.versioning import ModelIdentity, physical_name
+from core.versioning import ModelIdentity, mismatch_message, physical_name
 from engine.migrations import Collection, MigrationState, MigrationView
 from sinks.base import MAX_TASK_RECORDS, BaseVectorDB, VectorRecord
 from tasks.inputs import build_records
@@ -129,6 +129,10 @@ class StoreWriter:
                 out.identity = self._identities(out.model)
             if reembed is None:
                 physical = self.physical(collection, out.identity)
+                refusal = self._refusal(collection, physical, out.identity)
+                if refusal is not None:  # a collection behind an alias, of another model: said with its name
+                    out.error = refusal
+                    continue
             try:
                 records = build_records(
                     out.item.task,
@@ -174,6 +178,20 @@ class StoreWriter:
             elapsed = (time.monotonic() - t0) * 1000
             for out, _ in entries:
                 out.store_ms = elapsed
+
+    def _refusal(self, alias: str, physical: str, identity: ModelIdentity | None) -> StoreRejectedError | None:
+        """The refusal of a task whose model is not the one of the collection the alias names (known from its
+        migration state, without asking the stores), with the way out: another collection, or a migration."""
+        state = self.migrations.get(alias)
+        if state is None or identity is None or physical == alias:
+            return None
+        bound = next((c.identity for c in (state.live, state.shadow, state.old) if c and c.physical == physical), None)
+        if bound is None or bound.accepts(identity):
+            return None
+        return StoreRejectedError(
+            mismatch_message(collection=alias, store="every store", bound=bound, wanted=identity)
+            + f" Or change its model: `faust -A app migrate {alias} --to-model {identity.name}` (docs/migration.md)."
+        )
 
     async def _place(self, alias: str, identity: ModelIdentity, dim: int) -> None:
         """Before the first write of ``alias`` (no migration state): a collection none of the stores has yet is

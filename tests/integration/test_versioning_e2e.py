@@ -120,7 +120,12 @@ def test_a_collection_refuses_the_vectors_of_another_model(topics: Topics, tmp_p
 
 
 def _drop(store: Any, collection: str) -> None:
-    """Leave the shared servers as they were: this run's collections removed (records first, for Chroma)."""
+    """Leave the shared servers as they were: this run's collections removed (records first, for Chroma), and
+    the alias or pointer a collection was made behind with its physical collection."""
+    target = store.resolve(collection)
+    if target is not None:
+        store.unpoint(collection)
+        _drop(store, target)
     if store.name == "weaviate":
         from sinks.weaviate import class_name
 

@@ -154,7 +154,7 @@ async def test_deletes_and_updates_during_a_migration_reach_both_collections() -
 
 
 async def test_after_the_switch_the_new_model_is_live_and_the_old_collection_gets_the_twins() -> None:
-    h = harness("switched")
+    h, _ = await harness_with_loaded_models(upto=len(states()))  # switched
     await h.send(batch("s", 2))
     await settle(h)
     assert {len(p.vector) for p in h.store.collections[SHADOW].values()} == {6}  # live now
@@ -468,3 +468,17 @@ async def test_an_alias_pointing_at_another_collection_is_written_through_its_na
     await h.send(batch("t1", 1, collection="docs"))
     await settle(h)
     assert binder.states == [] and h.store.count("docs") == 1 and h.store.count("elsewhere") == 0  # under its name
+
+
+async def test_a_task_of_another_model_is_refused_naming_the_collection_it_used_and_the_migration() -> None:
+    h, _ = bound_harness()
+    h.embedders["model-b"] = FakeEmbedder("model-b", dim=6)
+    await h.send(batch("first", 1, collection="docs"))
+    await settle(h)
+    await h.send(batch("other", 1, collection="docs", model_name="model-b"))
+    await settle(h)
+    [dead] = h.kafka.on("dlq")
+    message = dead["error"]["message"]
+    assert dead["task_id"] == "other" and "Collection 'docs' on every store is bound to model fake-model" in message
+    assert "faust -A app migrate docs --to-model model-b" in message and h.statuses("other")[-1] == "failed"
+    assert len(h.store.collections) == 1  # nothing of model-b anywhere
