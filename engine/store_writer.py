@@ -209,6 +209,9 @@ class StoreWriter:
             except ValueError:
                 self._own_name.add(alias)
                 return
+            if any(store.alias_kind == "none" for store in self.stores):  # an adapter without aliases or pointers
+                self._own_name.add(alias)
+                return
             found = await asyncio.gather(
                 *(
                     self._retried(store, f"Looking up collection {alias}", self._lookup(store, alias))
