@@ -479,9 +479,11 @@ def _work_item(task: Task, raw: bytes | str | None, ticket: Ticket, source: Sour
 def _declared_reembed(raw: bytes | str | None) -> str | None:
     """``"reembed"`` when an unreadable record declares that type (it is then dead-lettered without a status under
     the user's task id), else None (a hostile type name never becomes a metric label)."""
+    if not raw or "reembed" not in (raw if isinstance(raw, str) else raw.decode("utf-8", "replace")):
+        return None
     try:
-        value = json.loads(raw) if raw else None
-    except ValueError:
+        value = json.loads(raw)
+    except Exception:  # noqa: BLE001 - anything a hostile record holds (RecursionError for a deep one): not ours
         return None
     return "reembed" if isinstance(value, dict) and value.get("task_type") == "reembed" else None
 

@@ -482,3 +482,14 @@ async def test_a_task_of_another_model_is_refused_naming_the_collection_it_used_
     assert dead["task_id"] == "other" and "Collection 'docs' on every store is bound to model fake-model" in message
     assert "faust -A app migrate docs --to-model model-b" in message and h.statuses("other")[-1] == "failed"
     assert len(h.store.collections) == 1  # nothing of model-b anywhere
+
+
+async def test_a_hostile_record_is_rejected_alone_even_when_it_names_the_reembed_type() -> None:
+    h = harness("backfill")
+    deep = b'{"task_type": "reembed", "items": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    await h.send(deep)  # nested far deeper than allowed: rejected at decoding, the rejection must not crash
+    await h.send(b"[" * 100_000)
+    await h.send(batch("after", 1))
+    await settle(h)
+    assert h.statuses("after")[-1] == "completed" and h.acked == [0, 1, 2]
+    assert len(h.kafka.on("dlq")) == 2
