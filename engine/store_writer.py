@@ -80,6 +80,7 @@ class StoreWriter:
         self.bind = bind
         self._placing: dict[str, asyncio.Lock] = {}
         self._own_name: set[str] = set()  # aliases found as plain collections (made before aliases): kept as they are
+        self._placed: set[str] = set()  # aliases this process has made sure of (made, or found in every store)
         self._binds: dict[int, bool] = {}  # store -> whether its ensure_collection takes identity=
         self._last_ok: dict[int, float] = {}  # store -> when a write to it last succeeded
         self._probes: dict[int, asyncio.Future[Any]] = {}  # store -> its health check, queued or running
@@ -107,7 +108,7 @@ class StoreWriter:
                     if out.identity is None and self._identities is not None:
                         out.identity = self._identities(out.model)
                     alias = out.item.task.collection or self.settings.default_collection
-                    if out.identity is not None and self.migrations.get(alias) is None:
+                    if out.identity is not None and alias not in self._placed:
                         firsts.setdefault(alias, (out.identity, out.info.dim))
             for alias, (identity, dim) in firsts.items():
                 await self._place(alias, identity, dim)
@@ -199,10 +200,16 @@ class StoreWriter:
         or pointer (Chroma, Milvus) made in every store, and the state ``bound`` published and applied; an alias
         some store already holds as a plain collection (made before aliases), or whose alias points elsewhere,
         is written under its own name as before (its first migration puts it behind an alias)."""
-        if alias in self._own_name or self.migrations.get(alias) is not None or identity.partial:
+        if alias in self._own_name or alias in self._placed or identity.partial:
             return
         async with self._placing.setdefault(alias, asyncio.Lock()):
-            if alias in self._own_name or self.migrations.get(alias) is not None:
+            if alias in self._own_name or alias in self._placed:
+                return
+            state = self.migrations.get(alias)
+            if state is not None:  # known: in a store added since (or emptied), the bound alias is made again
+                if state.phase in ("bound", "cleaned"):
+                    await self._repoint(alias, state.live, dim)
+                self._placed.add(alias)
                 return
             try:
                 physical = physical_name(alias, identity)
@@ -235,7 +242,26 @@ class StoreWriter:
             assert bind is not None
             await retry_forever(lambda: bind(state), what=f"Publishing the binding of {alias}", on_retry=self._on_retry)
             self.migrations.apply(state, "this worker")
+            self._placed.add(alias)
             log.info("Collection %s made behind an alias: %s, model %s", alias, physical, identity.describe())
+
+    async def _repoint(self, alias: str, live: Collection, dim: int) -> None:
+        """Make ``alias`` point at its live collection in every store where it points at nothing and is no
+        collection itself (a store added to vector_dbs since, or a fresh embedded store)."""
+        for store in self.stores:
+            if store.alias_kind == "none":
+                continue
+            plain, target = await self._retried(store, f"Looking up collection {alias}", self._lookup(store, alias))
+            if plain or target is not None:
+                continue
+            if dim == live.identity.dim:
+                await self._ensure(store, live.physical, dim, live.identity)
+            await self._retried(
+                store,
+                f"Pointing alias {alias} at {live.physical}",
+                lambda store=store: store.point(alias, live.physical, identity=live.identity),
+            )
+            log.info("Alias %s made again on %s: %s", alias, store.describe(), live.physical)
 
     @staticmethod
     def _lookup(store: BaseVectorDB, alias: str) -> Callable[[], tuple[bool, str | None]]:

@@ -74,6 +74,8 @@ class Topics:
             "VECTORIZE_WORKER_RESULTS_TOPIC": self.results,
             "VECTORIZE_WORKER_DLQ_TOPIC": self.dlq,
             "VECTORIZE_WORKER_KAFKA_GROUP_ID": self.group,
+            # each test's collections' states apart from other tests' (a state names physical collections)
+            "VECTORIZE_WORKER_MIGRATIONS_TOPIC": f"it-migrations-{self.suffix}",
         }
 
 

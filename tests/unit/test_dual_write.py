@@ -493,3 +493,15 @@ async def test_a_hostile_record_is_rejected_alone_even_when_it_names_the_reembed
     await settle(h)
     assert h.statuses("after")[-1] == "completed" and h.acked == [0, 1, 2]
     assert len(h.kafka.on("dlq")) == 2
+
+
+async def test_a_store_without_the_alias_of_a_known_collection_gets_it_made_again() -> None:
+    h, binder = bound_harness()
+    await h.manager.get("fake-model")
+    identity = h.manager.identity_record("fake-model")
+    assert identity is not None
+    physical = physical_name("docs", identity)
+    h.pipeline.migrations.apply(MigrationState.bound("docs", Collection(physical, identity)))  # from the topic
+    await h.send(batch("t1", 1, collection="docs"))  # this store is new: neither the collection nor the pointer
+    await settle(h)
+    assert h.store.aliases == {"docs": physical} and h.store.count(physical) == 1 and binder.states == []
