@@ -330,6 +330,7 @@ class ChromaStore(LazyClient, BaseVectorDB):
     def delete(self, collection: str, ids: Sequence[str]) -> None:
         if not ids:
             return
+        collection = self._readable(collection)
         what = f"delete from {collection}"
         try:
             self._call(what, self._collection(collection).delete, ids=list(ids))

@@ -371,6 +371,7 @@ class MilvusStore(LazyClient, BaseVectorDB):
 
     def delete(self, collection: str, ids: Sequence[str]) -> None:
         if ids:
+            collection = self._readable(collection)
             what = f"delete from {collection_name(collection)}"
             self._write_call(collection, what, self._connect().delete, collection_name(collection), ids=list(ids))
             self._missing.written(collection_name(collection))

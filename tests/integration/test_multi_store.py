@@ -70,6 +70,7 @@ def test_one_batch_task_lands_in_all_four_databases(topics: Topics, tmp_path: Pa
     from pymilvus import MilvusClient
     from qdrant_client import QdrantClient
 
+    from sinks.base import POINTER_COLLECTION
     from sinks.milvus import collection_name
     from sinks.weaviate import class_name
 
@@ -80,13 +81,16 @@ def test_one_batch_task_lands_in_all_four_databases(topics: Topics, tmp_path: Pa
         got["weaviate"] = {str(o.uuid): o.vector["default"] for o in objs}
     finally:
         wv.close()
-    ch = chromadb.HttpClient(host="127.0.0.1", port=8000).get_collection(collection)
+    # Chroma and Milvus keep the collection's name as a pointer row of vw_aliases (docs/stores.md): an external
+    # reader with the database's own client reads the pointer's target first
+    chroma = chromadb.HttpClient(host="127.0.0.1", port=8000)
+    pointer = chroma.get_collection(POINTER_COLLECTION).get(ids=[collection], include=["metadatas"])
+    ch = chroma.get_collection(pointer["metadatas"][0]["target"])
     res = ch.get(ids=ids, include=["embeddings"])
     got["chroma"] = dict(zip(res["ids"], [list(e) for e in res["embeddings"]], strict=True))
     mv = MilvusClient(uri=MILVUS_URI)
-    got["milvus"] = {
-        row["id"]: row["vector"] for row in mv.get(collection_name(collection), ids=ids, output_fields=["vector"])
-    }
+    [row] = mv.get(POINTER_COLLECTION, ids=[collection_name(collection)], output_fields=["target"])
+    got["milvus"] = {row["id"]: row["vector"] for row in mv.get(row["target"], ids=ids, output_fields=["vector"])}
     mv.close()
     qd = QdrantClient(path=str(tmp_path / "w" / "qdrant"))
     got["qdrant"] = {str(p.id): p.vector for p in qd.retrieve(collection, ids=ids, with_vectors=True)}
