@@ -417,34 +417,25 @@ class StoreWriter:
         vectors removed from the live collection, by store, then by task id. During a migration the other
         collection of the alias (shadow or old) loses them too."""
         physicals = [t.physical for t in self.migrations.targets(collection)]
-
-        async def one(store: BaseVectorDB, physical: str) -> dict[str, int]:
-            return await retry_forever(
-                lambda: self.in_store_thread(
-                    lambda: remove_stale(store, physical, dict.fromkeys(task_ids, set())), store
-                ),
-                what=f"Deleting the vectors of {len(task_ids)} task(s) from {physical} on {store.describe()}",
-                on_retry=self._on_retry,
-            )
-
-        counts = await asyncio.gather(*(one(store, physical) for physical in physicals for store in self.stores))
+        counts = await asyncio.gather(
+            *(self._remove(store, physical, task_ids) for physical in physicals for store in self.stores)
+        )
         live = counts[: len(self.stores)]
         return {store.describe(): c for store, c in zip(self.stores, live, strict=True)}
 
     async def delete_from(self, physical: str, task_ids: list[str]) -> None:
         """Remove every vector of ``task_ids`` from the physical collection ``physical`` in every store (a failed
         twin's target: an older version of the task must not stay there)."""
+        await asyncio.gather(*(self._remove(store, physical, task_ids) for store in self.stores))
 
-        async def one(store: BaseVectorDB) -> None:
-            await retry_forever(
-                lambda: self.in_store_thread(
-                    lambda: remove_stale(store, physical, dict.fromkeys(task_ids, set())), store
-                ),
-                what=f"Deleting the vectors of {len(task_ids)} task(s) from {physical} on {store.describe()}",
-                on_retry=self._on_retry,
-            )
-
-        await asyncio.gather(*(one(store) for store in self.stores))
+    async def _remove(self, store: BaseVectorDB, physical: str, task_ids: list[str]) -> dict[str, int]:
+        """Every vector of ``task_ids`` out of ``physical`` on ``store``, retried while it is unavailable; the
+        vectors removed, by task id."""
+        return await retry_forever(
+            lambda: self.in_store_thread(lambda: remove_stale(store, physical, dict.fromkeys(task_ids, set())), store),
+            what=f"Deleting the vectors of {len(task_ids)} task(s) from {physical} on {store.describe()}",
+            on_retry=self._on_retry,
+        )
 
     async def answers(self, store: BaseVectorDB, *, timeout: float = 5.0, fresh: float = 10.0) -> bool:
         """Whether ``store`` answers: a write that succeeded in the last ``fresh`` seconds says so, else its
