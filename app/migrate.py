@@ -105,6 +105,12 @@ class RecordProducer(Protocol):
 
     async def produce(self, records: Sequence[tuple[str, bytes]]) -> list[str]: ...
 
+    async def consumed(self) -> bool | None:
+        """Whether the workers' consumer group has committed past every record this producer sent (they are then
+        processed: a worker commits a record once it is written); None when it cannot tell (nothing sent, or Kafka
+        did not answer)."""
+        ...
+
 
 class ModelPort(Protocol):
     """What the command needs of :class:`models.manager.ModelManager`."""
@@ -787,8 +793,10 @@ class Migrator:
         return rows
 
     async def watch_counts(self, live: str, shadow: str) -> bool:
-        """Show the shadow's count against the live one per store until they match everywhere, or stand still
-        for ``--stall-seconds``; whether they matched."""
+        """Show the shadow's count against the live one per store until they match everywhere, or the workers'
+        consumer group has committed past every reembed record this command produced (with traffic going on the
+        two counts need not ever match at one instant: verify looks at the ids), or the counts stand still for
+        ``--stall-seconds``; whether the shadow caught up."""
         timing = self.ports.timing
         rows = await self.counts(live, shadow)
         bars = [
@@ -796,13 +804,20 @@ class Migrator:
             for s, (n_live, _) in zip(self.stores, rows, strict=True)
         ]
         last, since = rows, time.monotonic()
+        shown = 0.0
         try:
             while True:
-                for bar, (n_live, n_shadow) in zip(bars, rows, strict=True):
-                    bar.total = max(n_live, 1)
-                    bar.n = min(n_shadow, n_live)
-                    bar.refresh()
+                now = time.monotonic()
+                if self.out.isatty() or now - shown >= timing.report:  # a log file gets a line per report, not a bar
+                    shown = now
+                    for bar, (n_live, n_shadow) in zip(bars, rows, strict=True):
+                        bar.total = max(n_live, 1)
+                        bar.n = min(n_shadow, n_live)
+                        bar.refresh()
                 if all(n_shadow >= n_live for n_live, n_shadow in rows):
+                    return True
+                if await self.ports.producer.consumed():
+                    self.say("The workers have processed every reembed task produced; verify compares the ids.")
                     return True
                 if rows != last:
                     last, since = rows, time.monotonic()
@@ -837,14 +852,20 @@ class Migrator:
     async def diff(
         self, suspects: Mapping[str, set[str]] | None = None
     ) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
-        """Per store, the live ids missing from the shadow, and the ids only in the shadow. Those are deleted from
-        the shadow only when an earlier round (``suspects``) found them too: a task written to the new model's
-        collection first has its twin in the live one on its way (a task naming the new model)."""
+        """Per store, the live ids missing from the shadow, and the ids only in the shadow.
+
+        Both are looked at twice, ``timing.confirm`` seconds apart, since traffic goes on while verify reads:
+        an id missing from the shadow is missing only if it still is at the second look (a task written to the
+        live collection between the two id scans has its twin on the way) and is still live (not deleted since).
+        Ids only in the shadow are deleted from it only when an earlier round (``suspects``) found them too: a
+        task written to the new model's collection first has its twin in the live one on its way (a task naming
+        the new model)."""
         state = self.current()
         assert state.shadow is not None
         live, shadow = state.live.physical, state.shadow.physical
         missing: dict[str, set[str]] = {}
         extras: dict[str, set[str]] = {}
+        counted: dict[str, tuple[int, int]] = {}
         for store in self.stores:
             live_ids = await self.all_ids(store, live)
             shadow_ids = await self.all_ids(store, shadow)
@@ -866,16 +887,48 @@ class Migrator:
                 self.say(f"Verify: {store.describe()}: deleted {len(doomed)} record(s) of {shadow} absent from {live}.")
             if set(extra) - set(doomed):
                 extras[store.name] = set(extra) - set(doomed)
-            lost = live_ids - shadow_ids
+            counted[store.name] = (len(live_ids), len(shadow_ids) - len(doomed))
+            if live_ids - shadow_ids:
+                missing[store.name] = live_ids - shadow_ids
+        if missing:
+            await self.ports.sleep(self.ports.timing.confirm)
+            for name in list(missing):
+                still = await self.still_missing(self.store_named(name), live, shadow, missing[name])
+                if still:
+                    missing[name] = still
+                else:
+                    del missing[name]
+        for store in self.stores:
+            n_live, n_shadow = counted[store.name]
             self.say(
-                f"Verify: {store.describe()}: {len(live_ids)} records live, {len(shadow_ids) - len(doomed)} in the "
-                f"shadow, {len(lost)} missing from it"
+                f"Verify: {store.describe()}: {n_live} records live, {n_shadow} in the shadow, "
+                f"{len(missing.get(store.name, ()))} missing from it"
                 + (f", {len(extras[store.name])} only in it (looked at again)" if store.name in extras else "")
                 + "."
             )
-            if lost:
-                missing[store.name] = lost
         return missing, extras
+
+    async def still_missing(self, store: BaseVectorDB, live: str, shadow: str, ids: set[str]) -> set[str]:
+        """Of ``ids`` (missing from ``shadow`` at the first look), those the shadow still lacks and the live
+        collection still holds."""
+        still: set[str] = set()
+        ordered = sorted(ids)
+        for start in range(0, len(ordered), IDS_PER_RETRIEVE):
+            chunk = ordered[start : start + IDS_PER_RETRIEVE]
+            arrived = await self.call(
+                store,
+                f"reading {len(chunk)} record(s) of {shadow}",
+                lambda c=chunk: store.retrieve(shadow, c, with_vectors=False),
+            )
+            absent = sorted(set(chunk) - {p.id for p in arrived})
+            if absent:
+                held = await self.call(
+                    store,
+                    f"reading {len(absent)} record(s) of {live}",
+                    lambda c=absent: store.retrieve(live, c, with_vectors=False),
+                )
+                still.update(p.id for p in held)
+        return still
 
     async def verify(self) -> None:
         state = self.current()
@@ -1266,6 +1319,8 @@ class KafkaRecords:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.producer: Any = None
+        self.admin: Any = None
+        self.sent: dict[int, int] = {}  # partition of the tasks topic -> the highest offset produced to it
 
     async def produce(self, records: Sequence[tuple[str, bytes]]) -> list[str]:
         if self.producer is None:
@@ -1295,12 +1350,48 @@ class KafkaRecords:
         failed = [r for r in results if isinstance(r, BaseException) and not isinstance(r, MessageSizeTooLargeError)]
         if failed:
             raise failed[0]
+        for result in results:
+            if not isinstance(result, BaseException):
+                self.sent[result.partition] = max(self.sent.get(result.partition, -1), result.offset)
         return refused
+
+    async def consumed(self) -> bool | None:
+        if not self.sent:
+            return None
+        from aiokafka.errors import KafkaError
+        from aiokafka.structs import TopicPartition
+
+        try:
+            if self.admin is None:
+                from aiokafka.admin import AIOKafkaAdminClient
+
+                from app.kafka_security import aiokafka_security_kwargs
+
+                admin = AIOKafkaAdminClient(
+                    bootstrap_servers=self.settings.kafka_bootstrap_servers,
+                    client_id=f"vectorize-worker-{self.settings.worker_id}-migrate-admin",
+                    request_timeout_ms=10_000,
+                    **aiokafka_security_kwargs(self.settings),
+                )
+                await admin.start()
+                self.admin = admin
+            committed = await self.admin.list_consumer_group_offsets(self.settings.kafka_group_id)
+        except (KafkaError, OSError, TimeoutError):
+            return None  # the counts still say how far the shadow is
+        topic = self.settings.tasks_topic
+        for partition, offset in self.sent.items():
+            at = committed.get(TopicPartition(topic, partition))
+            if at is None or at.offset <= offset:
+                return False
+        return True
 
     async def stop(self) -> None:
         producer, self.producer = self.producer, None
+        admin, self.admin = self.admin, None
         if producer is not None:
             await producer.stop()
+        if admin is not None:
+            await admin.close()
 
 
 async def _ask_on_terminal(question: str) -> bool:

@@ -14,6 +14,7 @@ the switch; ``--cleanup`` then drops the new model's collection."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -112,7 +113,8 @@ class Readers:
         self.searches = 0
         self.errors: list[str] = []
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._stores, daemon=True), threading.Thread(target=self._web)]
+        # daemon threads, and stopped in the test's finally: a failed assertion must not leave pytest waiting on them
+        self._threads = [threading.Thread(target=t, daemon=True) for t in (self._stores, self._web)]
 
     def start(self) -> Readers:
         for thread in self._threads:
@@ -238,6 +240,7 @@ def test_a_collection_moves_to_another_model_while_it_serves(topics: Topics, tmp
     command_env = {**workers[0].env, "VECTORIZE_WORKER_WORKER_ID": f"migrate-{run_id}"}
     corpus = Corpus(alias)
     spare: WorkerProcess | None = None
+    readers: Readers | None = None
     made = [alias]  # the collections this test makes, dropped at the end
     try:
         for w in workers:
@@ -292,9 +295,9 @@ def test_a_collection_moves_to_another_model_while_it_serves(topics: Topics, tmp
         rc = command.wait(30)
         reader.join(10)
         out = "".join(lines)
-        assert rc == 0, f"migrate exited {rc}:\n{out[-6000:]}"
-        assert killed_during and "Phase switched" not in killed_during, out
-        assert "Phase switched" in out and "Overlap of the top 10" in out, out
+        assert rc == 0, f"migrate exited {rc}:\n{_text(out)[-6000:]}"
+        assert killed_during and "Phase switched" not in killed_during, _text(out)
+        assert "Phase switched" in out and "Overlap of the top 10" in out, _text(out)
 
         # writes after the switch: the live model is tiny-b, the old collection gets their twins (for a rollback)
         after = [corpus.text("after-1", 1), corpus.batch("after-2", 3, 2), corpus.delete("t50")]
@@ -337,6 +340,8 @@ def test_a_collection_moves_to_another_model_while_it_serves(topics: Topics, tmp
         for w in [workers[1], spare]:
             assert w is not None and w.stop() == 0
     finally:
+        if readers is not None:
+            readers.stop()
         for w in [*workers, spare]:
             if w is not None:
                 w.kill()
@@ -348,6 +353,13 @@ def test_a_collection_moves_to_another_model_while_it_serves(topics: Topics, tmp
             except Exception:  # noqa: BLE001 - best effort: the names are unique to this run
                 pass
             store.close()
+
+
+def _text(out: str) -> str:
+    """The command's output without its progress bars (a failure's message shows what the command said)."""
+    return "\n".join(
+        line for line in re.split(r"[\r\n]", out) if line.strip() and "rec/s" not in line and "|" not in line
+    )
 
 
 def _identity(result: dict[str, Any]) -> Any:

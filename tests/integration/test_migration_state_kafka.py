@@ -194,3 +194,48 @@ async def wait_for(condition, what: str, timeout: float = 30.0) -> None:  # type
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.1)
+
+
+async def test_the_command_knows_when_the_workers_group_has_processed_its_reembed_records(topic: str) -> None:
+    # the migrate command's producer remembers the offsets it produced; the group's committed offsets say when
+    # the workers have processed every one (what lets the command go on while traffic keeps the counts apart)
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.structs import OffsetAndMetadata, TopicPartition
+
+    from app.migrate import KafkaRecords
+
+    group = f"it-group-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    await admin.start()
+    try:
+        from aiokafka.admin import NewTopic
+
+        await admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])
+    finally:
+        await admin.close()
+    records = KafkaRecords(
+        Settings(kafka_bootstrap_servers=BOOTSTRAP, worker_id="it-migrate", tasks_topic=topic, kafka_group_id=group)
+    )
+    try:
+        assert await records.consumed() is None  # nothing sent: it cannot tell
+        assert await records.produce([(f"task-{i}", b'{"task_type": "reembed"}') for i in range(12)]) == []
+        assert len(records.sent) > 1  # keys spread over partitions
+        assert await records.consumed() is False  # no commit by the group yet
+        consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP, group_id=group, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            partitions = sorted(records.sent)
+            consumer.assign([TopicPartition(topic, p) for p in partitions])
+            # a commit short of the last record of one partition: not yet
+            short = {TopicPartition(topic, p): OffsetAndMetadata(records.sent[p] + 1, "") for p in partitions}
+            short[TopicPartition(topic, partitions[0])] = OffsetAndMetadata(records.sent[partitions[0]], "")
+            await consumer.commit(short)
+            assert await records.consumed() is False
+            await consumer.commit(
+                {TopicPartition(topic, p): OffsetAndMetadata(records.sent[p] + 1, "") for p in partitions}
+            )
+            assert await records.consumed() is True
+        finally:
+            await consumer.stop()
+    finally:
+        await records.stop()

@@ -5,6 +5,7 @@ integration test; one test here runs ``faust -A app migrate`` as a subprocess fo
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import subprocess
@@ -128,6 +129,7 @@ class Worker:
         self.sent: list[tuple[str, dict[str, Any]]] = []
         self.skip: set[str] = set()
         self.too_large: set[str] = set()  # refused by the broker (max.message.bytes)
+        self.consumed_answer: bool | None = None  # what the consumer group's committed offsets say (None: unknown)
 
     async def produce(self, records: Sequence[tuple[str, bytes]]) -> list[str]:
         refused = []
@@ -155,6 +157,9 @@ class Worker:
                         records_.append(VectorRecord(item["id"], vectors.mean(axis=0).tolist(), item["payload"]))
                 store.upsert(target, records_)
         return refused
+
+    async def consumed(self) -> bool | None:
+        return self.consumed_answer
 
     def tasks(self) -> list[str]:
         return [key for key, _ in self.sent]
@@ -410,6 +415,74 @@ async def test_no_live_worker_is_a_warning() -> None:
     rig = Rig(names=())
     code, out = await rig.run(to_model="org/model-b", yes=True)
     assert code == 0 and "Warning: no live worker" in out
+
+
+class Traffic(Store):
+    """A store with traffic going on while the command reads it: every count of the live collection finds one
+    record more than the last (a producer keeps sending), and during verify a record is written to the live
+    collection just before an id scan, its twin reaching the shadow a moment later (at the next read of the
+    shadow), and another record that is deleted from the live collection before the command looks again."""
+
+    def __init__(self, name: str, alias_kind: Any) -> None:
+        super().__init__(name, alias_kind)
+        self.live_counts = 0
+        self.verifying = False
+        self.twin: VectorRecord | None = None
+        self.written: list[str] = []
+
+    def count(self, collection: str) -> int:
+        n = super().count(collection)
+        if collection == LIVE:
+            self.live_counts += 1
+            return n + self.live_counts  # never matched by the shadow's count at one instant
+        return n
+
+    def scan_ids(self, collection: str, cursor: str | None, limit: int) -> tuple[list[str], str | None]:
+        if self.verifying and collection == LIVE and not self.written:
+            late = VectorRecord("late-0", [0.5] * A.dim, {"task_id": "late", "item_index": 0, "text": "late"})
+            gone = VectorRecord("gone-0", [0.5] * A.dim, {"task_id": "gone", "item_index": 0, "text": "gone"})
+            self.upsert(LIVE, [late, gone])
+            self.twin = VectorRecord("late-0", [0.5] * B.dim, late.payload)
+            self.written = ["late-0", "gone-0"]
+        return super().scan_ids(collection, cursor, limit)
+
+    def retrieve(self, collection: str, ids: Sequence[str], with_vectors: bool = False) -> list[StoredPoint]:
+        if collection == SHADOW and self.twin is not None:
+            twin, self.twin = self.twin, None
+            self.upsert(SHADOW, [twin])  # the twin of the task written meanwhile lands
+            self.delete(LIVE, ["gone-0"])  # and the other task is deleted
+        return super().retrieve(collection, ids, with_vectors=with_vectors)
+
+
+async def test_with_traffic_going_on_the_command_goes_on_once_the_workers_consumed_its_reembed_tasks() -> None:
+    # the counts never match at one instant and never stand still (a producer keeps sending): the consumer
+    # group's committed offsets say the backfill is processed; verify then tells new traffic from lost records
+    rig = Rig()
+    rig.stores = [Traffic("weaviate", "native"), Traffic("chroma", "pointer")]
+    for store in rig.stores:
+        seed(store, LIVE, A, TASKS)
+        store.point("docs", LIVE, identity=A)
+    rig.worker = Worker(rig.stores, rig.manager)
+    rig.worker.consumed_answer = True
+    real_verify = migrate_module.Migrator.verify
+
+    async def verify(self: Any) -> None:
+        for store in rig.stores:
+            store.verifying = True  # type: ignore[attr-defined]
+        await real_verify(self)
+
+    migrate_module.Migrator.verify = verify  # type: ignore[method-assign]
+    try:
+        code, out = await asyncio.wait_for(rig.run(to_model="org/model-b", yes=True, stall_seconds=3600), 60)
+    finally:
+        migrate_module.Migrator.verify = real_verify  # type: ignore[method-assign]
+    assert code == 0, out
+    assert "The workers have processed every reembed task produced; verify compares the ids." in out
+    # the record written meanwhile and the one deleted meanwhile are neither missing nor sent again
+    assert "Verify, round" not in out and "missing from it." in out
+    assert "0 missing from it" in out and "1 missing" not in out and "2 missing" not in out
+    assert "late" not in rig.worker.tasks() and "gone" not in rig.worker.tasks()
+    assert rig.state().phase == "switched"
 
 
 async def test_verify_sends_a_lost_task_again_and_deletes_a_record_absent_from_the_live_collection() -> None:
