@@ -22,6 +22,7 @@ from typing import Any
 from bench import corpus
 from bench.model_cases import run_model_cases
 from bench.worker_cases import Driver, RssSampler, bulk_tasks, mixed_tasks, repeated_tasks, small_tasks
+from core.settings import Settings
 from models.engines import COSINE_FLOOR
 from tests.integration.harness import Topics, WorkerProcess, create_topics, free_port, require_kafka
 
@@ -122,7 +123,13 @@ async def start_worker(
     data_dir = Path(tempfile.mkdtemp(prefix="vectorize-bench-"))
     metrics_port = free_port()
     # the engine as a user gets it (the test harness fixes onnx for repeatable tests); --worker-env may set one
-    extra = {"VECTORIZE_WORKER_MODELS_BACKEND": "auto", **env, "VECTORIZE_WORKER_METRICS_PORT": str(metrics_port)}
+    extra = {
+        "VECTORIZE_WORKER_MODELS_BACKEND": "auto",
+        # the status delay as a user gets it (the test harness sends every status at once)
+        "VECTORIZE_WORKER_STATUS_DELAY_MS": str(Settings.model_fields["status_delay_ms"].default),
+        **env,
+        "VECTORIZE_WORKER_METRICS_PORT": str(metrics_port),
+    }
     extra.update(item.split("=", 1) for item in args.worker_env)
     worker = WorkerProcess(topics, data_dir, worker_id=f"bench-{name}", **STORES[args.store], **extra)
     worker.start()

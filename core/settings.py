@@ -269,6 +269,15 @@ class Settings(BaseSettings):
         "send and to read back into the `task-status` table; docs/performance.md)",
         yaml="kafka.status_updates",
     )
+    status_delay_ms: int = Setting(
+        250,
+        ge=0,
+        le=3_600_000,
+        description="with `status_updates: all`, `received` and `processing` are sent only for a task still "
+        "unfinished this long after it was taken in (then at once, in order); a task done sooner gets only its "
+        "final status, as with `terminal`. `0` sends them as they happen (docs/tasks.md)",
+        yaml="kafka.status_delay_ms",
+    )
     task_status_table: bool = Setting(
         True,
         description="keep the `task-status` table behind `/tasks/{id}`; `false` saves reading every status record "

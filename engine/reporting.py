@@ -107,6 +107,7 @@ class Reporter:
         done: list[tuple[Outcome, ResultRecord, float]] = []
         for out in outcomes:
             item, task = out.item, out.item.task
+            self.closing(item)
             if not _reports(item.kind):  # a migration's reembed: silent on success, dead-lettered on failure
                 await self._quietly_done(out)
                 continue
@@ -318,10 +319,54 @@ class Reporter:
 
     async def early_status(self, item: WorkItem, status: Status) -> None:
         """received/processing are best effort: failing to queue them never stops the task; with
-        ``kafka.status_updates: terminal`` they are not sent."""
-        if self.settings.status_updates == "terminal" or not _reports(item.kind):
+        ``kafka.status_updates: terminal`` they are not sent.
+
+        With ``kafka.status_delay_ms`` they are held back that long from the task's intake: a task finished
+        sooner gets only its final status; one still unfinished then gets the held ones at once, in order, and
+        later ones as they happen. Every one is queued before the task's final status (they are in
+        ``item.pending``, which the final records wait for), never after it."""
+        if self.settings.status_updates == "terminal" or not _reports(item.kind) or item.closing:
             return
+        delay = self.settings.status_delay_ms / 1000
+        if delay > 0 and not item.statuses_due:
+            item.held_statuses.append(status)
+            if item.status_timer is None:
+                wait = max(0.0, item.received_at + delay - time.monotonic())
+                item.status_timer = asyncio.get_running_loop().call_later(wait, self._statuses_due, item)
+            return
+        if item.status_sender is not None and not item.status_sender.done():
+            item.held_statuses.append(status)  # after the held ones still being queued
+            return
+        await self._queue_status(item, status)
+
+    def _statuses_due(self, item: WorkItem) -> None:
+        item.status_timer = None
+        if item.closing or item.ticket.failed or item.ticket.done or item.ticket.forgotten:
+            return
+        item.statuses_due = True
+        if item.held_statuses:
+            item.status_sender = asyncio.ensure_future(self._send_held(item))
+            item.pending.append(item.status_sender)
+
+    async def _send_held(self, item: WorkItem) -> None:
+        """Queue the held statuses in order and wait for the broker to have them (the final records wait for
+        this task, as they wait for statuses sent at once)."""
+        first = len(item.pending)
+        while item.held_statuses and not (item.closing or item.ticket.failed):
+            await self._queue_status(item, item.held_statuses.pop(0))
+        await asyncio.gather(*item.pending[first:], return_exceptions=True)
+
+    async def _queue_status(self, item: WorkItem, status: Status) -> None:
         try:
             item.pending.append(await self.publisher.status(item.task.task_id, status, task_type=item.task.task_type))
         except self.publisher.errors as exc:
             log_main.warning("Could not queue the %s status of task %s: %r", status, item.task.task_id, exc)
+
+    @staticmethod
+    def closing(item: WorkItem) -> None:
+        """``item``'s final records are about to be queued: statuses held back are dropped, none is sent after."""
+        item.closing = True
+        item.held_statuses.clear()
+        if item.status_timer is not None:
+            item.status_timer.cancel()
+            item.status_timer = None

@@ -5,6 +5,7 @@ this module imports none of them.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from models.base import EmbedderInfo
 from sinks.base import VectorRecord
 from tasks import types as task_types
 from tasks.inputs import Prepared
+from tasks.records import Status
 from tasks.reembed import ReembedTask
 from tasks.schema import Task, task_texts
 
@@ -44,6 +46,12 @@ class WorkItem:
     tokens: int = 0  # estimated (engine.lane.estimate_tokens)
     # a migration's reembed carried out as another task (an image read again): where and whether to write, silent
     reembed: ReembedTask | None = None
+    # received/processing held back for kafka.status_delay_ms (engine.reporting.Reporter.early_status)
+    held_statuses: list[Status] = field(default_factory=list)
+    status_timer: asyncio.TimerHandle | None = None
+    statuses_due: bool = False  # the delay has passed: statuses go out as they come
+    status_sender: asyncio.Task[None] | None = None
+    closing: bool = False  # its final records are on their way: no early status may follow them
 
     def __post_init__(self) -> None:
         if not self.texts and task_types.of(self.task).lane == "text":

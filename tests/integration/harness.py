@@ -105,6 +105,9 @@ class WorkerProcess:
             # the embedding cache of each test's workers apart from other tests' (and from earlier runs')
             "VECTORIZE_WORKER_CACHE_KEY_PREFIX": f"it:{topics.suffix}:",
             "VECTORIZE_WORKER_CACHE_TTL_SECONDS": "3600",
+            # every status as it happens, so tests can assert received -> processing -> completed whatever the
+            # machine's speed; the default delay has its own test (test_worker_e2e.py)
+            "VECTORIZE_WORKER_STATUS_DELAY_MS": "0",
             **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None

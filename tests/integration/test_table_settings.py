@@ -66,6 +66,35 @@ def test_without_the_task_status_table_statuses_still_flow(topics: Topics, tmp_p
         w.kill()
 
 
+def test_tasks_done_within_the_status_delay_get_only_their_final_status(topics: Topics, tmp_path: Path) -> None:
+    # kafka.status_delay_ms holds received/processing back (default 250 ms); a minute here, so every one of these
+    # tasks is done within it whatever the machine's speed (the delay's timer has its unit tests)
+    w = WorkerProcess(topics, tmp_path / "w", VECTORIZE_WORKER_STATUS_DELAY_MS="60000").start()
+    try:
+        w.wait_ready()
+        run(produce(topics.tasks, tasks("quick", 5)))
+        records = run(
+            collect(
+                [topics.results, topics.status],
+                lambda r: len(completed_ids(r, topics.results)) >= 5 and len(r[topics.status]) >= 5,
+                timeout=120,
+            )
+        )
+        assert completed_ids(records, topics.results) == {f"quick-{i}" for i in range(5)}
+        # everything on the status topic, read for 5 s: a status sent after the final one would be there by then
+        records = run(collect([topics.status], lambda r: False, timeout=5, quiet=True))
+        by_task = {
+            f"quick-{i}": [s["status"] for s in records[topics.status] if s["task_id"] == f"quick-{i}"]
+            for i in range(5)
+        }
+        assert by_task == {f"quick-{i}": ["completed"] for i in range(5)}, by_task
+        body = eventually(lambda: w.get("/tasks/quick-3"))
+        assert [h["status"] for h in body["history"]] == ["completed"]
+    finally:
+        w.stop()
+        w.kill()
+
+
 def test_a_second_worker_on_the_same_data_dir_stops_with_a_clear_message(topics: Topics, tmp_path: Path) -> None:
     first = WorkerProcess(topics, tmp_path / "w", worker_id="same").start()
     # the same worker id and data dir (the default id on one machine); its own log file

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -47,6 +49,7 @@ SETTINGS = SimpleNamespace(
         chunk_tokens=None,
         chunk_overlap_tokens=4,
         document_vector="mean",
+        status_delay_ms=0,  # every status as it happens: the delay has its own tests below
     )
 )
 
@@ -217,6 +220,45 @@ async def test_terminal_status_updates_send_only_the_final_status() -> None:
     await h.drain()
     assert h.statuses("ok") == ["completed"] and h.statuses("bad") == ["failed"]
     assert h.acked == [0, 1] and [r["task_id"] for r in h.kafka.on("dlq")] == ["bad"]
+
+
+async def test_a_task_done_within_the_status_delay_gets_only_its_final_status() -> None:
+    h = Harness(status_delay_ms=60_000)
+    await h.send({"task_type": "text_vectorization", "data": "a", "task_id": "ok"})
+    await h.send({"task_type": "text_vectorization", "data": "b", "task_id": "bad", "model_name": "missing-model"})
+    await h.drain()
+    assert h.statuses("ok") == ["completed"] and h.statuses("bad") == ["failed"]
+    assert h.acked == [0, 1]
+    await asyncio.sleep(0)
+    assert not [r for r in h.kafka.on("status") if r["status"] in ("received", "processing")]
+
+
+class SlowEmbedder(FakeEmbedder):
+    def embed_texts(self, texts: Any, **kwargs: Any) -> Any:
+        time.sleep(0.3)  # the model's thread, not the event loop
+        return super().embed_texts(texts, **kwargs)
+
+
+async def test_a_task_still_unfinished_after_the_status_delay_gets_every_status_in_order() -> None:
+    class Slow(Harness):
+        def _load(self, name: str) -> FakeEmbedder:
+            return self.embedders.setdefault(name, SlowEmbedder(name))
+
+    h = Slow(status_delay_ms=50)
+    await h.send({"task_type": "text_vectorization", "data": "a", "task_id": "slow"})
+    await h.drain()
+    assert h.statuses("slow") == ["received", "processing", "completed"]
+    assert h.acked == [0]
+
+
+async def test_the_status_delay_counts_from_intake_and_a_status_after_it_goes_out_at_once() -> None:
+    h = Harness(status_delay_ms=20)
+    ticket = await h.send({"task_type": "text_vectorization", "data": "a", "task_id": "t"})
+    assert h.statuses("t") == []  # received is held back
+    await asyncio.sleep(0.1)  # the lanes are not running: the task waits past the delay
+    assert h.statuses("t") == ["received"]
+    await h.drain()  # processing now goes out as it happens, before completed
+    assert h.statuses("t") == ["received", "processing", "completed"] and ticket.done
 
 
 async def test_expired_task_is_failed_not_embedded() -> None:
