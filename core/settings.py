@@ -270,7 +270,7 @@ class Settings(BaseSettings):
         yaml="kafka.status_updates",
     )
     status_delay_ms: int = Setting(
-        250,
+        1000,
         ge=0,
         le=3_600_000,
         description="with `status_updates: all`, `received` and `processing` are sent only for a task still "

@@ -67,7 +67,7 @@ def test_without_the_task_status_table_statuses_still_flow(topics: Topics, tmp_p
 
 
 def test_tasks_done_within_the_status_delay_get_only_their_final_status(topics: Topics, tmp_path: Path) -> None:
-    # kafka.status_delay_ms holds received/processing back (default 250 ms); a minute here, so every one of these
+    # kafka.status_delay_ms holds received/processing back (default 1 s); a minute here, so every one of these
     # tasks is done within it whatever the machine's speed (the delay's timer has its unit tests)
     w = WorkerProcess(topics, tmp_path / "w", VECTORIZE_WORKER_STATUS_DELAY_MS="60000").start()
     try:
