@@ -225,6 +225,7 @@ class TaskPipeline:
     async def stop(self) -> None:
         """Cancel the lanes' stages; tasks still pending stay pending until :meth:`start`."""
         await asyncio.gather(*(lane.close() for lane in self.lanes))
+        await self.reporter.stop_sweeping()
 
     async def settled(self) -> None:
         """Wait until every task taken in has left its lane, every delete is done and every task waiting for its

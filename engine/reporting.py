@@ -95,6 +95,9 @@ class Reporter:
         self.processed = 0
         self.failed = 0
         self.recent_failures: deque[dict[str, Any]] = deque(maxlen=20)
+        #: tasks with statuses held back (kafka.status_delay_ms), in intake order, and the task that sweeps them
+        self._held: deque[WorkItem] = deque()
+        self._sweeper: asyncio.Future[None] | None = None
 
     async def report(self, outcomes: list[Outcome]) -> None:
         """Deliver every task's result and ``completed`` status, awaiting the broker once per batch.
@@ -329,18 +332,38 @@ class Reporter:
             return
         delay = self.settings.status_delay_ms / 1000
         if delay > 0 and not item.statuses_due:
+            if not item.held_statuses:  # its first held status: it joins the sweep, in intake order
+                self._held.append(item)
+                if self._sweeper is None or self._sweeper.done():
+                    self._sweeper = asyncio.ensure_future(self._sweep(delay))
             item.held_statuses.append(status)
-            if item.status_timer is None:
-                wait = max(0.0, item.received_at + delay - time.monotonic())
-                item.status_timer = asyncio.get_running_loop().call_later(wait, self._statuses_due, item)
             return
         if item.status_sender is not None and not item.status_sender.done():
             item.held_statuses.append(status)  # after the held ones still being queued
             return
         await self._queue_status(item, status)
 
+    async def _sweep(self, delay: float) -> None:
+        """Hand the held statuses of each task still unfinished ``delay`` after its intake to
+        :meth:`_statuses_due`; drop finished tasks. One task for all of them (a timer per task cost a one-text
+        task more of the event loop); it ends when none is held."""
+        held = self._held
+        while held:
+            now = time.monotonic()
+            while held and (held[0].closing or held[0].received_at + delay <= now):
+                self._statuses_due(held.popleft())
+            if held:
+                await asyncio.sleep(max(0.005, held[0].received_at + delay - now))
+
+    async def stop_sweeping(self) -> None:
+        """Stop the sweep (the worker stops); statuses still held stay unsent: those tasks are unfinished, and
+        the worker that takes them over reports them. A status held by a later intake starts it again."""
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None and not sweeper.done():
+            sweeper.cancel()
+            await asyncio.gather(sweeper, return_exceptions=True)
+
     def _statuses_due(self, item: WorkItem) -> None:
-        item.status_timer = None
         if item.closing or item.ticket.failed or item.ticket.done or item.ticket.forgotten:
             return
         item.statuses_due = True
@@ -367,6 +390,3 @@ class Reporter:
         """``item``'s final records are about to be queued: statuses held back are dropped, none is sent after."""
         item.closing = True
         item.held_statuses.clear()
-        if item.status_timer is not None:
-            item.status_timer.cancel()
-            item.status_timer = None

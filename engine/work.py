@@ -48,7 +48,6 @@ class WorkItem:
     reembed: ReembedTask | None = None
     # received/processing held back for kafka.status_delay_ms (engine.reporting.Reporter.early_status)
     held_statuses: list[Status] = field(default_factory=list)
-    status_timer: asyncio.TimerHandle | None = None
     statuses_due: bool = False  # the delay has passed: statuses go out as they come
     status_sender: asyncio.Task[None] | None = None
     closing: bool = False  # its final records are on their way: no early status may follow them
