@@ -742,17 +742,10 @@ class Migrator:
             for records in found.values():
                 ids.extend(records)
         grouped: dict[str, list[StoredPoint]] = {}
-        for start in range(0, len(ids), IDS_PER_RETRIEVE):
-            chunk = ids[start : start + IDS_PER_RETRIEVE]
-            points = await self.call(
-                store,
-                f"reading {len(chunk)} record(s) of {physical}",
-                lambda c=chunk: store.retrieve(physical, c, with_vectors=False),
-            )
-            for point in points:
-                task_id = point.payload.get("task_id")
-                if isinstance(task_id, str):
-                    grouped.setdefault(task_id, []).append(point)
+        for point in await self.read(store, physical, ids):
+            task_id = point.payload.get("task_id")
+            if isinstance(task_id, str):
+                grouped.setdefault(task_id, []).append(point)
         return grouped
 
     async def reembed_records(
@@ -911,24 +904,22 @@ class Migrator:
     async def still_missing(self, store: BaseVectorDB, live: str, shadow: str, ids: set[str]) -> set[str]:
         """Of ``ids`` (missing from ``shadow`` at the first look), those the shadow still lacks and the live
         collection still holds."""
-        still: set[str] = set()
+        arrived = {p.id for p in await self.read(store, shadow, ids)}
+        absent = set(ids) - arrived
+        return {p.id for p in await self.read(store, live, absent)} if absent else set()
+
+    async def read(self, store: BaseVectorDB, physical: str, ids: Iterable[str]) -> list[StoredPoint]:
+        """The records of ``ids`` that ``physical`` holds (payloads, no vectors), ``IDS_PER_RETRIEVE`` a call."""
         ordered = sorted(ids)
+        points: list[StoredPoint] = []
         for start in range(0, len(ordered), IDS_PER_RETRIEVE):
             chunk = ordered[start : start + IDS_PER_RETRIEVE]
-            arrived = await self.call(
+            points += await self.call(
                 store,
-                f"reading {len(chunk)} record(s) of {shadow}",
-                lambda c=chunk: store.retrieve(shadow, c, with_vectors=False),
+                f"reading {len(chunk)} record(s) of {physical}",
+                lambda c=chunk: store.retrieve(physical, c, with_vectors=False),
             )
-            absent = sorted(set(chunk) - {p.id for p in arrived})
-            if absent:
-                held = await self.call(
-                    store,
-                    f"reading {len(absent)} record(s) of {live}",
-                    lambda c=absent: store.retrieve(live, c, with_vectors=False),
-                )
-                still.update(p.id for p in held)
-        return still
+        return points
 
     async def verify(self) -> None:
         state = self.current()
@@ -967,16 +958,8 @@ class Migrator:
         state = self.current()
         task_ids: list[str] = []
         for name, ids in missing.items():
-            store = self.store_named(name)
-            ordered = sorted(ids)
-            for start in range(0, len(ordered), IDS_PER_RETRIEVE):
-                chunk = ordered[start : start + IDS_PER_RETRIEVE]
-                points = await self.call(
-                    store,
-                    f"reading {len(chunk)} record(s) of {state.live.physical}",
-                    lambda c=chunk, s=store: s.retrieve(state.live.physical, c, with_vectors=False),
-                )
-                task_ids.extend(str(p.payload["task_id"]) for p in points if isinstance(p.payload.get("task_id"), str))
+            points = await self.read(self.store_named(name), state.live.physical, ids)
+            task_ids.extend(str(p.payload["task_id"]) for p in points if isinstance(p.payload.get("task_id"), str))
         return _unique(task_ids)
 
     async def resend(self, missing: Mapping[str, set[str]]) -> int:

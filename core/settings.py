@@ -265,7 +265,8 @@ class Settings(BaseSettings):
     status_updates: Literal["all", "terminal"] = Setting(
         "all",
         description="which status records a task gets on `vectorization-status`: `all` = `received`, `processing`, "
-        "then `completed` or `failed`; `terminal` = only `completed` or `failed` (two records fewer per task to "
+        "then `completed` or `failed` (the first two only for a task still unfinished after `status_delay_ms`); "
+        "`terminal` = only `completed` or `failed` (two records fewer per task to "
         "send and to read back into the `task-status` table; docs/performance.md)",
         yaml="kafka.status_updates",
     )
