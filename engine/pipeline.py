@@ -214,6 +214,7 @@ class TaskPipeline:
         """Start every lane (idempotent)."""
         for lane in self.lanes:
             lane.start()
+        self.reporter.resume_sweeping()
 
     async def run_lanes(self) -> None:
         """Run every lane until cancelled (or until a lane fails on a bug: the caller starts them again)."""

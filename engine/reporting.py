@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -96,8 +97,9 @@ class Reporter:
         self.failed = 0
         self.recent_failures: deque[dict[str, Any]] = deque(maxlen=20)
         #: tasks with statuses held back (kafka.status_delay_ms), in intake order, and the task that sweeps them
-        self._held: deque[WorkItem] = deque()
+        self._held: deque[weakref.ref[WorkItem]] = deque()
         self._sweeper: asyncio.Future[None] | None = None
+        self._sweeping_stopped = False
 
     async def report(self, outcomes: list[Outcome]) -> None:
         """Deliver every task's result and ``completed`` status, awaiting the broker once per batch.
@@ -332,12 +334,14 @@ class Reporter:
             return
         delay = self.settings.status_delay_ms / 1000
         if delay > 0 and not item.statuses_due:
-            if not item.held_statuses:  # its first held status: it joins the sweep, in intake order
-                self._held.append(item)
-                if self._sweeper is None or self._sweeper.done():
-                    self._sweeper = asyncio.ensure_future(self._sweep(delay))
-            item.held_statuses.append(status)
-            return
+            if item.received_at + delay > time.monotonic():
+                if not item.held_statuses:  # its first held status: it joins the sweep
+                    self._held.append(weakref.ref(item))  # a finished task is not kept for the sweep's sake
+                    if not self._sweeping_stopped and (self._sweeper is None or self._sweeper.done()):
+                        self._sweeper = asyncio.ensure_future(self._sweep(delay))
+                item.held_statuses.append(status)
+                return
+            item.statuses_due = True  # it waited past the delay before its first status (an earlier version)
         if item.status_sender is not None and not item.status_sender.done():
             item.held_statuses.append(status)  # after the held ones still being queued
             return
@@ -346,22 +350,34 @@ class Reporter:
     async def _sweep(self, delay: float) -> None:
         """Hand the held statuses of each task still unfinished ``delay`` after its intake to
         :meth:`_statuses_due`; drop finished tasks. One task for all of them (a timer per task cost a one-text
-        task more of the event loop); it ends when none is held."""
+        task more of the event loop), in the order they joined (nearly intake order: a task that waited for an
+        earlier version of itself joins later, and is sent at most ``delay`` late); it ends when none is held."""
         held = self._held
         while held:
             now = time.monotonic()
-            while held and (held[0].closing or held[0].received_at + delay <= now):
-                self._statuses_due(held.popleft())
+            while held:
+                item = held[0]()
+                if item is not None and not item.closing and item.received_at + delay > now:
+                    break
+                held.popleft()
+                if item is not None:
+                    self._statuses_due(item)
             if held:
-                await asyncio.sleep(max(0.005, held[0].received_at + delay - now))
+                await asyncio.sleep(max(0.005, item.received_at + delay - now))  # type: ignore[union-attr]
 
     async def stop_sweeping(self) -> None:
-        """Stop the sweep (the worker stops); statuses still held stay unsent: those tasks are unfinished, and
-        the worker that takes them over reports them. A status held by a later intake starts it again."""
+        """Stop the sweep (the lanes stop); statuses still held stay held until :meth:`resume_sweeping`."""
+        self._sweeping_stopped = True
         sweeper, self._sweeper = self._sweeper, None
         if sweeper is not None and not sweeper.done():
             sweeper.cancel()
             await asyncio.gather(sweeper, return_exceptions=True)
+
+    def resume_sweeping(self) -> None:
+        """Sweep again (the lanes start), the statuses held meanwhile first."""
+        self._sweeping_stopped = False
+        if self._held and (self._sweeper is None or self._sweeper.done()):
+            self._sweeper = asyncio.ensure_future(self._sweep(self.settings.status_delay_ms / 1000))
 
     def _statuses_due(self, item: WorkItem) -> None:
         if item.closing or item.ticket.failed or item.ticket.done or item.ticket.forgotten:
@@ -373,11 +389,14 @@ class Reporter:
 
     async def _send_held(self, item: WorkItem) -> None:
         """Queue the held statuses in order and wait for the broker to have them (the final records wait for
-        this task, as they wait for statuses sent at once)."""
-        first = len(item.pending)
-        while item.held_statuses and not (item.closing or item.ticket.failed):
-            await self._queue_status(item, item.held_statuses.pop(0))
-        await asyncio.gather(*item.pending[first:], return_exceptions=True)
+        this task, as they wait for statuses sent at once); a status held while it waited is sent after them."""
+        while True:
+            first = len(item.pending)
+            while item.held_statuses and not (item.closing or item.ticket.failed):
+                await self._queue_status(item, item.held_statuses.pop(0))
+            await asyncio.gather(*item.pending[first:], return_exceptions=True)
+            if not item.held_statuses or item.closing or item.ticket.failed:
+                return
 
     async def _queue_status(self, item: WorkItem, status: Status) -> None:
         try:

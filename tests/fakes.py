@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -226,10 +226,30 @@ class FakeKafka:
         self.fail_next = 0
         self.max_bytes = max_bytes
         self.refused = 0
+        #: set: ``send`` waits for it before taking a record ``gated(topic, value)`` picks (a producer whose buffer
+        #: is full just then)
+        self.gate: asyncio.Event | None = None
+        self.gated: Callable[[str, dict[str, Any]], bool] = lambda topic, value: True
+        #: true: deliveries stay unconfirmed until :meth:`release` (a slow broker)
+        self.hold = False
+        self._held: list[asyncio.Future[None]] = []
+
+    def release(self) -> None:
+        """Confirm every held delivery; later ones are confirmed at once."""
+        self.hold = False
+        for fut in self._held:
+            if not fut.done():
+                fut.set_result(None)
+        self._held.clear()
 
     async def send(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future[None]:
+        if self.gate is not None and self.gated(topic, json.loads(value)):
+            await self.gate.wait()
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self.fail_next:
+        if self.hold:
+            self.sent.append((topic, key.decode() if key else None, json.loads(value)))
+            self._held.append(fut)
+        elif self.fail_next:
             self.fail_next -= 1
             fut.set_exception(ConnectionError("broker down"))  # what a lost broker raises
         elif self.max_bytes is not None and len(value) > self.max_bytes:

@@ -18,7 +18,9 @@ from core.settings import Settings
 from engine.acks import AckTracker, Ticket
 from engine.pipeline import TaskPipeline
 from engine.publisher import SEND_ERRORS, RecordPublisher
+from engine.work import WorkItem
 from models.manager import ModelManager
+from tasks.schema import parse_task
 from tests.fakes import FakeEmbedder, FakeKafka, FakeStore, unavailable
 
 # every setting at its default (new settings reach these tests by themselves), then the test values
@@ -259,6 +261,71 @@ async def test_the_status_delay_counts_from_intake_and_a_status_after_it_goes_ou
     assert h.statuses("t") == ["received"]
     await h.drain()  # processing now goes out as it happens, before completed
     assert h.statuses("t") == ["received", "processing", "completed"] and ticket.done
+
+
+async def until(condition: Any, limit: float = 30.0) -> None:
+    """Wait until ``condition()`` holds (polled; ``limit`` only bounds a failing test)."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        await asyncio.sleep(0.005)
+
+
+def held_item(h: Harness, task_id: str) -> WorkItem:
+    task = parse_task(json.dumps({"task_type": "text_vectorization", "data": "a", "task_id": task_id}).encode())
+    return WorkItem(task=task, raw=b"{}", ticket=h.tracker.add("tasks-0", 0), source=("tasks", 0, 0))
+
+
+async def test_a_status_held_while_the_held_ones_wait_for_the_broker_is_sent_after_them() -> None:
+    h = Harness(status_delay_ms=10)
+    reporter = h.pipeline.reporter
+    item = held_item(h, "t")
+    h.kafka.hold = True  # the broker confirms nothing yet
+    await reporter.early_status(item, "received")
+    await until(lambda: h.statuses("t") == ["received"])  # the sweep queued it and waits for the broker
+    await reporter.early_status(item, "processing")  # held behind it
+    h.kafka.release()
+    assert item.status_sender is not None
+    await item.status_sender
+    assert h.statuses("t") == ["received", "processing"]
+
+
+async def test_a_task_failed_while_its_held_status_is_being_queued_fails_after_it() -> None:
+    h = Harness(status_delay_ms=10)
+    reporter = h.pipeline.reporter
+    item = held_item(h, "t")
+    h.kafka.gate = asyncio.Event()  # the producer does not take the `received` status yet
+    h.kafka.gated = lambda topic, value: value.get("status") == "received"
+    await reporter.early_status(item, "received")
+    await until(lambda: item.status_sender is not None)  # the sweep is queueing `received`
+    failing = asyncio.ensure_future(h.pipeline.text.steps.fail([item], RuntimeError("a bug in a stage")))
+    await asyncio.sleep(0.05)
+    h.kafka.gate.set()
+    await failing
+    assert h.statuses("t") == ["received", "failed"]  # never an early status after the final one
+    assert [r["task_id"] for r in h.kafka.on("dlq")] == ["t"] and item.ticket.failed
+
+
+async def test_a_task_whose_first_status_comes_after_the_delay_gets_it_at_once() -> None:
+    # e.g. it waited for an earlier version of itself: it does not queue behind the sweep
+    h = Harness(status_delay_ms=10_000)
+    item = held_item(h, "late")
+    item.received_at -= 20.0
+    await h.pipeline.reporter.early_status(item, "received")
+    assert h.statuses("late") == ["received"] and item.statuses_due
+
+
+async def test_statuses_held_when_the_lanes_stop_go_out_when_they_start_again() -> None:
+    h = Harness(status_delay_ms=10)
+    reporter = h.pipeline.reporter
+    item = held_item(h, "t")
+    await reporter.early_status(item, "received")
+    await h.pipeline.stop()
+    await asyncio.sleep(0.05)  # past the delay, no sweep
+    assert h.statuses("t") == [] and item.held_statuses == ["received"]
+    h.pipeline.start()
+    await until(lambda: h.statuses("t") == ["received"])
+    await h.pipeline.stop()
 
 
 async def test_expired_task_is_failed_not_embedded() -> None:
