@@ -602,17 +602,28 @@ class WeaviateStore(LazyClient, BaseVectorDB):
                 "(ensure_collection) first."
             )
         current = self._alias_target(name)
-        if current is None:
-            if self._class_exists(name):
+        if current is None and self._class_exists(name):
+            current = self._alias_target(name)  # an alias another worker made meanwhile answers yes too
+            if current is None:
                 raise StoreRejectedError(
                     f"{where}: alias {name!r} cannot be made: a collection of that name exists, and a Weaviate "
                     "alias cannot take a collection's name. A collection made before aliases must be copied to "
                     'a physical collection and dropped first (docs/stores.md, "Aliases and pointers").'
                 )
-            self._call(
-                f"creating alias {name} -> {target}", client.alias.create, alias_name=name, target_collection=target
-            )
-        elif current != target:
+        if current is None:
+            try:
+                self._call(
+                    f"creating alias {name} -> {target}", client.alias.create, alias_name=name, target_collection=target
+                )
+            except StoreRejectedError as exc:
+                # another worker made it between the lookup and the create (the first write to a new collection
+                # on several workers at once): pointed where this one wants, or switched there
+                if "already exists" not in str(exc):
+                    raise
+                current = self._alias_target(name)
+                if current is None:
+                    raise
+        if current is not None and current != target:
             switched = self._call(
                 f"switching alias {name} from {current} to {target}",
                 client.alias.update,

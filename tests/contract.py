@@ -693,6 +693,22 @@ class VectorDBContract:
         store.unpoint(alias)  # nothing to remove: fine
         assert store.count(a) == 3 and store.count(b) == 2  # an alias's targets are untouched
 
+    def test_workers_pointing_one_new_alias_at_once(
+        self, store: BaseVectorDB, two_models: tuple[str, str, str]
+    ) -> None:
+        """Three workers making the same alias at the same moment (the first write to a new collection on
+        several workers): all succeed and the alias names the collection."""
+        alias, a, _ = two_models
+        workers = [self.second_store(store) for _ in range(3)]
+        try:
+            errors = _at_once(workers, lambda w: w.point(alias, a, identity=MODEL_A))
+        finally:
+            for worker in workers:
+                if worker is not store:
+                    worker.close()
+        assert not errors, [repr(e) for e in errors]
+        self._other(store, lambda other: _resolves(other, alias, a))
+
     def test_reads_through_an_alias_follow_its_switch(
         self, store: BaseVectorDB, two_models: tuple[str, str, str]
     ) -> None:
