@@ -39,29 +39,54 @@ def install(worker: WorkerApp, intake: Intake, loop: asyncio.AbstractEventLoop) 
 
     def on_sigterm() -> None:
         loop.remove_signal_handler(signal.SIGTERM)  # a second SIGTERM goes straight to the default
-        asyncio.ensure_future(drain_then_stop(worker, intake, original))
+        # held here: the event loop keeps only a weak reference to a task, and a drain collected mid-way
+        # would never hand over to mode's shutdown
+        task = asyncio.ensure_future(drain_then_stop(worker, intake, original))
+        _draining.add(task)
+        task.add_done_callback(_draining.discard)
 
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
 
 
+#: the drain in progress (see :func:`install`)
+_draining: set[asyncio.Future[None]] = set()
+
+#: seconds the goodbye to Redis may take before the worker stops without it (its key then expires)
+LEAVE_TIMEOUT_S = 5.0
+
+
 async def drain_then_stop(worker: WorkerApp, intake: Intake, original: Callable[[], Any] | None) -> None:
+    """Drain, commit, say goodbye, then stop: whatever fails or hangs on the way, the worker stops."""
     settings = worker.settings
     rt = intake.runtime()
-    if rt.pipeline is not None:
-        log.info(
-            "SIGTERM: not taking new tasks; finishing the batch in flight (up to %.0fs)", settings.shutdown_timeout
-        )
-        finished = await rt.pipeline.drain(settings.shutdown_timeout)
-        if not finished:
-            log.warning(
-                "Batch in flight did not finish within %.0fs; its tasks will be redelivered", settings.shutdown_timeout
+    try:
+        if rt.pipeline is not None:
+            log.info(
+                "SIGTERM: not taking new tasks; finishing the batch in flight (up to %.0fs)", settings.shutdown_timeout
             )
-        await commit_now(worker.app)
-    await rt.leave()
-    if original is not None:
-        original()
-    else:  # pragma: no cover - no mode worker (e.g. embedded use)
-        await worker.app.stop()
+            finished = await rt.pipeline.drain(settings.shutdown_timeout)
+            if not finished:
+                log.warning(
+                    "Batch in flight did not finish within %.0fs; its tasks will be redelivered",
+                    settings.shutdown_timeout,
+                )
+            await commit_now(worker.app)
+        try:
+            await asyncio.wait_for(rt.leave(), LEAVE_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - stopping anyway; the heartbeat key expires on its own
+            log.warning(
+                "SIGTERM: removing this worker's heartbeat from Redis failed (%r); it leaves the live list when "
+                "the key expires",
+                exc,
+            )
+    except Exception:  # the worker must stop anyway: leaving it up but not taking tasks would stall partitions
+        log.exception("SIGTERM: the drain failed; stopping now (unfinished tasks will be redelivered)")
+    finally:
+        log.info("SIGTERM: stopping the worker")
+        if original is not None:
+            original()
+        else:  # pragma: no cover - no mode worker (e.g. embedded use)
+            await worker.app.stop()
 
 
 async def commit_now(app: Any) -> None:

@@ -87,6 +87,10 @@ class StatusTables:
         self.worker_stats = worker.app.Table(
             "worker-stats", default=None, partitions=s.topic_partitions, options=worker.table_options()
         )
+        # recovery must see every changelog record it fetches, or it can wait for ever (app/compat.py)
+        compat.deliver_every_changelog_record(
+            {table.changelog_topic.get_topic_name() for table in (self.task_status, self.worker_stats)}
+        )
         self.status_topic = worker.raw_topic(s.status_topic)
         self.worker_reports = worker.raw_topic(f"{s.kafka_group_id}-worker-reports")
         #: the task ids this worker's tracker wrote last, newest at the right: `/tasks`

@@ -84,9 +84,22 @@ _F, _A, _M = VERIFIED[FAUST], VERIFIED[AIOKAFKA], VERIFIED[MODE]
 PRIVATE_USES: tuple[PrivateUse, ...] = (
     PrivateUse(FAUST, f"{_C}.__init__", "wrapped", _GUARD, "to swap in the guarded read offsets", _F),
     PrivateUse(
-        FAUST, f"{_C}._read_offset", "replaced", _GUARD, "read as None for the tasks topic: no record dropped", _F
+        FAUST,
+        f"{_C}._read_offset",
+        "replaced",
+        _GUARD,
+        "read as None for the tasks topic and the changelogs: no record dropped",
+        _F,
     ),
     PrivateUse(FAUST, f"{_C}._add_gap", "replaced", _GUARD, "no offset gap acknowledged for the tasks topic", _F),
+    PrivateUse(
+        FAUST,
+        "faust.tables.recovery:Recovery._slurp_changelogs",
+        "relied on",
+        f"{_HERE} deliver_every_changelog_record",
+        "applies a changelog record only above the offset it applied last: a record delivered twice is skipped",
+        _F,
+    ),
     PrivateUse(
         FAUST, f"{_C}._drain_messages", "relied on", _GUARD, "reads _read_offset[tp] and calls _add_gap per record", _F
     ),
@@ -299,8 +312,12 @@ def check_versions(uses: tuple[PrivateUse, ...] = PRIVATE_USES) -> None:
 _GUARDED = "_vw_guarded_topics"  # set on faust's Consumer class once the guard is installed
 
 
+_UNFILTERED = "_vw_unfiltered_topics"  # the guarded topics and the tables' changelogs: read offsets hidden
+
+
 class _ReadOffsets(defaultdict):  # type: ignore[type-arg]
-    """Faust's per-partition read offsets, hidden (read as None) for the guarded topics."""
+    """Faust's per-partition read offsets, hidden (read as None) for ``topics``: the guarded topics and the
+    tables' changelogs (:func:`deliver_every_changelog_record`)."""
 
     def __init__(self, topics: set[str], *args: Any) -> None:
         super().__init__(lambda: None, *args)
@@ -335,13 +352,15 @@ def install_offset_guard(topic: str) -> None:
     guarded: set[str] | None = getattr(Consumer, _GUARDED, None)
     if guarded is not None:
         guarded.add(topic)
+        getattr(Consumer, _UNFILTERED).add(topic)
         return
     guarded = {topic}
+    unfiltered = {topic}
     init, add_gap = Consumer.__init__, Consumer._add_gap
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         init(self, *args, **kwargs)
-        self._read_offset = _ReadOffsets(guarded, self._read_offset)
+        self._read_offset = _ReadOffsets(unfiltered, self._read_offset)
 
     async def _add_gap(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
         if tp.topic not in guarded:
@@ -350,6 +369,35 @@ def install_offset_guard(topic: str) -> None:
     Consumer.__init__ = __init__  # type: ignore[method-assign]
     Consumer._add_gap = _add_gap  # type: ignore[method-assign]
     setattr(Consumer, _GUARDED, guarded)
+    setattr(Consumer, _UNFILTERED, unfiltered)
+
+
+def deliver_every_changelog_record(topics: set[str]) -> None:
+    """Faust's consumer delivers every fetched record of the changelog ``topics`` to table recovery.
+
+    faust-streaming 0.15.3 drops a fetched record below its read offset, and
+    around rebalances that offset is wrong for changelogs as for the tasks
+    topic: records fetched before a rebalance push it up, the recovery that
+    follows seeks back below it, and the records it re-reads are dropped.
+    Recovery then waits for them for ever ("No event received for active tp
+    ... since recovery start") and the worker takes no task (seen in the
+    chaos test). Recovery skips a record at or below the offset it applied
+    last, so a record delivered twice does no harm. Call after
+    :func:`install_offset_guard` (``build_app``), before the consumer starts.
+    """
+    from faust.transport.consumer import Consumer
+
+    unfiltered: set[str] | None = getattr(Consumer, _UNFILTERED, None)
+    if unfiltered is None:
+        raise RuntimeError("install_offset_guard must run first (app.faust_app.build_app does)")
+    unfiltered.update(topics)
+
+
+def unfiltered_topics() -> frozenset[str]:
+    """The topics whose fetched records Faust's consumer never drops in this process (empty before the guard)."""
+    from faust.transport.consumer import Consumer
+
+    return frozenset(getattr(Consumer, _UNFILTERED, ()))
 
 
 def guarded_topics() -> frozenset[str]:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from sinks.chroma import ChromaStore
-from tests.integration.harness import BOOTSTRAP, Topics, WorkerProcess, collect, committed_vs_end, produce, run
+from tests.integration.harness import BOOTSTRAP, ROOT, Topics, WorkerProcess, collect, committed_vs_end, produce, run
 from tests.integration.test_distributed import completed_ids, setup, tasks, worker  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
@@ -38,13 +40,16 @@ def test_chaos_kill_and_sigterm_lose_nothing(
         os.killpg(workers[0].proc.pid, signal.SIGKILL)
         workers[1].proc.send_signal(signal.SIGTERM)
         t0 = time.monotonic()
-        assert workers[1].proc.wait(90) == 0
+        try:
+            assert workers[1].proc.wait(90) == 0
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"w-y did not exit within 90s of SIGTERM\n{diagnose_stuck([workers[1]])}") from None
         sigterm_exit = time.monotonic() - t0
         want = {f"chaos-{i}" for i in range(1000)}
         try:
             records = run(collect([topics.results], lambda r: completed_ids(r, topics.results) >= want, timeout=400))
         except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{diagnose(topics, want, workers)}") from None
+            raise AssertionError(f"{exc}\n{diagnose(topics, want, workers)}\n{diagnose_stuck(workers)}") from None
         results = records[topics.results]
         per_worker: dict[str, int] = {}
         for r in results:
@@ -96,7 +101,54 @@ def diagnose(topics: Topics, want: set[str], workers: list[WorkerProcess]) -> st
         f"committed {committed} end {ends}",
     ]
     for w in workers:
-        notable = [line for line in w.log().splitlines() if "WARNING" in line or "ERROR" in line or "guard" in line]
         lines.append(f"--- {w.worker_id} (exit {w.proc.poll() if w.proc else None}):")
-        lines.extend(notable[-40:])
+        lines.extend(notable(w.log())[-40:])
+    return "\n".join(lines)
+
+
+#: log lines that tell a rebalance's story: warnings, errors, the offset guard, Faust's recovery, the group, SIGTERM
+NOTABLE = re.compile(r"WARNING|ERROR|guard|Recovery\]: [A-Z]|generation|Setting newly|Revoking|SIGTERM|Signal received")
+#: frames of a stuck task worth showing: the worker's own code and Faust's rebalance, recovery and consumer
+OWN_FRAMES = re.compile(r'File ".*/(agents|app|engine|faust/(tables|app|transport))/')
+
+
+def notable(log: str) -> list[str]:
+    """The log's notable lines, a line repeated with only its time changed collapsed into one (``xN``)."""
+    out: list[str] = []
+    last, count = "", 0
+    for line in log.splitlines():
+        if not NOTABLE.search(line):
+            continue
+        text = re.sub(r"^\S+ \S+ - |\d+\.\d+ minutes", "", line)
+        if text == last:
+            count += 1
+            continue
+        if count:
+            out[-1] += f"  (x{count + 1})"
+        out.append(line[:300])
+        last, count = text, 0
+    if count:
+        out[-1] += f"  (x{count + 1})"
+    return out
+
+
+def diagnose_stuck(workers: list[WorkerProcess]) -> str:
+    """Where each live worker's asyncio tasks wait: mode's worker prints every task's stack on SIGUSR1."""
+    live = [w for w in workers if w.proc is not None and w.proc.poll() is None]
+    before = {w.worker_id: len(w.log()) for w in live}
+    for w in live:
+        w.proc.send_signal(signal.SIGUSR1)  # type: ignore[union-attr]
+    time.sleep(3)
+    lines: list[str] = []
+    for w in live:
+        dump = w.log()[before[w.worker_id] :]
+        frames = [
+            re.sub(r"/\S*/site-packages/|/\S*/python3\.\d+/", "", line.strip().replace(f"{ROOT}/", ""))[:200]
+            for line in dump.splitlines()
+            if OWN_FRAMES.search(line) or line.startswith("Stack")
+        ]
+        lines.append(f"--- {w.worker_id}: its tasks' frames in the worker's and Faust's code (full dump in its log)")
+        lines.extend(frames[-60:])
+        lines.append(f"--- {w.worker_id}: notable log lines")
+        lines.extend(notable(w.log())[-30:])
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -401,3 +402,28 @@ def test_a_round_in_which_the_intake_was_fed_midway_is_no_evidence_either() -> N
         c.positions["p0"] = 51
         c.tick(g, 0.5)
     assert c.gaps == []
+
+
+def test_the_tables_changelog_records_are_never_dropped_by_fausts_read_offset(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Table recovery re-reads a changelog from below where Faust's read offset stood before a rebalance; the
+    records it drops there never reach recovery, which then waits for them for ever (the chaos test saw it)."""
+    from faust.types import TP
+
+    from app.compat import unfiltered_topics
+    from tests.unit.built import build_worker
+
+    worker, agents = build_worker(clean_env, tmp_path, table_store="memory")
+    changelogs = {
+        agents.status.task_status.changelog_topic.get_topic_name(),
+        agents.status.worker_stats.changelog_topic.get_topic_name(),
+    }
+    assert changelogs <= unfiltered_topics()
+    read_offsets = worker.app.consumer._read_offset  # Faust's real consumer (not started: no broker needed)
+    for topic in (*changelogs, worker.settings.tasks_topic, worker.settings.status_topic):
+        read_offsets[TP(topic, 0)] = 40
+    for changelog in changelogs:
+        assert read_offsets[TP(changelog, 0)] is None  # every fetched record reaches recovery
+    assert read_offsets[TP(worker.settings.tasks_topic, 0)] is None  # the intake's guard, as before
+    assert read_offsets[TP(worker.settings.status_topic, 0)] == 40  # other topics: Faust's own bookkeeping
