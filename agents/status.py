@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from agents.recovery_watch import RecoveryWatch, faust_recovery_watch
 from app import compat
 from app.faust_app import WorkerApp
 from app.runtime import WorkerRuntime
@@ -96,6 +97,8 @@ class StatusTables:
         #: the task ids this worker's tracker wrote last, newest at the right: `/tasks`
         #: lists these instead of scanning a table that holds a day of tasks
         self.recent_task_ids: deque[str] = deque(maxlen=1000)
+        #: restarts a recovery of these tables that stopped making progress (agents/recovery_watch.py)
+        self.recovery_watch: RecoveryWatch = faust_recovery_watch(worker.app, s.recovery_stall_seconds)
 
     async def track_task_status(self, stream: Any) -> None:
         """Fold each window of status records into one ``task-status`` write per task."""
@@ -154,4 +157,13 @@ def register(worker: WorkerApp, started: Callable[[], WorkerRuntime | None]) -> 
         app.agent(tables.status_topic, name="task-status-tracker")(tables.track_task_status)
     app.timer(interval=s.heartbeat_interval)(tables.report_worker_state)
     app.agent(tables.worker_reports, name="worker-stats-tracker")(tables.track_worker_stats)
+    if s.recovery_stall_seconds > 0:
+        app.timer(interval=min(5.0, s.recovery_stall_seconds))(watch_recovery(tables.recovery_watch))
     return tables
+
+
+def watch_recovery(watch: RecoveryWatch) -> Callable[[], Any]:
+    async def check_recovery() -> None:
+        watch.check()
+
+    return check_recovery

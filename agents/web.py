@@ -140,11 +140,13 @@ class WebViews:
             return False
 
     async def healthz(self, web: Any, request: Any) -> Any:
-        alive = self._consumer_alive()
-        return web.json(
-            {"status": "ok" if alive else "down", "consumer": alive, "uptime_s": time.time() - self.started},
-            status=200 if alive else 503,
-        )
+        consumer = self._consumer_alive()
+        stuck = self.tables.recovery_watch.stuck  # a table recovery that restarts did not unstick
+        alive = consumer and stuck is None
+        body: dict[str, Any] = {"status": "ok" if alive else "down", "consumer": consumer}
+        if stuck is not None:
+            body["table_recovery"] = stuck
+        return web.json({**body, "uptime_s": time.time() - self.started}, status=200 if alive else 503)
 
     async def readyz(self, web: Any, request: Any) -> Any:
         rt = self.runtime()

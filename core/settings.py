@@ -279,6 +279,15 @@ class Settings(BaseSettings):
         "final status, as with `terminal`. `0` sends them as they happen (docs/tasks.md)",
         yaml="kafka.status_delay_ms",
     )
+    recovery_stall_seconds: float = Setting(
+        60.0,
+        ge=0,
+        le=3600,
+        description="a table recovery (after a rebalance; the worker takes no task meanwhile) whose changelog "
+        "records left have not gone down for this long is restarted, and after 3 restarts `/healthz` fails so "
+        "the worker gets restarted (docs/operations.md); `0` never restarts it",
+        yaml="kafka.recovery_stall_seconds",
+    )
     task_status_table: bool = Setting(
         True,
         description="keep the `task-status` table behind `/tasks/{id}`; `false` saves reading every status record "

@@ -84,6 +84,7 @@ APP_AND_AGENTS = [
     "agents",
     "agents.intake",
     "agents.lifecycle",
+    "agents.recovery_watch",
     "agents.status",
     "agents.web",
     "agents.web_security",
