@@ -34,6 +34,22 @@ from sinks.registry import create_stores
 log = logging.getLogger("worker.main")
 
 
+#: seconds a cancelled background task may take to end before the worker goes on without it
+CANCEL_WAIT_S = 5.0
+
+
+async def cancel_and_wait(tasks: list[asyncio.Task[None]], timeout: float = CANCEL_WAIT_S) -> None:
+    """Cancel ``tasks`` and wait for them, at most ``timeout`` seconds: a library that swallows the cancel (redis-py
+    does, see ``Heartbeat.run``) must not hold the worker's shutdown for ever."""
+    if not tasks:
+        return
+    for task in tasks:
+        task.cancel()
+    _, pending = await asyncio.wait(tasks, timeout=timeout)
+    for task in pending:
+        log.warning("A background task (%s) did not end within %.0fs of being cancelled; going on", task, timeout)
+
+
 class WorkerRuntime:
     """Builds and owns the worker's parts; :meth:`start` blocks until they are ready."""
 
@@ -240,15 +256,14 @@ class WorkerRuntime:
 
     async def leave(self) -> None:
         """Stop heartbeating and remove this worker's key, so it leaves the live list at once."""
+        self.heartbeat.halt()
         if self._heartbeat_task is not None:
-            self._heartbeat_task.cancel()
-            await asyncio.gather(self._heartbeat_task, return_exceptions=True)
+            await cancel_and_wait([self._heartbeat_task])
         await self.heartbeat.stop()
 
     async def stop(self) -> None:
-        for task in self._background:
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        self.heartbeat.halt()
+        await cancel_and_wait(self._background)
         self._background = []
         await self.heartbeat.stop()
         reader, self.migration_reader = self.migration_reader, None

@@ -123,6 +123,7 @@ class Heartbeat:
         self.redis_up: bool | None = None  # None until the first beat
         self.beats = 0
         self._closed = False
+        self._halted = False  # run() ends at its next turn: a cancel that redis-py swallowed does not keep it beating
         self._gpu_device: str | None = None  # set by watch_gpus
         self._gpu_metrics: Metrics | None = None
         self._gpu_monitor: GpuMonitor | None = None
@@ -206,10 +207,22 @@ class Heartbeat:
         return True
 
     async def run(self) -> None:
-        """Beat forever (cancel to stop)."""
-        while True:
+        """Beat until :meth:`halt` (or a cancel) ends it.
+
+        Cancelling alone is not enough: redis-py 8.1 swallows a cancel that arrives in parts of a command
+        (``tests/integration/test_resilience.py`` cancels a beating loop 100 times; without the flag over a third
+        of them went on beating), and whoever awaited the cancelled task waited for ever — a SIGTERMed worker
+        that never left. :meth:`halt` sets a flag this loop checks at every turn.
+        """
+        while not self._halted:
             await self.beat()
+            if self._halted:
+                break
             await asyncio.sleep(self.interval)
+
+    def halt(self) -> None:
+        """End :meth:`run` at its next turn (a beat in progress finishes, within the client's timeouts)."""
+        self._halted = True
 
     async def stop(self) -> None:
         """Say goodbye: remove the key so the worker leaves the live list at once (idempotent)."""

@@ -98,3 +98,28 @@ async def test_the_drain_started_by_sigterm_is_held_until_it_ends() -> None:
     await asyncio.wait_for(stopped.wait(), 5)
     await asyncio.sleep(0)
     assert rt.left and not lifecycle._draining and loop.is_running()
+
+
+async def test_a_background_task_that_swallows_its_cancel_does_not_hold_the_worker(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """redis-py swallows a cancel in parts of a command: waiting on such a task for ever kept a worker up."""
+    from app.runtime import cancel_and_wait
+
+    stop = False
+
+    async def stubborn() -> None:
+        while not stop:
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                pass  # as redis-py does
+
+    task = asyncio.ensure_future(stubborn())
+    polite = asyncio.ensure_future(asyncio.sleep(60))
+    await asyncio.sleep(0)
+    await asyncio.wait_for(cancel_and_wait([task, polite], timeout=0.1), 5)
+    assert polite.cancelled() and not task.done()
+    assert "did not end within 0s of being cancelled; going on" in caplog.text
+    stop = True  # the test's own cleanup
+    await asyncio.wait_for(task, 5)
