@@ -273,8 +273,7 @@ class WorkerRuntime:
         if writer is not None:
             await writer.stop()
         if self._lane is not None:
-            self._lane.cancel()
-            await asyncio.gather(self._lane, return_exceptions=True)
+            await cancel_and_wait([self._lane])
             self._lane = None
         if self.pipeline is not None:
             # waits for a write in progress: off the event loop
