@@ -17,6 +17,7 @@ built app; nothing happens on import.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -99,6 +100,7 @@ class StatusTables:
         self.recent_task_ids: deque[str] = deque(maxlen=1000)
         #: restarts a recovery of these tables that stopped making progress (agents/recovery_watch.py)
         self.recovery_watch: RecoveryWatch = faust_recovery_watch(worker.app, s.recovery_stall_seconds)
+        self._watching: asyncio.Task[None] | None = None
 
     async def track_task_status(self, stream: Any) -> None:
         """Fold each window of status records into one ``task-status`` write per task."""
@@ -135,8 +137,26 @@ class StatusTables:
         except Exception as exc:  # noqa: BLE001 - Kafka down: the next report follows; tasks are not affected
             log.debug("Could not send the worker report: %r", exc)
 
+    def start_recovery_watch(self) -> None:
+        """Check the tables' recovery every few seconds from now on (once; ``recovery_stall_seconds: 0``: never).
+
+        Started by this module's agent, which Faust starts with the app: Faust's timers start only once the
+        first recovery is complete, and that first recovery must be watched too."""
+        stall = self.settings.recovery_stall_seconds
+        if self._watching is None and stall > 0:
+            self._watching = asyncio.ensure_future(self._watch_recovery(min(5.0, stall)))
+
+    async def _watch_recovery(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.recovery_watch.check()
+            except Exception:  # noqa: BLE001 - a broken check must not end the watch, nor the worker
+                log.exception("Checking the table recovery failed; checking again in %.0fs", interval)
+
     async def track_worker_stats(self, stream: Any) -> None:
         """Each worker's reports into the ``worker-stats`` table, keyed by worker id."""
+        self.start_recovery_watch()
         async for event in stream.events():
             try:
                 state = json.loads(event.value)
@@ -157,13 +177,4 @@ def register(worker: WorkerApp, started: Callable[[], WorkerRuntime | None]) -> 
         app.agent(tables.status_topic, name="task-status-tracker")(tables.track_task_status)
     app.timer(interval=s.heartbeat_interval)(tables.report_worker_state)
     app.agent(tables.worker_reports, name="worker-stats-tracker")(tables.track_worker_stats)
-    if s.recovery_stall_seconds > 0:
-        app.timer(interval=min(5.0, s.recovery_stall_seconds))(watch_recovery(tables.recovery_watch))
     return tables
-
-
-def watch_recovery(watch: RecoveryWatch) -> Callable[[], Any]:
-    async def check_recovery() -> None:
-        watch.check()
-
-    return check_recovery

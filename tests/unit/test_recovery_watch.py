@@ -113,3 +113,24 @@ def test_the_watch_is_on_the_real_recovery_and_healthz_reports_it(
 
     body, status = asyncio.run(agents.web.healthz(Web(), None))
     assert status == 503 and body["table_recovery"].startswith("table recovery made no progress")  # type: ignore[index]
+
+
+def test_the_watch_runs_from_the_tables_agent_once_and_not_when_off(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Faust starts its timers only after the first recovery: the watch is started by the worker-stats agent."""
+    import asyncio
+
+    from tests.unit.built import build_worker
+
+    async def started(**env: str) -> int:
+        _, agents = build_worker(clean_env, tmp_path / str(len(env)), table_store="memory", **env)
+        agents.status.start_recovery_watch()
+        agents.status.start_recovery_watch()  # the agent started again: still one watch
+        tasks = [t for t in asyncio.all_tasks() if "_watch_recovery" in repr(t.get_coro())]
+        for task in tasks:
+            task.cancel()
+        return len(tasks)
+
+    assert asyncio.run(started()) == 1
+    assert asyncio.run(started(recovery_stall_seconds="0")) == 0
