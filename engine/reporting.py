@@ -224,6 +224,12 @@ class Reporter:
         ]
 
     # -- failures and delivery -------------------------------------------------------------
+    async def fail_item(self, item: WorkItem, error: BaseException) -> None:
+        """:meth:`fail` for a task the pipeline holds: no held early status may follow its ``failed`` one, and
+        its final records wait for the statuses it already queued."""
+        self.closing(item)
+        await self.fail(item.task.task_id, item.kind, item.raw, error, item.ticket, item.source, item.pending)
+
     async def fail(
         self,
         task_id: str,

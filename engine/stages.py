@@ -155,10 +155,7 @@ class Steps:
                     f"Task {item.task.task_id} waited {waited:.0f}s, over task_timeout "
                     f"({self.settings.task_timeout:.0f}s, VECTORIZE_WORKER_TASK_TIMEOUT); resend it or raise the limit."
                 )
-                self.reporter.closing(item)
-                await self.reporter.fail(
-                    item.task.task_id, item.kind, item.raw, error, item.ticket, item.source, item.pending
-                )
+                await self.reporter.fail_item(item, error)
             else:
                 live.append(item)
         return live
@@ -186,11 +183,7 @@ class Steps:
         try:
             for item in batch:
                 if not item.ticket.done:
-                    task = item.task
-                    self.reporter.closing(item)  # no early status may follow the failed one
-                    await self.reporter.fail(
-                        task.task_id, item.kind, item.raw, exc, item.ticket, item.source, item.pending
-                    )
+                    await self.reporter.fail_item(item, exc)
         except Exception:  # noqa: BLE001 - last resort
             log_proc.critical(
                 "Cannot fail a broken batch either; exiting so another worker takes the tasks", exc_info=True
