@@ -11,6 +11,7 @@ import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import PydanticSerializationError
 
 from core.errors import MAX_ERROR_CHARS, cap_message
 
@@ -156,11 +157,12 @@ class DeadLetterRecord(BaseModel):
 
 
 def to_bytes(record: BaseModel) -> bytes:
-    data = record.model_dump(mode="json", exclude_none=False)
+    """The record as compact UTF-8 JSON: pydantic-core's serializer (a fifth of ``json.dumps`` of ``model_dump``,
+    two records per one-text task), or escaped ASCII JSON when a text holds a lone surrogate UTF-8 cannot carry."""
     try:
-        return json.dumps(data, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate somewhere: escaped, the record stays valid UTF-8 JSON
-        return json.dumps(data, ensure_ascii=True).encode("ascii")
+        return record.__pydantic_serializer__.to_json(record)
+    except PydanticSerializationError:  # a lone surrogate somewhere: escaped, the record stays valid UTF-8 JSON
+        return json.dumps(record.model_dump(mode="json", exclude_none=False), ensure_ascii=True).encode("ascii")
 
 
 def json_schemas() -> dict[str, Any]:
