@@ -100,6 +100,9 @@ class Reporter:
         self._held: deque[weakref.ref[WorkItem]] = deque()
         self._sweeper: asyncio.Future[None] | None = None
         self._sweeping_stopped = False
+        # per task type: the completed counter and the duration histogram (labels() costs a lock and a lookup)
+        self._completed: dict[str, tuple[Any, Any]] = {}
+        self._identity_info: dict[Any, ModelIdentityInfo] = {}  # per model identity: its form in result records
 
     async def report(self, outcomes: list[Outcome]) -> None:
         """Deliver every task's result and ``completed`` status, awaiting the broker once per batch.
@@ -150,9 +153,7 @@ class Reporter:
                     error = RecordRejectedError(f"Task {task.task_id}: the result record was refused{hint}: {exc}")
                     await self.fail(task.task_id, task.task_type, item.raw, error, item.ticket, item.source)
                     continue
-            self.processed += 1
-            self.metrics.tasks_processed.labels(task.task_type, "completed").inc()
-            self.metrics.task_seconds.labels(task.task_type).observe(total_ms / 1000)
+            self._count_completed(task.task_type, total_ms)
             log_proc.info("Task %s completed successfully in %.2fs", task.task_id, total_ms / 1000)
             await self._on_done(item.ticket)
 
@@ -177,7 +178,7 @@ class Reporter:
             task_type=task.task_type,
             model=out.model,
             dimension=out.info.dim if out.info else None,
-            model_identity=ModelIdentityInfo(**out.identity.to_dict()) if out.identity is not None else None,
+            model_identity=self._identity_record(out.identity) if out.identity is not None else None,
             count=len(out.ids),
             vector_ids=out.ids,
             collection=task.collection or self.settings.default_collection,
@@ -193,6 +194,12 @@ class Reporter:
             chunks=len(out.prepared.chunks) if out.prepared and out.prepared.chunks is not None else None,
             deleted=out.deleted or None,
         )
+
+    def _identity_record(self, identity: Any) -> ModelIdentityInfo:
+        info = self._identity_info.get(identity)
+        if info is None:
+            info = self._identity_info[identity] = ModelIdentityInfo(**identity.to_dict())
+        return info
 
     async def deleted(
         self, task: Task, collection: str, counts: dict[str, int], ticket: Ticket, received_at: float
@@ -212,10 +219,20 @@ class Reporter:
         await self._deliver(
             lambda: self._send_completed(result, task), [], what=f"publishing the result of delete task {task.task_id}"
         )
-        self.processed += 1
-        self.metrics.tasks_processed.labels(task.task_type, "completed").inc()
-        self.metrics.task_seconds.labels(task.task_type).observe(total_ms / 1000)
+        self._count_completed(task.task_type, total_ms)
         await self._on_done(ticket)
+
+    def _count_completed(self, task_type: str, total_ms: float) -> None:
+        children = self._completed.get(task_type)
+        if children is None:
+            m = self.metrics
+            children = self._completed[task_type] = (
+                m.tasks_processed.labels(task_type, "completed"),
+                m.task_seconds.labels(task_type),
+            )
+        self.processed += 1
+        children[0].inc()
+        children[1].observe(total_ms / 1000)
 
     async def _send_completed(self, result: ResultRecord, task: Task) -> list[Awaitable[Any]]:
         return [
