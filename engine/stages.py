@@ -168,10 +168,15 @@ class Steps:
 
     async def finish(self, outcomes: list[Outcome]) -> None:
         """Write the outcomes' vectors (those without an error) and deliver every outcome's records."""
+        await self.store(outcomes)
+        await self.reporter.report(outcomes)
+
+    async def store(self, outcomes: list[Outcome]) -> None:
+        """:meth:`finish`'s first half: write the outcomes' vectors (a migration's dual write follows); their
+        records are delivered by ``reporter.report`` after it."""
         await self.writer.write(outcomes)
         if self.after_write is not None:
             self.after_write(outcomes)
-        await self.reporter.report(outcomes)
 
     async def fail(self, batch: list[WorkItem], exc: BaseException) -> None:
         """Dead-letter every task of a broken batch that has no final status yet.

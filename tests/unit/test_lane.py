@@ -442,3 +442,64 @@ async def test_a_delete_waiting_for_a_drained_task_of_its_id_is_left_for_another
     assert await h.pipeline.drain(1) is True
     assert not ticket.done and h.acked == [] and not h.pipeline._deletes
     assert [r["status"] for r in h.kafka.on("status")] == ["received"]  # nothing completed, nothing deleted
+
+
+async def test_a_batch_is_written_while_the_one_before_it_is_delivered_and_no_further() -> None:
+    # the store stage writes one batch at a time, in order; the batch written last is delivered (its results and
+    # statuses) while the next one is written, and no write runs further ahead of the deliveries than that
+    h = Harness(batch_wait_ms=0)
+    written: list[str] = []
+    original = h.store.upsert
+
+    def upsert(collection: str, records: Any) -> None:
+        written.extend(str(r.payload["task_id"]) for r in records)
+        original(collection, records)
+
+    h.store.upsert = upsert  # type: ignore[method-assign]
+    h.kafka.hold = True  # a slow broker: no delivery is confirmed until release()
+    lane = asyncio.ensure_future(h.pipeline.run_lanes())
+
+    async def until(check: Any) -> None:
+        for _ in range(500):
+            if check():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("timed out")
+
+    for i in range(2):
+        await h.send({"task_type": "text_vectorization", "data": f"first {i}", "task_id": f"a{i}"})
+    await until(lambda: len(written) == 2)
+    for i in range(2):
+        await h.send({"task_type": "text_vectorization", "data": f"second {i}", "task_id": f"b{i}"})
+    await until(lambda: len(written) == 4)  # written while the first batch's records wait for the broker
+    assert h.acked == []
+    for i in range(2):
+        await h.send({"task_type": "text_vectorization", "data": f"third {i}", "task_id": f"c{i}"})
+    await asyncio.sleep(0.3)
+    assert sorted(written) == ["a0", "a1", "b0", "b1"]  # one delivery behind the writes at most
+    h.kafka.release()
+    await until(lambda: len(h.acked) == 6)
+    assert h.acked == [0, 1, 2, 3, 4, 5] and sorted(written[4:]) == ["c0", "c1"]
+    for task_id in ("a0", "a1", "b0", "b1", "c0", "c1"):
+        assert h.statuses(task_id)[-1] == "completed"
+        # each task's records follow its write: its result names the vectors written
+        assert [r["task_id"] for r in h.kafka.on("results")].count(task_id) == 1
+    lane.cancel()
+    await asyncio.gather(lane, return_exceptions=True)
+
+
+async def test_a_budget_with_room_is_taken_at_once_and_a_waiter_is_woken_by_a_release() -> None:
+    budget = TextBudget(limit=4)
+    await budget.acquire(3)
+    waiter = asyncio.ensure_future(budget.acquire(2))  # 3 + 2 > 4: waits
+    await asyncio.sleep(0.01)
+    assert not waiter.done() and budget.held == 3
+    small = asyncio.ensure_future(budget.acquire(1))  # 3 + 1 fits: taken, as before the waiter
+    await asyncio.sleep(0.01)
+    assert small.done() and not waiter.done() and budget.held == 4
+    budget.release(1)
+    await asyncio.sleep(0.01)
+    assert not waiter.done()  # 3 + 2 still does not fit
+    budget.release(3)
+    await asyncio.wait_for(waiter, timeout=5)
+    assert budget.held == 2
