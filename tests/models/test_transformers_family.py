@@ -77,7 +77,12 @@ def test_cls_pooling_and_defaults_from_a_custom_entry(tiny: Path) -> None:
     expected = reference(tiny, TEXTS[:2], "cls")
     assert all(cos(vectors[i], expected[i]) >= 0.9999 for i in range(2))
     raw = loaded.embed_texts(TEXTS[:1], batch_size=1, normalize=False)[0]  # the task's choice wins
-    assert np.allclose(raw, expected[0], atol=1e-5)
+    # the model's own vector, not a unit one. The loader runs `models.backend: auto`, which may pick a bfloat16
+    # engine on a CPU with AMX or AVX-512 BF16 (faithful by cosine, not to float32's last digits): compared by
+    # direction and length, not element by element
+    assert cos(raw, expected[0]) >= 0.9999
+    assert np.isclose(np.linalg.norm(raw), np.linalg.norm(expected[0]), rtol=1e-3)
+    assert not np.isclose(np.linalg.norm(expected[0]), 1.0, atol=0.05)
 
 
 def test_text_tokenizer_counts_and_offsets(model: HFTransformerEmbedder) -> None:
