@@ -173,3 +173,16 @@ async def test_in_flight_bytes_bound_intake() -> None:
     await h.drain()
     assert h.statuses("second") == ["received", "processing", "completed"]
     assert h.pipeline._bytes.held == 0
+
+
+def test_a_record_holding_a_lone_surrogate_is_still_written_as_valid_json() -> None:
+    # pydantic-core's serializer refuses a lone surrogate; to_bytes falls back to escaped ASCII JSON
+    from tasks.records import StatusRecord
+
+    odd = StatusRecord(task_id="t", status="failed", worker_id="w-\ud800-é", task_type="text_vectorization")
+    raw = to_bytes(odd)
+    raw.decode("ascii")  # escaped: no byte UTF-8 could not carry
+    assert json.loads(raw) == odd.model_dump(mode="json")
+    plain = StatusRecord(task_id="t", status="completed", worker_id="w-é", task_type="text_vectorization")
+    assert "é" in to_bytes(plain).decode("utf-8")  # ordinary text stays UTF-8, not escaped
+    assert json.loads(to_bytes(plain)) == plain.model_dump(mode="json")
