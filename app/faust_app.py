@@ -88,9 +88,8 @@ def build_app(settings: Settings) -> WorkerApp:
         topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
-        # Records produced within a few ms share one produce request: a one-text task sends four (received,
-        # processing, completed, result) and aiokafka otherwise sends a request whenever the previous one
-        # returned, 1-2 per task under load (docs/performance.md).
+        # 0 by default: a record goes at once; under load records share requests anyway (aiokafka keeps one
+        # request in flight per broker), and a linger only made every idle task's result later (performance.md).
         producer_linger=settings.kafka_producer_linger_ms / 1000.0,
         producer_max_request_size=max(1_048_576, settings.max_task_bytes * 2),
         # Faust's own wait for in-flight records can hang on records buffered but

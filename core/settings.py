@@ -242,12 +242,12 @@ class Settings(BaseSettings):
         yaml="kafka.session_timeout",
     )
     kafka_producer_linger_ms: int = Setting(
-        5,
+        0,
         ge=0,
         le=1000,
-        description="milliseconds (whole): how long the producer waits to put more records into one request: fewer, "
-        "fuller produce requests under load (docs/performance.md), at most this much later at idle; `0` "
-        "sends at once",
+        description="milliseconds (whole) the producer waits for more records to put into one produce request; "
+        "`0` sends at once (under load records still share requests: one is in flight per broker and the next "
+        "takes what queued meanwhile); more trades idle latency for fewer requests (docs/performance.md)",
         yaml="kafka.producer_linger_ms",
     )
     task_status_retention_hours: float = Setting(

@@ -32,7 +32,7 @@ def test_documented_defaults(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> N
     assert s.vector_dbs == ["qdrant"]
     assert s.table_store == "rocksdb" and s.task_status_table is True
     assert s.models_backend == "auto"
-    assert s.kafka_producer_linger_ms == 5
+    assert s.kafka_producer_linger_ms == 0
 
 
 def test_yaml_overrides_defaults_and_env_overrides_yaml(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -200,7 +200,7 @@ def test_task_status_table_switch_registers_the_tracker_or_not(
     assert ("task-status-tracker" in agents) is registered, agents
 
 
-@pytest.mark.parametrize(("value", "seconds"), [(None, 0.005), ("0", 0.0), ("20", 0.02)])
+@pytest.mark.parametrize(("value", "seconds"), [(None, 0.0), ("5", 0.005), ("20", 0.02)])
 def test_producer_linger_reaches_fausts_producer(
     clean_env: pytest.MonkeyPatch, tmp_path: Path, value: str | None, seconds: float
 ) -> None:
