@@ -23,7 +23,7 @@ from bench import corpus
 from bench.model_cases import run_model_cases
 from bench.worker_cases import Driver, RssSampler, bulk_tasks, mixed_tasks, repeated_tasks, small_tasks
 from core.settings import Settings
-from models.engines import COSINE_FLOOR
+from models.engines import COSINE_FLOOR, cpu_description
 from tests.integration.harness import Topics, WorkerProcess, create_topics, free_port, require_kafka
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -335,6 +335,7 @@ def main() -> None:
             },
         }
         print(f"  infinity bulk {tps['infinity_bulk']:.0f}/s, small {tps['infinity_small']:.0f}/s", flush=True)
+    cpu_name, cpu_flags = cpu_description()
     report = {
         "texts": len(texts),
         "corpus": "Lee news corpus from the gensim 4.4.0 wheel (bench/corpus.py)",
@@ -343,6 +344,9 @@ def main() -> None:
         "runs": args.runs,
         "machine": {
             "cpus": os.cpu_count(),
+            "cpu_model": cpu_name,
+            # what torch-bf16 runs on (issue 18: every table names the CPU and whether it has these)
+            "cpu_bf16_flags": sorted(cpu_flags & {"amx_bf16", "amx_tile", "avx512_bf16"}),
             "platform": platform.platform(),
             "load_before": load_before,
             "load_after": load(),
@@ -382,6 +386,7 @@ def main() -> None:
             "onnx_single_p50": median_of(runs, "onnx_single", "p50_ms"),
         },
         **peer,
+        "targets": targets(tps, runs, worker, tps[best_bare]),
         "bare_best_batch_size": runs[0]["bare"]["best_batch_size"],
         "rss_peak_mb": worker["rss_peak_mb"],
         "backlog": worker.get("backlog"),
@@ -391,6 +396,29 @@ def main() -> None:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print_table(report)
     print(f"written to {args.out}; worker log {worker['worker_log']}")
+
+
+def targets(
+    tps: dict[str, float], runs: list[dict[str, Any]], worker: dict[str, Any], best_bare: float
+) -> dict[str, bool | None]:
+    """Issue 18's and issue 15's goals, each held (True), not held (False) or not measured in this run (None);
+    ``best_bare`` is the fastest faithful bare case's texts/s."""
+    single = median_of(runs, "single_encode", "p50_ms")
+    backlog = worker.get("backlog")
+
+    def at_least(a: str, b: float, goal: float) -> bool | None:
+        return tps[a] / b >= goal if a in tps and b else None
+
+    return {
+        "worker_bulk/best_bare >= 0.90": at_least("worker_bulk", best_bare, 0.90),
+        "worker_small/best_bare >= 0.75": at_least("worker_small", best_bare, 0.75),
+        "worker_small/naive >= 4": at_least("worker_small", tps.get("naive", 0.0), 4.0),
+        "idle latency p50 <= bare single encode p50 + 25 ms": median_of(runs, "latency", "p50_ms") <= single + 25,
+        "memory flat over the backlog (±10% of the first tenth)": (
+            backlog["flat_within_10pct_of_first_tenth"] if backlog else None
+        ),
+        "worker_resend/worker_small >= 10": at_least("worker_resend", tps.get("worker_small", 0.0), 10.0),
+    }
 
 
 def cache_ratios(tps: dict[str, float]) -> dict[str, float]:
@@ -433,6 +461,11 @@ def print_table(r: dict[str, Any]) -> None:
             f"of the first tenth: {b['flat_within_10pct_of_first_tenth']} |"
         )
     print(f"| load before / after | {r['machine']['load_before']} / {r['machine']['load_after']} |")
+    print(
+        f"CPU: {r['machine']['cpu_model']}, {r['machine']['cpus']} cores, bf16 flags {r['machine']['cpu_bf16_flags']}"
+    )
+    for goal, held in r["targets"].items():
+        print(f"  target {goal}: {'held' if held else 'not measured' if held is None else 'NOT held'}")
 
 
 if __name__ == "__main__":
