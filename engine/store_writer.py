@@ -7,6 +7,7 @@ import hashlib
 import inspect
 import json
 import logging
+import struct
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -533,12 +534,27 @@ def with_digest(record: VectorRecord) -> tuple[VectorRecord, int]:
     stable = {k: v for k, v in record.payload.items() if k not in VOLATILE_KEYS}
     body = json.dumps(stable, ensure_ascii=False, sort_keys=True, default=str).encode("utf-8")
     digest = hashlib.blake2b(DIGEST_VERSION, digest_size=16)
-    digest.update(np.asarray(record.vector, dtype=np.float32).tobytes())
+    digest.update(float32_bytes(record.vector))
     digest.update(body)
     if record.filterable:
         digest.update(json.dumps(sorted(record.filterable.items()), default=str).encode("utf-8"))
     payload = {**record.payload, DIGEST_KEY: digest.hexdigest()}
     return replace(record, payload=payload), 12 * len(record.vector) + len(body) + VOLATILE_BYTES
+
+
+def float32_bytes(vector: Sequence[float]) -> bytes:
+    """``vector`` as float32 bytes, exactly what ``np.asarray(vector, dtype=np.float32).tobytes()`` gives.
+
+    A record's vector is a list of Python floats; ``struct`` packs one of 384 in ~3 µs against numpy's ~16 µs
+    (a resent one-text task spends ~0.5 ms of worker CPU in all). A value beyond float32's range (numpy makes it
+    infinite; ``struct`` refuses it) or anything not a list goes through numpy.
+    """
+    if type(vector) is list:
+        try:
+            return struct.pack(f"{len(vector)}f", *vector)
+        except (OverflowError, struct.error):
+            pass
+    return np.asarray(vector, dtype=np.float32).tobytes()
 
 
 #: about what the volatile keys add to a payload's JSON (worker id, time, digest)

@@ -7,8 +7,12 @@ import asyncio
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
 from core.ids import vector_id
-from engine.store_writer import DIGEST_INLINE, with_digest
+from engine.store_writer import DIGEST_INLINE, float32_bytes, with_digest
 from tests.unit.test_pipeline import Harness
 
 
@@ -216,6 +220,35 @@ def test_the_digest_covers_vector_payload_and_filterable_values_but_not_who_wrot
     assert digest(replace(base, filterable={"lang": "en"})) != digest(base)
     record, weight = with_digest(base)
     assert record.payload["worker_id"] == "w1" and weight > 0  # the volatile keys are still written
+
+
+def test_a_digest_is_the_one_earlier_versions_stored() -> None:
+    """Stored digests stay valid across versions (else every record is written once more after an upgrade): this
+    record's digest as the worker computed it before its vectors were packed by struct."""
+    from sinks.base import VectorRecord
+
+    record = VectorRecord(
+        id="x",
+        vector=[0.25, -0.5, 1 / 3, 1e-40, 3.0e38],
+        payload={
+            "task_id": "t",
+            "text": "naïve café",
+            "metadata": {"b": 1, "a": [1, 2]},
+            "worker_id": "w1",
+            "created_at": 1.0,
+        },
+        filterable={"lang": "en"},
+    )
+    assert with_digest(record)[0].payload["content_digest"] == "109b67d94cdc157703993452702d7dbf"
+
+
+@given(st.lists(st.floats(width=64), max_size=64) | st.lists(st.floats(width=32), max_size=64))
+def test_float32_bytes_are_numpys_for_any_list_of_floats(vector: list[float]) -> None:
+    """Out of float32's range (numpy: infinite), NaN, subnormal, negative zero: the same bytes as numpy's."""
+    with np.errstate(over="ignore"):  # numpy's "overflow encountered in cast" for values beyond float32's range
+        expected = np.asarray(vector, dtype=np.float32).tobytes()
+        assert float32_bytes(vector) == expected
+        assert float32_bytes(tuple(vector)) == expected
 
 
 async def test_a_large_write_is_digested_off_the_event_loop_and_skipped_alike() -> None:
