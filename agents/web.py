@@ -296,11 +296,11 @@ class WebViews:
             params = replace(params, model=identity.name)
 
         def embed_query() -> Any:
-            # on the device thread, where every load and eviction runs: the model cannot go away in between
-            model = manager.loaded_model(params.model)
-            if model is None:
+            # never loads; the manager keeps the model from closing while the query uses it
+            embedded = manager.embed_loaded_sync(params.model, [params.q], batch_size=1, normalize=None)
+            if embedded is None:
                 raise _NotLoaded
-            return model.embed_texts([params.q], batch_size=1, normalize=None), model.info
+            return embedded
 
         try:
             vectors, info = await manager.run(embed_query)

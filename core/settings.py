@@ -410,6 +410,18 @@ class Settings(BaseSettings):
         )
     )
 
+    # two one-thread calls at once kept both cores computing where one two-thread call waited (docs/performance.md)
+    models_parallel_calls: int = Setting(
+        0,
+        ge=0,
+        le=64,
+        description="model calls a worker runs at once, torch's threads divided among them: `0` = auto (two on a "
+        "CPU with at least two cores, one thread each on two cores; one on a GPU); `1` = one call at a time on all "
+        "of torch's threads. A model whose family cannot share its tokenizer between calls (CLIP, "
+        "sentence-transformers on torch float32) runs one call at a time on all the threads (docs/performance.md)",
+        yaml="models.parallel_calls",
+    )
+
     # tasks held unfinished (validated, queued, in a model batch, being stored/reported);
     # with 256-text batches and four pipeline stages, 2048 keeps the model busy on one-text tasks
     max_concurrent_tasks: int = Setting(

@@ -5,11 +5,12 @@ The gather stage takes validated tasks as they come (queueing their
 into the :class:`~engine.model_queue.ModelQueue` with their real token counts
 (the model's tokenizer, on the model manager's tokenizer thread; characters /
 4 for a model without a fast tokenizer). The embed stage takes model calls of texts of
-nearly the same length out of that queue and runs them on the device thread,
-one computing and the next one already queued behind it, so the device never
-waits for the event loop; a second call is queued only once a whole call's
-worth of texts waits, and an idle device takes whatever waits at once (a
-lone task is not held back). A task whose texts are all embedded goes to the
+nearly the same length out of that queue and runs them on the device threads
+(``models.parallel_calls``: one call computing on each, models/manager.py),
+with the next one already queued behind them, so the device never waits for
+the event loop; a call is queued behind busy device threads only once a
+whole call's worth of texts waits, and an idle device thread takes whatever
+waits at once (a lone task is not held back). A task whose texts are all embedded goes to the
 store stage, which writes everything finished since its last write in one
 batch per collection and delivers the records, while the model goes on.
 
@@ -35,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -56,7 +57,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("worker.task_processor")
 T = TypeVar("T")
 
-#: model calls handed to the device thread at once: one computing, one waiting behind it
+#: model calls handed to the device threads beyond one per thread, plus one: one computing per device thread
+#: (``ModelManager.parallel_calls``) and one waiting behind them
 CALLS_AHEAD = 2
 
 
@@ -214,11 +216,14 @@ class TextLane(LaneBase):
 
     async def _embed(self) -> None:
         manager = self.steps.manager
-        running: deque[tuple[ModelCall, asyncio.Future[CallResult]]] = deque()
+        parallel = manager.parallel_calls  # device threads: that many calls compute at once
+        ahead = parallel + CALLS_AHEAD - 1
+        running: list[tuple[ModelCall, asyncio.Future[CallResult]]] = []
         while True:
             self._arrived.clear()
-            while len(running) < CALLS_AHEAD:
-                call = self.queue.take(full_only=bool(running))
+            while len(running) < ahead:
+                # an idle device thread takes whatever waits; a call queued behind busy ones waits to be whole
+                call = self.queue.take(full_only=len(running) >= parallel)
                 if call is None:
                     break
                 running.append((call, asyncio.ensure_future(run_call(manager, call))))
@@ -227,28 +232,34 @@ class TextLane(LaneBase):
             if not running:
                 await self._arrived.wait()
                 continue
-            call, computing = running[0]
-            if len(running) < CALLS_AHEAD:  # wake up for new texts too: they may fill the next call
+            waits: set[asyncio.Future[object]] = {computing for _, computing in running}
+            arrived = None
+            if len(running) < ahead:  # wake up for new texts too: they may fill the next call
                 arrived = asyncio.ensure_future(self._arrived.wait())
-                await asyncio.wait({computing, arrived}, return_when=asyncio.FIRST_COMPLETED)
+                waits.add(arrived)
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if arrived is not None:
                 arrived.cancel()
-                if not computing.done():
-                    continue
-            else:
-                await asyncio.wait({computing})
-            running.popleft()
-            self._computing -= 1
-            result: CallResult | BaseException = computing.exception() or computing.result()
-            if not isinstance(result, BaseException):
-                rate = len(call.texts) / max(result[3] - result[2], 1e-6)
-                self.texts_per_s = rate if not self.texts_per_s else 0.8 * self.texts_per_s + 0.2 * rate
-            try:
-                self._finish(self._settle(call, result))
-            except Exception as exc:  # noqa: BLE001 - a bug must not leave tickets hanging
-                log.exception("Unexpected error after a model call of %d texts; failing its tasks", len(call.texts))
-                failed = self.queue.fail(call, exc)
-                await self.steps.fail([o.item for o in failed], exc)
-                self._left(len(failed), active=True)
+            done = [entry for entry in running if entry[1].done()]
+            running = [entry for entry in running if not entry[1].done()]
+            for call, computing in done:  # in the order they were taken
+                await self._settled(call, computing, beside=min(parallel, len(running) + len(done)))
+
+    async def _settled(self, call: ModelCall, computing: asyncio.Future[CallResult], *, beside: int) -> None:
+        """A model call ended (``beside``: the calls that computed at once, itself included): its tasks with every
+        vector go on to the store stage, or fail with the call."""
+        self._computing -= 1
+        result: CallResult | BaseException = computing.exception() or computing.result()
+        if not isinstance(result, BaseException):
+            rate = beside * len(call.texts) / max(result[3] - result[2], 1e-6)  # the lane's, not one call's
+            self.texts_per_s = rate if not self.texts_per_s else 0.8 * self.texts_per_s + 0.2 * rate
+        try:
+            self._finish(self._settle(call, result))
+        except Exception as exc:  # noqa: BLE001 - a bug must not leave tickets hanging
+            log.exception("Unexpected error after a model call of %d texts; failing its tasks", len(call.texts))
+            failed = self.queue.fail(call, exc)
+            await self.steps.fail([o.item for o in failed], exc)
+            self._left(len(failed), active=True)
 
     def _finish(self, outcomes: list[Outcome]) -> None:
         if outcomes:

@@ -50,9 +50,10 @@ class Embedder(ABC):
 
     Every ``embed_*`` method blocks (it runs the model) and must be called from
     a worker thread, never from the event loop. Implementations are not
-    required to be thread-safe: the manager runs one model call at a time per
-    device. They raise :class:`~core.errors.PermanentError` for inputs they
-    cannot handle.
+    required to be thread-safe: the manager runs one call at a time on a model
+    unless it sets :attr:`concurrent_calls` (its ``embed_*`` methods may then
+    run on several threads at once). They raise
+    :class:`~core.errors.PermanentError` for inputs they cannot handle.
 
     A family must implement :attr:`info` and :meth:`embed_texts` (the
     manager warms every text model up with one). The rest have defaults:
@@ -63,6 +64,9 @@ class Embedder(ABC):
     :meth:`weights_digest` (the embedding cache's key, models/fingerprint.py),
     :meth:`close`.
     """
+
+    #: whether ``embed_*`` may run on several threads at once (models.parallel_calls); False: one call at a time
+    concurrent_calls: bool = False
 
     @property
     @abstractmethod

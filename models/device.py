@@ -43,6 +43,37 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
+def call_plan(device: str, parallel_calls: int) -> tuple[int, int | None]:
+    """(model calls run at once, torch threads per call) for ``models.parallel_calls`` (0 = auto) on ``device``.
+
+    Auto: on a CPU with at least two cores two calls at once, each with half of torch's threads (what
+    ``OMP_NUM_THREADS`` or the cores allow); one call elsewhere (a GPU runs one call at a time anyway). A
+    count given runs that many calls, each with torch's threads divided among them (at least one).
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    if parallel_calls == 0:
+        parallel_calls = 2 if device == "cpu" and threads >= 2 else 1
+    if parallel_calls == 1:
+        return 1, None
+    return parallel_calls, max(1, threads // parallel_calls)
+
+
+def set_call_threads(threads: int | None) -> None:
+    """Set the calling thread's torch (OpenMP) threads for the model calls it runs next; None leaves them.
+
+    OpenMP keeps the count per calling thread, so each device thread sets its own; torch also remembers it as the
+    default of threads that have not run torch yet.
+    """
+    if threads is None:
+        return
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 def freeze_heap() -> None:
     """Collect every generation once, then keep what survives out of later collections.
 

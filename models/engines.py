@@ -574,30 +574,80 @@ def _measure(
 
 
 class TorchTransformer:
-    """A transformer's token states (float32) from a reduced-precision copy of the torch module."""
+    """A transformer's token states (float32) from a reduced-precision copy of the torch module.
 
-    def __init__(self, module: Any, dtype: Any, device: str) -> None:
+    The module runs traced (TorchScript, ``torch.jit.trace`` on its first call's inputs): a traced forward is one
+    call that releases Python's GIL until it ends, where the module's own forward takes the GIL back between
+    every operator and waits for it whenever the event loop holds it (up to the 5 ms switch interval each time).
+    In the worker that made each model call two to three times slower than the same call alone
+    (docs/performance.md). The trace shares the module's weights; it is checked like any engine (its vectors
+    against torch float32's, models/engines.py); a module that cannot be traced runs as it is (logged once).
+    """
+
+    def __init__(self, module: Any, dtype: Any, device: str, *, trace: bool = True) -> None:
         import inspect
+        import threading
 
         self.module = module
         self.dtype = dtype
         self.device = device
         accepted = set(inspect.signature(module.forward).parameters)
         self.input_names = tuple(n for n in ("input_ids", "attention_mask", "token_type_ids") if n in accepted)
+        self.traced: Any = None
+        self._trace = trace
+        self._trace_lock = threading.Lock()
 
     def __call__(self, features: Mapping[str, Any]) -> Any:
         feeds = {n: features[n].to(self.device) for n in self.input_names if n in features}
-        out = self.module(**feeds)
-        states = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        traced = self.traced if self.traced is not None else self._traced_for(feeds)
+        out = traced(**feeds) if traced is not None else self.module(**feeds)
+        if isinstance(out, Mapping):
+            states = out["last_hidden_state"]
+        else:
+            states = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         return states.float()
+
+    def _traced_for(self, feeds: dict[str, Any]) -> Any:
+        """The traced module (traced now on ``feeds``, once), or None: tracing is off or failed."""
+        if not self._trace:
+            return None
+        with self._trace_lock:
+            if self.traced is None and self._trace:
+                import warnings
+
+                import torch
+
+                try:
+                    # traced on one input with a padded position, so that no branch for an unpadded batch
+                    # (attention without a mask) is what the trace records; no longer than the input the
+                    # model was given (a model's position embeddings end somewhere)
+                    keep = max(1, min(next(iter(feeds.values())).shape[1] - 1, 8))
+                    example = {n: torch.cat([t[:1, :keep], t[:1, :1]], dim=1) for n, t in feeds.items()}
+                    if "attention_mask" in example:
+                        example["attention_mask"][:, -1] = 0
+                    with warnings.catch_warnings():  # the tracer warns about every Python int it records
+                        warnings.simplefilter("ignore")
+                        self.traced = torch.jit.trace(
+                            self.module, example_kwarg_inputs=example, check_trace=False, strict=False
+                        )
+                except Exception as exc:  # noqa: BLE001 - untraceable: the module runs as it is
+                    self._trace = False
+                    log.warning(
+                        "The %s transformer runs untraced (%s: %s): each call takes Python's GIL between operators",
+                        self.dtype,
+                        type(exc).__name__,
+                        str(exc).splitlines()[0][:200] if str(exc) else "",
+                    )
+            return self.traced
 
     def memory_bytes(self) -> int:
         from models.base import module_bytes
 
-        return module_bytes(self.module) if self.module is not None else 0
+        return module_bytes(self.module) if self.module is not None else 0  # the trace shares these weights
 
     def close(self) -> None:
         self.module = None
+        self.traced = None
 
 
 def reduced_precision(transformer: Any, engine: str, device: str) -> TorchTransformer:

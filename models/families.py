@@ -243,9 +243,11 @@ def build_manager(settings: Settings, device: str) -> ModelManager:
     On CUDA the memory budget is ``gpu_memory_limit`` (the loaded models' share
     of GPU memory), falling back to ``models_memory_budget``; elsewhere it is
     ``models_memory_budget`` (host RAM; MPS shares it). The default model is
-    never unloaded for being idle. Raises :class:`ConfigError` for a custom
+    never unloaded for being idle. ``models.parallel_calls`` sets how many model calls run at once and with how
+    many torch threads each (:func:`models.device.call_plan`). Raises :class:`ConfigError` for a custom
     entry whose plugin family cannot be loaded or refuses the entry.
     """
+    from models.device import call_plan
     from models.manager import BUDGET_SETTING, ModelManager
 
     budget, setting = settings.models_memory_budget, BUDGET_SETTING
@@ -254,6 +256,7 @@ def build_manager(settings: Settings, device: str) -> ModelManager:
     custom = settings.custom_models
     check_custom_families(custom, device=device, cache_dir=settings.models_cache_dir)
     allowed = allowed_models(settings)
+    parallel_calls, call_threads = call_plan(device, settings.models_parallel_calls)
     return ModelManager(
         make_loader(
             device=device,
@@ -270,6 +273,8 @@ def build_manager(settings: Settings, device: str) -> ModelManager:
         idle_unload_seconds=settings.models_idle_unload_seconds,
         keep_loaded=[settings.default_model],
         freeze_after_load=True,
+        parallel_calls=parallel_calls,
+        call_threads=call_threads,
     )
 
 

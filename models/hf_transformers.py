@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -57,6 +58,9 @@ class HFTransformerEmbedder(TorchEmbedder):
     ) -> None:
         self._model = model
         self._tok = tokenizer
+        # calls on several threads share the tokenizer, whose Rust side refuses two calls at once ("Already
+        # borrowed"): tokenizing takes turns, the model runs concurrently
+        self._tokenize_lock = threading.Lock()
         self.pooling = pooling
         self.max_length = max_length
         self._normalize_default = normalize_default
@@ -70,6 +74,8 @@ class HFTransformerEmbedder(TorchEmbedder):
             max_tokens=max_length,
             source=source,
         )
+
+    concurrent_calls = True  # tokenizing takes turns under a lock; torch and ONNX Runtime run calls concurrently
 
     def embed_texts(self, texts: Sequence[str], *, batch_size: int, normalize: bool | None) -> np.ndarray:
         out = self._embed_with(texts, batch_size, self._encoder)
@@ -92,7 +98,8 @@ class HFTransformerEmbedder(TorchEmbedder):
 
     def _embed_batch(self, texts: list[str], encoder: Any) -> np.ndarray:
 
-        batch = self._tok(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        with self._tokenize_lock:
+            batch = self._tok(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         batch = {k: v.to(self._info.device) for k, v in batch.items()}
         if encoder is None:
             states = self._model(**batch).last_hidden_state

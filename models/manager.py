@@ -1,4 +1,4 @@
-"""Resolve model names to loaded embedders: an LRU cache by count and memory, one thread per device."""
+"""Resolve model names to loaded embedders: an LRU cache by count and memory, and the threads their calls run on."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -17,7 +18,7 @@ import numpy as np
 from core.errors import ModelMemoryError
 from core.versioning import ModelIdentity
 from models.base import Embedder, EmbedderInfo, format_bytes
-from models.device import freeze_heap, is_out_of_memory, release_memory
+from models.device import freeze_heap, is_out_of_memory, release_memory, set_call_threads
 from models.fingerprint import identity_record, model_identity
 
 log = logging.getLogger("worker.model_manager")
@@ -46,11 +47,19 @@ class _Loaded:
 class ModelManager:
     """Keeps at most ``max_loaded`` models within ``memory_budget`` bytes; the least recently used goes first.
 
-    All loading and inference run on one dedicated thread (torch itself uses
-    the cores), so the event loop never blocks on a model and two batches
-    never compete for the same device. The async methods may be called from
-    the event loop; the ``*_sync`` ones block and are for that thread, scripts
-    and tests. The state readers (:meth:`loaded`, :meth:`is_loaded`,
+    All loading and inference run on the device threads, so the event loop
+    never blocks on a model. There are ``parallel_calls`` of them (1 unless
+    configured: ``models.parallel_calls``), each running its model calls
+    with ``call_threads`` torch threads (None: torch's own setting): on a
+    CPU two single-threaded calls at once keep both cores computing where one
+    call on two threads kept them waiting, for each other at every operator
+    and for the GIL the event loop holds (docs/performance.md). Loads
+    and unloads take the manager's lock; a model unloaded while a call of
+    another device thread still uses it is closed when that call ends. A
+    model whose embedder does not declare ``concurrent_calls`` runs one call
+    at a time, on ``call_threads × parallel_calls`` threads. The async methods
+    may be called from the event loop; the ``*_sync`` ones block and are for
+    those threads, scripts and tests. The state readers (:meth:`loaded`, :meth:`is_loaded`,
     :meth:`loaded_model`, :meth:`memory_used`) read a snapshot and never wait
     for the lock a load holds: the event loop calls them every couple of seconds.
 
@@ -86,9 +95,15 @@ class ModelManager:
         keep_loaded: Iterable[str] = (),
         clock: Callable[[], float] = time.monotonic,
         freeze_after_load: bool = False,
+        parallel_calls: int = 1,
+        call_threads: int | None = None,
     ) -> None:
         if max_loaded < 1:
             raise ValueError("max_loaded must be >= 1")
+        if parallel_calls < 1 or (call_threads is not None and call_threads < 1):
+            raise ValueError("parallel_calls and call_threads must be >= 1")
+        self.parallel_calls = parallel_calls
+        self.call_threads = call_threads
         self._loader = loader
         self.max_loaded = max_loaded
         self.memory_budget = memory_budget or None
@@ -109,7 +124,12 @@ class ModelManager:
         self._last_used: dict[str, float] = {}
         self._lock = threading.RLock()  # held by a whole load: never taken by the readers of `_snapshot`
         self._snapshot = _Loaded()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-device")
+        self._in_use: dict[int, int] = {}  # id(embedder) -> calls running on it
+        self._closing: dict[int, Embedder] = {}  # unloaded while in use: closed by the call that ends last
+        self._serial: dict[int, threading.Lock] = {}  # id(embedder) -> the lock of one without concurrent_calls
+        self._executor = ThreadPoolExecutor(
+            max_workers=parallel_calls, thread_name_prefix="model-device", initializer=self._init_device_thread
+        )
         # token counts for batching of a loaded model, so they need not wait behind model calls
         self._tokenizer_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-tokenizer")
         self._stop = threading.Event()
@@ -120,78 +140,167 @@ class ModelManager:
 
     # -- blocking API (runs on the caller's thread) --------------------------------
     def get_sync(self, name: str) -> Embedder:
-        model, loaded = self._get_or_load(name)
+        """The model, loaded if needed. A caller on another thread than the device threads must not call it
+        while those run calls: it may be unloaded under the caller (:meth:`embed_texts_sync` guards its use)."""
+        return self._get(name, use=False)
+
+    def _get(self, name: str, *, use: bool) -> Embedder:
+        model, loaded = self._get_or_load(name, use=use)
         if loaded and self._freeze_after_load:
             # the model's objects out of every later collection's scan; outside the lock (the collection
             # takes ~0.5 s), so that a load queued behind this one is not held up by it
             freeze_heap()
         return model
 
-    def _get_or_load(self, name: str) -> tuple[Embedder, bool]:
-        """The model (loading it if needed, under the lock) and whether this call loaded it."""
+    @contextmanager
+    def holding(self, name: str) -> Iterator[Embedder]:
+        """The model, loaded if needed, kept from closing until the block ends (an unload meanwhile closes it
+        then): for work on a device thread that uses the model without calling it (its tokenizer)."""
+        model = self._get(name, use=True)
+        try:
+            yield model
+        finally:
+            self._release(model)
+
+    @contextmanager
+    def _using(self, name: str, *, load: bool = True) -> Iterator[Embedder | None]:
+        """The model (loaded if needed; with ``load`` False None when it is not loaded), counted as in use until
+        the block ends: an unload meanwhile closes it only then. A model without ``concurrent_calls`` is used by
+        one block at a time, with every thread of the device threads together."""
+        if load:
+            model: Embedder | None = self._get(name, use=True)
+        else:
+            with self._lock:
+                model = self._models.get(name)
+                if model is not None:
+                    self._in_use[id(model)] = self._in_use.get(id(model), 0) + 1
+        if model is None:
+            yield None
+            return
+        try:
+            if self.parallel_calls == 1 or getattr(model, "concurrent_calls", False):
+                yield model
+            else:
+                with self._serial.setdefault(id(model), threading.Lock()):
+                    set_call_threads(None if self.call_threads is None else self.call_threads * self.parallel_calls)
+                    try:
+                        yield model
+                    finally:
+                        set_call_threads(self.call_threads)
+        finally:
+            self._release(model)
+
+    def _release(self, model: Embedder) -> None:
         with self._lock:
-            model = self._models.get(name)
-            if model is not None:
-                self._models.move_to_end(name)
-                self._last_used[name] = self._clock()
-                self._publish()
-                return model, False
-            known = self._sizes.get(name)
-            if self.memory_budget and known and known > self.memory_budget:
-                raise self._too_big(name, known)  # measured on an earlier try: do not load it again
-            estimate = known or (self._size_hint(name) if self._size_hint else None)
-            if self.memory_budget and estimate and estimate <= self.memory_budget:
-                self._make_room(estimate, for_model=name)  # before loading, so the two never share memory
-            model = self._load(name)
-            size = model.memory_bytes()
-            self._sizes[name] = size
-            if self.memory_budget and size > self.memory_budget:
-                model.close()
-                raise self._too_big(name, size)
-            if self.memory_budget:
-                self._make_room(size, for_model=name)
-            if self._warmup and "text" in model.info.modalities:
-                model.embed_texts(["warm-up"], batch_size=1, normalize=None)
-            identity = self._identity_of(name, model)
-            record = identity_record(model, identity) if identity is not None else None
-            # evicted only now: a name that fails to load (a typo in a task) never unloads a working model
-            while len(self._models) >= self.max_loaded:
-                self._evict_oldest(f"max_loaded_models={self.max_loaded}")
-            self._models[name] = model
-            if identity is not None and record is not None:
-                self._identities[name] = identity
-                self._records[name] = self._known[name] = record
-            else:  # not an older load's record either: these weights may differ from those
-                self._known.pop(name, None)
+            left = self._in_use.get(id(model), 1) - 1
+            if left > 0:
+                self._in_use[id(model)] = left
+                return
+            self._in_use.pop(id(model), None)
+            closing = self._closing.pop(id(model), None)
+            if closing is not None:
+                self._serial.pop(id(model), None)
+        if closing is not None:
+            log.info("Closing model %s, unloaded while a call used it", closing.info.name)
+            closing.close()
+
+    def _close_or_defer(self, model: Embedder) -> None:
+        """Close an unloaded model now, or (call with the lock held) when the calls still using it end."""
+        if self._in_use.get(id(model)):
+            self._closing[id(model)] = model
+            return
+        self._serial.pop(id(model), None)
+        model.close()
+
+    def _init_device_thread(self) -> None:
+        set_call_threads(self.call_threads)
+
+    def _get_or_load(self, name: str, *, use: bool = False) -> tuple[Embedder, bool]:
+        """The model (loading it if needed, under the lock) and whether this call loaded it; with ``use``
+        counted as in use (see :meth:`_using`)."""
+        with self._lock:
+            model, loaded = self._get_or_load_locked(name)
+            if use:
+                self._in_use[id(model)] = self._in_use.get(id(model), 0) + 1
+            return model, loaded
+
+    def _get_or_load_locked(self, name: str) -> tuple[Embedder, bool]:
+        model = self._models.get(name)
+        if model is not None:
+            self._models.move_to_end(name)
             self._last_used[name] = self._clock()
-            log.info("Model %s holds %s; %d model(s) loaded", name, format_bytes(size), len(self._models))
-            self._changed()
-            return model, True
+            self._publish()
+            return model, False
+        known = self._sizes.get(name)
+        if self.memory_budget and known and known > self.memory_budget:
+            raise self._too_big(name, known)  # measured on an earlier try: do not load it again
+        estimate = known or (self._size_hint(name) if self._size_hint else None)
+        if self.memory_budget and estimate and estimate <= self.memory_budget:
+            self._make_room(estimate, for_model=name)  # before loading, so the two never share memory
+        model = self._load(name)
+        size = model.memory_bytes()
+        self._sizes[name] = size
+        if self.memory_budget and size > self.memory_budget:
+            model.close()
+            raise self._too_big(name, size)
+        if self.memory_budget:
+            self._make_room(size, for_model=name)
+        if self._warmup and "text" in model.info.modalities:
+            model.embed_texts(["warm-up"], batch_size=1, normalize=None)
+        identity = self._identity_of(name, model)
+        record = identity_record(model, identity) if identity is not None else None
+        # evicted only now: a name that fails to load (a typo in a task) never unloads a working model
+        while len(self._models) >= self.max_loaded:
+            self._evict_oldest(f"max_loaded_models={self.max_loaded}")
+        self._models[name] = model
+        if identity is not None and record is not None:
+            self._identities[name] = identity
+            self._records[name] = self._known[name] = record
+        else:  # not an older load's record either: these weights may differ from those
+            self._known.pop(name, None)
+        self._last_used[name] = self._clock()
+        log.info("Model %s holds %s; %d model(s) loaded", name, format_bytes(size), len(self._models))
+        self._changed()
+        return model, True
 
     def embed_texts_sync(
         self, name: str, texts: Sequence[str], *, batch_size: int, normalize: bool | None
     ) -> tuple[np.ndarray, EmbedderInfo]:
-        model = self.get_sync(name)
-        vectors = self._split_on_oom(model, model.embed_texts, list(texts), batch_size, normalize)
-        self._last_used[name] = self._clock()
-        return vectors, model.info
+        with self._using(name) as model:
+            assert model is not None
+            vectors = self._split_on_oom(model, model.embed_texts, list(texts), batch_size, normalize)
+            self._last_used[name] = self._clock()
+            return vectors, model.info
+
+    def embed_loaded_sync(
+        self, name: str, texts: Sequence[str], *, batch_size: int, normalize: bool | None
+    ) -> tuple[np.ndarray, EmbedderInfo] | None:
+        """Like :meth:`embed_texts_sync` but never loads: None when ``name`` is not loaded."""
+        with self._using(name, load=False) as model:
+            if model is None:
+                return None
+            return model.embed_texts(list(texts), batch_size=batch_size, normalize=normalize), model.info
 
     def token_lengths_sync(self, name: str, texts: Sequence[str]) -> list[int] | None:
         """Tokens per text for ``name``'s model (see :meth:`Embedder.token_lengths`); loads the model."""
-        return self.get_sync(name).token_lengths(texts)
+        with self._using(name) as model:
+            assert model is not None
+            return model.token_lengths(texts)
 
     def embed_images_sync(
         self, name: str, images: Sequence[Any], *, batch_size: int, normalize: bool | None
     ) -> tuple[np.ndarray, EmbedderInfo]:
         """Embed decoded PIL images; ``UnsupportedTaskError`` when the model has no image tower."""
-        model = self.get_sync(name)
-        vectors = self._split_on_oom(model, model.embed_images, list(images), batch_size, normalize)
-        self._last_used[name] = self._clock()
-        return vectors, model.info
+        with self._using(name) as model:
+            assert model is not None
+            vectors = self._split_on_oom(model, model.embed_images, list(images), batch_size, normalize)
+            self._last_used[name] = self._clock()
+            return vectors, model.info
 
     # -- async API (work runs on the device thread) ---------------------------------
     async def run(self, func: Callable[[], T]) -> T:
-        """Run ``func`` on the device thread and await its result."""
+        """Run ``func`` on a device thread and await its result (with ``parallel_calls`` > 1 other device threads
+        may load, unload and run models meanwhile: use the ``*_sync`` methods, which guard the model's use)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, func)
 
     async def token_lengths(self, name: str, texts: Sequence[str]) -> list[int] | None:
@@ -270,7 +379,7 @@ class ModelManager:
             self._records.pop(name, None)
             self._last_used.pop(name, None)
             self._publish()  # out of the readers' view before it closes
-            model.close()
+            self._close_or_defer(model)
             self._changed()
             return True
 
@@ -347,7 +456,7 @@ class ModelManager:
         self._last_used.pop(name, None)
         self._publish()  # out of the readers' view before it closes
         log.info("Unloading model %s (least recently used; %s)", name, reason)
-        model.close()
+        self._close_or_defer(model)
         self._changed()
 
     def _identity_of(self, name: str, model: Embedder) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +32,9 @@ class SentenceTransformerEmbedder(TorchEmbedder):
         self._model = model
         self._normalize_default = normalize_default
         self._tokenizer: TextTokenizer | None = None
+        # calls on several threads share the tokenizer, whose Rust side refuses two calls at once ("Already
+        # borrowed"): tokenizing takes turns, the transformer runs concurrently
+        self._tokenize_lock = threading.Lock()
         self._info = EmbedderInfo(
             name=name,
             family=FAMILY,
@@ -40,6 +44,12 @@ class SentenceTransformerEmbedder(TorchEmbedder):
             max_tokens=int(getattr(model, "max_seq_length", 512) or 512),
             source=source,
         )
+
+    @property
+    def concurrent_calls(self) -> bool:  # type: ignore[override]
+        """On another engine than torch float32 (this class tokenizes, under its lock); ``encode`` tokenizes
+        inside sentence-transformers, where no lock reaches."""
+        return self._encoder is not None
 
     def embed_texts(self, texts: Sequence[str], *, batch_size: int, normalize: bool | None) -> np.ndarray:
         vectors = self._embed_with(texts, batch_size, self._encoder)
@@ -70,7 +80,8 @@ class SentenceTransformerEmbedder(TorchEmbedder):
         with torch.inference_mode():
             for start in range(0, len(order), step):
                 index = order[start : start + step]
-                features = dict(preprocess([texts[i] for i in index]))
+                with self._tokenize_lock:
+                    features = dict(preprocess([texts[i] for i in index]))
                 if device != "cpu":  # a torch engine on a GPU; ONNX Runtime runs on the CPU only
                     features = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
                 features["token_embeddings"] = as_tensor(encoder(features))

@@ -10,6 +10,7 @@ end markers) are never counted: ``max_tokens`` already leaves room for them.
 from __future__ import annotations
 
 import copy
+import threading
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -54,25 +55,29 @@ class HFTextTokenizer:
         special = int(tokenizer.num_special_tokens_to_add(pair=False))
         self.max_tokens = max(1, int(max_length) - special)
         self._max_length = self.max_tokens + special
-        # A private copy for lengths(): a Rust tokenizer call sets its truncation and padding state, so two
-        # threads must never share one ("Already borrowed"); the model keeps using its own on the device thread.
+        # A private copy for lengths(), count() and offsets(): a Rust tokenizer call sets its truncation and
+        # padding state, so two threads must never share one ("Already borrowed"). The model keeps its own for its
+        # calls; this copy serves the tokenizer thread (lengths) and the device threads (chunking) in turns.
         self._counter = copy.deepcopy(tokenizer)
+        self._lock = threading.Lock()
 
     def lengths(self, texts: Sequence[str]) -> list[int]:
         """Tokens per text as the model sees it: special tokens included, truncated at the model's limit.
 
         One batched call into the Rust tokenizer (about 10 µs per short text),
-        on a copy of the tokenizer: safe on one other thread while the model
-        works (the model manager's tokenizer thread).
+        on a copy of the tokenizer (under a lock, shared with :meth:`offsets`):
+        safe on other threads while the model works.
         """
         if not texts:
             return []
-        encoded = self._counter(list(texts), truncation=True, max_length=self._max_length, verbose=False)
+        with self._lock:
+            encoded = self._counter(list(texts), truncation=True, max_length=self._max_length, verbose=False)
         return [len(ids) for ids in encoded["input_ids"]]
 
     def _encode(self, text: str) -> Any:
         # verbose=False: a long document is expected here, not a mistake worth a warning
-        return self._tok(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        with self._lock:
+            return self._counter(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
 
     def count(self, text: str) -> int:
         return len(self._encode(text)["input_ids"])

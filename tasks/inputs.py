@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -78,14 +79,15 @@ class TextPreparer:
         return task_types.of(out.item.task).fitted_texts and all(surely_fits(t, limit) for t in out.texts)
 
     def _prepare_sync(self, model: str, members: list[_Outcome]) -> None:
-        try:
-            embedder = self._manager.get_sync(model)
-        except Exception as exc:  # noqa: BLE001 - a model that cannot load fails these tasks only
-            for out in members:
-                out.error = exc
-            return
-        make = getattr(embedder, "text_tokenizer", None)
-        tokenizer: TextTokenizer | None = make() if make is not None else None
+        with ExitStack() as stack:
+            try:  # held: not closed by an unload on another device thread while its tokenizer is made
+                embedder = stack.enter_context(self._manager.holding(model))
+            except Exception as exc:  # noqa: BLE001 - a model that cannot load fails these tasks only
+                for out in members:
+                    out.error = exc
+                return
+            make = getattr(embedder, "text_tokenizer", None)
+            tokenizer: TextTokenizer | None = make() if make is not None else None
         # without a tokenizer texts go unchecked: remember that too, so they skip this thread next time
         self._limits[model] = tokenizer.max_tokens if tokenizer is not None else _UNCHECKED
         for out in members:

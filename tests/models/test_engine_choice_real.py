@@ -212,3 +212,58 @@ def test_minilm_auto_is_cached_per_machine(tmp_path: Path, caplog) -> None:
         assert len(measured(caplog)) == 1
     else:
         assert measured(caplog) == [] and second.info.engine == first.info.engine
+
+
+def test_the_bf16_transformer_runs_traced_and_gives_the_untraced_vectors(tiny_bert: Path, tmp_path: Path) -> None:
+    """A reduced-precision engine traces its module on its first call (a forward that holds no GIL between
+    operators) and the trace gives the module's own token states for any batch shape, padded or not."""
+    import torch
+
+    bf16 = tiny(tiny_bert, tmp_path, "torch-bf16")
+    encoder = bf16._encoder
+    assert isinstance(encoder, engines.TorchTransformer) and isinstance(encoder.traced, torch.jit.ScriptModule)
+    untraced = engines.TorchTransformer(encoder.module, encoder.dtype, "cpu", trace=False)
+    tokenizer = bf16._tok
+    for batch in (TEXTS, TEXTS[:1], TEXTS[1:2] * 4, TEXTS[2:4]):  # padded, single, unpadded, two lengths
+        features = tokenizer(batch, padding=True, truncation=True, max_length=bf16.max_length, return_tensors="pt")
+        with torch.inference_mode():
+            got, want = encoder(features), untraced(features)
+        assert got.shape == want.shape and torch.allclose(got, want, atol=1e-4), batch
+    assert untraced.traced is None
+
+
+def test_a_module_that_cannot_be_traced_runs_as_it_is(caplog: pytest.LogCaptureFixture) -> None:
+    import torch
+
+    class Untraceable(torch.nn.Module):
+        def forward(self, input_ids, attention_mask):  # noqa: ANN001
+            if torch.jit.is_tracing():
+                raise RuntimeError("data-dependent control flow")
+            return (input_ids.float().unsqueeze(-1) * attention_mask.unsqueeze(-1),)
+
+    encoder = engines.TorchTransformer(Untraceable(), torch.float32, "cpu")
+    features = {"input_ids": torch.tensor([[1, 2, 3]]), "attention_mask": torch.tensor([[1, 1, 0]])}
+    with caplog.at_level(logging.WARNING, logger="worker.model_manager"):
+        first, second = encoder(features), encoder(features)
+    assert encoder.traced is None and torch.equal(first, second) and first.shape == (1, 3, 1)
+    warned = [r.getMessage() for r in caplog.records if "runs untraced" in r.getMessage()]
+    assert len(warned) == 1 and "data-dependent control flow" in warned[0]  # once, not per call
+
+
+def test_two_threads_share_a_transformers_model_without_tokenizer_clashes(tiny_bert: Path, tmp_path: Path) -> None:
+    """``concurrent_calls``: the transformers family tokenizes under a lock and runs the model on any thread; many
+    calls on two threads, with token counting and chunk offsets on a third, give the vectors one thread gives."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = tiny(tiny_bert, tmp_path, "torch-bf16")
+    assert model.concurrent_calls
+    batches = [TEXTS[i % len(TEXTS) :] + TEXTS[: i % len(TEXTS)] for i in range(40)]
+    want = [model.embed_texts(b, batch_size=2, normalize=True) for b in batches]
+    tokenizer = model.text_tokenizer()
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(model.embed_texts, b, batch_size=2, normalize=True) for b in batches]
+        counted = [pool.submit(lambda: (tokenizer.lengths(TEXTS), tokenizer.offsets(TEXTS[2]))) for _ in range(40)]
+        got = [f.result() for f in futures]
+        assert all(c.result()[0] == counted[0].result()[0] for c in counted)
+    for a, b in zip(got, want, strict=True):
+        assert np.allclose(a, b, atol=1e-5)

@@ -182,3 +182,122 @@ def test_models_allowed_refuses_other_names_before_looking_for_them(tmp_path, mo
     with pytest.raises(ModelLoadError, match="Failed to load model ViT-B/32: not found in"):
         manager.get_sync(settings.default_image_model)  # the configured image model is always allowed
     manager.close()
+
+
+class Gate(FakeEmbedder):
+    """Calls that wait at ``entered`` until released, counting how many run at once."""
+
+    def __init__(self, name: str, *, concurrent: bool) -> None:
+        import threading
+
+        super().__init__(name)
+        self.concurrent_calls = concurrent
+        self.lock = threading.Lock()
+        self.running = 0
+        self.most = 0
+        self.release = threading.Event()
+        self.entered = threading.Semaphore(0)
+        self.threads: list[int] = []
+
+    def embed_texts(self, texts, *, batch_size, normalize):  # type: ignore[override]
+        import torch
+
+        if texts == ["warm-up"]:
+            return super().embed_texts(texts, batch_size=batch_size, normalize=normalize)
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+            self.threads.append(torch.get_num_threads())
+        self.entered.release()
+        try:
+            assert self.release.wait(10), "never released"
+            return super().embed_texts(texts, batch_size=batch_size, normalize=normalize)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+async def _two_calls(manager: ModelManager, model: Gate) -> tuple[int, list[int]]:
+    """Start two calls of ``model``, let them run, return how many ran at once and their torch threads."""
+    calls = [
+        asyncio.ensure_future(manager.embed_texts(model.info.name, [t], batch_size=1, normalize=None)) for t in "xy"
+    ]
+    await asyncio.get_running_loop().run_in_executor(None, model.entered.acquire)
+    await asyncio.sleep(0.2)  # the second call, if it may run, has entered by now
+    most = model.most
+    model.release.set()
+    results = await asyncio.gather(*calls)
+    assert [r[0].shape for r in results] == [(1, 8), (1, 8)]
+    return most, model.threads
+
+
+async def test_parallel_calls_run_a_concurrent_model_at_once_on_their_share_of_threads() -> None:
+    """``models.parallel_calls`` 2: two calls of a model that declares ``concurrent_calls`` compute together,
+    each device thread with ``call_threads`` torch threads."""
+    model = Gate("m", concurrent=True)
+    manager = ModelManager(lambda name: model, max_loaded=1, parallel_calls=2, call_threads=1)
+    most, threads = await _two_calls(manager, model)
+    assert most == 2 and threads == [1, 1]
+    manager.close()
+
+
+async def test_a_model_without_concurrent_calls_runs_one_call_at_a_time_on_all_threads() -> None:
+    import torch
+
+    model = Gate("m", concurrent=False)
+    manager = ModelManager(lambda name: model, max_loaded=1, parallel_calls=2, call_threads=1)
+    most, threads = await _two_calls(manager, model)
+    assert most == 1 and threads == [2, 2]  # one call at a time, on call_threads x parallel_calls threads
+    # the device thread goes back to its share afterwards
+    after = await manager.run(torch.get_num_threads)
+    assert after == 1
+    manager.close()
+
+
+async def test_one_parallel_call_leaves_torch_threads_alone() -> None:
+    import torch
+
+    model = Gate("m", concurrent=True)
+    manager = ModelManager(lambda name: model, max_loaded=1)
+    before = await manager.run(torch.get_num_threads)
+    most, threads = await _two_calls(manager, model)
+    assert most == 1 and threads == [before, before]
+    manager.close()
+
+
+async def test_a_model_unloaded_while_another_thread_calls_it_closes_when_the_call_ends() -> None:
+    model = Gate("m", concurrent=True)
+    manager = ModelManager(lambda name: model, max_loaded=1, parallel_calls=2, call_threads=1)
+    call = asyncio.ensure_future(manager.embed_texts("m", ["x"], batch_size=1, normalize=None))
+    await asyncio.get_running_loop().run_in_executor(None, model.entered.acquire)
+    assert await manager.run(lambda: manager.unload("m"))  # on the other device thread, mid-call
+    assert not manager.is_loaded("m") and not model.closed  # out of view, still computing
+    model.release.set()
+    vectors, _ = await call
+    assert vectors.shape == (1, 8) and model.closed
+    assert manager.embed_loaded_sync("m", ["x"], batch_size=1, normalize=None) is None  # never loads
+    manager.close()
+
+
+def test_embed_loaded_sync_uses_a_loaded_model_and_never_loads_one() -> None:
+    loader = Loader()
+    manager = ModelManager(loader, max_loaded=1, warmup=False)
+    assert manager.embed_loaded_sync("a", ["x"], batch_size=1, normalize=None) is None and "a" not in loader.made
+    manager.get_sync("a")
+    vectors, info = manager.embed_loaded_sync("a", ["x"], batch_size=1, normalize=True)
+    assert info.name == "a" and vectors.shape == (1, 8) and loader.made["a"][0].calls == [["x"]]
+    manager.close()
+
+
+def test_the_call_plan_splits_torch_threads_among_the_calls() -> None:
+    import torch
+
+    from models.device import call_plan
+
+    threads = torch.get_num_threads()
+    assert call_plan("cpu", 1) == (1, None)
+    assert call_plan("cuda", 0) == (1, None)  # a GPU runs one call at a time anyway
+    assert call_plan("cpu", 3) == (3, max(1, threads // 3))
+    assert call_plan("cpu", 0) == ((2, threads // 2) if threads >= 2 else (1, None))
+    with pytest.raises(ValueError, match="parallel_calls"):
+        ModelManager(Loader(), parallel_calls=0)
