@@ -12,8 +12,11 @@ the worker's own embedder on ONNX Runtime (``models.backend`` onnx).
 ``bf16_token_sorted`` and ``bf16_naive`` run sentence-transformers with the
 model's weights in bfloat16 (a copy), on a CPU with AMX or AVX-512 BF16 only
 (elsewhere torch emulates bfloat16 slowly: not measured, the reason is
-recorded); ``bf16_min_cosine`` is the lowest cosine between its vectors and
-float32's over the whole corpus. The worker's overhead is measured against
+recorded); ``bf16_parallel`` runs the worker's own torch-bf16 embedder (its
+transformer traced) as the worker's device threads do under
+``models.parallel_calls`` auto: token-sorted calls of 32, two at once with
+one torch thread each on two cores. ``bf16_min_cosine`` is the lowest cosine
+between their vectors and float32's over the whole corpus. The worker's overhead is measured against
 the case of the engine it chose (models/engines.py), and against the
 fastest faithful bare case of the run (``best_bare``, bench/run.py).
 """
@@ -120,6 +123,68 @@ def bf16_model(model: Any) -> tuple[Any | None, str]:
     return copied, f"{name}: {', '.join(f for f in BF16_FLAGS if f in flags)}"
 
 
+def load_bf16_embedder() -> Any | None:
+    """The worker's own sentence-transformers embedder on torch-bf16 (its transformer traced), or None where the
+    CPU has neither AMX nor AVX-512 BF16 (the forced engine then refuses to load)."""
+    from core.errors import ModelLoadError
+    from models.families import make_loader
+
+    try:
+        embedder = make_loader(device="cpu", cache_dir=None, allow_download=False, backend="torch-bf16")(
+            "all-MiniLM-L6-v2"
+        )
+    except ModelLoadError:
+        return None
+    embedder.embed_texts(["warm-up"] * 8, batch_size=8, normalize=True)
+    return embedder
+
+
+def parallel_calls(
+    embedder: Any, texts: list[str], batch_size: int = 32, vectors: list[Any] | None = None
+) -> dict[str, Any]:
+    """What the worker's device threads do with ``models.parallel_calls`` auto, without the worker: calls of
+    ``batch_size`` texts cut by token count, as many at once as auto runs (two on two cores), each thread with
+    its share of torch's threads."""
+    import queue
+    import threading
+
+    from models.device import call_plan, set_call_threads
+
+    calls, threads = call_plan("cpu", 0)
+    t0, c0 = time.perf_counter(), time.process_time()
+    counts = embedder.token_lengths(texts)
+    order = sorted(range(len(texts)), key=lambda i: -counts[i])
+    todo: queue.SimpleQueue[list[int]] = queue.SimpleQueue()
+    for start in range(0, len(order), batch_size):
+        todo.put(order[start : start + batch_size])
+    out: dict[int, Any] = {}
+
+    def run() -> None:
+        set_call_threads(threads)
+        while True:
+            try:
+                index = todo.get_nowait()
+            except queue.Empty:
+                return
+            rows = embedder.embed_texts([texts[i] for i in index], batch_size=len(index), normalize=True)
+            out.update(zip(index, rows, strict=True))
+
+    workers = [threading.Thread(target=run) for _ in range(calls)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    result = {
+        "texts_per_s": len(texts) / (time.perf_counter() - t0),
+        "cpu_ms_per_text": (time.process_time() - c0) * 1000 / len(texts),
+        "calls_at_once": calls,
+        "threads_per_call": threads,
+    }
+    if vectors is not None:
+        vectors.extend(out[i] for i in range(len(texts)))
+    return result
+
+
 def min_cosine(a: list[Any], b: list[Any]) -> float:
     import numpy as np
 
@@ -158,6 +223,7 @@ def percentile(values: list[float], q: float) -> float:
 def run_model_cases(texts: list[str], latency_texts: list[str], runs: int) -> list[dict[str, Any]]:
     model, embedder = load_model(), load_onnx_embedder()
     half, bf16_note = bf16_model(model)
+    worker_bf16 = load_bf16_embedder() if half is not None else None
     encode, onnx = st_embed(model), embedder_embed(embedder)
     out = []
     for _ in range(runs):
@@ -177,7 +243,11 @@ def run_model_cases(texts: list[str], latency_texts: list[str], runs: int) -> li
             run["bf16_token_sorted"] = token_sorted(st_embed(half), st_lengths(half), texts, vectors=bf16_vectors)
             run["bf16_naive"] = naive(st_embed(half), texts)
             run["bf16"]["min_cosine"] = min_cosine(bf16_vectors, fp32_vectors)
+        if worker_bf16 is not None:
+            parallel_vectors: list[Any] = []
+            run["bf16_parallel"] = parallel_calls(worker_bf16, texts, vectors=parallel_vectors)
+            run["bf16"]["min_cosine"] = min(run["bf16"]["min_cosine"], min_cosine(parallel_vectors, fp32_vectors))
         out.append(run)
-    del model, embedder, half
+    del model, embedder, half, worker_bf16
     gc.collect()
     return out

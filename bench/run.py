@@ -46,16 +46,18 @@ MODEL_CASES = (
     "onnx_naive",
     "bf16_token_sorted",
     "bf16_naive",
+    "bf16_parallel",
 )
 REFERENCE_TORCH = ("bare_token_sorted", "naive")
 # the bare cases of each engine the worker may choose (models/engines.py): fed like its model queue, and per task
 ENGINE_CASES = {
     "torch": REFERENCE_TORCH,
     "onnx": ("onnx_token_sorted", "onnx_naive"),
-    "torch-bf16": ("bf16_token_sorted", "bf16_naive"),
+    # the model as the worker runs it by default (models.parallel_calls auto: two traced calls at once)
+    "torch-bf16": ("bf16_parallel", "bf16_naive"),
 }
 # the bare cases best_bare is taken from; bf16 counts only when its vectors match float32's (bf16_min_cosine)
-BARE_CASES = ("bare", "bare_token_sorted", "onnx_token_sorted", "bf16_token_sorted")
+BARE_CASES = ("bare", "bare_token_sorted", "onnx_token_sorted", "bf16_token_sorted", "bf16_parallel")
 LOADED = re.compile(r"Model \S+ loaded successfully from .* on \S+ \(engine ([a-z0-9-]+)\)")
 PEER_PYTHON = Path.home() / ".cache" / "vectorize-worker" / "infvenv" / "bin" / "python"
 
