@@ -254,6 +254,9 @@ class WebViews:
                 "device": rt.device,
                 "max_loaded": self.settings.max_loaded_models,
                 "default": self.settings.default_model,
+                # models.parallel_calls as resolved here: calls at once and torch threads each (null: torch's own)
+                "parallel_calls": rt.manager.parallel_calls if rt.manager else None,
+                "threads_per_call": rt.manager.call_threads if rt.manager else None,
                 # each with its identity record (core.versioning.ModelIdentity): what its vectors are stored under
                 "loaded": [{**asdict(info), "identity": _identity(rt.manager, info.name)} for info in loaded],
             }

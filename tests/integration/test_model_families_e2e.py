@@ -126,6 +126,10 @@ def test_worker_runs_every_task_type_with_each_family(topics: Topics, tmp_path: 
         assert worker.stop() == 0
     finally:
         worker.kill()
+    from models.device import call_plan
+
+    # models.parallel_calls auto, as this machine resolves it (two one-thread calls on two cores)
+    assert (loaded["parallel_calls"], loaded["threads_per_call"]) == call_plan("cpu", 0)
     results = {r["task_id"]: r for r in records[topics.results]}
     expected = {"hf": ("transformers", 32), "clip": ("clip", 16), "custom": ("transformers", 32), "st": (None, 384)}
     expected |= {"batch-rob": ("transformers", 32), "doc-bert": ("transformers", 32)}

@@ -297,6 +297,33 @@ async def test_a_second_call_waits_behind_the_running_one_only_once_it_is_full()
     await asyncio.gather(running, return_exceptions=True)
 
 
+async def test_with_two_device_threads_an_idle_one_takes_what_waits_and_a_third_call_waits_to_be_full() -> None:
+    """``models.parallel_calls`` 2: a call starts on each idle device thread with whatever waits (a lone text is
+    not held back while the other thread computes); behind two running calls one more is queued once whole."""
+    h = Harness(default_batch_size=2, batch_wait_ms=0, parallel_calls=2)
+    gate = threading.Event()
+    embedder = h.embedders["fake-model"] = GatedEmbedder("fake-model", gate)
+    embedder.concurrent_calls = True
+    lane = h.pipeline.text
+    running = asyncio.ensure_future(lane.run())
+    await h.send({"task_type": "text_vectorization", "data": "first", "task_id": "g0"})
+    await until(lambda: embedder.started == 1, "the first call to start")
+    await h.send({"task_type": "text_vectorization", "data": "second", "task_id": "g1"})
+    await until(lambda: embedder.started == 2, "the second call to start on the idle device thread")
+    await h.send({"task_type": "text_vectorization", "data": "third", "task_id": "g2"})
+    await asyncio.sleep(0.1)
+    assert lane.queue.texts == 1  # both threads busy: half a call waits for more texts or for a thread
+    await h.send({"task_type": "text_vectorization", "data": "fourth", "task_id": "g3"})
+    await until(lambda: lane.queue.texts == 0, "a whole call to be queued behind the running ones")
+    assert embedder.started == 2 and h.acked == []
+    gate.set()
+    await until(lambda: len(h.acked) == 4, "all four tasks")
+    assert sorted(map(tuple, embedder.calls)) == [("first",), ("second",), ("third", "fourth")]
+    assert h.acked == [0, 1, 2, 3]  # acknowledged in order whichever call ended first
+    running.cancel()
+    await asyncio.gather(running, return_exceptions=True)
+
+
 def test_drop_unstarted_keeps_the_tasks_the_model_has_begun() -> None:
     queue = ModelQueue(max_tokens=10_000)
     begun, waiting, other = Out(["b1", "b2", "b3"]), Out(["w1"]), Out(["o1", "o2"])

@@ -57,12 +57,12 @@ SETTINGS = SimpleNamespace(
 
 
 class Harness:
-    def __init__(self, **overrides: Any) -> None:
+    def __init__(self, *, parallel_calls: int = 1, **overrides: Any) -> None:
         self.settings = SimpleNamespace(**{**vars(SETTINGS), **overrides})
         self.kafka = FakeKafka()
         self.store = FakeStore()
         self.embedders: dict[str, FakeEmbedder] = {}
-        self.manager = ModelManager(self._load, max_loaded=2, warmup=False)
+        self.manager = ModelManager(self._load, max_loaded=2, warmup=False, parallel_calls=parallel_calls)
         self.tracker = AckTracker()
         self.acked: list[int] = []
         publisher = RecordPublisher(
