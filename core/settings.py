@@ -417,8 +417,8 @@ class Settings(BaseSettings):
         le=64,
         description="model calls a worker runs at once, torch's threads divided among them: `0` = auto (two on a "
         "CPU with at least two cores, one thread each on two cores; one on a GPU); `1` = one call at a time on all "
-        "of torch's threads. A model whose family cannot share its tokenizer between calls (CLIP, "
-        "sentence-transformers on torch float32) runs one call at a time on all the threads (docs/performance.md)",
+        "of torch's threads. A model whose family does not share it between calls (CLIP) runs one "
+        "call at a time on all the threads (docs/models.md)",
         yaml="models.parallel_calls",
     )
 

@@ -148,6 +148,9 @@ class TorchEmbedder(Embedder):
     _info: EmbedderInfo
     _model: Any = None
     _encoder: Any = None  # None: the transformer runs in torch float32 (the family's own path)
+    # torch float32 chosen: the transformer traced on the same weights (engines.TorchTransformer), so its calls hold
+    # no GIL between operators and may run concurrently; None: the family's own path
+    _fp32_encoder: Any = None
     _released_digest: str | None = None  # the float32 weights' digest, taken before a torch engine released them
     _normalize_default: bool | None = None  # a custom entry's normalize: what a task that does not say gets
     pooling: str | None = None  # set by the families that choose one (transformers: mean or cls)
@@ -269,6 +272,13 @@ class TorchEmbedder(Embedder):
                 self._released_digest = self.weights_digest()  # the identity stays that of the float32 weights
             self._encoder = choice.encoder
             self._onnx_parts()[0].to("meta")  # the parameters' memory goes; the module's structure stays
+        else:
+            import torch
+
+            try:
+                self._fp32_encoder = engines.TorchTransformer(self._onnx_parts()[0], torch.float32, device)
+            except OnnxUnavailable:  # no transformers module to run apart: the family's own path
+                self._fp32_encoder = None
         self._info = replace(
             self._info, backend=engines.RUNTIME[choice.engine], engine=choice.engine, engine_reason=choice.reason
         )
@@ -287,6 +297,11 @@ class TorchEmbedder(Embedder):
         usable = [e for e, why in support.items() if why is None]
         return engines.ChoiceCache(engines.cache_root(cache_dir), identity, machine, usable)
 
+    def _runner(self) -> Any:
+        """What runs the transformer in ``embed_texts``: the chosen engine's encoder, else the float32 transformer
+        traced (None: the family's own torch path, untraced)."""
+        return self._encoder if self._encoder is not None else self._fp32_encoder
+
     def _onnx_parts(self) -> tuple[Any, Any]:
         """The ``transformers`` model another engine would run, and its tokenizer; raises ``OnnxUnavailable``."""
         from models.onnx_runtime import OnnxUnavailable
@@ -302,6 +317,7 @@ class TorchEmbedder(Embedder):
 
         self._model = None
         self._encoder = None
+        self._fp32_encoder = None
         release_memory(self._info.device)
 
 

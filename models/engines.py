@@ -574,14 +574,16 @@ def _measure(
 
 
 class TorchTransformer:
-    """A transformer's token states (float32) from a reduced-precision copy of the torch module.
+    """A transformer's token states (float32) from a torch module: a reduced-precision copy, or under torch float32
+    the model's own module.
 
     The module runs traced (TorchScript, ``torch.jit.trace`` on its first call's inputs): a traced forward is one
     call that releases Python's GIL until it ends, where the module's own forward takes the GIL back between
     every operator and waits for it whenever the event loop holds it (up to the 5 ms switch interval each time).
     In the worker that made each model call two to three times slower than the same call alone
     (docs/performance.md). The trace shares the module's weights; it is checked like any engine (its vectors
-    against torch float32's, models/engines.py); a module that cannot be traced runs as it is (logged once).
+    against torch float32's, models/engines.py); a module that cannot be traced, or whose trace fails on a later
+    input (a shape it does not generalise to), runs as it is from then on (logged once).
     """
 
     def __init__(self, module: Any, dtype: Any, device: str, *, trace: bool = True) -> None:
@@ -594,13 +596,25 @@ class TorchTransformer:
         accepted = set(inspect.signature(module.forward).parameters)
         self.input_names = tuple(n for n in ("input_ids", "attention_mask", "token_type_ids") if n in accepted)
         self.traced: Any = None
+        self._traced_inputs: tuple[str, ...] = ()  # the inputs it was traced with: others run the module
         self._trace = trace
         self._trace_lock = threading.Lock()
 
     def __call__(self, features: Mapping[str, Any]) -> Any:
         feeds = {n: features[n].to(self.device) for n in self.input_names if n in features}
         traced = self.traced if self.traced is not None else self._traced_for(feeds)
-        out = traced(**feeds) if traced is not None else self.module(**feeds)
+        out = None
+        if traced is not None and tuple(feeds) == self._traced_inputs:
+            try:
+                out = traced(**feeds)
+            except RuntimeError as exc:  # a shape the trace does not generalise to: the module from now on
+                from models.device import is_out_of_memory
+
+                if is_out_of_memory(exc):
+                    raise
+                self._untrace(exc)
+        if out is None:
+            out = self.module(**feeds)
         if isinstance(out, Mapping):
             states = out["last_hidden_state"]
         else:
@@ -630,15 +644,19 @@ class TorchTransformer:
                         self.traced = torch.jit.trace(
                             self.module, example_kwarg_inputs=example, check_trace=False, strict=False
                         )
+                    self._traced_inputs = tuple(feeds)
                 except Exception as exc:  # noqa: BLE001 - untraceable: the module runs as it is
-                    self._trace = False
-                    log.warning(
-                        "The %s transformer runs untraced (%s: %s): each call takes Python's GIL between operators",
-                        self.dtype,
-                        type(exc).__name__,
-                        str(exc).splitlines()[0][:200] if str(exc) else "",
-                    )
+                    self._untrace(exc)
             return self.traced
+
+    def _untrace(self, exc: BaseException) -> None:
+        self._trace, self.traced = False, None
+        log.warning(
+            "The %s transformer runs untraced from now on (%s: %s): each call takes Python's GIL between operators",
+            self.dtype,
+            type(exc).__name__,
+            str(exc).splitlines()[0][:200] if str(exc) else "",
+        )
 
     def memory_bytes(self) -> int:
         from models.base import module_bytes

@@ -78,7 +78,7 @@ class HFTransformerEmbedder(TorchEmbedder):
     concurrent_calls = True  # tokenizing takes turns under a lock; torch and ONNX Runtime run calls concurrently
 
     def embed_texts(self, texts: Sequence[str], *, batch_size: int, normalize: bool | None) -> np.ndarray:
-        out = self._embed_with(texts, batch_size, self._encoder)
+        out = self._embed_with(texts, batch_size, self._runner())
         if normalize is None:
             normalize = self._normalize_default
         return l2_normalize(out) if normalize else out

@@ -47,12 +47,12 @@ class SentenceTransformerEmbedder(TorchEmbedder):
 
     @property
     def concurrent_calls(self) -> bool:  # type: ignore[override]
-        """On another engine than torch float32 (this class tokenizes, under its lock); ``encode`` tokenizes
-        inside sentence-transformers, where no lock reaches."""
-        return self._encoder is not None
+        """When an engine's encoder runs the transformer (this class tokenizes, under its lock); ``encode`` (a
+        model loaded without an engine choice) tokenizes inside sentence-transformers, where no lock reaches."""
+        return self._runner() is not None
 
     def embed_texts(self, texts: Sequence[str], *, batch_size: int, normalize: bool | None) -> np.ndarray:
-        vectors = self._embed_with(texts, batch_size, self._encoder)
+        vectors = self._embed_with(texts, batch_size, self._runner())
         if normalize is None:
             normalize = self._normalize_default
         return l2_normalize(vectors) if normalize else vectors

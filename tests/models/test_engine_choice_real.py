@@ -250,6 +250,26 @@ def test_a_module_that_cannot_be_traced_runs_as_it_is(caplog: pytest.LogCaptureF
     assert len(warned) == 1 and "data-dependent control flow" in warned[0]  # once, not per call
 
 
+def test_a_trace_that_fails_on_a_later_shape_gives_way_to_the_module(caplog: pytest.LogCaptureFixture) -> None:
+    import torch
+
+    class Baked(torch.nn.Module):
+        def forward(self, input_ids, attention_mask):  # noqa: ANN001
+            width = int(input_ids.shape[1])  # a Python int: the trace keeps the width it saw
+            return ((input_ids.float() + torch.zeros(width)).unsqueeze(-1) * attention_mask.unsqueeze(-1),)
+
+    encoder = engines.TorchTransformer(Baked(), torch.float32, "cpu")
+    narrow = {"input_ids": torch.tensor([[1, 2, 3]]), "attention_mask": torch.tensor([[1, 1, 1]])}
+    wide = {"input_ids": torch.tensor([[1, 2, 3, 4, 5]]), "attention_mask": torch.tensor([[1, 1, 1, 1, 0]])}
+    with caplog.at_level(logging.WARNING, logger="worker.model_manager"):
+        assert encoder(narrow).flatten().tolist() == [1, 2, 3] and encoder.traced is not None  # traced on width 3
+        got = encoder(wide)  # the trace refuses width 5: this call and the later ones run the module
+        again = encoder(wide)
+    assert got.flatten().tolist() == again.flatten().tolist() == [1, 2, 3, 4, 0] and encoder.traced is None
+    warned = [r.getMessage() for r in caplog.records if "runs untraced from now on" in r.getMessage()]
+    assert len(warned) == 1
+
+
 def test_two_threads_share_a_transformers_model_without_tokenizer_clashes(tiny_bert: Path, tmp_path: Path) -> None:
     """``concurrent_calls``: the transformers family tokenizes under a lock and runs the model on any thread; many
     calls on two threads, with token counting and chunk offsets on a third, give the vectors one thread gives."""
@@ -267,3 +287,19 @@ def test_two_threads_share_a_transformers_model_without_tokenizer_clashes(tiny_b
         assert all(c.result()[0] == counted[0].result()[0] for c in counted)
     for a, b in zip(got, want, strict=True):
         assert np.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["transformers", "sentence-transformers"])
+def test_torch_float32_runs_traced_on_its_own_weights(family: str, tiny_bert: Path, tmp_path: Path) -> None:
+    """With torch float32 chosen (here forced) the transformer runs traced on the model's own module: no copy, the
+    vectors of the family's untraced path (the engines' reference), calls that may share the model."""
+    from models.base import module_bytes
+
+    model = tiny(tiny_bert, tmp_path, "torch") if family == "transformers" else minilm(tmp_path, "torch")
+    assert model._encoder is None and model.concurrent_calls
+    held = model.memory_bytes()
+    got = model.embed_texts(TEXTS, batch_size=3, normalize=False)
+    assert model._fp32_encoder.traced is not None
+    assert model.memory_bytes() == held == module_bytes(model._model)  # the trace holds no weights of its own
+    want = model._embed_with(TEXTS, 3, None)  # the family's own path: transformers' forward, or encode()
+    assert np.allclose(got, want, atol=1e-5)
