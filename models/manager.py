@@ -9,7 +9,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -152,33 +152,28 @@ class ModelManager:
             freeze_heap()
         return model
 
-    @contextmanager
-    def holding(self, name: str) -> Iterator[Embedder]:
+    def holding(self, name: str) -> AbstractContextManager[Embedder]:
         """The model, loaded if needed, kept from closing until the block ends (an unload meanwhile closes it
         then): for work on a device thread that uses the model without calling it (its tokenizer)."""
-        model = self._get(name, use=True)
-        try:
-            yield model
-        finally:
-            self._release(model)
+        return self._using(name, serial=False)  # type: ignore[return-value] - loads, so never None
 
     @contextmanager
-    def _using(self, name: str, *, load: bool = True) -> Iterator[Embedder | None]:
+    def _using(self, name: str, *, load: bool = True, serial: bool = True) -> Iterator[Embedder | None]:
         """The model (loaded if needed; with ``load`` False None when it is not loaded), counted as in use until
-        the block ends: an unload meanwhile closes it only then. A model without ``concurrent_calls`` is used by
-        one block at a time, with every thread of the device threads together."""
+        the block ends: an unload meanwhile closes it only then. With ``serial`` a model without
+        ``concurrent_calls`` is used by one block at a time, with every thread of the device threads together."""
         if load:
             model: Embedder | None = self._get(name, use=True)
         else:
             with self._lock:
                 model = self._models.get(name)
                 if model is not None:
-                    self._in_use[id(model)] = self._in_use.get(id(model), 0) + 1
+                    self._acquire(model)
         if model is None:
             yield None
             return
         try:
-            if self.parallel_calls == 1 or getattr(model, "concurrent_calls", False):
+            if not serial or self.parallel_calls == 1 or getattr(model, "concurrent_calls", False):
                 yield model
             else:
                 with self._serial.setdefault(id(model), threading.Lock()):
@@ -198,17 +193,22 @@ class ModelManager:
                 return
             self._in_use.pop(id(model), None)
             closing = self._closing.pop(id(model), None)
-            if closing is not None:
-                self._serial.pop(id(model), None)
         if closing is not None:
             log.info("Closing model %s, unloaded while a call used it", closing.info.name)
-            closing.close()
+            self._close(closing)
+
+    def _acquire(self, model: Embedder) -> None:
+        """Count one more use of ``model`` (call with the lock held); :meth:`_release` ends it."""
+        self._in_use[id(model)] = self._in_use.get(id(model), 0) + 1
 
     def _close_or_defer(self, model: Embedder) -> None:
         """Close an unloaded model now, or (call with the lock held) when the calls still using it end."""
         if self._in_use.get(id(model)):
             self._closing[id(model)] = model
-            return
+        else:
+            self._close(model)
+
+    def _close(self, model: Embedder) -> None:
         self._serial.pop(id(model), None)
         model.close()
 
@@ -221,7 +221,7 @@ class ModelManager:
         with self._lock:
             model, loaded = self._get_or_load_locked(name)
             if use:
-                self._in_use[id(model)] = self._in_use.get(id(model), 0) + 1
+                self._acquire(model)
             return model, loaded
 
     def _get_or_load_locked(self, name: str) -> tuple[Embedder, bool]:
