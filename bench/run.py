@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import corpus
+from bench.case_collections import CaseCollections, store_pid
 from bench.model_cases import run_model_cases
 from bench.worker_cases import Driver, RssSampler, bulk_tasks, mixed_tasks, repeated_tasks, small_tasks
 from core.settings import Settings
@@ -103,17 +104,43 @@ async def quiet(rss: RssSampler, *, window: float = 0.5, busy: float = 0.05, lim
             return
 
 
-async def measure(driver: Driver, rss: RssSampler, metrics_port: int, tasks: list[Any]) -> dict[str, Any]:
+def store_cpu_seconds(store: str) -> float | None:
+    """CPU time the store server the workers write to has spent so far (None: Qdrant's local mode is in the
+    worker, or no server of the project's scripts runs)."""
+    pid = store_pid(store)
+    return RssSampler(pid).cpu_seconds() if pid is not None else None
+
+
+async def measure(
+    driver: Driver, rss: RssSampler, metrics_port: int, tasks: list[Any], store: str = ""
+) -> dict[str, Any]:
     """From a quiet worker, send ``tasks``, wait for every result; texts/s with the CPU and model time the case took."""
     await quiet(rss)
     cpu0, machine0, model0 = rss.cpu_seconds(), rss.machine_cpu_seconds(), model_seconds(metrics_port)
+    store0 = store_cpu_seconds(store)
     case = await driver.run(tasks)
+    store1 = store_cpu_seconds(store)
     # how much of the case the model was computing: below 1, it waited for the rest of the worker
     case["model_busy"] = (model_seconds(metrics_port) - model0) / case["seconds"]
     case["cpu_ms_per_text"] = (rss.cpu_seconds() - cpu0) * 1000 / case["texts"]
     # what the worker had to share the cores with: Kafka, the store server, this driver
     case["machine_cpu_ms_per_text"] = (rss.machine_cpu_seconds() - machine0) * 1000 / case["texts"]
+    # of which the store server (its index grows with every vector: each case writes into a fresh collection)
+    if store0 is not None and store1 is not None:
+        case["store_cpu_ms_per_text"] = (store1 - store0) * 1000 / case["texts"]
     return case
+
+
+def store_part(case: dict[str, Any]) -> str:
+    """ ", store N ms/text" for a progress line, when the store server's CPU was measured."""
+    return f", store {case['store_cpu_ms_per_text']:.2f}" if "store_cpu_ms_per_text" in case else ""
+
+
+async def into_fresh(driver: Driver, collections: CaseCollections, case: str) -> str:
+    """A fresh collection for ``case``, made by one task of its own before the case's clock starts."""
+    name = collections.new(case)
+    await driver.run(small_tasks(f"make-{name}", ["A task that makes the case's collection."], name))
+    return name
 
 
 async def start_worker(
@@ -142,15 +169,18 @@ async def start_worker(
     return worker, rss, driver, metrics_port
 
 
-async def cache_cases(args: argparse.Namespace, texts: list[str]) -> list[dict[str, Any]]:
+async def cache_cases(args: argparse.Namespace, texts: list[str], collections: CaseCollections) -> list[dict[str, Any]]:
     """Per run: worker_small's corpus sent twice to a worker with the cache on (``worker_small_cached``, then
-    ``worker_resend``), and worker_repeated50's corpus to another one (``worker_repeated50_cached``)."""
+    ``worker_resend``, into the same collection), and worker_repeated50's corpus to another one
+    (``worker_repeated50_cached``)."""
     plan = {
-        "worker_resend": lambda run: [
-            ("worker_small_cached", small_tasks(f"small{run}", texts)),
-            ("worker_resend", small_tasks(f"small{run}", texts)),  # the same tasks again: the cache is warm
+        "worker_resend": lambda run, into: [
+            ("worker_small_cached", small_tasks(f"small{run}", texts, into)),
+            ("worker_resend", small_tasks(f"small{run}", texts, into)),  # the same tasks again: the cache is warm
         ],
-        "worker_repeated50_cached": lambda run: [("worker_repeated50_cached", repeated_tasks(f"rep{run}", texts))],
+        "worker_repeated50_cached": lambda run, into: [
+            ("worker_repeated50_cached", repeated_tasks(f"rep{run}", texts, collection=into))
+        ],
     }
     warm = [f"Warm-up sentence number {i} for a worker with the embedding cache." for i in range(64)]
     runs: list[dict[str, Any]] = []
@@ -160,9 +190,10 @@ async def cache_cases(args: argparse.Namespace, texts: list[str]) -> list[dict[s
             worker, rss, driver, port = await start_worker(args, f"cache{run}", {})
             try:
                 await driver.run(small_tasks("warm", warm))  # not in the corpus: the cache stays cold for it
-                for case, tasks in plan[selected](run):
+                into = await into_fresh(driver, collections, f"{selected}{run}")
+                for case, tasks in plan[selected](run, into):
                     before = cache_counts(port)
-                    cases[case] = await measure(driver, rss, port, tasks)
+                    cases[case] = await measure(driver, rss, port, tasks, args.store)
                     after = cache_counts(port)
                     cases[case]["cache"] = {k: v - before.get(k, 0.0) for k, v in after.items()}
             finally:
@@ -173,7 +204,8 @@ async def cache_cases(args: argparse.Namespace, texts: list[str]) -> list[dict[s
             f"  cache run {run + 1}: "
             + ", ".join(
                 f"{k} {v['texts_per_s']:.0f}/s (cpu {v['cpu_ms_per_text']:.2f} ms/text, machine "
-                f"{v['machine_cpu_ms_per_text']:.2f} ms/text, model busy {v['model_busy']:.0%}, cache {v['cache']})"
+                f"{v['machine_cpu_ms_per_text']:.2f} ms/text{store_part(v)}, model busy {v['model_busy']:.0%}, "
+                f"cache {v['cache']})"
                 for k, v in cases.items()
             ),
             flush=True,
@@ -182,29 +214,33 @@ async def cache_cases(args: argparse.Namespace, texts: list[str]) -> list[dict[s
     return runs
 
 
-async def worker_cases(args: argparse.Namespace, texts: list[str], articles: list[str]) -> dict[str, Any]:
+async def worker_cases(
+    args: argparse.Namespace, texts: list[str], articles: list[str], collections: CaseCollections
+) -> dict[str, Any]:
     worker, rss, driver, metrics_port = await start_worker(args, "main", CACHE_OFF)
     out: dict[str, Any] = {"runs": [], "worker_log": str(worker.log_path), "store": args.store}
     try:
         await driver.run(small_tasks("warm", texts[:64]))
         for run in range(args.runs):
             make = {
-                "worker_bulk": lambda run=run: bulk_tasks(f"bulk{run}", texts),
-                "worker_small": lambda run=run: small_tasks(f"small{run}", texts),
-                "worker_mixed": lambda run=run: mixed_tasks(f"mixed{run}", texts, articles),
-                "worker_repeated50": lambda run=run: repeated_tasks(f"rep{run}", texts),
+                "worker_bulk": lambda into, run=run: bulk_tasks(f"bulk{run}", texts, collection=into),
+                "worker_small": lambda into, run=run: small_tasks(f"small{run}", texts, into),
+                "worker_mixed": lambda into, run=run: mixed_tasks(f"mixed{run}", texts, articles, collection=into),
+                "worker_repeated50": lambda into, run=run: repeated_tasks(f"rep{run}", texts, collection=into),
             }
             cases = {}
             for case in (c for c in WORKER_CASES if c in args.cases):
-                cases[case] = await measure(driver, rss, metrics_port, make[case]())
+                into = await into_fresh(driver, collections, f"{case}{run}")
+                cases[case] = await measure(driver, rss, metrics_port, make[case](into), args.store)
+            into = await into_fresh(driver, collections, f"latency{run}")
             await asyncio.sleep(1.0)  # idle
-            cases["latency"] = await driver.latency(texts[:50], f"lat{run}")
+            cases["latency"] = await driver.latency(texts[:50], f"lat{run}", into)
             out["runs"].append(cases)
             print(
                 f"  worker run {run + 1}: "
                 + ", ".join(
                     f"{k} {v['texts_per_s']:.0f}/s (cpu {v['cpu_ms_per_text']:.1f} ms/text, "
-                    f"machine {v['machine_cpu_ms_per_text']:.1f} ms/text, model busy {v['model_busy']:.0%}, "
+                    f"machine {v['machine_cpu_ms_per_text']:.1f} ms/text{store_part(v)}, model busy {v['model_busy']:.0%}, "
                     f"embed {v['mean_embed_ms']:.0f} ms, store {v['mean_store_ms']:.0f} ms)"
                     for k, v in cases.items()
                     if k in WORKER_CASES
@@ -215,7 +251,8 @@ async def worker_cases(args: argparse.Namespace, texts: list[str], articles: lis
         if args.backlog:
             backlog = [texts[i % len(texts)] for i in range(args.backlog)]
             start_rss = rss.read()
-            result = await driver.run(small_tasks("backlog", backlog), timeout=3600)
+            into = await into_fresh(driver, collections, "backlog")
+            result = await driver.run(small_tasks("backlog", backlog, into), timeout=3600)
             during = rss.between(result["t0"], result["t1"]) or [start_rss]
             # the peak of each tenth of the backlog: a leak climbs, a working set levels off
             step = (result["t1"] - result["t0"]) / 10
@@ -294,6 +331,16 @@ def main() -> None:
         help="interpreter of the Infinity virtualenv (`make bench-peer` builds it); measured when it exists",
     )
     args = parser.parse_args()
+    # every case writes into a collection of its own (bench/case_collections.py), dropped at the end
+    collections = CaseCollections(args.store, STORES[args.store])
+    try:
+        bench(args, collections)
+    finally:
+        for problem in collections.drop_all():
+            print(problem, flush=True)
+
+
+def bench(args: argparse.Namespace, collections: CaseCollections) -> None:
     require_kafka()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     texts, articles = corpus.sentences(), corpus.articles()
@@ -302,8 +349,8 @@ def main() -> None:
         f"bench: {len(texts)} sentences, {len(articles)} articles; load {load_before}; {args.runs} run(s)", flush=True
     )
     if args.quick:  # A/B runs of worker settings: no reference cases, nothing written
-        worker = asyncio.run(worker_cases(args, texts, articles))
-        cached = asyncio.run(cache_cases(args, texts))
+        worker = asyncio.run(worker_cases(args, texts, articles, collections))
+        cached = asyncio.run(cache_cases(args, texts, collections))
         runs = [{**w, **c} for w, c in zip(worker["runs"], cached, strict=True)]
         summary = {k: v for k, v in worker.items() if k != "runs"}
         summary["texts_per_s"] = {case: median_of(runs, case) for case in runs[0] if "texts_per_s" in runs[0][case]}
@@ -313,8 +360,8 @@ def main() -> None:
     model_runs = run_model_cases(texts, texts[:50], args.runs)
     measured = [case for case in MODEL_CASES if case in model_runs[0]]
     print("  " + ", ".join(f"{case} {median_of(model_runs, case):.0f}/s" for case in measured), flush=True)
-    worker = asyncio.run(worker_cases(args, texts, articles))
-    cached = asyncio.run(cache_cases(args, texts))
+    worker = asyncio.run(worker_cases(args, texts, articles, collections))
+    cached = asyncio.run(cache_cases(args, texts, collections))
     runs = [{**m, **w, **c} for m, w, c in zip(model_runs, worker["runs"], cached, strict=True)]
     tps = {case: median_of(runs, case) for case in runs[0] if "texts_per_s" in runs[0][case]}
     # the model as the worker ran it: the worker's overhead is measured against that engine's own cases
@@ -371,6 +418,12 @@ def main() -> None:
             case: median_of(runs, case, "cpu_ms_per_text") - median_of(runs, best, "cpu_ms_per_text")
             for case in ("worker_bulk", "worker_small")
             if case in tps
+        },
+        # CPU the store server spent per text (of machine_cpu_ms_per_text), each case into a fresh collection
+        "store_cpu_ms_per_text": {
+            case: median_of(runs, case, "store_cpu_ms_per_text")
+            for case in tps
+            if "store_cpu_ms_per_text" in runs[0].get(case, {})
         },
         # the embedding cache: a corpus sent again, and a corpus with half its texts repeated, against no cache
         "cache_ratios": cache_ratios(tps),

@@ -21,25 +21,32 @@ from tests.integration.harness import BOOTSTRAP
 Task = tuple[str, bytes, int]
 
 
-def text_task(task_id: str, text: str) -> Task:
-    body = {"task_id": task_id, "task_type": "text_vectorization", "data": text}
+def into(collection: str | None) -> dict[str, str]:
+    """The task field that sends a task's vectors to ``collection`` (none: the worker's default collection)."""
+    return {"collection": collection} if collection else {}
+
+
+def text_task(task_id: str, text: str, collection: str | None = None) -> Task:
+    body = {"task_id": task_id, "task_type": "text_vectorization", "data": text, **into(collection)}
     return task_id, json.dumps(body).encode(), 1
 
 
-def bulk_tasks(prefix: str, texts: list[str], size: int = 256) -> list[Task]:
+def bulk_tasks(prefix: str, texts: list[str], size: int = 256, collection: str | None = None) -> list[Task]:
     out = []
     for n, start in enumerate(range(0, len(texts), size)):
         chunk = texts[start : start + size]
-        body = {"task_id": f"{prefix}-{n}", "task_type": "batch_vectorization", "data": chunk}
+        body = {"task_id": f"{prefix}-{n}", "task_type": "batch_vectorization", "data": chunk, **into(collection)}
         out.append((f"{prefix}-{n}", json.dumps(body).encode(), len(chunk)))
     return out
 
 
-def small_tasks(prefix: str, texts: list[str]) -> list[Task]:
-    return [text_task(f"{prefix}-{i}", t) for i, t in enumerate(texts)]
+def small_tasks(prefix: str, texts: list[str], collection: str | None = None) -> list[Task]:
+    return [text_task(f"{prefix}-{i}", t, collection) for i, t in enumerate(texts)]
 
 
-def repeated_tasks(prefix: str, texts: list[str], share: float = 0.5, seed: int = 11) -> list[Task]:
+def repeated_tasks(
+    prefix: str, texts: list[str], share: float = 0.5, seed: int = 11, collection: str | None = None
+) -> list[Task]:
     """As many one-text tasks as ``texts``, ``share`` of them repeating another task's text: the first
     ``1 - share`` of the texts once each, then a random pick of them again, all shuffled (a repeat may come long
     after its first, or right beside it while that one is still queued for the model)."""
@@ -47,10 +54,12 @@ def repeated_tasks(prefix: str, texts: list[str], share: float = 0.5, seed: int 
     distinct = texts[: len(texts) - int(len(texts) * share)]
     corpus = distinct + rng.sample(distinct, len(texts) - len(distinct))
     rng.shuffle(corpus)
-    return small_tasks(prefix, corpus)
+    return small_tasks(prefix, corpus, collection)
 
 
-def mixed_tasks(prefix: str, texts: list[str], articles: list[str], seed: int = 7) -> list[Task]:
+def mixed_tasks(
+    prefix: str, texts: list[str], articles: list[str], seed: int = 7, collection: str | None = None
+) -> list[Task]:
     """Half one-text tasks, a third batches of 2-64 texts, the rest whole news articles as documents."""
     rng = random.Random(seed)
     out: list[Task] = []
@@ -59,11 +68,11 @@ def mixed_tasks(prefix: str, texts: list[str], articles: list[str], seed: int = 
         task_id = f"{prefix}-{n}"
         roll = rng.random()
         if roll < 0.5:
-            out.append(text_task(task_id, texts[i]))
+            out.append(text_task(task_id, texts[i], collection))
             i += 1
         elif roll < 0.83:
             chunk = texts[i : i + rng.randint(2, 64)]
-            body = {"task_id": task_id, "task_type": "batch_vectorization", "data": chunk}
+            body = {"task_id": task_id, "task_type": "batch_vectorization", "data": chunk, **into(collection)}
             out.append((task_id, json.dumps(body).encode(), len(chunk)))
             i += len(chunk)
         else:
@@ -73,6 +82,7 @@ def mixed_tasks(prefix: str, texts: list[str], articles: list[str], seed: int = 
                 "task_id": task_id,
                 "task_type": "document_vectorization",
                 "data": {"title": title, "content": content or title},
+                **into(collection),
             }
             out.append((task_id, json.dumps(body).encode(), 1))
         n += 1
@@ -205,11 +215,11 @@ class Driver:
             "t1": t1,
         }
 
-    async def latency(self, texts: list[str], prefix: str) -> dict[str, float]:
+    async def latency(self, texts: list[str], prefix: str, collection: str | None = None) -> dict[str, float]:
         """One task at a time, each sent after the previous result came back."""
         times = []
         for i, text in enumerate(texts):
-            task_id, value, _ = text_task(f"{prefix}-{i}", text)
+            task_id, value, _ = text_task(f"{prefix}-{i}", text, collection)
             waiter = self._waiters[task_id] = asyncio.get_running_loop().create_future()
             t0 = time.monotonic()
             await self.prompt.send_and_wait(self.tasks_topic, value, key=task_id.encode())

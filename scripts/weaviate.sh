@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # Local Weaviate (built from source with Go, cached outside the clone) on 127.0.0.1:8080, gRPC 50051.
+# Weaviate v1.39 binds its gRPC port and its cluster data port (7947) on every interface whatever the settings
+# (adapters/handlers/grpc/server.go listens on ":port"): on a machine others can reach, firewall them. The Go
+# profiler's port (6060, also every interface) is switched off.
 #   scripts/weaviate.sh start|stop|status|build
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -32,6 +35,7 @@ start() {
   PERSISTENCE_DATA_PATH="$RUN/data" CLUSTER_HOSTNAME=node1 CLUSTER_BIND_ADDR=127.0.0.1 \
   CLUSTER_GOSSIP_BIND_PORT="${WEAVIATE_GOSSIP_PORT:-7946}" CLUSTER_DATA_BIND_PORT="${WEAVIATE_DATA_PORT:-7947}" \
   RAFT_BOOTSTRAP_EXPECT=1 GRPC_PORT="$GRPC" DISABLE_TELEMETRY=true LIMIT_RESOURCES=true QUERY_DEFAULTS_LIMIT=25 \
+  GO_PROFILING_DISABLE=true \
     nohup "$BIN" --host 127.0.0.1 --port "$PORT" --scheme http >"$RUN/weaviate.log" 2>&1 &
   echo $! >"$PIDFILE"
   for _ in $(seq 1 240); do
