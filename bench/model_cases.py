@@ -220,13 +220,20 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
-def run_model_cases(texts: list[str], latency_texts: list[str], runs: int) -> list[dict[str, Any]]:
-    model, embedder = load_model(), load_onnx_embedder()
-    half, bf16_note = bf16_model(model)
-    worker_bf16 = load_bf16_embedder() if half is not None else None
-    encode, onnx = st_embed(model), embedder_embed(embedder)
-    out = []
-    for _ in range(runs):
+class ModelCases:
+    """Every bare case's model, loaded once; :meth:`run` measures all the cases once. ``make bench`` runs them
+    right before each run of the worker's cases, so that the two a ratio divides were measured minutes apart
+    (the machine's speed drifts over a bench: bench/README.md)."""
+
+    def __init__(self, texts: list[str], latency_texts: list[str]) -> None:
+        self.texts, self.latency_texts = texts, latency_texts
+        self.model, self.embedder = load_model(), load_onnx_embedder()
+        self.half, self.bf16_note = bf16_model(self.model)
+        self.worker_bf16 = load_bf16_embedder() if self.half is not None else None
+
+    def run(self) -> dict[str, Any]:
+        texts, latency_texts, model, embedder = self.texts, self.latency_texts, self.model, self.embedder
+        encode, onnx = st_embed(model), embedder_embed(embedder)
         fp32_vectors: list[Any] = []
         run = {
             "bare": bare(model, texts),
@@ -236,18 +243,20 @@ def run_model_cases(texts: list[str], latency_texts: list[str], runs: int) -> li
             "onnx_token_sorted": token_sorted(onnx, embedder.token_lengths, texts),
             "onnx_naive": naive(onnx, texts),
             "onnx_single": single_latency(onnx, latency_texts),
-            "bf16": {"cpu": bf16_note},
+            "bf16": {"cpu": self.bf16_note},
         }
-        if half is not None:
+        if self.half is not None:
             bf16_vectors: list[Any] = []
+            half = self.half
             run["bf16_token_sorted"] = token_sorted(st_embed(half), st_lengths(half), texts, vectors=bf16_vectors)
             run["bf16_naive"] = naive(st_embed(half), texts)
             run["bf16"]["min_cosine"] = min_cosine(bf16_vectors, fp32_vectors)
-        if worker_bf16 is not None:
+        if self.worker_bf16 is not None:
             parallel_vectors: list[Any] = []
-            run["bf16_parallel"] = parallel_calls(worker_bf16, texts, vectors=parallel_vectors)
+            run["bf16_parallel"] = parallel_calls(self.worker_bf16, texts, vectors=parallel_vectors)
             run["bf16"]["min_cosine"] = min(run["bf16"]["min_cosine"], min_cosine(parallel_vectors, fp32_vectors))
-        out.append(run)
-    del model, embedder, half, worker_bf16
-    gc.collect()
-    return out
+        return run
+
+    def close(self) -> None:
+        del self.model, self.embedder, self.half, self.worker_bf16
+        gc.collect()

@@ -21,7 +21,7 @@ from typing import Any
 
 from bench import corpus
 from bench.case_collections import CaseCollections, store_pid
-from bench.model_cases import run_model_cases
+from bench.model_cases import ModelCases
 from bench.worker_cases import Driver, RssSampler, bulk_tasks, mixed_tasks, repeated_tasks, small_tasks
 from core.settings import Settings
 from models.engines import BF16_FLAGS, COSINE_FLOOR, cpu_description
@@ -169,7 +169,9 @@ async def start_worker(
     return worker, rss, driver, metrics_port
 
 
-async def cache_cases(args: argparse.Namespace, texts: list[str], collections: CaseCollections) -> list[dict[str, Any]]:
+async def cache_cases(
+    args: argparse.Namespace, texts: list[str], collections: CaseCollections, first: int = 0
+) -> list[dict[str, Any]]:
     """Per run: worker_small's corpus sent twice to a worker with the cache on (``worker_small_cached``, then
     ``worker_resend``, into the same collection), and worker_repeated50's corpus to another one
     (``worker_repeated50_cached``)."""
@@ -184,7 +186,7 @@ async def cache_cases(args: argparse.Namespace, texts: list[str], collections: C
     }
     warm = [f"Warm-up sentence number {i} for a worker with the embedding cache." for i in range(64)]
     runs: list[dict[str, Any]] = []
-    for run in range(args.runs):
+    for run in range(first, first + args.runs):
         cases: dict[str, Any] = {}
         for selected in (c for c in CACHE_CASES if c in args.cases):
             worker, rss, driver, port = await start_worker(args, f"cache{run}", {})
@@ -215,13 +217,15 @@ async def cache_cases(args: argparse.Namespace, texts: list[str], collections: C
 
 
 async def worker_cases(
-    args: argparse.Namespace, texts: list[str], articles: list[str], collections: CaseCollections
+    args: argparse.Namespace, texts: list[str], articles: list[str], collections: CaseCollections, first: int = 0
 ) -> dict[str, Any]:
-    worker, rss, driver, metrics_port = await start_worker(args, "main", CACHE_OFF)
+    """``args.runs`` runs of the worker cases (numbered from ``first``) on a worker of their own, then the backlog
+    of ``args.backlog`` tasks when asked."""
+    worker, rss, driver, metrics_port = await start_worker(args, f"main{first}", CACHE_OFF)
     out: dict[str, Any] = {"runs": [], "worker_log": str(worker.log_path), "store": args.store}
     try:
         await driver.run(small_tasks("warm", texts[:64]))
-        for run in range(args.runs):
+        for run in range(first, first + args.runs):
             make = {
                 "worker_bulk": lambda into, run=run: bulk_tasks(f"bulk{run}", texts, collection=into),
                 "worker_small": lambda into, run=run: small_tasks(f"small{run}", texts, into),
@@ -357,11 +361,36 @@ def bench(args: argparse.Namespace, collections: CaseCollections) -> None:
         summary["cache_ratios"] = cache_ratios(summary["texts_per_s"])
         print(json.dumps(summary, indent=1), f"load {load()}")
         return
-    model_runs = run_model_cases(texts, texts[:50], args.runs)
-    measured = [case for case in MODEL_CASES if case in model_runs[0]]
-    print("  " + ", ".join(f"{case} {median_of(model_runs, case):.0f}/s" for case in measured), flush=True)
-    worker = asyncio.run(worker_cases(args, texts, articles, collections))
-    cached = asyncio.run(cache_cases(args, texts, collections))
+    # run by run: the bare cases, then the worker's cases on a worker started for the run, then the cache cases;
+    # a ratio divides figures measured minutes apart, not a quarter of an hour (the machine's speed drifts)
+    models = ModelCases(texts, texts[:50])
+    one = argparse.Namespace(**{**vars(args), "runs": 1, "backlog": 0})
+    model_runs: list[dict[str, Any]] = []
+    workers: list[dict[str, Any]] = []
+    cached: list[dict[str, Any]] = []
+    for run in range(args.runs):
+        model_runs.append(models.run())
+        measured = [case for case in MODEL_CASES if case in model_runs[-1]]
+        print(
+            f"  bare run {run + 1}: " + ", ".join(f"{c} {model_runs[-1][c]['texts_per_s']:.0f}/s" for c in measured),
+            flush=True,
+        )
+        workers.append(asyncio.run(worker_cases(one, texts, articles, collections, first=run)))
+        cached += asyncio.run(cache_cases(one, texts, collections, first=run))
+    models.close()
+    if args.backlog:  # on a worker of its own, after every run
+        backlog = argparse.Namespace(**{**vars(args), "runs": 0})
+        workers.append(asyncio.run(worker_cases(backlog, texts, articles, collections, first=args.runs)))
+    worker = {
+        "runs": [r for w in workers for r in w["runs"]],
+        "store": args.store,
+        "worker_log": workers[0]["worker_log"],
+        "backend": workers[0]["backend"],
+        "backends": sorted({w["backend"] for w in workers}),
+        "worker_exit": [w["worker_exit"] for w in workers],
+        "rss_peak_mb": max(w["rss_peak_mb"] for w in workers),
+        "backlog": workers[-1].get("backlog"),
+    }
     runs = [{**m, **w, **c} for m, w, c in zip(model_runs, worker["runs"], cached, strict=True)]
     tps = {case: median_of(runs, case) for case in runs[0] if "texts_per_s" in runs[0][case]}
     # the model as the worker ran it: the worker's overhead is measured against that engine's own cases
@@ -408,6 +437,11 @@ def bench(args: argparse.Namespace, collections: CaseCollections) -> None:
             # against the fastest bare engine of this run whose vectors match float32's: travels across CPUs
             "worker_bulk/best_bare": tps["worker_bulk"] / tps[best_bare],
             "worker_small/best_bare": tps["worker_small"] / tps[best_bare],
+        },
+        # each run's own ratio (the worker's cases against the bare cases measured just before them)
+        "ratios_per_run": {
+            ratio: [r[ratio.split("/")[0]]["texts_per_s"] / r[best_bare]["texts_per_s"] for r in runs]
+            for ratio in ("worker_bulk/best_bare", "worker_small/best_bare")
         },
         "best_bare": best_bare,
         "bf16": {**runs[0]["bf16"], "min_cosine": bf16_cosine if bf16_cosine >= 0 else None},
