@@ -21,8 +21,8 @@ from sinks.base import BaseVectorDB
 from sinks.registry import create_stores
 
 ROOT = Path(__file__).resolve().parents[1]
-#: the pid file of each store server the project's scripts start (scripts/<store>.sh); Qdrant runs in the worker
-PID_FILES = {"weaviate": "weaviate/weaviate.pid", "chroma": "chroma/chroma.pid"}
+#: the pid file of each server the project's scripts start (scripts/<name>.sh); Qdrant runs in the worker
+PID_FILES = {"weaviate": "weaviate/weaviate.pid", "chroma": "chroma/chroma.pid", "kafka": "kafka/kafka.pid"}
 
 
 class CaseCollections:
@@ -72,9 +72,10 @@ class CaseCollections:
         return problems
 
 
-def store_pid(store: str) -> int | None:
-    """The pid of the store server the project's scripts started (None: in the worker, or not found)."""
-    relative = PID_FILES.get(store)
+def server_pid(name: str) -> int | None:
+    """The pid of the server (a store, or ``kafka``) the project's scripts started (None: in the worker, or not
+    running)."""
+    relative = PID_FILES.get(name)
     if relative is None:
         return None
     path = Path(os.environ.get("VW_STATE", ROOT / ".state")) / relative

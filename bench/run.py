@@ -16,11 +16,12 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from bench import corpus
-from bench.case_collections import CaseCollections, store_pid
+from bench.case_collections import CaseCollections, server_pid
 from bench.model_cases import ModelCases
 from bench.worker_cases import Driver, RssSampler, bulk_tasks, mixed_tasks, repeated_tasks, small_tasks
 from core.settings import Settings
@@ -104,10 +105,10 @@ async def quiet(rss: RssSampler, *, window: float = 0.5, busy: float = 0.05, lim
             return
 
 
-def store_cpu_seconds(store: str) -> float | None:
-    """CPU time the store server the workers write to has spent so far (None: Qdrant's local mode is in the
-    worker, or no server of the project's scripts runs)."""
-    pid = store_pid(store)
+def server_cpu_seconds(name: str) -> float | None:
+    """CPU time a server of the project's scripts (the store the workers write to, or ``kafka``) has spent so far
+    (None: Qdrant's local mode is in the worker, or the server does not run)."""
+    pid = server_pid(name)
     return RssSampler(pid).cpu_seconds() if pid is not None else None
 
 
@@ -117,23 +118,28 @@ async def measure(
     """From a quiet worker, send ``tasks``, wait for every result; texts/s with the CPU and model time the case took."""
     await quiet(rss)
     cpu0, machine0, model0 = rss.cpu_seconds(), rss.machine_cpu_seconds(), model_seconds(metrics_port)
-    store0 = store_cpu_seconds(store)
+    servers = {"store": store, "broker": "kafka"} if store else {}
+    before = {k: server_cpu_seconds(name) for k, name in servers.items()}
     case = await driver.run(tasks)
-    store1 = store_cpu_seconds(store)
+    after = {k: server_cpu_seconds(name) for k, name in servers.items()}
     # how much of the case the model was computing: below 1, it waited for the rest of the worker
     case["model_busy"] = (model_seconds(metrics_port) - model0) / case["seconds"]
     case["cpu_ms_per_text"] = (rss.cpu_seconds() - cpu0) * 1000 / case["texts"]
     # what the worker had to share the cores with: Kafka, the store server, this driver
     case["machine_cpu_ms_per_text"] = (rss.machine_cpu_seconds() - machine0) * 1000 / case["texts"]
     # of which the store server (its index grows with every vector: each case writes into a fresh collection)
-    if store0 is not None and store1 is not None:
-        case["store_cpu_ms_per_text"] = (store1 - store0) * 1000 / case["texts"]
+    # and the Kafka broker
+    for k in servers:
+        start, end = before[k], after[k]
+        if start is not None and end is not None:
+            case[f"{k}_cpu_ms_per_text"] = (end - start) * 1000 / case["texts"]
     return case
 
 
 def store_part(case: dict[str, Any]) -> str:
     """ ", store N ms/text" for a progress line, when the store server's CPU was measured."""
-    return f", store {case['store_cpu_ms_per_text']:.2f}" if "store_cpu_ms_per_text" in case else ""
+    parts = [f", {k} {case[f'{k}_cpu_ms_per_text']:.2f}" for k in ("store", "broker") if f"{k}_cpu_ms_per_text" in case]
+    return "".join(parts)
 
 
 async def into_fresh(driver: Driver, collections: CaseCollections, case: str) -> str:
@@ -217,15 +223,21 @@ async def cache_cases(
 
 
 async def worker_cases(
-    args: argparse.Namespace, texts: list[str], articles: list[str], collections: CaseCollections, first: int = 0
+    args: argparse.Namespace,
+    texts: list[str],
+    articles: list[str],
+    collections: CaseCollections,
+    around: Callable[[int], Awaitable[None]] | None = None,
 ) -> dict[str, Any]:
-    """``args.runs`` runs of the worker cases (numbered from ``first``) on a worker of their own, then the backlog
-    of ``args.backlog`` tasks when asked."""
-    worker, rss, driver, metrics_port = await start_worker(args, f"main{first}", CACHE_OFF)
+    """``args.runs`` runs of the worker cases on one worker, then the backlog of ``args.backlog`` tasks on it;
+    ``around(run)``, when given, is awaited before each run's cases (while the worker idles)."""
+    worker, rss, driver, metrics_port = await start_worker(args, "main", CACHE_OFF)
     out: dict[str, Any] = {"runs": [], "worker_log": str(worker.log_path), "store": args.store}
     try:
         await driver.run(small_tasks("warm", texts[:64]))
-        for run in range(first, first + args.runs):
+        for run in range(args.runs):
+            if around is not None:
+                await around(run)
             make = {
                 "worker_bulk": lambda into, run=run: bulk_tasks(f"bulk{run}", texts, collection=into),
                 "worker_small": lambda into, run=run: small_tasks(f"small{run}", texts, into),
@@ -361,36 +373,25 @@ def bench(args: argparse.Namespace, collections: CaseCollections) -> None:
         summary["cache_ratios"] = cache_ratios(summary["texts_per_s"])
         print(json.dumps(summary, indent=1), f"load {load()}")
         return
-    # run by run: the bare cases, then the worker's cases on a worker started for the run, then the cache cases;
-    # a ratio divides figures measured minutes apart, not a quarter of an hour (the machine's speed drifts)
+    # run by run, on the one worker of the worker cases: the bare cases (on a thread of this process, the worker
+    # idle), the run's cache cases (on workers of their own), then the run's worker cases; so a ratio divides
+    # figures measured minutes apart, not a quarter of an hour (the machine's speed drifts)
     models = ModelCases(texts, texts[:50])
     one = argparse.Namespace(**{**vars(args), "runs": 1, "backlog": 0})
     model_runs: list[dict[str, Any]] = []
-    workers: list[dict[str, Any]] = []
     cached: list[dict[str, Any]] = []
-    for run in range(args.runs):
-        model_runs.append(models.run())
+
+    async def around(run: int) -> None:
+        model_runs.append(await asyncio.to_thread(models.run))
         measured = [case for case in MODEL_CASES if case in model_runs[-1]]
         print(
             f"  bare run {run + 1}: " + ", ".join(f"{c} {model_runs[-1][c]['texts_per_s']:.0f}/s" for c in measured),
             flush=True,
         )
-        workers.append(asyncio.run(worker_cases(one, texts, articles, collections, first=run)))
-        cached += asyncio.run(cache_cases(one, texts, collections, first=run))
+        cached.extend(await cache_cases(one, texts, collections, first=run))
+
+    worker = asyncio.run(worker_cases(args, texts, articles, collections, around))
     models.close()
-    if args.backlog:  # on a worker of its own, after every run
-        backlog = argparse.Namespace(**{**vars(args), "runs": 0})
-        workers.append(asyncio.run(worker_cases(backlog, texts, articles, collections, first=args.runs)))
-    worker = {
-        "runs": [r for w in workers for r in w["runs"]],
-        "store": args.store,
-        "worker_log": workers[0]["worker_log"],
-        "backend": workers[0]["backend"],
-        "backends": sorted({w["backend"] for w in workers}),
-        "worker_exit": [w["worker_exit"] for w in workers],
-        "rss_peak_mb": max(w["rss_peak_mb"] for w in workers),
-        "backlog": workers[-1].get("backlog"),
-    }
     runs = [{**m, **w, **c} for m, w, c in zip(model_runs, worker["runs"], cached, strict=True)]
     tps = {case: median_of(runs, case) for case in runs[0] if "texts_per_s" in runs[0][case]}
     # the model as the worker ran it: the worker's overhead is measured against that engine's own cases
@@ -453,12 +454,19 @@ def bench(args: argparse.Namespace, collections: CaseCollections) -> None:
             for case in ("worker_bulk", "worker_small")
             if case in tps
         },
-        # CPU the store server spent per text (of machine_cpu_ms_per_text), each case into a fresh collection
-        "store_cpu_ms_per_text": {
-            case: median_of(runs, case, "store_cpu_ms_per_text")
-            for case in tps
-            if "store_cpu_ms_per_text" in runs[0].get(case, {})
+        # CPU the store server and the Kafka broker spent per text (of machine_cpu_ms_per_text), each case into
+        # a fresh collection
+        **{
+            f"{server}_cpu_ms_per_text": {
+                case: median_of(runs, case, f"{server}_cpu_ms_per_text")
+                for case in tps
+                if f"{server}_cpu_ms_per_text" in runs[0].get(case, {})
+            }
+            for server in ("store", "broker")
         },
+        # the most a worker costing no CPU of its own could reach against best_bare here, where the store and the
+        # broker share the cores: the bare model's CPU per text over itself plus theirs (each case's medians)
+        "ceilings": ceilings(runs, best_bare),
         # the embedding cache: a corpus sent again, and a corpus with half its texts repeated, against no cache
         "cache_ratios": cache_ratios(tps),
         # against the model on the worker's own backend, fed the way the worker's model queue feeds it
@@ -485,6 +493,18 @@ def bench(args: argparse.Namespace, collections: CaseCollections) -> None:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print_table(report)
     print(f"written to {args.out}; worker log {worker['worker_log']}")
+
+
+def ceilings(runs: list[dict[str, Any]], best_bare: str) -> dict[str, float]:
+    """``worker_X/best_bare`` for a worker that spends nothing itself: the bare model's CPU per text over that
+    plus the store's and the broker's CPU per text in case X (bench/README.md); only where both were measured."""
+    model = median_of(runs, best_bare, "cpu_ms_per_text")
+    out = {}
+    for case in ("worker_bulk", "worker_small"):
+        if all(f"{k}_cpu_ms_per_text" in runs[0].get(case, {}) for k in ("store", "broker")):
+            around = median_of(runs, case, "store_cpu_ms_per_text") + median_of(runs, case, "broker_cpu_ms_per_text")
+            out[f"{case}/best_bare"] = model / (model + around)
+    return out
 
 
 def targets(report: dict[str, Any]) -> dict[str, bool | None]:
@@ -537,6 +557,12 @@ def print_table(r: dict[str, Any]) -> None:
         print(f"| ratio {name} | {value:.2f} |")
     for name, value in r["worker_cpu_beyond_model_ms_per_text"].items():
         print(f"| {name} CPU beyond the model | {value:.2f} ms/text |")
+    for name in r["worker_cpu_beyond_model_ms_per_text"]:
+        store, broker = r["store_cpu_ms_per_text"].get(name), r["broker_cpu_ms_per_text"].get(name)
+        if store is not None and broker is not None:
+            print(f"| {name} store / broker CPU | {store:.2f} / {broker:.2f} ms/text |")
+    for name, value in r["ceilings"].items():
+        print(f"| ceiling {name} (a worker costing nothing itself, beside this store and broker) | {value:.2f} |")
     lat = r["latency_ms"]
     print(
         f"| idle latency p50 / p99 | {lat['worker_p50']:.0f} / {lat['worker_p99']:.0f} ms "

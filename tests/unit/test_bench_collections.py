@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.case_collections import CaseCollections, store_pid
+from bench.case_collections import CaseCollections, server_pid
 from bench.worker_cases import bulk_tasks, mixed_tasks, repeated_tasks, small_tasks
 from core.errors import StoreUnavailableError
 from tests.fakes import FakeStore
@@ -65,11 +65,11 @@ def test_qdrant_local_mode_has_nothing_to_drop_and_no_server_pid(
     cases = CaseCollections("qdrant", {})
     cases.new("worker_small0")
     assert cases.drop_all() == []
-    assert store_pid("qdrant") is None
+    assert server_pid("qdrant") is None
     monkeypatch.setenv("VW_STATE", str(tmp_path))
-    assert store_pid("weaviate") is None  # no pid file
+    assert server_pid("weaviate") is None  # no pid file
     (tmp_path / "weaviate").mkdir()
     (tmp_path / "weaviate" / "weaviate.pid").write_text("not a pid\n")
-    assert store_pid("weaviate") is None
+    assert server_pid("weaviate") is None
     (tmp_path / "weaviate" / "weaviate.pid").write_text(f"{os.getpid()}\n")
-    assert store_pid("weaviate") == os.getpid()
+    assert server_pid("weaviate") == os.getpid()
