@@ -23,7 +23,15 @@ from typing import Any
 from bench import corpus
 from bench.case_collections import CaseCollections, server_pid
 from bench.model_cases import ModelCases
-from bench.worker_cases import Driver, RssSampler, bulk_tasks, mixed_tasks, repeated_tasks, small_tasks
+from bench.worker_cases import (
+    Driver,
+    RssSampler,
+    bulk_tasks,
+    mixed_tasks,
+    process_cpu_seconds,
+    repeated_tasks,
+    small_tasks,
+)
 from core.settings import Settings
 from models.engines import BF16_FLAGS, COSINE_FLOOR, cpu_description
 from tests.integration.harness import Topics, WorkerProcess, create_topics, free_port, require_kafka
@@ -109,7 +117,7 @@ def server_cpu_seconds(name: str) -> float | None:
     """CPU time a server of the project's scripts (the store the workers write to, or ``kafka``) has spent so far
     (None: Qdrant's local mode is in the worker, or the server does not run)."""
     pid = server_pid(name)
-    return RssSampler(pid).cpu_seconds() if pid is not None else None
+    return process_cpu_seconds(pid) if pid is not None else None
 
 
 async def measure(
@@ -136,8 +144,8 @@ async def measure(
     return case
 
 
-def store_part(case: dict[str, Any]) -> str:
-    """ ", store N ms/text" for a progress line, when the store server's CPU was measured."""
+def servers_part(case: dict[str, Any]) -> str:
+    """ ", store N, broker N" (ms/text) for a progress line: what of the two servers' CPU was measured."""
     parts = [f", {k} {case[f'{k}_cpu_ms_per_text']:.2f}" for k in ("store", "broker") if f"{k}_cpu_ms_per_text" in case]
     return "".join(parts)
 
@@ -212,7 +220,7 @@ async def cache_cases(
             f"  cache run {run + 1}: "
             + ", ".join(
                 f"{k} {v['texts_per_s']:.0f}/s (cpu {v['cpu_ms_per_text']:.2f} ms/text, machine "
-                f"{v['machine_cpu_ms_per_text']:.2f} ms/text{store_part(v)}, model busy {v['model_busy']:.0%}, "
+                f"{v['machine_cpu_ms_per_text']:.2f} ms/text{servers_part(v)}, model busy {v['model_busy']:.0%}, "
                 f"cache {v['cache']})"
                 for k, v in cases.items()
             ),
@@ -256,7 +264,7 @@ async def worker_cases(
                 f"  worker run {run + 1}: "
                 + ", ".join(
                     f"{k} {v['texts_per_s']:.0f}/s (cpu {v['cpu_ms_per_text']:.1f} ms/text, "
-                    f"machine {v['machine_cpu_ms_per_text']:.1f} ms/text{store_part(v)}, model busy {v['model_busy']:.0%}, "
+                    f"machine {v['machine_cpu_ms_per_text']:.1f} ms/text{servers_part(v)}, model busy {v['model_busy']:.0%}, "
                     f"embed {v['mean_embed_ms']:.0f} ms, store {v['mean_store_ms']:.0f} ms)"
                     for k, v in cases.items()
                     if k in WORKER_CASES
@@ -502,8 +510,8 @@ def ceilings(runs: list[dict[str, Any]], best_bare: str) -> dict[str, float]:
     out = {}
     for case in ("worker_bulk", "worker_small"):
         if all(f"{k}_cpu_ms_per_text" in runs[0].get(case, {}) for k in ("store", "broker")):
-            around = median_of(runs, case, "store_cpu_ms_per_text") + median_of(runs, case, "broker_cpu_ms_per_text")
-            out[f"{case}/best_bare"] = model / (model + around)
+            servers = median_of(runs, case, "store_cpu_ms_per_text") + median_of(runs, case, "broker_cpu_ms_per_text")
+            out[f"{case}/best_bare"] = model / (model + servers)
     return out
 
 

@@ -73,3 +73,18 @@ def test_qdrant_local_mode_has_nothing_to_drop_and_no_server_pid(
     assert server_pid("weaviate") is None
     (tmp_path / "weaviate" / "weaviate.pid").write_text(f"{os.getpid()}\n")
     assert server_pid("weaviate") == os.getpid()
+
+
+def test_ceilings_are_the_bare_models_cpu_over_itself_and_the_servers() -> None:
+    from bench.run import ceilings
+
+    def run(model: float, store: float, broker: float) -> dict[str, dict[str, float]]:
+        return {
+            "bf16_parallel": {"cpu_ms_per_text": model},
+            "worker_small": {"store_cpu_ms_per_text": store, "broker_cpu_ms_per_text": broker},
+            "worker_bulk": {"store_cpu_ms_per_text": store},  # the broker not measured: no ceiling
+        }
+
+    # medians over the runs: model 2.0, store 0.5, broker 0.3
+    got = ceilings([run(2.0, 0.5, 0.3), run(1.0, 0.4, 0.9), run(3.0, 0.6, 0.2)], "bf16_parallel")
+    assert got == {"worker_small/best_bare": pytest.approx(2.0 / 2.8)}
