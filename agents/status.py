@@ -74,24 +74,33 @@ class StatusTables:
         # Tables use Faust's json codec: str keys, dict values. The task-status
         # changelog is compacted *and* time-limited, so recovery after a rebalance
         # reads at most `task_status_retention_hours` of tasks, not the whole history.
-        self.task_status = worker.app.Table(
-            "task-status",
-            default=None,
-            partitions=s.topic_partitions,
-            # On disk the table outlives restarts, and the changelog's time limit deletes
-            # nothing locally: RocksDB's own time-to-live drops entries past retention.
-            options=worker.table_options(ttl_seconds=int(s.task_status_retention_hours * 3600)),
-            extra_topic_configs={
-                "cleanup.policy": "compact,delete",
-                "retention.ms": str(int(s.task_status_retention_hours * 3_600_000)),
-            },
+        # only with kafka.task_status_table: no changelog topic, recovery or RocksDB files without it
+        self.task_status: Any = (
+            worker.app.Table(
+                "task-status",
+                default=None,
+                partitions=s.topic_partitions,
+                # On disk the table outlives restarts, and the changelog's time limit deletes
+                # nothing locally: RocksDB's own time-to-live drops entries past retention.
+                options=worker.table_options(ttl_seconds=int(s.task_status_retention_hours * 3600)),
+                extra_topic_configs={
+                    "cleanup.policy": "compact,delete",
+                    "retention.ms": str(int(s.task_status_retention_hours * 3_600_000)),
+                },
+            )
+            if s.task_status_table
+            else None
         )
         self.worker_stats = worker.app.Table(
             "worker-stats", default=None, partitions=s.topic_partitions, options=worker.table_options()
         )
         # recovery must see every changelog record it fetches, or it can wait for ever (app/compat.py)
         compat.deliver_every_changelog_record(
-            {table.changelog_topic.get_topic_name() for table in (self.task_status, self.worker_stats)}
+            {
+                table.changelog_topic.get_topic_name()
+                for table in (self.task_status, self.worker_stats)
+                if table is not None
+            }
         )
         self.status_topic = worker.raw_topic(s.status_topic)
         self.worker_reports = worker.raw_topic(f"{s.kafka_group_id}-worker-reports")

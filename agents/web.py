@@ -1,9 +1,10 @@
 """Web views on Faust's port (6066): JSON endpoints and the dashboard.
 
 ``/healthz`` liveness, ``/readyz`` readiness, ``/workers`` live workers
-(Redis heartbeats), ``/tasks/{task_id}`` a task's status (Faust table, routed
-to the worker that owns the key), ``/models`` loaded models, ``/state`` this
-worker, ``/search/?q=`` nearest neighbours (off unless ``web.search_enabled``), ``/`` the dashboard.
+(Redis heartbeats), ``/tasks/{task_id}`` a task's status (from Redis; with
+``kafka.task_status_table`` from the Faust table, routed to the worker that owns
+the key), ``/models`` loaded models, ``/state`` this worker, ``/search/?q=``
+nearest neighbours (off unless ``web.search_enabled``), ``/`` the dashboard.
 
 With ``web.auth_token`` every route but the probes and the dashboard's page needs
 ``Authorization: Bearer <token>`` (agents/web_security.py holds the guards).
@@ -44,6 +45,7 @@ from core.errors import ConfigError, VectorizeError
 from core.secrets import reveal
 from core.settings import Settings
 from ops.heartbeat import live_workers, redis_error
+from ops.task_status import TaskStatusError
 
 log = logging.getLogger("worker.web")
 DASHBOARD = (Path(__file__).resolve().parent / "dashboard.html").read_text(encoding="utf-8")
@@ -171,31 +173,44 @@ class WebViews:
 
     def _status_partitions(self) -> list[int]:
         """The partitions of the task-status table this worker actively owns."""
+        if self.tables.task_status is None:
+            return []
         changelog = self.tables.task_status.changelog_topic.get_topic_name()
         return sorted(tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == changelog)
 
     async def local_tasks(self, web: Any, request: Any) -> Any:
-        """The last 100 tasks whose status this worker's tracker wrote, newest first.
+        """The last 100 tasks whose status this worker wrote (to Redis, or to its table), newest first.
 
-        Not a scan of the table: it holds ``task_status_retention_hours`` of tasks.
+        Not a scan: Redis and the table hold ``task_status_retention_hours`` of tasks.
         """
-        tasks: list[dict[str, Any]] = []
-        seen: set[str] = set()
-        for task_id in reversed(self.tables.recent_task_ids):
-            if task_id in seen:
-                continue
-            seen.add(task_id)
-            value = table_get(self.tables.task_status, task_id)  # None once its partition moved to another worker
-            if value is not None:
-                tasks.append(value)
-                if len(tasks) == 100:
+        s = self.settings
+        store = self.runtime().task_status if s.task_status_redis else None
+        recent = store.recent if store is not None else self.tables.recent_task_ids
+        ids: list[str] = []
+        for task_id in reversed(recent):
+            if task_id not in ids:
+                ids.append(task_id)
+                if len(ids) == 100:
                     break
+        error = None
+        if store is not None:
+            try:
+                found = await store.get_many(ids)
+            except TaskStatusError as exc:
+                found, error = [], str(exc)
+        elif self.tables.task_status is not None:
+            # None once its partition moved to another worker
+            found = [table_get(self.tables.task_status, task_id) for task_id in ids]
+        else:
+            found = []
         return web.json(
             {
-                "worker_id": self.settings.worker_id,
-                "task_status_table": self.settings.task_status_table,
-                "tasks": tasks,
+                "worker_id": s.worker_id,
+                "task_status_redis": s.task_status_redis,
+                "task_status_table": s.task_status_table,
+                "tasks": [value for value in found if value is not None],
                 "partitions": self._status_partitions(),
+                "error": error,
             }
         )
 
@@ -213,20 +228,48 @@ class WebViews:
         return (murmur2(task_id.encode("utf-8")) & 0x7FFFFFFF) % count in owned
 
     async def task(self, web: Any, request: Any, task_id: str) -> Any:
-        """A task's status from the table. The key lives on the worker that owns its partition:
-        when it is not here, ask the other live workers (from their heartbeats), one hop at most."""
+        """A task's status: from Redis (``redis.task_status``, any worker answers), else from the table, whose key
+        lives on the worker that owns its partition: when it is not here, ask the other live workers (from their
+        heartbeats), one hop at most."""
         s = self.settings
         if not valid_task_id(task_id):
             return web.json(
                 {"error": "invalid task id: 1-200 characters without control characters (the task schema's rule)"},
                 status=400,
             )
+        if s.task_status_redis:
+            store = self.runtime().task_status
+            if store is None:
+                return web.json(
+                    {
+                        "task_id": task_id,
+                        "error": "this worker is starting (its task-status store is not open); ask again",
+                    },
+                    status=503,
+                )
+            try:
+                found = await store.get(task_id)
+            except TaskStatusError as exc:
+                return web.json(
+                    {"task_id": task_id, "error": f"{exc}; the task's records are on {s.status_topic}"}, status=503
+                )
+            if found is not None:
+                return web.json({**found, "served_by": s.worker_id})
+            if not s.task_status_table:
+                return web.json(
+                    {
+                        "task_id": task_id,
+                        "error": "unknown task id: Redis holds no status for it (not sent yet, or older than "
+                        "kafka.task_status_retention_hours)",
+                    },
+                    status=404,
+                )
         if not s.task_status_table:
             return web.json(
                 {
                     "task_id": task_id,
-                    "error": "this worker keeps no task-status table (kafka.task_status_table is false); "
-                    f"read the task's records on {s.status_topic} or turn the table on",
+                    "error": "this worker keeps no task statuses (redis.task_status and kafka.task_status_table are "
+                    f"false); read the task's records on {s.status_topic} or turn one on",
                 },
                 status=404,
             )

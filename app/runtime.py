@@ -28,6 +28,7 @@ from models.manager import ModelManager
 from ops.embedding_cache import RedisVectors
 from ops.heartbeat import Heartbeat
 from ops.metrics import Metrics
+from ops.task_status import RedisTaskStatus
 from sinks.base import BaseVectorDB
 from sinks.registry import create_stores
 
@@ -81,6 +82,9 @@ class WorkerRuntime:
         self.stores: list[BaseVectorDB] = []
         self.pipeline: TaskPipeline | None = None
         self.cache: EmbeddingCache | None = None
+        #: each task's status in Redis, behind /tasks/{id} (redis.task_status; ops/task_status.py)
+        self.task_status: RedisTaskStatus | None = None
+        self._task_status_writer: asyncio.Task[None] | None = None
         self._acker: Callable[[list[Ticket]], Awaitable[None]] | None = None
         self._lane: asyncio.Task[None] | None = None
         self._started = asyncio.Event()
@@ -99,6 +103,10 @@ class WorkerRuntime:
 
         self.manager = build_manager(s, self.device)
         self.stores = await loop.run_in_executor(None, create_stores, s)
+        if s.task_status_redis:
+            errors = self.metrics.errors.labels("task_status_store")
+            self.task_status = RedisTaskStatus.from_settings(s, on_error=errors.inc)
+            self._task_status_writer = asyncio.ensure_future(self.task_status.run())
         publisher = RecordPublisher(
             self._send,
             errors=(*SEND_ERRORS, KafkaError, ProducerSendError),  # what Faust's producer raises
@@ -106,6 +114,7 @@ class WorkerRuntime:
             status_topic=s.status_topic,
             results_topic=s.results_topic,
             dlq_topic=s.dlq_topic,
+            on_status=self.task_status.track if self.task_status is not None else None,
         )
         # the embedding cache in Redis (docs/embedding-cache.md); a Redis outage only turns it off for a while
         self.cache = (
@@ -285,6 +294,12 @@ class WorkerRuntime:
         if self.cache is not None:
             await self.cache.close()  # the cache writes in flight, briefly
             self.cache = None
+        if self._task_status_writer is not None:
+            await cancel_and_wait([self._task_status_writer])
+            self._task_status_writer = None
+        if self.task_status is not None:
+            await self.task_status.close()  # the last statuses (the pipeline sent them above), briefly
+            self.task_status = None
         self.pipeline = None
         self.stores = []
         self.manager = None

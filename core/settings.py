@@ -253,7 +253,7 @@ class Settings(BaseSettings):
     task_status_retention_hours: float = Setting(
         24.0,
         gt=0,
-        description="how long the `task-status` table (changelog) keeps a task",
+        description="how long a task's status is kept (in Redis, and in the `task-status` table's changelog)",
         yaml="kafka.task_status_retention_hours",
     )
     table_store: Literal["rocksdb", "memory"] = Setting(
@@ -289,11 +289,19 @@ class Settings(BaseSettings):
         yaml="kafka.recovery_stall_seconds",
     )
     task_status_table: bool = Setting(
-        True,
-        description="keep the `task-status` table behind `/tasks/{id}`; `false` saves reading every status record "
-        "back (one-text tasks 10–15% more texts/s here, docs/performance.md) and `/tasks/{id}` answers "
-        "404 saying so; the status records on `vectorization-status` are unchanged",
+        False,
+        description="also keep Faust's `task-status` table, read back from `vectorization-status` (the "
+        "`/tasks/{id}` of workers without `redis.task_status`); off by default: reading every status record "
+        "back cost a one-text task 0.6–0.8 ms of the event loop (docs/performance.md)",
         yaml="kafka.task_status_table",
+    )
+    task_status_redis: bool = Setting(
+        True,
+        description="write each task's latest status and history to Redis (at `redis.url`, kept "
+        "`kafka.task_status_retention_hours`) as the worker sends it: what `/tasks/{id}` answers, on any worker; "
+        "best effort (Redis away: statuses dropped and counted, tasks go on); `false` with "
+        "`kafka.task_status_table: false`: `/tasks/{id}` answers 404 saying so",
+        yaml="redis.task_status",
     )
 
     weaviate_url: str = Setting(

@@ -20,6 +20,10 @@ from tasks.records import (
 #: resolves when the broker has it (raises when delivery failed).
 SendPort = Callable[[str, bytes | None, bytes], Awaitable[Awaitable[Any]]]
 
+#: track(task_id, status, timestamp, record) sees every status record as it is queued for Kafka, and must
+#: not wait (ops/task_status.py queues it for Redis: what ``/tasks/{id}`` answers)
+StatusHook = Callable[[str, str, float, bytes], None]
+
 
 #: what any send port raises for a record that did not arrive; the Faust app adds Kafka's own (app/runtime.py)
 SEND_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, OSError)
@@ -46,8 +50,10 @@ class RecordPublisher:
         results_topic: str,
         dlq_topic: str,
         errors: tuple[type[BaseException], ...] = SEND_ERRORS,
+        on_status: StatusHook | None = None,
     ) -> None:
         self._send = send
+        self._on_status = on_status
         #: what ``send`` and its delivery futures raise when a record does not arrive (retried, or refused for
         #: good when the error says it is not retriable); anything else is a bug and is not retried blindly
         self.errors = errors
@@ -66,7 +72,11 @@ class RecordPublisher:
             task_type=task_type,
             error=ErrorInfo.of(error) if error is not None else None,
         )
-        return await self._send(self.status_topic, task_id.encode(), to_bytes(record))
+        value = to_bytes(record)
+        sent = await self._send(self.status_topic, task_id.encode(), value)
+        if self._on_status is not None:
+            self._on_status(task_id, status, record.timestamp, value)
+        return sent
 
     async def result(self, record: ResultRecord) -> Awaitable[Any]:
         return await self._send(self.results_topic, record.task_id.encode(), to_bytes(record))

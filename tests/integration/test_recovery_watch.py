@@ -39,7 +39,8 @@ async def one_transaction_per_partition(topic: str) -> None:
 
 
 def test_a_recovery_that_never_ends_is_restarted_three_times_then_fails_healthz(topics: Topics, tmp_path: Path) -> None:
-    env = {"VECTORIZE_WORKER_RECOVERY_STALL_SECONDS": "2"}
+    # the task-status table (off by default: statuses go to Redis) is the changelog made to stall here
+    env = {"VECTORIZE_WORKER_RECOVERY_STALL_SECONDS": "2", "VECTORIZE_WORKER_TASK_STATUS_TABLE": "true"}
     first = WorkerProcess(topics, tmp_path / "b", worker_id="rw-b", **env).start()  # creates the changelog
     second: WorkerProcess | None = None
     try:

@@ -1,4 +1,4 @@
-"""The table settings on real Kafka: the in-memory table store, and the task-status table switched off."""
+"""The table settings on real Kafka: the task-status table in the in-memory store, and no status store at all."""
 
 from __future__ import annotations
 
@@ -14,7 +14,13 @@ pytestmark = pytest.mark.integration
 
 
 def test_memory_table_store_serves_task_status(topics: Topics, tmp_path: Path) -> None:
-    w = WorkerProcess(topics, tmp_path / "w", VECTORIZE_WORKER_TABLE_STORE="memory").start()
+    w = WorkerProcess(
+        topics,
+        tmp_path / "w",
+        VECTORIZE_WORKER_TABLE_STORE="memory",
+        VECTORIZE_WORKER_TASK_STATUS_TABLE="true",  # the table, not Redis, behind /tasks
+        VECTORIZE_WORKER_TASK_STATUS_REDIS="false",
+    ).start()
     try:
         w.wait_ready()
         run(produce(topics.tasks, tasks("mem", 5)))
@@ -37,8 +43,10 @@ def test_memory_table_store_serves_task_status(topics: Topics, tmp_path: Path) -
         w.kill()
 
 
-def test_without_the_task_status_table_statuses_still_flow(topics: Topics, tmp_path: Path) -> None:
-    w = WorkerProcess(topics, tmp_path / "w", VECTORIZE_WORKER_TASK_STATUS_TABLE="false").start()
+def test_without_a_status_store_statuses_still_flow(topics: Topics, tmp_path: Path) -> None:
+    w = WorkerProcess(
+        topics, tmp_path / "w", VECTORIZE_WORKER_TASK_STATUS_TABLE="false", VECTORIZE_WORKER_TASK_STATUS_REDIS="false"
+    ).start()
     try:
         w.wait_ready()
         run(produce(topics.tasks, tasks("off", 5)))
@@ -57,9 +65,11 @@ def test_without_the_task_status_table_statuses_still_flow(topics: Topics, tmp_p
         assert sequence == ["received", "processing", "completed"]
         status, body = w.get("/tasks/off-2")
         assert status == 404
-        assert "kafka.task_status_table" in body["error"] and topics.status in body["error"], body
-        status, listing = w.get("/tasks")  # no tracker: nothing was written to the table
+        assert "kafka.task_status_table" in body["error"] and "redis.task_status" in body["error"], body
+        assert topics.status in body["error"], body
+        status, listing = w.get("/tasks")  # no tracker, no Redis statuses: nothing was written
         assert status == 200 and listing["tasks"] == [] and listing["task_status_table"] is False
+        assert listing["task_status_redis"] is False
         assert w.proc is not None and w.proc.poll() is None
     finally:
         w.stop()

@@ -414,7 +414,7 @@ def test_the_tables_changelog_records_are_never_dropped_by_fausts_read_offset(
     from app.compat import unfiltered_topics
     from tests.unit.built import build_worker
 
-    worker, agents = build_worker(clean_env, tmp_path, table_store="memory")
+    worker, agents = build_worker(clean_env, tmp_path, table_store="memory", task_status_table="true")
     changelogs = {
         agents.status.task_status.changelog_topic.get_topic_name(),
         agents.status.worker_stats.changelog_topic.get_topic_name(),

@@ -65,6 +65,8 @@ class Harness:
         self.manager = ModelManager(self._load, max_loaded=2, warmup=False, parallel_calls=parallel_calls)
         self.tracker = AckTracker()
         self.acked: list[int] = []
+        #: what the status hook saw (ops/task_status.py in the worker): (task id, status, timestamp, record)
+        self.tracked: list[tuple[str, str, float, bytes]] = []
         publisher = RecordPublisher(
             self.kafka.send,
             worker_id="w-test",
@@ -72,6 +74,7 @@ class Harness:
             results_topic="results",
             dlq_topic="dlq",
             errors=(*SEND_ERRORS, KafkaError),  # as the worker's Faust producer (app/runtime.py)
+            on_status=lambda *seen: self.tracked.append(seen),
         )
         self.pipeline = TaskPipeline(
             settings=self.settings, manager=self.manager, stores=[self.store], publisher=publisher, on_done=self._done
@@ -126,6 +129,19 @@ async def test_text_batch_and_document_tasks_complete_in_one_model_batch() -> No
     assert np.allclose(stored.vector, expected)
     assert h.store.retrieve("vectorize", [vector_id("t3", 0)])[0].payload["title"] == "T"
     assert h.kafka.on("dlq") == []
+
+
+async def test_the_status_hook_sees_every_status_record_as_sent() -> None:
+    h = Harness()
+    await h.send({"task_type": "text_vectorization", "data": "hello", "task_id": "ok"})
+    await h.send(b"{not json")  # a failed task's status goes the same way
+    await h.drain()
+    sent = h.kafka.on("status")
+    assert [json.loads(record) for _, _, _, record in h.tracked] == sent
+    assert [(task_id, status) for task_id, status, _, _ in h.tracked] == [(r["task_id"], r["status"]) for r in sent]
+    assert [timestamp for _, _, timestamp, _ in h.tracked] == [r["timestamp"] for r in sent]
+    assert ("ok", "completed") in [(r["task_id"], r["status"]) for r in sent]
+    assert any(r["status"] == "failed" for r in sent)
 
 
 async def test_redelivered_task_overwrites_instead_of_duplicating() -> None:

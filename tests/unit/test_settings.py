@@ -30,7 +30,7 @@ def test_documented_defaults(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> N
     assert s.default_model == "sentence-transformers/all-MiniLM-L6-v2"
     assert s.task_timeout == 1800
     assert s.vector_dbs == ["qdrant"]
-    assert s.table_store == "rocksdb" and s.task_status_table is True
+    assert s.table_store == "rocksdb" and s.task_status_table is False and s.task_status_redis is True
     assert s.models_backend == "auto"
     assert s.kafka_producer_linger_ms == 0
 
@@ -215,9 +215,19 @@ def test_task_status_entries_expire_on_disk_after_the_retention(
     clean_env: pytest.MonkeyPatch, tmp_path: Path, store: str, ttl: int | None
 ) -> None:
     """On disk the table outlives restarts, so RocksDB's time-to-live must carry task_status_retention_hours."""
-    _, parts = build_worker(clean_env, tmp_path, table_store=store, task_status_retention_hours="2")
+    _, parts = build_worker(
+        clean_env, tmp_path, table_store=store, task_status_retention_hours="2", task_status_table="true"
+    )
     table = parts.status.task_status
     assert table.options.get("ttl") == ttl and str(table.data.url).startswith(f"{store}:")
+
+
+def test_without_the_task_status_table_no_table_is_made(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The default: statuses in Redis, so no task-status table, changelog topic or tracker agent."""
+    worker, parts = build_worker(clean_env, tmp_path)
+    assert parts.status.task_status is None
+    assert not any("task-status" in name for name in worker.app.tables)
+    assert "task-status-tracker" not in worker.app.agents and "worker-stats-tracker" in worker.app.agents
 
 
 def test_safe_defaults(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ servers, the views are called with fakes at the ports.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -37,6 +38,7 @@ from app.faust_app import WorkerApp
 from core.settings import load_settings
 from engine.migrations import MigrationView
 from models.manager import ModelManager
+from ops.task_status import TaskStatusError
 from sinks.base import StoredPoint
 from tasks.schema import _TaskBase
 from tests.fakes import FakeEmbedder
@@ -303,10 +305,23 @@ def _request(path: str, headers: dict[str, str] | None = None) -> Any:
     return make_mocked_request("GET", path, headers=headers or {})
 
 
+@pytest.fixture
+def built_table(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> tuple[WorkerApp, Agents]:
+    """As ``built``, with the statuses in Faust's task-status table instead of Redis."""
+    return build_worker(
+        clean_env,
+        tmp_path,
+        web_auth_token=TOKEN,
+        table_store="memory",
+        task_status_table="true",
+        task_status_redis="false",
+    )
+
+
 async def test_task_view_validates_ids_and_forwards_at_most_one_hop(
-    monkeypatch: pytest.MonkeyPatch, built: tuple[WorkerApp, Agents]
+    monkeypatch: pytest.MonkeyPatch, built_table: tuple[WorkerApp, Agents]
 ) -> None:
-    worker, parts = built
+    worker, parts = built_table
     views, settings = parts.web, worker.settings
     peer = Peer()
     server = await _serve({"/tasks/{task_id}": peer.task})
@@ -321,7 +336,7 @@ async def test_task_view_validates_ids_and_forwards_at_most_one_hop(
         return heartbeats
 
     monkeypatch.setattr(views, "_live_workers", live)
-    assert settings.task_status_table  # the table is empty here: "known" lives on the peer
+    assert settings.task_status_table and not settings.task_status_redis  # the table is empty: "known" is on the peer
     try:
         async with aiohttp.ClientSession() as session:
             monkeypatch.setattr(worker.app, "http_client", session)
@@ -334,6 +349,61 @@ async def test_task_view_validates_ids_and_forwards_at_most_one_hop(
             assert peer.requests[0][1]["Authorization"] == f"Bearer {TOKEN}"
     finally:
         await server.close()
+
+
+class FakeStatuses:
+    """The task-status store's port as the views use it (ops/task_status.py is tested on a real Redis)."""
+
+    def __init__(self, entries: dict[str, dict[str, Any]], error: Exception | None = None) -> None:
+        self.entries, self.error = entries, error
+        self.recent = deque(entries)
+
+    async def get(self, task_id: str) -> dict[str, Any] | None:
+        return (await self.get_many([task_id]))[0]
+
+    async def get_many(self, task_ids: list[str]) -> list[dict[str, Any] | None]:
+        if self.error is not None:
+            raise self.error
+        return [self.entries.get(t) for t in task_ids]
+
+
+async def test_task_view_answers_from_the_redis_statuses_without_asking_peers(
+    monkeypatch: pytest.MonkeyPatch, built: tuple[WorkerApp, Agents]
+) -> None:
+    worker, parts = built
+    views, settings = parts.web, worker.settings
+    assert settings.task_status_redis and not settings.task_status_table  # the defaults
+
+    async def no_peers() -> list[dict[str, Any]]:
+        raise AssertionError("a worker with the Redis statuses asks no peer")
+
+    monkeypatch.setattr(views, "_live_workers", no_peers)
+    body, status = await views.task(Web(), _request("/tasks/t1"), task_id="t1")
+    assert status == 503 and "starting" in body["error"]  # the runtime has not opened the store yet
+    entry = {"task_id": "t1", "status": "completed", "history": [{"status": "completed", "timestamp": 1.0}]}
+    views.runtime().task_status = FakeStatuses({"t1": entry, "t0": {**entry, "task_id": "t0"}})
+    body, status = await views.task(Web(), _request("/tasks/t1"), task_id="t1")
+    assert status == 200 and body == {**entry, "served_by": settings.worker_id}
+    body, status = await views.task(Web(), _request("/tasks/t2"), task_id="t2")
+    assert status == 404 and "Redis holds no status" in body["error"]
+    body, status = await views.local_tasks(Web(), _request("/tasks"))
+    assert status == 200 and [t["task_id"] for t in body["tasks"]] == ["t0", "t1"]  # newest first
+    assert body["task_status_redis"] is True and body["error"] is None
+    views.runtime().task_status = FakeStatuses({}, error=TaskStatusError("Failed to connect to Redis at redis://x"))
+    body, status = await views.task(Web(), _request("/tasks/t1"), task_id="t1")
+    assert status == 503 and "Failed to connect to Redis" in body["error"] and settings.status_topic in body["error"]
+    body, status = await views.local_tasks(Web(), _request("/tasks"))
+    assert status == 200 and body["tasks"] == [] and "Failed to connect to Redis" in body["error"]
+
+
+async def test_task_view_without_any_status_store_says_which_settings(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    worker, parts = build_worker(clean_env, tmp_path, table_store="memory", task_status_redis="false")
+    body, status = await parts.web.task(Web(), _request("/tasks/t1"), task_id="t1")
+    assert status == 404
+    assert "redis.task_status" in body["error"] and "kafka.task_status_table" in body["error"], body
+    assert worker.settings.status_topic in body["error"]
 
 
 # -- /search/ ---------------------------------------------------------------------------------

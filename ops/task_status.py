@@ -1,0 +1,213 @@
+"""Each task's latest status in Redis, written by the worker that sends it: what ``/tasks/{id}`` answers.
+
+The worker that publishes a status record to ``vectorization-status`` also queues it here; a background
+flusher writes what queued, one pipelined round trip per flush, through one server-side script per
+record (:data:`FOLD`): the task's last 10 steps in time order (``<group>:task-status:{<task id>}:history``)
+and its latest record as sent (``<group>:task-status:{<task id>}``), both expiring after
+``kafka.task_status_retention_hours``. The fold is idempotent (a step already in the history leaves both
+keys as they are) and works across workers: a redelivered task's new steps join the earlier attempt's,
+and statuses that arrive out of order leave the latest in place. The two keys of a task share a hash slot (the task
+id is the key's hash tag), so the script also runs on a Redis Cluster.
+
+This replaced reading every status record back from Kafka into Faust's ``task-status`` table by default
+(``kafka.task_status_table``, still there): on a one-text task that read-back cost the worker's event loop
+0.6–0.8 ms, more than anything else the worker adds to the model (docs/performance.md).
+
+Best effort, like the heartbeats: the status records on Kafka are the record of truth. Redis away, the
+statuses queued meanwhile are dropped (counted in ``worker_errors{kind="task_status_store"}``, one warning
+per outage) and the tasks go on; a bounded queue (:data:`QUEUE_LIMIT`) keeps a long outage from growing
+the worker. Errors name the Redis URL redacted (ops/heartbeat.py ``redis_error``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from pydantic import SecretStr
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from core.errors import RetryableError
+from core.secrets import redact_url
+from ops.heartbeat import redis_client, redis_error
+
+if TYPE_CHECKING:
+    from core.settings import Settings
+
+log = logging.getLogger("worker.task_status")
+
+#: statuses waiting for the flusher at most; beyond it the oldest are dropped (Redis away for long)
+QUEUE_LIMIT = 20_000
+#: records written per round trip at most
+FLUSH_BATCH = 500
+#: steps of a task's history kept (as the table's fold, tasks/records.py ``fold_status``)
+HISTORY = 10
+
+#: the order of statuses made at the same instant (a held ``received`` and ``processing`` are sent together)
+RANK = {"received": "0", "processing": "1", "completed": "2", "failed": "2"}
+
+#: KEYS: the record's key, the history's key (a sorted set scored by the statuses' timestamps); ARGV: the record
+#: (JSON, stored as sent), the step (its rank, then its JSON), the timestamp, the time to live in seconds, the
+#: steps kept. A step already there: nothing changes (0). Else it joins the history in time order (the oldest
+#: beyond the limit cut), and the record replaces the stored one if it is the latest (1): statuses arriving out
+#: of order (two workers on one redelivered task) leave the latest.
+FOLD = """
+if redis.call('ZSCORE', KEYS[2], ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[5]) - 1)
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+local latest = redis.call('ZRANGE', KEYS[2], -1, -1)[1]
+if latest == ARGV[2] or redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[4])
+else
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+end
+return 1
+"""
+
+
+class TaskStatusError(RetryableError):
+    """The task-status Redis did not answer; ``/tasks/{id}`` says so, tasks go on."""
+
+
+def step_of(status: str, timestamp: float) -> str:
+    """A history step as the script keeps it: the same status and timestamp give the same member."""
+    return RANK.get(status, "2") + json.dumps({"status": status, "timestamp": timestamp}, separators=(",", ":"))
+
+
+class RedisTaskStatus:
+    """:meth:`track` queues a status (never waits); :meth:`run` writes the queue; :meth:`get` reads a task."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str,
+        ttl_seconds: int,
+        password: SecretStr | None = None,
+        ssl_ca_file: str | None = None,
+        timeout: float = 2.0,
+        on_error: Callable[[int], None] | None = None,
+    ) -> None:
+        self.name = f"Redis at {redact_url(url)}"
+        self.prefix = prefix
+        self.ttl_seconds = max(1, int(ttl_seconds))
+        self._raw_url, self._password = url, password
+        self._client = redis_client(
+            url,
+            password=password,
+            ssl_ca_file=ssl_ca_file,
+            socket_connect_timeout=timeout,
+            socket_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._fold = self._client.register_script(FOLD)
+        self._queue: deque[tuple[str, bytes, str, float]] = deque()
+        self._wake = asyncio.Event()
+        self._on_error = on_error
+        self.dropped = 0  # statuses lost to a Redis outage or a full queue
+        self.up: bool | None = None  # None until the first write
+        #: the task ids this worker wrote last, newest at the right: ``/tasks`` lists these
+        self.recent: deque[str] = deque(maxlen=1000)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, on_error: Callable[[int], None] | None = None) -> RedisTaskStatus:
+        return cls(
+            settings.redis_url,
+            prefix=f"{settings.kafka_group_id}:task-status:",
+            ttl_seconds=int(settings.task_status_retention_hours * 3600),
+            password=settings.redis_password,
+            ssl_ca_file=settings.redis_ssl_ca_file,
+            on_error=on_error,
+        )
+
+    def keys(self, task_id: str) -> tuple[str, str]:
+        key = f"{self.prefix}{{{task_id}}}"  # the task id is the hash tag: both keys in one slot
+        return key, f"{key}:history"
+
+    def track(self, task_id: str, status: str, timestamp: float, record: bytes) -> None:
+        """Queue a status record as it was sent (the publisher's hook); the flusher writes it soon."""
+        if len(self._queue) >= QUEUE_LIMIT:
+            self._queue.popleft()
+            self._lost(1)
+        self._queue.append((task_id, record, step_of(status, timestamp), timestamp))
+        self.recent.append(task_id)
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Write what queued, a batch per round trip, until cancelled."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                await self.flush()
+
+    async def flush(self) -> None:
+        """Write up to :data:`FLUSH_BATCH` queued statuses in one round trip; on failure they are dropped."""
+        batch = [self._queue.popleft() for _ in range(min(FLUSH_BATCH, len(self._queue)))]
+        if not batch:
+            return
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for task_id, record, step, timestamp in batch:
+                    args = [record, step, repr(timestamp), self.ttl_seconds, HISTORY]
+                    await self._fold(keys=self.keys(task_id), args=args, client=pipe)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            self._lost(len(batch))
+            if self.up is not False:
+                log.warning(
+                    "Task statuses are not being written to Redis (/tasks/{id} falls behind; the status records on "
+                    "Kafka are complete): %s",
+                    redis_error(self._raw_url, exc, self._password),
+                )
+            self.up = False
+            return
+        if self.up is False:
+            log.info("Task statuses are written to %s again (%d dropped meanwhile)", self.name, self.dropped)
+        self.up = True
+
+    async def get(self, task_id: str) -> dict[str, Any] | None:
+        """The task's latest status record with its ``history`` (oldest first); None when Redis holds none."""
+        return (await self.get_many([task_id]))[0]
+
+    async def get_many(self, task_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for task_id in task_ids:
+                    key, history = self.keys(task_id)
+                    pipe.get(key)
+                    pipe.zrange(history, 0, -1)
+                replies = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise TaskStatusError(redis_error(self._raw_url, exc, self._password)) from None
+        out: list[dict[str, Any] | None] = []
+        for raw, steps in zip(replies[::2], replies[1::2], strict=True):
+            if raw is None:
+                out.append(None)
+                continue
+            out.append({**json.loads(raw), "history": [json.loads(step[1:]) for step in steps]})  # rank cut
+        return out
+
+    def _lost(self, count: int) -> None:
+        self.dropped += count
+        if self._on_error is not None:
+            self._on_error(count)
+
+    async def close(self, timeout: float = 2.0) -> None:
+        """Write what is still queued (at most ``timeout`` seconds), then close the client."""
+        try:
+            await asyncio.wait_for(self._drain(), timeout)
+        except TimeoutError:
+            log.warning("Task statuses still queued for Redis at shutdown were dropped (%d)", len(self._queue))
+        await self._client.aclose()
+
+    async def _drain(self) -> None:
+        while self._queue:
+            await self.flush()

@@ -1,0 +1,157 @@
+"""Task statuses in Redis (ops/task_status.py) on the project's real Redis, and ``/tasks/{id}`` from a real worker."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from redis.crc import key_slot
+
+from ops import task_status
+from ops.task_status import RedisTaskStatus, TaskStatusError
+from tests.integration.harness import Topics, WorkerProcess, collect, free_port, produce, run
+from tests.integration.test_distributed import completed_ids, eventually, tasks
+
+pytestmark = pytest.mark.integration
+REDIS_URL = "redis://127.0.0.1:6379/0"  # `make up`'s Redis, as the workers of the other tests
+
+
+def record(task_id: str, status: str, timestamp: float, worker: str = "w-1") -> bytes:
+    return json.dumps({"task_id": task_id, "status": status, "worker_id": worker, "timestamp": timestamp}).encode()
+
+
+def store(prefix: str, **kwargs: Any) -> RedisTaskStatus:
+    return RedisTaskStatus(REDIS_URL, prefix=prefix, ttl_seconds=60, **kwargs)
+
+
+def track(s: RedisTaskStatus, task_id: str, status: str, timestamp: float, worker: str = "w-1") -> None:
+    s.track(task_id, status, timestamp, record(task_id, status, timestamp, worker))
+
+
+async def written(s: RedisTaskStatus) -> None:
+    while s._queue:
+        await s.flush()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"it-{uuid.uuid4().hex[:12]}:task-status:"
+
+
+async def test_statuses_fold_into_the_latest_record_and_a_history_in_time_order(prefix: str) -> None:
+    s = store(prefix)
+    try:
+        for status, at in (("received", 100.0), ("processing", 100.0), ("completed", 101.5)):
+            track(s, "a", status, at)  # received and processing at the same instant: their rank orders them
+        track(s, "a", "completed", 101.5)  # the same step again (a retried status): nothing changes
+        for i in range(12):
+            track(s, "b", "processing", 200.0 + i)
+        await written(s)
+        a, b, unknown = await s.get_many(["a", "b", "never-sent"])
+        assert unknown is None
+        assert a is not None and a["status"] == "completed" and a["timestamp"] == 101.5 and a["worker_id"] == "w-1"
+        assert [(h["status"], h["timestamp"]) for h in a["history"]] == [
+            ("received", 100.0),
+            ("processing", 100.0),
+            ("completed", 101.5),
+        ]
+        assert b is not None and [h["timestamp"] for h in b["history"]] == [202.0 + i for i in range(10)]  # last 10
+        assert b["timestamp"] == 211.0
+        client = redis.Redis.from_url(REDIS_URL)
+        record_key, history_key = s.keys("a")
+        assert 0 < client.ttl(record_key) <= 60 and 0 < client.ttl(history_key) <= 60
+        assert key_slot(record_key.encode()) == key_slot(history_key.encode())  # one slot: the script runs on a cluster
+        assert s.dropped == 0 and s.up is True and list(s.recent)[-1] == "b"
+    finally:
+        await s.close()
+
+
+async def test_two_workers_statuses_of_one_task_leave_the_latest_whatever_their_order(prefix: str) -> None:
+    first, second = store(prefix), store(prefix)
+    try:
+        # a redelivered task: the second worker's statuses reach Redis before the first worker's last one
+        track(first, "t", "received", 10.0, "w-1")
+        await written(first)
+        track(second, "t", "received", 20.0, "w-2")
+        track(second, "t", "completed", 21.0, "w-2")
+        await written(second)
+        track(first, "t", "processing", 11.0, "w-1")  # late: it joins the history, the record stays the latest
+        await written(first)
+        entry = await second.get("t")
+        assert entry is not None and (entry["status"], entry["worker_id"]) == ("completed", "w-2")
+        assert [(h["status"], h["timestamp"]) for h in entry["history"]] == [
+            ("received", 10.0),
+            ("processing", 11.0),
+            ("received", 20.0),
+            ("completed", 21.0),
+        ]
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_redis_away_drops_and_counts_statuses_and_reads_say_why(
+    prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lost: list[int] = []
+    port = free_port()  # nothing listens there
+    dead = RedisTaskStatus(
+        f"redis://:s3cret@127.0.0.1:{port}/0", prefix=prefix, ttl_seconds=60, timeout=0.5, on_error=lost.append
+    )
+    try:
+        for i in range(3):
+            track(dead, f"t{i}", "completed", float(i))
+        await written(dead)
+        assert dead.dropped == 3 and sum(lost) == 3 and dead.up is False
+        with pytest.raises(TaskStatusError) as raised:
+            await dead.get("t0")
+        message = str(raised.value)
+        assert f"Failed to connect to Redis at redis://:***@127.0.0.1:{port}" in message and "s3cret" not in message
+        # a long outage: the queue stays bounded, the oldest statuses go first
+        monkeypatch.setattr(task_status, "QUEUE_LIMIT", 5)
+        for i in range(8):
+            track(dead, f"q{i}", "completed", float(i))
+        assert [item[0] for item in dead._queue] == [f"q{i}" for i in range(3, 8)] and dead.dropped == 6
+    finally:
+        await dead.close(timeout=1.0)
+
+
+def test_a_worker_answers_tasks_from_redis_and_keeps_no_table(topics: Topics, tmp_path: Path) -> None:
+    w = WorkerProcess(topics, tmp_path / "w").start()  # the defaults: statuses in Redis, no task-status table
+    try:
+        w.wait_ready()
+        run(produce(topics.tasks, tasks("red", 5)))
+        records = run(
+            collect(
+                [topics.results, topics.status],
+                lambda r: (
+                    len(completed_ids(r, topics.results)) >= 5
+                    and sum(s["status"] == "completed" for s in r[topics.status]) >= 5
+                ),
+                timeout=120,
+            )
+        )
+        sent = [s for s in records[topics.status] if s["task_id"] == "red-3"]
+        body = eventually(lambda: w.get("/tasks/red-3"))
+        assert body["status"] == "completed" and body["served_by"] == w.worker_id
+        assert body["history"] == [{"status": s["status"], "timestamp": s["timestamp"]} for s in sent]
+        keys = redis.Redis.from_url(REDIS_URL).keys(f"{topics.group}:task-status:{{red-3}}*")
+        assert len(keys) == 2  # the record and its history, under the group's prefix
+        deadline = time.monotonic() + 20
+        while True:
+            status, listing = w.get("/tasks")
+            done = {t["task_id"] for t in listing["tasks"] if t["status"] == "completed"}
+            if done == {f"red-{i}" for i in range(5)} or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert status == 200 and done == {f"red-{i}" for i in range(5)} and len(listing["tasks"]) == 5, listing
+        assert listing["task_status_redis"] is True and listing["task_status_table"] is False
+        assert not list((tmp_path / "w").rglob("task-status-*.db"))  # no table written on disk
+    finally:
+        w.stop()
+        w.kill()
