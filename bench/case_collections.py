@@ -22,7 +22,12 @@ from sinks.registry import create_stores
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the pid file of each server the project's scripts start (scripts/<name>.sh); Qdrant runs in the worker
-PID_FILES = {"weaviate": "weaviate/weaviate.pid", "chroma": "chroma/chroma.pid", "kafka": "kafka/kafka.pid"}
+PID_FILES = {
+    "weaviate": "weaviate/weaviate.pid",
+    "chroma": "chroma/chroma.pid",
+    "kafka": "kafka/kafka.pid",
+    "redis": "redis/redis.pid",
+}
 
 
 class CaseCollections:
@@ -73,7 +78,7 @@ class CaseCollections:
 
 
 def server_pid(name: str) -> int | None:
-    """The pid of the server (a store, or ``kafka``) the project's scripts started (None: in the worker, or not
+    """The pid of the server (a store, ``kafka`` or ``redis``) the project's scripts started (None: in the worker, or not
     running)."""
     relative = PID_FILES.get(name)
     if relative is None:

@@ -126,7 +126,8 @@ async def measure(
     """From a quiet worker, send ``tasks``, wait for every result; texts/s with the CPU and model time the case took."""
     await quiet(rss)
     cpu0, machine0, model0 = rss.cpu_seconds(), rss.machine_cpu_seconds(), model_seconds(metrics_port)
-    servers = {"store": store, "broker": "kafka"} if store else {}
+    # Redis: the heartbeats, and each task's statuses (redis.task_status) and the embedding cache where on
+    servers = {"store": store, "broker": "kafka", "redis": "redis"} if store else {}
     before = {k: server_cpu_seconds(name) for k, name in servers.items()}
     case = await driver.run(tasks)
     after = {k: server_cpu_seconds(name) for k, name in servers.items()}
@@ -144,9 +145,13 @@ async def measure(
     return case
 
 
+#: the servers whose CPU per text a case records (``<name>_cpu_ms_per_text``)
+SERVERS = ("store", "broker", "redis")
+
+
 def servers_part(case: dict[str, Any]) -> str:
-    """ ", store N, broker N" (ms/text) for a progress line: what of the two servers' CPU was measured."""
-    parts = [f", {k} {case[f'{k}_cpu_ms_per_text']:.2f}" for k in ("store", "broker") if f"{k}_cpu_ms_per_text" in case]
+    """ ", store N, broker N, redis N" (ms/text) for a progress line: what of the servers' CPU was measured."""
+    parts = [f", {k} {case[f'{k}_cpu_ms_per_text']:.2f}" for k in SERVERS if f"{k}_cpu_ms_per_text" in case]
     return "".join(parts)
 
 
@@ -462,15 +467,15 @@ def bench(args: argparse.Namespace, collections: CaseCollections) -> None:
             for case in ("worker_bulk", "worker_small")
             if case in tps
         },
-        # CPU the store server and the Kafka broker spent per text (of machine_cpu_ms_per_text), each case into
-        # a fresh collection
+        # CPU the store server, the Kafka broker and Redis spent per text (of machine_cpu_ms_per_text), each case
+        # into a fresh collection
         **{
             f"{server}_cpu_ms_per_text": {
                 case: median_of(runs, case, f"{server}_cpu_ms_per_text")
                 for case in tps
                 if f"{server}_cpu_ms_per_text" in runs[0].get(case, {})
             }
-            for server in ("store", "broker")
+            for server in SERVERS
         },
         # the most a worker costing no CPU of its own could reach against best_bare here, where the store and the
         # broker share the cores: the bare model's CPU per text over itself plus theirs (each case's medians)
@@ -567,8 +572,12 @@ def print_table(r: dict[str, Any]) -> None:
         print(f"| {name} CPU beyond the model | {value:.2f} ms/text |")
     for name in r["worker_cpu_beyond_model_ms_per_text"]:
         store, broker = r["store_cpu_ms_per_text"].get(name), r["broker_cpu_ms_per_text"].get(name)
+        redis = r.get("redis_cpu_ms_per_text", {}).get(name)
         if store is not None and broker is not None:
-            print(f"| {name} store / broker CPU | {store:.2f} / {broker:.2f} ms/text |")
+            also = f" / {redis:.2f}" if redis is not None else ""
+            print(
+                f"| {name} store / broker{' / Redis' if also else ''} CPU | {store:.2f} / {broker:.2f}{also} ms/text |"
+            )
     for name, value in r["ceilings"].items():
         print(f"| ceiling {name} (a worker costing nothing itself, beside this store and broker) | {value:.2f} |")
     lat = r["latency_ms"]

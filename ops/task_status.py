@@ -14,9 +14,9 @@ This replaced reading every status record back from Kafka into Faust's ``task-st
 0.6–0.8 ms, more than anything else the worker adds to the model (docs/performance.md).
 
 Best effort, like the heartbeats: the status records on Kafka are the record of truth. Redis away, the
-statuses queued meanwhile are dropped (counted in ``worker_errors{kind="task_status_store"}``, one warning
-per outage) and the tasks go on; a bounded queue (:data:`QUEUE_LIMIT`) keeps a long outage from growing
-the worker. Errors name the Redis URL redacted (ops/heartbeat.py ``redis_error``).
+statuses wait in a bounded queue (:data:`QUEUE_LIMIT`, the oldest dropped beyond it) and the writer tries
+again every :data:`RETRY_S`, so a short outage loses nothing and a long one does not grow the worker; what is
+dropped is counted in ``worker_errors{kind="task_status_store"}`` (one warning per outage); the tasks go on. Errors name the Redis URL redacted (ops/heartbeat.py ``redis_error``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ from typing import TYPE_CHECKING, Any
 from pydantic import SecretStr
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.errors import RetryableError
 from core.secrets import redact_url
@@ -46,6 +48,8 @@ log = logging.getLogger("worker.task_status")
 QUEUE_LIMIT = 20_000
 #: records written per round trip at most
 FLUSH_BATCH = 500
+#: seconds between tries while Redis is away
+RETRY_S = 1.0
 #: steps of a task's history kept (as the table's fold, tasks/records.py ``fold_status``)
 HISTORY = 10
 
@@ -141,37 +145,55 @@ class RedisTaskStatus:
         self._wake.set()
 
     async def run(self) -> None:
-        """Write what queued, a batch per round trip, until cancelled."""
+        """Write what queued, a batch per round trip, until cancelled; with Redis away, again every
+        :data:`RETRY_S` (what queues meanwhile waits, up to :data:`QUEUE_LIMIT`)."""
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self._queue:
-                await self.flush()
+                if not await self.flush():
+                    await asyncio.sleep(RETRY_S)
 
-    async def flush(self) -> None:
-        """Write up to :data:`FLUSH_BATCH` queued statuses in one round trip; on failure they are dropped."""
+    async def flush(self) -> bool:
+        """Write up to :data:`FLUSH_BATCH` queued statuses in one round trip. False when Redis could not be
+        reached: the batch goes back to the front of the queue (the fold is idempotent, so a batch written in
+        part is written again safely). A status Redis refuses (a key of another type in the way) is dropped."""
         batch = [self._queue.popleft() for _ in range(min(FLUSH_BATCH, len(self._queue)))]
         if not batch:
-            return
+            return True
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 for task_id, record, step, timestamp in batch:
                     args = [record, step, repr(timestamp), self.ttl_seconds, HISTORY]
                     await self._fold(keys=self.keys(task_id), args=args, client=pipe)
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
-            self._lost(len(batch))
+                replies = await pipe.execute(raise_on_error=False)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            self._queue.extendleft(reversed(batch))
+            while len(self._queue) > QUEUE_LIMIT:
+                self._queue.popleft()
+                self._lost(1)
             if self.up is not False:
                 log.warning(
-                    "Task statuses are not being written to Redis (/tasks/{id} falls behind; the status records on "
-                    "Kafka are complete): %s",
+                    "Task statuses are not being written to Redis, trying again every %.0fs (/tasks/{id} falls "
+                    "behind meanwhile; the status records on Kafka are complete): %s",
+                    RETRY_S,
                     redis_error(self._raw_url, exc, self._password),
                 )
             self.up = False
-            return
+            return False
+        refused = [reply for reply in replies if isinstance(reply, Exception)]
+        if refused:
+            self._lost(len(refused))
+            log.warning(
+                "Redis refused %d task statuses (dropped; check the keys under %r): %s",
+                len(refused),
+                self.prefix,
+                redis_error(self._raw_url, refused[0], self._password),
+            )
         if self.up is False:
-            log.info("Task statuses are written to %s again (%d dropped meanwhile)", self.name, self.dropped)
+            log.info("Task statuses are written to %s again", self.name)
         self.up = True
+        return True
 
     async def get(self, task_id: str) -> dict[str, Any] | None:
         """The task's latest status record with its ``history`` (oldest first); None when Redis holds none."""
@@ -201,13 +223,17 @@ class RedisTaskStatus:
             self._on_error(count)
 
     async def close(self, timeout: float = 2.0) -> None:
-        """Write what is still queued (at most ``timeout`` seconds), then close the client."""
+        """Write what is still queued (at most ``timeout`` seconds, one try), then close the client."""
         try:
             await asyncio.wait_for(self._drain(), timeout)
         except TimeoutError:
-            log.warning("Task statuses still queued for Redis at shutdown were dropped (%d)", len(self._queue))
+            pass
+        if self._queue:
+            log.warning("%d task statuses still queued for Redis at shutdown were dropped", len(self._queue))
+            self._lost(len(self._queue))
+            self._queue.clear()
         await self._client.aclose()
 
     async def _drain(self) -> None:
-        while self._queue:
-            await self.flush()
+        while self._queue and await self.flush():
+            pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -16,6 +17,7 @@ from ops import task_status
 from ops.task_status import RedisTaskStatus, TaskStatusError
 from tests.integration.harness import Topics, WorkerProcess, collect, free_port, produce, run
 from tests.integration.test_distributed import completed_ids, eventually, tasks
+from tests.integration.test_embedding_cache import OWN_REDIS_PORT, OwnRedis
 
 pytestmark = pytest.mark.integration
 REDIS_URL = "redis://127.0.0.1:6379/0"  # `make up`'s Redis, as the workers of the other tests
@@ -95,30 +97,52 @@ async def test_two_workers_statuses_of_one_task_leave_the_latest_whatever_their_
         await second.close()
 
 
-async def test_redis_away_drops_and_counts_statuses_and_reads_say_why(
-    prefix: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_redis_away_keeps_a_bounded_queue_and_reads_say_why(prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
     lost: list[int] = []
     port = free_port()  # nothing listens there
     dead = RedisTaskStatus(
         f"redis://:s3cret@127.0.0.1:{port}/0", prefix=prefix, ttl_seconds=60, timeout=0.5, on_error=lost.append
     )
+    for i in range(3):
+        track(dead, f"t{i}", "completed", float(i))
+    assert await dead.flush() is False  # not reached: the statuses wait for the next try
+    assert [item[0] for item in dead._queue] == ["t0", "t1", "t2"] and dead.dropped == 0 and dead.up is False
+    with pytest.raises(TaskStatusError) as raised:
+        await dead.get("t0")
+    message = str(raised.value)
+    assert f"Failed to connect to Redis at redis://:***@127.0.0.1:{port}" in message and "s3cret" not in message
+    # a long outage: the queue stays bounded, the oldest statuses go first, and each one dropped is counted
+    monkeypatch.setattr(task_status, "QUEUE_LIMIT", 5)
+    for i in range(8):
+        track(dead, f"q{i}", "completed", float(i))
+    assert [item[0] for item in dead._queue] == [f"q{i}" for i in range(3, 8)] and dead.dropped == 6
+    await dead.close(timeout=1.0)  # one more try, then what is left is dropped
+    assert dead.dropped == 11 and sum(lost) == 11 and not dead._queue
+
+
+async def test_a_short_redis_outage_loses_no_status(prefix: str, tmp_path: Path) -> None:
+    own = OwnRedis(tmp_path / "redis")  # a redis-server of the test's own, started once statuses wait
+    s = RedisTaskStatus(f"redis://127.0.0.1:{OWN_REDIS_PORT}/0", prefix=prefix, ttl_seconds=60, timeout=0.5)
+    writer = asyncio.ensure_future(s.run())
     try:
-        for i in range(3):
-            track(dead, f"t{i}", "completed", float(i))
-        await written(dead)
-        assert dead.dropped == 3 and sum(lost) == 3 and dead.up is False
-        with pytest.raises(TaskStatusError) as raised:
-            await dead.get("t0")
-        message = str(raised.value)
-        assert f"Failed to connect to Redis at redis://:***@127.0.0.1:{port}" in message and "s3cret" not in message
-        # a long outage: the queue stays bounded, the oldest statuses go first
-        monkeypatch.setattr(task_status, "QUEUE_LIMIT", 5)
-        for i in range(8):
-            track(dead, f"q{i}", "completed", float(i))
-        assert [item[0] for item in dead._queue] == [f"q{i}" for i in range(3, 8)] and dead.dropped == 6
+        track(s, "blip", "received", 1.0)
+        track(s, "blip", "completed", 2.0)
+        deadline = time.monotonic() + 10
+        while s.up is not False and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert s.up is False and len(s._queue) == 2  # tried, failed, kept
+        own.start()
+        deadline = time.monotonic() + 10
+        while (s._queue or s.up is not True) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        entry = await s.get("blip")
+        assert entry is not None and entry["status"] == "completed" and len(entry["history"]) == 2
+        assert s.dropped == 0
     finally:
-        await dead.close(timeout=1.0)
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+        await s.close()
+        own.stop()
 
 
 def test_a_worker_answers_tasks_from_redis_and_keeps_no_table(topics: Topics, tmp_path: Path) -> None:

@@ -73,6 +73,17 @@ def test_qdrant_local_mode_has_nothing_to_drop_and_no_server_pid(
     assert server_pid("weaviate") is None
     (tmp_path / "weaviate" / "weaviate.pid").write_text(f"{os.getpid()}\n")
     assert server_pid("weaviate") == os.getpid()
+    (tmp_path / "redis").mkdir()  # Redis too (scripts/redis.sh): the statuses and the cache cost it CPU per task
+    (tmp_path / "redis" / "redis.pid").write_text(f"{os.getpid()}\n")
+    assert server_pid("redis") == os.getpid()
+
+
+def test_a_progress_line_names_every_server_measured() -> None:
+    from bench.run import servers_part
+
+    case = {"store_cpu_ms_per_text": 0.5, "broker_cpu_ms_per_text": 0.25, "redis_cpu_ms_per_text": 0.125}
+    assert servers_part(case) == ", store 0.50, broker 0.25, redis 0.12"
+    assert servers_part({"broker_cpu_ms_per_text": 0.25}) == ", broker 0.25"  # Qdrant's local mode: no store
 
 
 def test_ceilings_are_the_bare_models_cpu_over_itself_and_the_servers() -> None:
