@@ -14,13 +14,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from core.errors import RetryableError
 from core.secrets import redact_url
-from ops.heartbeat import redis_client, redis_error
+from ops.heartbeat import failfast_redis_client, redis_error
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -43,14 +41,7 @@ class RedisVectors:
     ) -> None:
         self.name = f"Redis at {redact_url(url)}"
         self._raw_url, self._password = url, password  # to cut secrets out of the client's messages
-        self._client = redis_client(
-            url,
-            password=password,
-            ssl_ca_file=ssl_ca_file,
-            socket_connect_timeout=timeout,
-            socket_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-        )
+        self._client = failfast_redis_client(url, password=password, ssl_ca_file=ssl_ca_file, timeout=timeout)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisVectors:

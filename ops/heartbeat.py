@@ -26,6 +26,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from pydantic import SecretStr
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from core.secrets import redact_url, reveal
@@ -64,6 +66,22 @@ def redis_client(
                 redact_url(url),
             )
     return aioredis.from_url(url, **options)
+
+
+def failfast_redis_client(
+    url: str, *, password: SecretStr | None = None, ssl_ca_file: str | None = None, timeout: float
+) -> aioredis.Redis:
+    """:func:`redis_client` with ``timeout`` for connecting and each reply and no retries of its own: for
+    the embedding cache and the task statuses, whose callers give up on Redis for a while after one failure
+    (a worker must not wait on them)."""
+    return redis_client(
+        url,
+        password=password,
+        ssl_ca_file=ssl_ca_file,
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+    )
 
 
 def redis_error(url: str, exc: BaseException, password: SecretStr | None = None) -> str:

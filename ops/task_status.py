@@ -29,15 +29,13 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.errors import RetryableError
 from core.secrets import redact_url
-from ops.heartbeat import redis_client, redis_error
+from ops.heartbeat import failfast_redis_client, redis_error
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -103,14 +101,7 @@ class RedisTaskStatus:
         self.prefix = prefix
         self.ttl_seconds = max(1, int(ttl_seconds))
         self._raw_url, self._password = url, password
-        self._client = redis_client(
-            url,
-            password=password,
-            ssl_ca_file=ssl_ca_file,
-            socket_connect_timeout=timeout,
-            socket_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-        )
+        self._client = failfast_redis_client(url, password=password, ssl_ca_file=ssl_ca_file, timeout=timeout)
         self._fold = self._client.register_script(FOLD)
         self._queue: deque[tuple[str, bytes, str, float]] = deque()
         self._wake = asyncio.Event()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,6 +12,32 @@ from tests.integration.harness import Topics, WorkerProcess, collect, produce, r
 from tests.integration.test_distributed import completed_ids, eventually, tasks
 
 pytestmark = pytest.mark.integration
+
+
+def finished_with_statuses(topics: Topics, n: int) -> dict[str, list[dict[str, Any]]]:
+    """The result and status records so far, once ``n`` tasks have a result and a ``completed`` status."""
+    return run(
+        collect(
+            [topics.results, topics.status],
+            lambda r: (
+                len(completed_ids(r, topics.results)) >= n
+                and sum(s["status"] == "completed" for s in r[topics.status]) >= n
+            ),
+            timeout=120,
+        )
+    )
+
+
+def listed_when_done(w: WorkerProcess, prefix: str, n: int) -> tuple[int, dict[str, Any], set[str]]:
+    """``/tasks`` once it lists tasks ``<prefix>-0`` … ``<prefix>-<n-1>`` completed (at most 20 s: the table's
+    tracker follows the status topic a moment behind): its status, body and the completed ids."""
+    deadline = time.monotonic() + 20
+    while True:
+        status, listing = w.get("/tasks")
+        done = {t["task_id"] for t in listing["tasks"] if t["status"] == "completed"}
+        if done == {f"{prefix}-{i}" for i in range(n)} or time.monotonic() > deadline:
+            return status, listing, done
+        time.sleep(0.5)
 
 
 def test_memory_table_store_serves_task_status(topics: Topics, tmp_path: Path) -> None:
@@ -27,13 +54,7 @@ def test_memory_table_store_serves_task_status(topics: Topics, tmp_path: Path) -
         run(collect([topics.results], lambda r: len(completed_ids(r, topics.results)) >= 5, timeout=120))
         body = eventually(lambda: w.get("/tasks/mem-3"))
         assert [h["status"] for h in body["history"]] == ["received", "processing", "completed"]
-        deadline = time.monotonic() + 20  # the tracker follows the status topic a moment behind
-        while True:
-            status, listing = w.get("/tasks")
-            done = {t["task_id"] for t in listing["tasks"] if t["status"] == "completed"}
-            if done == {f"mem-{i}" for i in range(5)} or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
+        status, listing, done = listed_when_done(w, "mem", 5)
         assert status == 200 and done == {f"mem-{i}" for i in range(5)}, listing
         assert len(listing["tasks"]) == 5  # one entry per task, not per status record
         # Faust's memory store: nothing of the tables on disk
@@ -50,16 +71,7 @@ def test_without_a_status_store_statuses_still_flow(topics: Topics, tmp_path: Pa
     try:
         w.wait_ready()
         run(produce(topics.tasks, tasks("off", 5)))
-        records = run(
-            collect(
-                [topics.results, topics.status],
-                lambda r: (
-                    len(completed_ids(r, topics.results)) >= 5
-                    and sum(s["status"] == "completed" for s in r[topics.status]) >= 5
-                ),
-                timeout=120,
-            )
-        )
+        records = finished_with_statuses(topics, 5)
         assert completed_ids(records, topics.results) == {f"off-{i}" for i in range(5)}
         sequence = [s["status"] for s in records[topics.status] if s["task_id"] == "off-2"]
         assert sequence == ["received", "processing", "completed"]

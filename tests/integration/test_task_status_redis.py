@@ -15,9 +15,10 @@ from redis.crc import key_slot
 
 from ops import task_status
 from ops.task_status import RedisTaskStatus, TaskStatusError
-from tests.integration.harness import Topics, WorkerProcess, collect, free_port, produce, run
-from tests.integration.test_distributed import completed_ids, eventually, tasks
+from tests.integration.harness import Topics, WorkerProcess, free_port, produce, run
+from tests.integration.test_distributed import eventually, tasks
 from tests.integration.test_embedding_cache import OWN_REDIS_PORT, OwnRedis
+from tests.integration.test_table_settings import finished_with_statuses, listed_when_done
 
 pytestmark = pytest.mark.integration
 REDIS_URL = "redis://127.0.0.1:6379/0"  # `make up`'s Redis, as the workers of the other tests
@@ -150,29 +151,14 @@ def test_a_worker_answers_tasks_from_redis_and_keeps_no_table(topics: Topics, tm
     try:
         w.wait_ready()
         run(produce(topics.tasks, tasks("red", 5)))
-        records = run(
-            collect(
-                [topics.results, topics.status],
-                lambda r: (
-                    len(completed_ids(r, topics.results)) >= 5
-                    and sum(s["status"] == "completed" for s in r[topics.status]) >= 5
-                ),
-                timeout=120,
-            )
-        )
+        records = finished_with_statuses(topics, 5)
         sent = [s for s in records[topics.status] if s["task_id"] == "red-3"]
         body = eventually(lambda: w.get("/tasks/red-3"))
         assert body["status"] == "completed" and body["served_by"] == w.worker_id
         assert body["history"] == [{"status": s["status"], "timestamp": s["timestamp"]} for s in sent]
         keys = redis.Redis.from_url(REDIS_URL).keys(f"{topics.group}:task-status:{{red-3}}*")
         assert len(keys) == 2  # the record and its history, under the group's prefix
-        deadline = time.monotonic() + 20
-        while True:
-            status, listing = w.get("/tasks")
-            done = {t["task_id"] for t in listing["tasks"] if t["status"] == "completed"}
-            if done == {f"red-{i}" for i in range(5)} or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
+        status, listing, done = listed_when_done(w, "red", 5)
         assert status == 200 and done == {f"red-{i}" for i in range(5)} and len(listing["tasks"]) == 5, listing
         assert listing["task_status_redis"] is True and listing["task_status_table"] is False
         assert not list((tmp_path / "w").rglob("task-status-*.db"))  # no table written on disk
