@@ -186,12 +186,7 @@ class WebViews:
         s = self.settings
         store = self.runtime().task_status if s.task_status_redis else None
         recent = store.recent if store is not None else self.tables.recent_task_ids
-        ids: list[str] = []
-        for task_id in reversed(recent):
-            if task_id not in ids:
-                ids.append(task_id)
-                if len(ids) == 100:
-                    break
+        ids = list(dict.fromkeys(reversed(recent)))[:100]  # newest first, each task once
         error = None
         if store is not None:
             try:

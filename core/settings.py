@@ -299,7 +299,8 @@ class Settings(BaseSettings):
         True,
         description="write each task's latest status and history to Redis (at `redis.url`, kept "
         "`kafka.task_status_retention_hours`) as the worker sends it: what `/tasks/{id}` answers, on any worker; "
-        "best effort (Redis away: statuses dropped and counted, tasks go on); `false` with "
+        "best effort (Redis away: statuses queued and retried every second, beyond 20,000 the oldest dropped and "
+        "counted; tasks go on); `false` with "
         "`kafka.task_status_table: false`: `/tasks/{id}` answers 404 saying so",
         yaml="redis.task_status",
     )

@@ -103,7 +103,7 @@ class RedisTaskStatus:
         self._raw_url, self._password = url, password
         self._client = failfast_redis_client(url, password=password, ssl_ca_file=ssl_ca_file, timeout=timeout)
         self._fold = self._client.register_script(FOLD)
-        self._queue: deque[tuple[str, bytes, str, float]] = deque()
+        self._queue: deque[tuple[str, str, float, bytes]] = deque()  # task id, status, timestamp, record
         self._wake = asyncio.Event()
         self._on_error = on_error
         self.dropped = 0  # statuses lost to a Redis outage or a full queue
@@ -131,7 +131,7 @@ class RedisTaskStatus:
         if len(self._queue) >= QUEUE_LIMIT:
             self._queue.popleft()
             self._lost(1)
-        self._queue.append((task_id, record, step_of(status, timestamp), timestamp))
+        self._queue.append((task_id, status, timestamp, record))  # the step is made off the task's path
         self.recent.append(task_id)
         self._wake.set()
 
@@ -148,21 +148,23 @@ class RedisTaskStatus:
     async def flush(self) -> bool:
         """Write up to :data:`FLUSH_BATCH` queued statuses in one round trip. False when Redis could not be
         reached: the batch goes back to the front of the queue (the fold is idempotent, so a batch written in
-        part is written again safely). A status Redis refuses (a key of another type in the way) is dropped."""
+        part is written again safely; so does a flush cancelled at shutdown, for :meth:`close`). A status Redis
+        refuses (a key of another type in the way) is dropped; so is a batch that fails any other way, with its
+        traceback logged: the writer goes on with the next."""
         batch = [self._queue.popleft() for _ in range(min(FLUSH_BATCH, len(self._queue)))]
         if not batch:
             return True
         try:
             async with self._client.pipeline(transaction=False) as pipe:
-                for task_id, record, step, timestamp in batch:
-                    args = [record, step, repr(timestamp), self.ttl_seconds, HISTORY]
+                for task_id, status, timestamp, record in batch:
+                    args = [record, step_of(status, timestamp), repr(timestamp), self.ttl_seconds, HISTORY]
                     await self._fold(keys=self.keys(task_id), args=args, client=pipe)
                 replies = await pipe.execute(raise_on_error=False)
+        except asyncio.CancelledError:
+            self._requeue(batch)
+            raise
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            self._queue.extendleft(reversed(batch))
-            while len(self._queue) > QUEUE_LIMIT:
-                self._queue.popleft()
-                self._lost(1)
+            self._requeue(batch)
             if self.up is not False:
                 log.warning(
                     "Task statuses are not being written to Redis, trying again every %.0fs (/tasks/{id} falls "
@@ -172,6 +174,10 @@ class RedisTaskStatus:
                 )
             self.up = False
             return False
+        except Exception:  # noqa: BLE001 - a bug here must not stop every later status
+            self._lost(len(batch))
+            log.exception("Writing %d task statuses to %s failed; they are dropped", len(batch), self.name)
+            return True
         refused = [reply for reply in replies if isinstance(reply, Exception)]
         if refused:
             self._lost(len(refused))
@@ -207,6 +213,13 @@ class RedisTaskStatus:
                 continue
             out.append({**json.loads(raw), "history": [json.loads(step[1:]) for step in steps]})  # rank cut
         return out
+
+    def _requeue(self, batch: list[tuple[str, str, float, bytes]]) -> None:
+        """``batch`` back at the front, in order; the oldest beyond :data:`QUEUE_LIMIT` dropped."""
+        self._queue.extendleft(reversed(batch))
+        while len(self._queue) > QUEUE_LIMIT:
+            self._queue.popleft()
+            self._lost(1)
 
     def _lost(self, count: int) -> None:
         self.dropped += count

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -119,6 +120,55 @@ async def test_redis_away_keeps_a_bounded_queue_and_reads_say_why(prefix: str, m
     assert [item[0] for item in dead._queue] == [f"q{i}" for i in range(3, 8)] and dead.dropped == 6
     await dead.close(timeout=1.0)  # one more try, then what is left is dropped
     assert dead.dropped == 11 and sum(lost) == 11 and not dead._queue
+
+
+async def test_a_flush_cancelled_at_shutdown_keeps_its_statuses_for_close(prefix: str) -> None:
+    with socket.socket() as silent:  # accepts connections (its backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        s = RedisTaskStatus(f"redis://127.0.0.1:{silent.getsockname()[1]}/0", prefix=prefix, ttl_seconds=60, timeout=30)
+        track(s, "c", "received", 1.0)
+        track(s, "c", "completed", 2.0)
+        flushing = asyncio.ensure_future(s.flush())
+        await asyncio.sleep(0.5)
+        assert not flushing.done() and not s._queue  # the batch is in flight, waiting for Redis
+        flushing.cancel()
+        await asyncio.gather(flushing, return_exceptions=True)
+        assert [(item[0], item[1]) for item in s._queue] == [("c", "received"), ("c", "completed")]
+        assert s.dropped == 0
+        s._queue.clear()
+        await s.close(timeout=0.5)
+
+
+async def test_a_batch_that_fails_unexpectedly_is_dropped_and_the_writer_goes_on(
+    prefix: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = store(prefix)
+    keys = s.keys
+
+    def broken(task_id: str) -> tuple[str, str]:
+        if task_id == "bad":
+            raise ValueError("a bug in making the keys")
+        return keys(task_id)
+
+    monkeypatch.setattr(s, "keys", broken)
+    writer = asyncio.ensure_future(s.run())
+    try:
+        track(s, "bad", "completed", 1.0)
+        deadline = time.monotonic() + 10
+        while s.dropped == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert s.dropped == 1 and "Writing 1 task statuses" in caplog.text and "a bug in making the keys" in caplog.text
+        track(s, "good", "completed", 2.0)  # the writer still runs
+        deadline = time.monotonic() + 10
+        while (s._queue or await s.get("good") is None) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        entry = await s.get("good")
+        assert entry is not None and entry["status"] == "completed" and s.dropped == 1
+    finally:
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+        await s.close()
 
 
 async def test_a_short_redis_outage_loses_no_status(prefix: str, tmp_path: Path) -> None:
