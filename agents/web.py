@@ -37,6 +37,7 @@ from agents.web_security import (
     select_peers,
     task_path,
     valid_task_id,
+    whole_number,
 )
 from app import compat
 from app.faust_app import WorkerApp
@@ -45,7 +46,7 @@ from core.errors import ConfigError, VectorizeError
 from core.secrets import reveal
 from core.settings import Settings
 from ops.heartbeat import live_workers, redis_error
-from ops.task_status import TaskStatusError
+from ops.task_status import RECENT_KEPT, TaskStatusError
 
 log = logging.getLogger("worker.web")
 DASHBOARD = (Path(__file__).resolve().parent / "dashboard.html").read_text(encoding="utf-8")
@@ -112,7 +113,7 @@ class WebViews:
             ("/healthz", self.healthz),
             ("/readyz", self.readyz),
             ("/workers", self.workers),
-            ("/tasks", self.local_tasks),
+            ("/tasks", self.recent_tasks),
             ("/tasks/{task_id}", self.task),
             ("/models", self.models),
             ("/state", self.state),
@@ -178,32 +179,39 @@ class WebViews:
         changelog = self.tables.task_status.changelog_topic.get_topic_name()
         return sorted(tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == changelog)
 
-    async def local_tasks(self, web: Any, request: Any) -> Any:
-        """The last 100 tasks whose status this worker wrote (to Redis, or to its table), newest first.
+    async def recent_tasks(self, web: Any, request: Any) -> Any:
+        """The most recent tasks, newest first (``?limit=``, 1 to 1,000, default 100): with the Redis statuses the
+        group's (any worker answers alike), with the table the tasks whose status this worker's tracker read.
 
-        Not a scan: Redis and the table hold ``task_status_retention_hours`` of tasks.
+        Not a scan: Redis keeps an index of the group's newest 1,000 tasks; the table's tracker its last 1,000.
         """
         s = self.settings
+        try:
+            limit = whole_number(request.query.get("limit", "100"), "limit", 1, RECENT_KEPT)
+        except BadInput as exc:
+            return web.json({"error": str(exc)}, status=400)
         store = self.runtime().task_status if s.task_status_redis else None
-        recent = store.recent if store is not None else self.tables.recent_task_ids
-        ids = list(dict.fromkeys(reversed(recent)))[:100]  # newest first, each task once
         error = None
         if store is not None:
             try:
-                found = await store.get_many(ids)
+                found = await store.recent(limit)
             except TaskStatusError as exc:
                 found, error = [], str(exc)
+        elif s.task_status_redis:
+            found, error = [], "this worker is starting (its task-status store is not open); ask again"
         elif self.tables.task_status is not None:
+            ids = list(dict.fromkeys(reversed(self.tables.recent_task_ids)))[:limit]  # newest first, each once
             # None once its partition moved to another worker
-            found = [table_get(self.tables.task_status, task_id) for task_id in ids]
+            found = [v for v in (table_get(self.tables.task_status, task_id) for task_id in ids) if v is not None]
         else:
             found = []
         return web.json(
             {
                 "worker_id": s.worker_id,
+                "scope": "group" if s.task_status_redis else "this worker",
                 "task_status_redis": s.task_status_redis,
                 "task_status_table": s.task_status_table,
-                "tasks": [value for value in found if value is not None],
+                "tasks": found,
                 "partitions": self._status_partitions(),
                 "error": error,
             }

@@ -176,6 +176,15 @@ class SearchQuery:
     filter: dict[str, Any] | None = None  # the store port's filter language over declared fields (sinks.filters)
 
 
+def whole_number(raw: str, name: str, low: int, high: int) -> int:
+    """A query parameter that must be a whole number in ``low..high``; raises :class:`BadInput` naming it.
+
+    ASCII digits only: ``str.isdigit`` also takes characters such as ``²`` that ``int`` refuses."""
+    if raw.isascii() and raw.isdigit() and len(raw) <= len(str(high)) and low <= int(raw) <= high:
+        return int(raw)
+    raise BadInput(f"{name} must be a whole number from {low} to {high}, got {raw[:20]!r}")
+
+
 def parse_search(query: Mapping[str, str], *, default_model: str, default_collection: str) -> SearchQuery:
     """``/search/``'s parameters, bounded; raises :class:`BadInput` naming the parameter."""
     q = query.get("q", "").strip()
@@ -183,9 +192,7 @@ def parse_search(query: Mapping[str, str], *, default_model: str, default_collec
         raise BadInput("missing query parameter q, e.g. /search/?q=hello&k=5")
     if len(q) > MAX_QUERY_CHARS:
         raise BadInput(f"query parameter q is {len(q)} characters; at most {MAX_QUERY_CHARS}")
-    raw_k = query.get("k", "5")
-    if not raw_k.isdigit() or not 1 <= int(raw_k) <= MAX_K:
-        raise BadInput(f"k must be a whole number from 1 to {MAX_K}")
+    k = whole_number(query.get("k", "5"), "k", 1, MAX_K)
     model = query.get("model") or default_model
     if not MODEL_NAME_PATTERN.match(model):
         raise BadInput("model must be 1-500 characters without control characters")
@@ -206,7 +213,7 @@ def parse_search(query: Mapping[str, str], *, default_model: str, default_collec
             where = None
         if not isinstance(where, dict):
             raise BadInput('filter must be a JSON object, e.g. filter={"lang":"en","year":{"gte":2020}}')
-    return SearchQuery(q=q, k=int(raw_k), model=model, collection=collection, filter=where)
+    return SearchQuery(q=q, k=k, model=model, collection=collection, filter=where)
 
 
 # -- peers ----------------------------------------------------------------------------------

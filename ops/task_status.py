@@ -4,7 +4,9 @@ The worker that publishes a status record to ``vectorization-status`` also queue
 flusher writes what queued, one pipelined round trip per flush, through one server-side script per
 record (:data:`FOLD`): the task's last 10 steps in time order (``<group>:task-status:{<task id>}:history``)
 and its latest record as sent (``<group>:task-status:{<task id>}``), both expiring after
-``kafka.task_status_retention_hours``. The fold is idempotent (a step already in the history leaves both
+``kafka.task_status_retention_hours``; the same round trip files the task ids in the group's index of recent
+tasks (``<group>:task-status:recent``, a sorted set by latest timestamp, the newest :data:`RECENT_KEPT`), so
+``/tasks`` on any worker lists the group's tasks. The fold is idempotent (a step already in the history leaves both
 keys as they are) and works across workers: a redelivered task's new steps join the earlier attempt's,
 and statuses that arrive out of order leave the latest in place. The two keys of a task share a hash slot (the task
 id is the key's hash tag), so the script also runs on a Redis Cluster.
@@ -50,6 +52,8 @@ FLUSH_BATCH = 500
 RETRY_S = 1.0
 #: steps of a task's history kept (as the table's fold, tasks/records.py ``fold_status``)
 HISTORY = 10
+#: task ids the group-wide index of recent tasks keeps (``/tasks`` lists its newest)
+RECENT_KEPT = 1000
 
 #: the order of statuses made at the same instant (a held ``received`` and ``processing`` are sent together)
 RANK = {"received": "0", "processing": "1", "completed": "2", "failed": "2"}
@@ -108,8 +112,8 @@ class RedisTaskStatus:
         self._on_error = on_error
         self.dropped = 0  # statuses lost to a Redis outage or a full queue
         self.up: bool | None = None  # None until the first write
-        #: the task ids this worker wrote last, newest at the right: ``/tasks`` lists these
-        self.recent: deque[str] = deque(maxlen=1000)
+        #: the group's index of recent tasks; the task keys' braces keep it apart from any task's keys
+        self.recent_key = f"{prefix}recent"
 
     @classmethod
     def from_settings(cls, settings: Settings, on_error: Callable[[int], None] | None = None) -> RedisTaskStatus:
@@ -132,7 +136,6 @@ class RedisTaskStatus:
             self._queue.popleft()
             self._lost(1)
         self._queue.append((task_id, status, timestamp, record))  # the step is made off the task's path
-        self.recent.append(task_id)
         self._wake.set()
 
     async def run(self) -> None:
@@ -154,11 +157,20 @@ class RedisTaskStatus:
         batch = [self._queue.popleft() for _ in range(min(FLUSH_BATCH, len(self._queue)))]
         if not batch:
             return True
+        latest: dict[str, float] = {}
+        for task_id, _, timestamp, _ in batch:
+            latest[task_id] = max(timestamp, latest.get(task_id, timestamp))
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 for task_id, status, timestamp, record in batch:
                     args = [record, step_of(status, timestamp), repr(timestamp), self.ttl_seconds, HISTORY]
                     await self._fold(keys=self.keys(task_id), args=args, client=pipe)
+                # the group's index: a task's score only goes up (a late older step leaves it); entries past the
+                # retention or beyond the newest RECENT_KEPT go
+                pipe.zadd(self.recent_key, latest, gt=True)
+                pipe.zremrangebyscore(self.recent_key, "-inf", f"({max(latest.values()) - self.ttl_seconds!r}")
+                pipe.zremrangebyrank(self.recent_key, 0, -RECENT_KEPT - 1)
+                pipe.expire(self.recent_key, self.ttl_seconds)
                 replies = await pipe.execute(raise_on_error=False)
         except asyncio.CancelledError:
             self._requeue(batch)
@@ -178,7 +190,16 @@ class RedisTaskStatus:
             self._lost(len(batch))
             log.exception("Writing %d task statuses to %s failed; they are dropped", len(batch), self.name)
             return True
+        replies, indexed = replies[: len(batch)], replies[len(batch) :]
         refused = [reply for reply in replies if isinstance(reply, Exception)]
+        unindexed = next((reply for reply in indexed if isinstance(reply, Exception)), None)
+        if unindexed is not None:  # the statuses are written; only the listing misses them
+            log.warning(
+                "Redis refused the index of recent tasks %r (/tasks misses these %d tasks; check that key): %s",
+                self.recent_key,
+                len(latest),
+                redis_error(self._raw_url, unindexed, self._password),
+            )
         if refused:
             self._lost(len(refused))
             log.warning(
@@ -213,6 +234,15 @@ class RedisTaskStatus:
                 continue
             out.append({**json.loads(raw), "history": [json.loads(step[1:]) for step in steps]})  # rank cut
         return out
+
+    async def recent(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The group's ``limit`` most recent tasks (by their latest status's timestamp), newest first, each as
+        :meth:`get` answers; tasks whose keys expired meanwhile are left out."""
+        try:
+            ids = [raw.decode() for raw in await self._client.zrevrange(self.recent_key, 0, max(0, limit - 1))]
+        except (RedisError, OSError) as exc:
+            raise TaskStatusError(redis_error(self._raw_url, exc, self._password)) from None
+        return [entry for entry in await self.get_many(ids) if entry is not None]
 
     def _requeue(self, batch: list[tuple[str, str, float, bytes]]) -> None:
         """``batch`` back at the front, in order; the oldest beyond :data:`QUEUE_LIMIT` dropped."""

@@ -70,7 +70,7 @@ async def test_statuses_fold_into_the_latest_record_and_a_history_in_time_order(
         record_key, history_key = s.keys("a")
         assert 0 < client.ttl(record_key) <= 60 and 0 < client.ttl(history_key) <= 60
         assert key_slot(record_key.encode()) == key_slot(history_key.encode())  # one slot: the script runs on a cluster
-        assert s.dropped == 0 and s.up is True and list(s.recent)[-1] == "b"
+        assert s.dropped == 0 and s.up is True
     finally:
         await s.close()
 
@@ -97,6 +97,72 @@ async def test_two_workers_statuses_of_one_task_leave_the_latest_whatever_their_
     finally:
         await first.close()
         await second.close()
+
+
+async def test_the_group_index_lists_every_workers_tasks_newest_first(prefix: str) -> None:
+    first, second = store(prefix), store(prefix)
+    try:
+        track(first, "a", "completed", 10.0, "w-1")
+        track(first, "b", "completed", 30.0, "w-1")
+        await written(first)
+        track(second, "c", "received", 20.0, "w-2")
+        track(second, "c", "completed", 40.0, "w-2")
+        await written(second)
+        track(first, "a", "received", 5.0, "w-1")  # a late, older step: a stays where its latest put it
+        await written(first)
+        for s in (first, second):  # any worker of the group lists the group's tasks alike
+            assert [(t["task_id"], t["timestamp"]) for t in await s.recent()] == [("c", 40.0), ("b", 30.0), ("a", 10.0)]
+        assert [t["task_id"] for t in await second.recent(2)] == ["c", "b"]
+        client = redis.Redis.from_url(REDIS_URL)
+        assert client.zscore(first.recent_key, "a") == 10.0 and 0 < client.ttl(first.recent_key) <= 60
+        assert all(first.recent_key not in key for key in first.keys("recent"))  # no task's keys are the index
+        assert first.recent_key == f"{prefix}recent"  # under the group's prefix: another group has its own
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_the_group_index_keeps_the_newest_within_the_retention(
+    prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(task_status, "RECENT_KEPT", 3)
+    s = store(prefix)  # statuses kept 60 s
+    try:
+        for i in range(5):
+            track(s, f"n{i}", "completed", 1000.0 + i)
+        await written(s)
+        assert [t["task_id"] for t in await s.recent(10)] == ["n4", "n3", "n2"]  # the newest 3
+        track(s, "later", "completed", 1100.0)  # 96 s after n4: the others are past the retention
+        await written(s)
+        client = redis.Redis.from_url(REDIS_URL)
+        assert client.zrange(s.recent_key, 0, -1) == [b"later"]
+        assert (
+            await s.get("n4")
+        ) is not None  # its own keys are there (Redis's clock, not the statuses', expires them)
+        assert s.dropped == 0
+    finally:
+        await s.close()
+
+
+async def test_an_index_key_in_the_way_costs_the_listing_not_the_statuses(
+    prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = store(prefix)
+    client = redis.Redis.from_url(REDIS_URL)
+    client.set(s.recent_key, "someone else's string", ex=60)
+    try:
+        track(s, "t", "completed", 1.0)
+        with caplog.at_level("WARNING", logger="worker.task_status"):
+            await written(s)
+        entry = await s.get("t")
+        assert entry is not None and entry["status"] == "completed" and s.dropped == 0 and s.up is True
+        assert f"Redis refused the index of recent tasks {s.recent_key!r}" in caplog.text and "WRONGTYPE" in caplog.text
+        with pytest.raises(TaskStatusError) as raised:
+            await s.recent()
+        assert "WRONGTYPE" in str(raised.value)
+    finally:
+        client.delete(s.recent_key)
+        await s.close()
 
 
 async def test_redis_away_keeps_a_bounded_queue_and_reads_say_why(prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -211,6 +277,21 @@ def test_a_worker_answers_tasks_from_redis_and_keeps_no_table(topics: Topics, tm
         status, listing, done = listed_when_done(w, "red", 5)
         assert status == 200 and done == {f"red-{i}" for i in range(5)} and len(listing["tasks"]) == 5, listing
         assert listing["task_status_redis"] is True and listing["task_status_table"] is False
+        assert listing["scope"] == "group"
+
+        async def another_worker_of_the_group() -> None:  # a store of the test's own, under the group's prefix
+            other = RedisTaskStatus(REDIS_URL, prefix=f"{topics.group}:task-status:", ttl_seconds=60)
+            track(other, "elsewhere-1", "completed", time.time(), "w-other")
+            await written(other)
+            await other.close()
+
+        run(another_worker_of_the_group())
+        status, listing = w.get("/tasks")
+        assert status == 200 and len(listing["tasks"]) == 6, listing
+        assert (listing["tasks"][0]["task_id"], listing["tasks"][0]["worker_id"]) == ("elsewhere-1", "w-other")
+        status, listing = w.get("/tasks?limit=2")
+        assert status == 200 and [t["task_id"] for t in listing["tasks"]][0] == "elsewhere-1"
+        assert len(listing["tasks"]) == 2
         assert not list((tmp_path / "w").rglob("task-status-*.db"))  # no table written on disk
     finally:
         w.stop()

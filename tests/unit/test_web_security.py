@@ -8,7 +8,6 @@ servers, the views are called with fakes at the ports.
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -119,6 +118,9 @@ def test_search_collections_are_checked_like_the_task_schema(collection: str) ->
         ({"q": "x", "k": "101"}, "from 1 to 100"),
         ({"q": "x", "k": "-1"}, "from 1 to 100"),
         ({"q": "x", "k": "ten"}, "from 1 to 100"),
+        ({"q": "x", "k": "\u00b2"}, "from 1 to 100"),  # '²'.isdigit() is true, int('²') raises: once a 500
+        ({"q": "x", "k": "1" * 5000}, "from 1 to 100"),  # beyond int()'s digit limit: once a 500
+        ({"q": "x", "k": "0005"}, "from 1 to 100"),
         ({"q": "x", "model": "m" * 501}, "model must be"),
         ({"q": "x", "model": "bad\x00"}, "model must be"),
     ],
@@ -356,7 +358,13 @@ class FakeStatuses:
 
     def __init__(self, entries: dict[str, dict[str, Any]], error: Exception | None = None) -> None:
         self.entries, self.error = entries, error
-        self.recent = deque(entries)
+        self.asked: list[int] = []
+
+    async def recent(self, limit: int = 100) -> list[dict[str, Any]]:
+        self.asked.append(limit)
+        if self.error is not None:
+            raise self.error
+        return list(reversed(self.entries.values()))[:limit]
 
     async def get(self, task_id: str) -> dict[str, Any] | None:
         return (await self.get_many([task_id]))[0]
@@ -380,19 +388,27 @@ async def test_task_view_answers_from_the_redis_statuses_without_asking_peers(
     monkeypatch.setattr(views, "_live_workers", no_peers)
     body, status = await views.task(Web(), _request("/tasks/t1"), task_id="t1")
     assert status == 503 and "starting" in body["error"]  # the runtime has not opened the store yet
+    body, status = await views.recent_tasks(Web(), _request("/tasks"))
+    assert status == 200 and body["tasks"] == [] and "starting" in body["error"]
     entry = {"task_id": "t1", "status": "completed", "history": [{"status": "completed", "timestamp": 1.0}]}
     views.runtime().task_status = FakeStatuses({"t1": entry, "t0": {**entry, "task_id": "t0"}})
     body, status = await views.task(Web(), _request("/tasks/t1"), task_id="t1")
     assert status == 200 and body == {**entry, "served_by": settings.worker_id}
     body, status = await views.task(Web(), _request("/tasks/t2"), task_id="t2")
     assert status == 404 and "Redis holds no status" in body["error"]
-    body, status = await views.local_tasks(Web(), _request("/tasks"))
+    body, status = await views.recent_tasks(Web(), _request("/tasks"))
     assert status == 200 and [t["task_id"] for t in body["tasks"]] == ["t0", "t1"]  # newest first
-    assert body["task_status_redis"] is True and body["error"] is None
+    assert body["task_status_redis"] is True and body["error"] is None and body["scope"] == "group"
+    body, status = await views.recent_tasks(Web(), _request("/tasks?limit=1"))
+    assert status == 200 and [t["task_id"] for t in body["tasks"]] == ["t0"]
+    assert views.runtime().task_status.asked == [100, 1]
+    for bad in ("0", "1001", "x", "%C2%B2", "-3"):
+        body, status = await views.recent_tasks(Web(), _request(f"/tasks?limit={bad}"))
+        assert status == 400 and "limit must be a whole number from 1 to 1000" in body["error"], bad
     views.runtime().task_status = FakeStatuses({}, error=TaskStatusError("Failed to connect to Redis at redis://x"))
     body, status = await views.task(Web(), _request("/tasks/t1"), task_id="t1")
     assert status == 503 and "Failed to connect to Redis" in body["error"] and settings.status_topic in body["error"]
-    body, status = await views.local_tasks(Web(), _request("/tasks"))
+    body, status = await views.recent_tasks(Web(), _request("/tasks"))
     assert status == 200 and body["tasks"] == [] and "Failed to connect to Redis" in body["error"]
 
 
