@@ -24,6 +24,7 @@ dropped is counted in ``worker_errors{kind="task_status_store"}`` (one warning p
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 from collections import deque
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.errors import RetryableError
@@ -106,7 +107,9 @@ class RedisTaskStatus:
         self.ttl_seconds = max(1, int(ttl_seconds))
         self._raw_url, self._password = url, password
         self._client = failfast_redis_client(url, password=password, ssl_ca_file=ssl_ca_file, timeout=timeout)
-        self._fold = self._client.register_script(FOLD)
+        #: the fold runs by its digest (EVALSHA): no ``SCRIPT EXISTS`` round trip per flush, as a registered
+        #: script in a pipeline costs; a Redis without it (restarted, SCRIPT FLUSH) is given it once and asked again
+        self._fold_sha = hashlib.sha1(FOLD.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
         self._queue: deque[tuple[str, str, float, bytes]] = deque()  # task id, status, timestamp, record
         self._wake = asyncio.Event()
         self._on_error = on_error
@@ -161,17 +164,10 @@ class RedisTaskStatus:
         for task_id, _, timestamp, _ in batch:
             latest[task_id] = max(timestamp, latest.get(task_id, timestamp))
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for task_id, status, timestamp, record in batch:
-                    args = [record, step_of(status, timestamp), repr(timestamp), self.ttl_seconds, HISTORY]
-                    await self._fold(keys=self.keys(task_id), args=args, client=pipe)
-                # the group's index: a task's score only goes up (a late older step leaves it); entries past the
-                # retention or beyond the newest RECENT_KEPT go
-                pipe.zadd(self.recent_key, latest, gt=True)
-                pipe.zremrangebyscore(self.recent_key, "-inf", f"({max(latest.values()) - self.ttl_seconds!r}")
-                pipe.zremrangebyrank(self.recent_key, 0, -RECENT_KEPT - 1)
-                pipe.expire(self.recent_key, self.ttl_seconds)
-                replies = await pipe.execute(raise_on_error=False)
+            replies = await self._write(batch, latest)
+            if any(isinstance(reply, NoScriptError) for reply in replies[: len(batch)]):
+                await self._client.script_load(FOLD)  # Redis lost its scripts: the fold is idempotent, send again
+                replies = await self._write(batch, latest)
         except asyncio.CancelledError:
             self._requeue(batch)
             raise
@@ -212,6 +208,20 @@ class RedisTaskStatus:
             log.info("Task statuses are written to %s again", self.name)
         self.up = True
         return True
+
+    async def _write(self, batch: list[tuple[str, str, float, bytes]], latest: dict[str, float]) -> list[Any]:
+        """One round trip: the fold of each status, then the group's index; each reply or its error."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for task_id, status, timestamp, record in batch:
+                args = [record, step_of(status, timestamp), repr(timestamp), self.ttl_seconds, HISTORY]
+                pipe.evalsha(self._fold_sha, 2, *self.keys(task_id), *args)
+            # the group's index: a task's score only goes up (a late older step leaves it); entries past the
+            # retention or beyond the newest RECENT_KEPT go
+            pipe.zadd(self.recent_key, latest, gt=True)
+            pipe.zremrangebyscore(self.recent_key, "-inf", f"({max(latest.values()) - self.ttl_seconds!r}")
+            pipe.zremrangebyrank(self.recent_key, 0, -RECENT_KEPT - 1)
+            pipe.expire(self.recent_key, self.ttl_seconds)
+            return await pipe.execute(raise_on_error=False)
 
     async def get(self, task_id: str) -> dict[str, Any] | None:
         """The task's latest status record with its ``history`` (oldest first); None when Redis holds none."""

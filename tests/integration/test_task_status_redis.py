@@ -99,6 +99,33 @@ async def test_two_workers_statuses_of_one_task_leave_the_latest_whatever_their_
         await second.close()
 
 
+def script_calls(client: redis.Redis) -> dict[str, int]:
+    stats = client.info("commandstats")
+    return {
+        name: stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("script|exists", "script|load", "evalsha")
+    }
+
+
+async def test_the_fold_runs_by_its_digest_and_comes_back_after_redis_lost_its_scripts(prefix: str) -> None:
+    client = redis.Redis.from_url(REDIS_URL)
+    s = store(prefix)
+    try:
+        client.script_flush()  # as after a Redis restart
+        track(s, "a", "completed", 1.0)
+        await written(s)  # NOSCRIPT: the worker loads the fold and sends the batch again
+        before = script_calls(client)
+        for i in range(3):
+            track(s, f"b{i}", "completed", 2.0 + i)
+            await written(s)
+        after = script_calls(client)
+        assert after["script|exists"] == before["script|exists"]  # no check per flush (a pipeline's registered
+        assert after["script|load"] == before["script|load"]  # script costs one round trip each)
+        assert after["evalsha"] == before["evalsha"] + 3
+        assert [t["task_id"] for t in await s.recent()] == ["b2", "b1", "b0", "a"] and s.dropped == 0
+    finally:
+        await s.close()
+
+
 async def test_the_group_index_lists_every_workers_tasks_newest_first(prefix: str) -> None:
     first, second = store(prefix), store(prefix)
     try:
