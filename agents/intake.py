@@ -168,13 +168,30 @@ class Intake:
             await rt.stop()
 
     async def forget_revoked(self, app: Any, revoked: set[Any], **kwargs: Any) -> None:
-        """Records of revoked task partitions are re-read from the committed offset: never ack the old ones."""
+        """Records of revoked task partitions are re-read from the committed offset: never ack the old ones.
+
+        Their tasks are handed over: none is written from now on (engine/store_writer.py), and the rebalance
+        waits, at most ``kafka.handover_wait`` seconds, for writes already under way to end. Kafka gives the
+        partitions to their new owner only once every member has rejoined, so no write of this worker lands
+        after the new owner's write of a later version of the same id."""
         task_tps = {tp for tp in revoked if tp.topic == self.settings.tasks_topic}
         self.guard.forget(task_tps)
-        if self._runtime is not None:
-            dropped = self._runtime.tracker.forget(task_tps)
-            if dropped:
-                log.info("Rebalance: %d task(s) in flight on revoked partitions will be redelivered", dropped)
+        rt = self._runtime
+        if rt is None:
+            return
+        dropped = rt.tracker.forget(task_tps)
+        if not dropped:
+            return
+        log.info("Rebalance: %d task(s) in flight on revoked partitions will be redelivered", dropped)
+        if rt.pipeline is not None and not await rt.pipeline.writer.settled(
+            task_tps, self.settings.kafka_handover_wait
+        ):
+            log.warning(
+                "Rebalance: store writes of tasks on revoked partitions still run after %.0fs "
+                "(kafka.handover_wait); the partitions go to their new owner now, and a write still under way could "
+                "land after the new owner's write of the same id: a slow or unreachable store?",
+                self.settings.kafka_handover_wait,
+            )
 
     async def reseek_stalled(self) -> None:
         """Records fetched but never delivered are sought back, a seek that brought nothing is repeated

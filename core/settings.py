@@ -241,6 +241,15 @@ class Settings(BaseSettings):
         description="seconds before a silent (killed) worker's partitions move to the others",
         yaml="kafka.session_timeout",
     )
+    kafka_handover_wait: float = Setting(
+        10.0,
+        ge=0,
+        le=120,
+        description="seconds a rebalance waits for this worker's store writes and deletes of the tasks of revoked "
+        "partitions to end, so none lands after the new owner's write of a later version of the same id (the "
+        "new owner starts once every worker has rejoined)",
+        yaml="kafka.handover_wait",
+    )
     kafka_producer_linger_ms: int = Setting(
         0,
         ge=0,

@@ -295,7 +295,10 @@ class TaskPipeline:
                 finally:
                     self._held_deletes.discard(me)  # type: ignore[arg-type]
             collection = task.collection or self.settings.default_collection
-            removed = await self.writer.delete_tasks(collection, [task_id])
+            removed = await self.writer.delete_tasks(collection, [task_id], ticket)
+            if removed is None:  # its partition was revoked first: the new owner deletes it
+                await self.reporter.handed_over(ticket, task_id)
+                return
             counts = {store: by_task.get(task_id, 0) for store, by_task in removed.items()}
             log_main.info("Task %s deleted: %s", task_id, counts)
             await self.reporter.deleted(task, collection, counts, ticket, received)
@@ -325,7 +328,7 @@ class TaskPipeline:
         task is acknowledged once the twin is done too (:meth:`_on_done`)."""
         for out in outcomes:
             task = out.item.task
-            if out.error is not None or out.records is None or out.physical is None:
+            if out.error is not None or out.handed_over or out.records is None or out.physical is None:
                 continue
             if isinstance(task, ReembedTask) or out.item.reembed is not None:  # a twin or a backfill's: no twin of it
                 continue

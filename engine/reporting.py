@@ -116,6 +116,9 @@ class Reporter:
         for out in outcomes:
             item, task = out.item, out.item.task
             self.closing(item)
+            if out.handed_over:
+                await self.handed_over(item.ticket, task.task_id)
+                continue
             if not _reports(item.kind):  # a migration's reembed: silent on success, dead-lettered on failure
                 await self._quietly_done(out)
                 continue
@@ -156,6 +159,13 @@ class Reporter:
             self._count_completed(task.task_type, total_ms)
             log_proc.info("Task %s completed successfully in %.2fs", task.task_id, total_ms / 1000)
             await self._on_done(item.ticket)
+
+    async def handed_over(self, ticket: Ticket, task_id: str) -> None:
+        """A task whose partition was revoked before its write: done here, unacknowledged and unreported (the
+        partition's new owner processes it from the committed offset and reports it)."""
+        self.metrics.handed_over.inc()
+        log_proc.info("Task %s: its partition moved to another worker in a rebalance, which processes it", task_id)
+        await self._on_done(ticket)
 
     async def _quietly_done(self, out: Outcome) -> None:
         """A task that publishes nothing of its own (:attr:`tasks.types.TaskType.reports` false) is done."""

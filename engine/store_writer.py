@@ -9,8 +9,9 @@ import json
 import logging
 import struct
 import time
-from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
+from collections.abc import Collection as Many
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -50,6 +51,12 @@ class StoreWriter:
     refuses the write (:mod:`core.versioning`), and only the tasks of that model
     fail. With several stores, every store's collection is ensured before any
     is written, so a task one store refuses leaves no vectors in the others.
+
+    A task whose partition was revoked in a rebalance (its ticket ``forgotten``) is handed over: its new owner
+    processes it again from the committed offset, so it is not written here (``handed_over``), and a write of it
+    already in progress is what :meth:`settled` waits for. Each attempt drops such tasks' records on the store's
+    thread, just before its requests, so a write retried through a store outage, or queued behind another, never
+    lands after the new owner's write of a later version of the same id.
     """
 
     def __init__(
@@ -85,6 +92,41 @@ class StoreWriter:
         self._binds: dict[int, bool] = {}  # store -> whether its ensure_collection takes identity=
         self._last_ok: dict[int, float] = {}  # store -> when a write to it last succeeded
         self._probes: dict[int, asyncio.Future[Any]] = {}  # store -> its health check, queued or running
+        self._writing: Counter[Hashable] = Counter()  # partition -> writes and deletes in progress with its tasks
+        self._quieter: list[asyncio.Future[None]] = []  # settled() waiting for the next one to end
+
+    def _begin(self, tickets: Iterable[Any]) -> set[Hashable]:
+        """Count a write or delete in progress for the partitions of ``tickets``; :meth:`_end` with the result."""
+        tps = {ticket.tp for ticket in tickets}
+        self._writing.update(tps)
+        return tps
+
+    def _end(self, tps: set[Hashable]) -> None:
+        self._writing.subtract(tps)
+        for tp in tps:
+            if self._writing[tp] <= 0:
+                del self._writing[tp]
+        waiters, self._quieter = self._quieter, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def settled(self, tps: Many[Hashable], timeout: float) -> bool:
+        """Wait until no write or delete holding a task of ``tps`` is in progress (their tasks were handed over
+        in a rebalance: nothing of theirs may reach a store after the new owner's writes); False after
+        ``timeout`` seconds with one still running."""
+        deadline = time.monotonic() + timeout
+        while any(tp in self._writing for tp in tps):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            waiter = asyncio.get_running_loop().create_future()
+            self._quieter.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, left)
+            except TimeoutError:
+                return False
+        return True
 
     def physical(self, alias: str, identity: ModelIdentity | None = None) -> str:
         """The physical collection a task of ``alias`` whose vectors ``identity``'s model made is written to: the
@@ -101,6 +143,18 @@ class StoreWriter:
         return state.live.physical
 
     async def write(self, outcomes: list[Outcome]) -> None:
+        for out in outcomes:  # revoked before their write began: the partition's new owner writes them
+            out.handed_over = out.item.ticket.forgotten and out.error is None
+        busy = self._begin(out.item.ticket for out in outcomes if not out.handed_over)
+        try:
+            await self._write_outcomes([out for out in outcomes if not out.handed_over])
+        finally:
+            self._end(busy)
+        for out in outcomes:  # revoked during the write: what of theirs was written, the new owner finds unchanged
+            if out.item.ticket.forgotten and out.error is None:
+                out.handed_over = True
+
+    async def _write_outcomes(self, outcomes: list[Outcome]) -> None:
         groups: dict[Group, list[tuple[Outcome, list[VectorRecord]]]] = defaultdict(list)
         if self.bind is not None:  # a collection's first write makes it behind an alias
             firsts: dict[str, tuple[ModelIdentity, int]] = {}
@@ -156,14 +210,15 @@ class StoreWriter:
         for (collection, dim, identity, source), entries in groups.items():
             records = [r for _, rs in entries for r in rs]
             check = _source_check(entries) if source is not None else None
+            owners = {r.id: out.item.ticket for out, rs in entries for r in rs}  # whose partition each record is
             t0 = time.monotonic()
-            error, removed = await self._write_all(collection, dim, _dedupe(records), identity, check)
+            error, removed = await self._write_all(collection, dim, _dedupe(records), identity, check, owners)
             if isinstance(error, PermanentError) and len(entries) > 1:
                 # one task's data was refused: write task by task so only that task fails
                 for out, task_records in entries:
                     one = _source_check([(out, task_records)]) if source is not None else None
                     out.error, task_removed = await self._write_all(
-                        collection, dim, _dedupe(task_records), identity, one
+                        collection, dim, _dedupe(task_records), identity, one, owners
                     )
                     _note_removed(out, task_removed)
                     if one is not None and one.changed:
@@ -291,6 +346,7 @@ class StoreWriter:
         records: list[VectorRecord],
         identity: ModelIdentity | None = None,
         check: SourceCheck | None = None,
+        owners: dict[str, Any] | None = None,
     ) -> tuple[BaseException | None, Removed]:
         """Write to every store in parallel: the first failure or None, and what each store removed as stale.
 
@@ -315,7 +371,7 @@ class StoreWriter:
         for r in records:
             fresh[str(r.payload.get("task_id"))].add(r.id)
         writes = await asyncio.gather(
-            *(self._write(store, collection, dim, digested, fresh, identity, check) for store in self.stores),
+            *(self._write(store, collection, dim, digested, fresh, identity, check, owners) for store in self.stores),
             return_exceptions=True,
         )
         for result in writes:
@@ -366,6 +422,7 @@ class StoreWriter:
         fresh: dict[str, set[str]],
         identity: ModelIdentity | None = None,
         check: SourceCheck | None = None,
+        owners: dict[str, Any] | None = None,
     ) -> dict[str, int]:
         """Write to one store, then remove what earlier versions of these tasks left there that this version does
         not have (write first: a reader never sees a task without vectors); retried while the store is
@@ -374,12 +431,28 @@ class StoreWriter:
         task's new ids. Records whose digest the store already holds are not written (``skip_unchanged``).
         ``check`` (a migration's reembed): a task whose source records in this store are no longer those it
         carries is left alone (its update or delete has written or will write the target itself).
+        ``owners``: each record's ticket; the records of tasks handed over in a rebalance are dropped on the
+        store's thread before each request (see the class).
         Returns the stale vectors removed, by task id."""
         s = self.settings
         skipped = 0
 
+        def handed_over() -> set[str]:
+            return {rid for rid, ticket in owners.items() if ticket.forgotten} if owners else set()
+
+        def without_handed_over() -> bool:
+            """Drop the handed-over tasks' records; False when nothing is left to write."""
+            nonlocal digested, fresh
+            gone = handed_over()
+            if gone:
+                digested = [(r, w) for r, w in digested if r.id not in gone]
+                fresh = {t: kept for t, ids in fresh.items() if (kept := ids - gone)}
+            return bool(fresh)
+
         def write() -> dict[str, int]:
             nonlocal skipped, digested, fresh
+            if not without_handed_over():
+                return {}
             if check is not None:
                 changed = check.changed_in(store)
                 if changed:
@@ -398,8 +471,16 @@ class StoreWriter:
             for part in split_records(
                 [r for r, _ in todo], s.store_batch_points, s.store_batch_bytes, weights=[w for _, w in todo]
             ):
-                store.upsert(collection, part)
-            return delete_stale(store, collection, known, fresh) if s.replace_stale else {}
+                gone = handed_over()
+                part = [r for r in part if r.id not in gone]  # noqa: PLW2901 - a task revoked between requests
+                if part:
+                    store.upsert(collection, part)
+            if not without_handed_over():
+                return {}
+            if not s.replace_stale:
+                return {}
+            # only the tasks still written here (a task missing from ``fresh`` would lose every record)
+            return delete_stale(store, collection, {t: recs for t, recs in known.items() if t in fresh}, fresh)
 
         t0 = time.monotonic()
         removed = await retry_forever(
@@ -413,14 +494,23 @@ class StoreWriter:
             self.metrics.store_unchanged.labels(store.name).inc(skipped)
         return removed
 
-    async def delete_tasks(self, collection: str, task_ids: list[str]) -> Removed:
+    async def delete_tasks(self, collection: str, task_ids: list[str], ticket: Any = None) -> Removed | None:
         """Remove every vector of ``task_ids`` from every store (retried while a store is unavailable); the
         vectors removed from the live collection, by store, then by task id. During a migration the other
-        collection of the alias (shadow or old) loses them too."""
+        collection of the alias (shadow or old) loses them too. None when ``ticket``'s partition was revoked
+        first (handed over, see the class): each attempt checks on the store's thread before its requests."""
+        if ticket is not None and ticket.forgotten:
+            return None
         physicals = [t.physical for t in self.migrations.targets(collection)]
-        counts = await asyncio.gather(
-            *(self._remove(store, physical, task_ids) for physical in physicals for store in self.stores)
-        )
+        busy = self._begin([ticket] if ticket is not None else [])
+        try:
+            counts = await asyncio.gather(
+                *(self._remove(store, physical, task_ids, ticket) for physical in physicals for store in self.stores)
+            )
+        finally:
+            self._end(busy)
+        if ticket is not None and ticket.forgotten:
+            return None  # revoked meanwhile: the new owner deletes (again); what was removed here stays removed
         live = counts[: len(self.stores)]
         return {store.describe(): c for store, c in zip(self.stores, live, strict=True)}
 
@@ -429,11 +519,19 @@ class StoreWriter:
         twin's target: an older version of the task must not stay there)."""
         await asyncio.gather(*(self._remove(store, physical, task_ids) for store in self.stores))
 
-    async def _remove(self, store: BaseVectorDB, physical: str, task_ids: list[str]) -> dict[str, int]:
+    async def _remove(
+        self, store: BaseVectorDB, physical: str, task_ids: list[str], ticket: Any = None
+    ) -> dict[str, int]:
         """Every vector of ``task_ids`` out of ``physical`` on ``store``, retried while it is unavailable; the
-        vectors removed, by task id."""
+        vectors removed, by task id (nothing once ``ticket`` is handed over)."""
+
+        def remove() -> dict[str, int]:
+            if ticket is not None and ticket.forgotten:
+                return {}
+            return remove_stale(store, physical, dict.fromkeys(task_ids, set()))
+
         return await retry_forever(
-            lambda: self.in_store_thread(lambda: remove_stale(store, physical, dict.fromkeys(task_ids, set())), store),
+            lambda: self.in_store_thread(remove, store),
             what=f"Deleting the vectors of {len(task_ids)} task(s) from {physical} on {store.describe()}",
             on_retry=self._on_retry,
         )

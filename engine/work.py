@@ -84,3 +84,4 @@ class Outcome:
     records: list[VectorRecord] | None = None  # what the store writer wrote (the twin of a migration copies them)
     physical: str | None = None  # the physical collection written (the live one of its alias, or a reembed's target)
     skipped: bool = False  # a migration's reembed with nothing to do (its source changed, or the migration moved on)
+    handed_over: bool = False  # its partition was revoked (a rebalance): its new owner writes and reports it

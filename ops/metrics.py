@@ -55,6 +55,12 @@ class Metrics:
             registry=r,
         )
         self.errors = Counter("worker_errors", "Errors by kind", ["kind"], registry=r)
+        self.handed_over = Counter(
+            "worker_tasks_handed_over",
+            "Tasks whose partition moved to another worker (a rebalance) before this one wrote them: not written, "
+            "not reported here; the partition's new owner processes them",
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "worker_consumer_lag",
             "Records behind the end of each assigned partition",

@@ -1,0 +1,180 @@
+"""Tasks of partitions revoked in a rebalance are handed over: not written, not reported, and a write already under
+way is waited for (engine/store_writer.py, agents/intake.py ``forget_revoked``). Fakes at the store port."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from faust.types import TP
+
+from core.ids import vector_id
+from engine.acks import AckTracker
+from sinks.base import VectorRecord
+from tests.fakes import FakeStore, unavailable
+from tests.unit.built import build_worker
+from tests.unit.test_pipeline import Harness
+from tests.unit.test_sync import batch, settle, task_ids_in, tombstone
+
+TP0 = "tasks-0"  # the Harness's partition
+
+
+class HeldStore(FakeStore):
+    """Each upsert waits until the test lets it go (``go``); ``entered`` says one is waiting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.go = threading.Event()
+
+    def upsert(self, collection: str, records: Sequence[VectorRecord]) -> None:
+        self.entered.set()
+        assert self.go.wait(10), "the test never let the upsert go"
+        super().upsert(collection, records)
+
+
+class DownStore(FakeStore):
+    """Unavailable until the test says otherwise; ``attempts`` counts the calls it refused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down, self.attempts = True, 0
+
+    def _maybe_fail(self) -> None:
+        if self.down:
+            self.attempts += 1
+            raise unavailable()
+
+
+def use_store(h: Harness, store: FakeStore) -> None:
+    """``store`` in place of the Harness's, on the writer's one store thread."""
+    h.store = store
+    h.pipeline.stores[:] = [store]
+    writer = h.pipeline.writer
+    writer.stores[:] = [store]
+    writer._executors = {id(store): next(iter(writer._executors.values()))}
+
+
+def handed_over(h: Harness) -> float:
+    return h.pipeline.metrics.handed_over._value.get()
+
+
+def reported(h: Harness, task_id: str) -> list[str]:
+    return [r["task_id"] for r in h.kafka.on("results") if r["task_id"] == task_id] + [
+        s for s in h.statuses(task_id) if s in ("completed", "failed")
+    ]
+
+
+async def test_a_task_revoked_before_its_write_is_neither_written_nor_reported() -> None:
+    h = Harness()
+    await h.send(batch("t", 3))
+    assert h.tracker.forget({TP0}) == 1  # the rebalance: its partition goes to another worker
+    await h.drain()
+    assert task_ids_in(h) == {} and h.store.upserts == 0
+    assert reported(h, "t") == [] and h.acked == [] and handed_over(h) == 1
+    assert not h.pipeline._active  # its slot and its id are given back: the next record of the id is not held
+    assert not h.kafka.on("dlq")
+
+
+async def test_a_write_under_way_is_waited_for_and_the_rest_of_it_is_not_sent() -> None:
+    h = Harness(store_batch_points=2)  # 5 records: three requests
+    store = HeldStore()
+    use_store(h, store)
+    writer = h.pipeline.writer
+    await h.send(batch("t", 5))
+    h.pipeline.start()
+    await asyncio.get_running_loop().run_in_executor(None, store.entered.wait, 10)  # the first request is sent
+    h.tracker.forget({TP0})
+    assert await writer.settled({TP0}, timeout=0.1) is False  # a request that does not end: said, not waited for
+    settled = asyncio.ensure_future(writer.settled({TP0}, timeout=10))
+    await asyncio.sleep(0.2)
+    assert not settled.done()  # the rebalance waits for the request under way
+    assert await writer.settled({"tasks-9"}, timeout=0) is True  # another partition's tasks are not in it
+    store.go.set()
+    assert await settled is True
+    await h.pipeline.settled()
+    await h.pipeline.stop()
+    assert store.upserts == 1 and task_ids_in(h) == {"t": 2}  # the other two requests were never sent
+    assert reported(h, "t") == [] and handed_over(h) == 1
+    # the partition's new owner (here the same pipeline, a new delivery) writes it whole and reports it
+    await h.send(batch("t", 5))
+    await h.drain()
+    assert task_ids_in(h) == {"t": 5} and reported(h, "t") == ["t", "completed"]
+
+
+async def test_a_write_retried_through_an_outage_stops_once_its_task_is_handed_over() -> None:
+    h = Harness()
+    store = DownStore()
+    use_store(h, store)
+    await h.send(batch("t", 2))
+    h.pipeline.start()
+    for _ in range(500):
+        if store.attempts:
+            break
+        await asyncio.sleep(0.01)
+    assert store.attempts  # the write failed and is being retried
+    h.tracker.forget({TP0})
+    assert await h.pipeline.writer.settled({TP0}, timeout=10) is True  # its next try had nothing of its own to write
+    refused = store.attempts
+    store.down = False  # the store comes back only now
+    await h.pipeline.settled()
+    await h.pipeline.stop()
+    assert task_ids_in(h) == {} and store.upserts == 0 and store.attempts == refused
+    assert reported(h, "t") == [] and handed_over(h) == 1
+
+
+async def test_other_partitions_tasks_in_the_same_write_are_written_and_reported() -> None:
+    h = Harness()
+    await h.send(batch("mine", 2))
+    kept = h.tracker.add("tasks-1", 0)  # another partition, not revoked
+    raw = b'{"task_id": "kept", "task_type": "batch_vectorization", "data": ["a", "b"]}'
+    await h.pipeline.intake(raw, kept, ("tasks", 1, 0))
+    h.tracker.forget({TP0})
+    await h.drain()
+    assert task_ids_in(h) == {"kept": 2} and reported(h, "kept") == ["kept", "completed"]
+    assert reported(h, "mine") == [] and handed_over(h) == 1
+
+
+async def test_a_delete_revoked_before_it_runs_leaves_the_vectors_to_the_new_owner() -> None:
+    h = Harness()
+    await h.send(batch("d", 2))
+    await h.drain()
+    await tombstone(h, b"d")
+    h.tracker.forget({TP0})
+    await settle(h)
+    assert task_ids_in(h) == {"d": 2} and handed_over(h) == 1
+    assert [s for s in h.statuses("d") if s == "completed"] == ["completed"]  # the first version's only
+    assert set(h.store.collections["vectorize"]) == {vector_id("d", 0), vector_id("d", 1)}
+
+
+class Writer:
+    def __init__(self, answer: bool) -> None:
+        self.answer, self.asked = answer, []
+
+    async def settled(self, tps: Any, timeout: float) -> bool:
+        self.asked.append((set(tps), timeout))
+        return self.answer
+
+
+@pytest.mark.parametrize("settles", [True, False])
+async def test_a_rebalance_waits_for_the_revoked_tasks_writes_and_says_when_they_run_on(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture, settles: bool
+) -> None:
+    worker, parts = build_worker(clean_env, tmp_path, kafka_handover_wait="7")
+    topic = worker.settings.tasks_topic
+    writer, tracker = Writer(settles), AckTracker()
+    parts.intake._runtime = SimpleNamespace(tracker=tracker, pipeline=SimpleNamespace(writer=writer))  # type: ignore[assignment]
+    await parts.intake.forget_revoked(worker.app, {TP(topic, 1)})
+    assert writer.asked == []  # nothing in flight there: nothing to wait for
+    ticket = tracker.add(TP(topic, 0), 5)
+    with caplog.at_level(logging.WARNING, logger="worker"):
+        await parts.intake.forget_revoked(worker.app, {TP(topic, 0), TP("another-topic", 0)})
+    assert ticket.forgotten and writer.asked == [({TP(topic, 0)}, 7.0)]
+    warned = "still run after 7s (kafka.handover_wait)" in caplog.text
+    assert warned is not settles
