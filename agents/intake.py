@@ -183,14 +183,15 @@ class Intake:
         if not dropped:
             return
         log.info("Rebalance: %d task(s) in flight on revoked partitions will be redelivered", dropped)
-        if rt.pipeline is not None and not await rt.pipeline.writer.settled(
-            task_tps, self.settings.kafka_handover_wait
-        ):
+        # within half the session timeout: Faust warns of a revocation that takes the whole of it
+        wait = min(self.settings.kafka_handover_wait, self.settings.kafka_session_timeout / 2)
+        if rt.pipeline is not None and not await rt.pipeline.writer.settled(task_tps, wait):
             log.warning(
                 "Rebalance: store writes of tasks on revoked partitions still run after %.0fs "
-                "(kafka.handover_wait); the partitions go to their new owner now, and a write still under way could "
-                "land after the new owner's write of the same id: a slow or unreachable store?",
-                self.settings.kafka_handover_wait,
+                "(kafka.handover_wait, at most half kafka.session_timeout); the partitions go to their new owner "
+                "now, and a request already sent could land after the new owner's write of the same id: a slow "
+                "store?",
+                wait,
             )
 
     async def reseek_stalled(self) -> None:

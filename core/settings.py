@@ -247,7 +247,7 @@ class Settings(BaseSettings):
         le=120,
         description="seconds a rebalance waits for this worker's store writes and deletes of the tasks of revoked "
         "partitions to end, so none lands after the new owner's write of a later version of the same id (the "
-        "new owner starts once every worker has rejoined)",
+        "new owner starts once every worker has rejoined); at most half `kafka.session_timeout`",
         yaml="kafka.handover_wait",
     )
     kafka_producer_linger_ms: int = Setting(

@@ -164,7 +164,10 @@ class Reporter:
         """A task whose partition was revoked before its write: done here, unacknowledged and unreported (the
         partition's new owner processes it from the committed offset and reports it)."""
         self.metrics.handed_over.inc()
-        log_proc.info("Task %s: its partition moved to another worker in a rebalance, which processes it", task_id)
+        log_proc.info(
+            "Task %s: its partition was revoked in a rebalance; the worker that gets it processes the task again",
+            task_id,
+        )
         await self._on_done(ticket)
 
     async def _quietly_done(self, out: Outcome) -> None:

@@ -57,8 +57,8 @@ class Metrics:
         self.errors = Counter("worker_errors", "Errors by kind", ["kind"], registry=r)
         self.handed_over = Counter(
             "worker_tasks_handed_over",
-            "Tasks whose partition moved to another worker (a rebalance) before this one wrote them: not written, "
-            "not reported here; the partition's new owner processes them",
+            "Tasks whose partition was revoked (a rebalance) before this worker wrote them: not written or reported "
+            "here; the worker that gets the partition processes them again",
             registry=r,
         )
         self.consumer_lag = Gauge(
