@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from core.errors import ConfigError
@@ -89,6 +89,37 @@ class WeaviateSettings(BaseModel):
     grpc_port: int = Field(50051, ge=1, le=65535, description="Weaviate's gRPC port, on the host of `weaviate_url`")
     api_key: SecretStr | None = Field(None, description="an API key, when the server wants one")
     timeout: float = Field(10.0, gt=0, description="seconds the client waits for the server")
+    vector_index: Literal["hnsw", "flat"] = Field(
+        "hnsw",
+        description="the vector index of the collections the worker creates: `hnsw` (Weaviate's default) or "
+        "`flat` (no graph to build: the cheapest to write, a search reads every vector; for small collections)",
+    )
+    ef_construction: int | None = Field(
+        None,
+        ge=4,
+        le=4096,
+        description="HNSW's candidate list while building (none = Weaviate's default, 128): lower writes faster, "
+        "at some recall",
+    )
+    max_connections: int | None = Field(
+        None, ge=4, le=1024, description="HNSW's links per vector (none = Weaviate's default, 32)"
+    )
+    ef: int | None = Field(
+        None,
+        ge=-1,
+        le=100_000,
+        description="HNSW's candidate list while searching (none = Weaviate's default, -1: chosen per query)",
+    )
+
+    @model_validator(mode="after")
+    def _hnsw_options_need_hnsw(self) -> WeaviateSettings:
+        given = [n for n in ("ef_construction", "max_connections", "ef") if getattr(self, n) is not None]
+        if self.vector_index != "hnsw" and given:
+            raise ValueError(
+                f"stores.weaviate.{', stores.weaviate.'.join(given)} tune an HNSW index, but "
+                f"stores.weaviate.vector_index is {self.vector_index!r}: drop them or use hnsw"
+            )
+        return self
 
 
 def Setting(*args: Any, yaml: str, **kwargs: Any) -> Any:  # noqa: N802 - used like pydantic's Field

@@ -136,7 +136,11 @@ class WeaviateStore(LazyClient, BaseVectorDB):
         api_key: str | None = None,
         timeout: float = 10.0,
         contract: MetadataContract | None = None,
+        vector_index: str = "hnsw",
+        hnsw: Mapping[str, int] | None = None,
     ) -> None:
+        """``vector_index`` (``hnsw`` or ``flat``) and ``hnsw`` (``ef_construction``, ``max_connections``, ``ef``;
+        Weaviate's defaults for those not given): the index of the collections this adapter creates."""
         parsed = urlparse(url)
         if not parsed.hostname:
             raise ConfigError(
@@ -148,6 +152,13 @@ class WeaviateStore(LazyClient, BaseVectorDB):
         self._api_key = api_key
         self._timeout = timeout
         self.contract = contract or MetadataContract()
+        self._vector_index = vector_index
+        self._hnsw = dict(hnsw or {})
+        if vector_index not in ("hnsw", "flat") or (vector_index == "flat" and self._hnsw):
+            raise ConfigError(
+                f"Weaviate vector index {vector_index!r} with HNSW options {sorted(self._hnsw)}: use hnsw, or flat "
+                "without them (stores.weaviate.vector_index)"
+            )
         self._init_client()
         self._layouts: dict[str, Layout] = {}
         self._missing = MissingCollections()
@@ -336,9 +347,7 @@ class WeaviateStore(LazyClient, BaseVectorDB):
                     name,
                     description=description,
                     properties=properties,
-                    vector_config=Configure.Vectors.self_provided(
-                        vector_index_config=Configure.VectorIndex.hnsw(distance_metric=_DISTANCES[distance])
-                    ),
+                    vector_config=Configure.Vectors.self_provided(vector_index_config=self._index_config(distance)),
                 )
             except UnexpectedStatusCodeError as exc:
                 if _already_exists(exc):  # three workers starting on a new collection: the losers read it
@@ -356,6 +365,12 @@ class WeaviateStore(LazyClient, BaseVectorDB):
             binding=identity,
             name=name,
         )
+
+    def _index_config(self, distance: Distance) -> Any:
+        """The vector index of a collection this adapter creates (stores.weaviate.vector_index and its options)."""
+        if self._vector_index == "flat":
+            return Configure.VectorIndex.flat(distance_metric=_DISTANCES[distance])
+        return Configure.VectorIndex.hnsw(distance_metric=_DISTANCES[distance], **self._hnsw)
 
     def _add_missing_properties(self, collection: str, layout: Layout) -> None:
         """Declared fields (and, in the new layout, worker fields) the class lacks, added explicitly; a declared
@@ -724,4 +739,10 @@ def create(settings: Settings) -> WeaviateStore:
         api_key=reveal(cfg.api_key),
         timeout=cfg.timeout,
         contract=MetadataContract.from_settings(settings),
+        vector_index=cfg.vector_index,
+        hnsw={
+            name: value
+            for name in ("ef_construction", "max_connections", "ef")
+            if (value := getattr(cfg, name)) is not None
+        },
     )

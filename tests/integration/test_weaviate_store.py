@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -13,7 +14,7 @@ from weaviate.classes.data import DataObject
 
 from sinks.base import PAYLOAD_KEY, BaseVectorDB, VectorRecord
 from sinks.weaviate import WeaviateStore, class_name
-from tests.contract import CONTRACT, DIM, VectorDBContract, old_flatten
+from tests.contract import CONTRACT, DIM, VectorDBContract, old_flatten, record
 
 WEAVIATE_URL = os.environ.get("VECTORIZE_TEST_WEAVIATE", "http://127.0.0.1:8080")
 WEAVIATE_GRPC = int(os.environ.get("VECTORIZE_TEST_WEAVIATE_GRPC", "50051"))
@@ -71,4 +72,40 @@ class TestWeaviateServer(VectorDBContract):
     def unreachable(self) -> Iterator[BaseVectorDB]:
         store = WeaviateStore(url="http://127.0.0.1:9", grpc_port=10, timeout=2)
         yield store
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("index", "hnsw", "expected"),
+    [
+        ("hnsw", {}, {"ef_construction": 128, "max_connections": 32, "ef": -1}),  # Weaviate's defaults
+        ("hnsw", {"ef_construction": 64, "max_connections": 16, "ef": 80}, None),
+        ("flat", {}, None),
+    ],
+)
+def test_new_collections_get_the_configured_vector_index(
+    index: str, hnsw: dict[str, int], expected: dict[str, int] | None
+) -> None:
+    require_weaviate()
+    store = WeaviateStore(url=WEAVIATE_URL, grpc_port=WEAVIATE_GRPC, contract=CONTRACT, vector_index=index, hnsw=hnsw)
+    collection = f"index_{index}_{uuid.uuid4().hex[:8]}"
+    try:
+        store.ensure_collection(collection, DIM)
+        records = [record(collection, str(uuid.uuid4()), seed, {}, task=f"t{seed}") for seed in range(20)]
+        store.upsert(collection, records)
+        config = store._connect().collections.get(class_name(collection)).config.get()
+        got = config.vector_config["default"].vector_index_config
+        if index == "flat":
+            assert type(got).__name__ == "_VectorIndexConfigFlat", got
+        else:
+            wanted = expected or hnsw
+            assert {
+                "ef_construction": got.ef_construction,
+                "max_connections": got.max_connections,
+                "ef": got.ef,
+            } == wanted
+        hits = store.search(collection, list(records[7].vector), k=3)  # the index answers: the record itself first
+        assert hits[0].id == records[7].id
+    finally:
+        store._connect().collections.delete(class_name(collection))
         store.close()

@@ -165,6 +165,39 @@ def test_nested_store_settings_from_yaml_and_env(clean_env: pytest.MonkeyPatch, 
     assert load_settings(path).weaviate.grpc_port == 50053
 
 
+def test_weaviate_index_options_from_yaml_and_env_and_hnsw_options_refused_for_flat(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from sinks.weaviate import create
+
+    defaults = load_settings().weaviate
+    assert (defaults.vector_index, defaults.ef_construction, defaults.max_connections, defaults.ef) == (
+        "hnsw",
+        None,
+        None,
+        None,
+    )
+    path = write_yaml(tmp_path, "stores: {weaviate: {ef_construction: 64, max_connections: 16}}\n")
+    clean_env.setenv("VECTORIZE_WORKER_WEAVIATE__EF", "80")
+    s = load_settings(path)
+    assert (s.weaviate.ef_construction, s.weaviate.max_connections, s.weaviate.ef) == (64, 16, 80)
+    store = create(s)  # no connection until the first call
+    assert (store._vector_index, store._hnsw) == ("hnsw", {"ef_construction": 64, "max_connections": 16, "ef": 80})
+    clean_env.setenv("VECTORIZE_WORKER_WEAVIATE__VECTOR_INDEX", "flat")
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    message = str(err.value)
+    assert (
+        "stores.weaviate.ef_construction, stores.weaviate.max_connections, stores.weaviate.ef tune an HNSW" in message
+    )
+    assert "vector_index is 'flat'" in message
+    clean_env.delenv("VECTORIZE_WORKER_WEAVIATE__EF")
+    assert create(load_settings())._vector_index == "flat"
+    clean_env.setenv("VECTORIZE_WORKER_WEAVIATE__EF_CONSTRUCTION", "2")
+    with pytest.raises(ConfigError, match="ef_construction"):
+        load_settings()
+
+
 def test_table_store_from_yaml_and_a_clear_error_for_an_unknown_one(
     clean_env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
