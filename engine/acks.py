@@ -33,6 +33,17 @@ class Ticket:
     done: bool = field(default=False)
     forgotten: bool = field(default=False)
     failed: bool = field(default=False)  # its task failed (dead-lettered): a migration's twin is then undone
+    parent: Ticket | None = field(default=None)  # a migration twin's: the ticket of the task it twins
+
+    @property
+    def revoked(self) -> bool:
+        """Its record's partition was revoked in a rebalance (a twin: its task's): the work is handed over."""
+        return self.forgotten or (self.parent is not None and self.parent.forgotten)
+
+    @property
+    def source_tp(self) -> Hashable:
+        """The partition its work comes from (a twin: its task's)."""
+        return self.parent.tp if self.parent is not None else self.tp
 
 
 class AckTracker:

@@ -356,7 +356,7 @@ class TaskPipeline:
                     records=out.records,
                     normalize=task.normalize,
                 )
-                ticket = Ticket(("twin", alias), -1)
+                ticket = Ticket(("twin", alias), -1, parent=out.item.ticket)  # handed over with its task
                 done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
                 self._twin_of[id(ticket)] = (done, task.task_id, other.physical)
                 self._twins.setdefault(id(out.item.ticket), []).append(done)

@@ -52,7 +52,8 @@ class StoreWriter:
     fail. With several stores, every store's collection is ensured before any
     is written, so a task one store refuses leaves no vectors in the others.
 
-    A task whose partition was revoked in a rebalance (its ticket ``forgotten``) is handed over: its new owner
+    A task whose partition was revoked in a rebalance (its ticket ``revoked``; a migration twin's: its task's) is
+    handed over: its new owner
     processes it again from the committed offset, so it is not written here (``handed_over``), and a write of it
     already in progress is what :meth:`settled` waits for. Each attempt drops such tasks' records on the store's
     thread, just before its requests, so a write retried through a store outage, or queued behind another, never
@@ -97,7 +98,7 @@ class StoreWriter:
 
     def _begin(self, tickets: Iterable[Any]) -> set[Hashable]:
         """Count a write or delete in progress for the partitions of ``tickets``; :meth:`_end` with the result."""
-        tps = {ticket.tp for ticket in tickets}
+        tps = {ticket.source_tp for ticket in tickets}
         self._writing.update(tps)
         return tps
 
@@ -144,14 +145,14 @@ class StoreWriter:
 
     async def write(self, outcomes: list[Outcome]) -> None:
         for out in outcomes:  # revoked before their write began: the partition's new owner writes them
-            out.handed_over = out.item.ticket.forgotten and out.error is None
+            out.handed_over = out.item.ticket.revoked and out.error is None
         busy = self._begin(out.item.ticket for out in outcomes if not out.handed_over)
         try:
             await self._write_outcomes([out for out in outcomes if not out.handed_over])
         finally:
             self._end(busy)
         for out in outcomes:  # revoked during the write: what of theirs was written, the new owner finds unchanged
-            if out.item.ticket.forgotten and out.error is None:
+            if out.item.ticket.revoked and out.error is None:
                 out.handed_over = True
 
     async def _write_outcomes(self, outcomes: list[Outcome]) -> None:
@@ -438,7 +439,7 @@ class StoreWriter:
         skipped = 0
 
         def handed_over() -> set[str]:
-            return {rid for rid, ticket in owners.items() if ticket.forgotten} if owners else set()
+            return {rid for rid, ticket in owners.items() if ticket.revoked} if owners else set()
 
         def without_handed_over() -> bool:
             """Drop the handed-over tasks' records; False when nothing is left to write."""
@@ -499,7 +500,7 @@ class StoreWriter:
         vectors removed from the live collection, by store, then by task id. During a migration the other
         collection of the alias (shadow or old) loses them too. None when ``ticket``'s partition was revoked
         first (handed over, see the class): each attempt checks on the store's thread before its requests."""
-        if ticket is not None and ticket.forgotten:
+        if ticket is not None and ticket.revoked:
             return None
         physicals = [t.physical for t in self.migrations.targets(collection)]
         busy = self._begin([ticket] if ticket is not None else [])
@@ -509,7 +510,7 @@ class StoreWriter:
             )
         finally:
             self._end(busy)
-        if ticket is not None and ticket.forgotten:
+        if ticket is not None and ticket.revoked:
             return None  # revoked meanwhile: the new owner deletes (again); what was removed here stays removed
         live = counts[: len(self.stores)]
         return {store.describe(): c for store, c in zip(self.stores, live, strict=True)}
@@ -526,7 +527,7 @@ class StoreWriter:
         vectors removed, by task id (nothing once ``ticket`` is handed over)."""
 
         def remove() -> dict[str, int]:
-            if ticket is not None and ticket.forgotten:
+            if ticket is not None and ticket.revoked:
                 return {}
             return remove_stale(store, physical, dict.fromkeys(task_ids, set()))
 

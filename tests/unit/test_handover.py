@@ -182,3 +182,31 @@ async def test_a_rebalance_waits_for_the_revoked_tasks_writes_and_says_when_they
     tracker.add(TP(topic, 0), 6)
     await parts.intake.forget_revoked(worker.app, {TP(topic, 0)})
     assert writer.asked[-1] == ({TP(topic, 0)}, 5.0)
+
+
+async def test_a_migration_twin_is_handed_over_with_its_task() -> None:
+    from tests.unit.test_dual_write import SHADOW, harness
+    from tests.unit.test_dual_write import settle as settle_twins
+
+    h = harness("dual_write")
+    release = threading.Event()
+    twin_model = h.embedders["model-b"]
+    original = twin_model.embed_texts
+
+    def held_back(texts: Any, **kw: Any) -> Any:
+        release.wait(10)
+        return original(texts, **kw)
+
+    twin_model.embed_texts = held_back  # type: ignore[method-assign]
+    h.pipeline.start()
+    await h.send(batch("t1", 2))
+    for _ in range(500):  # the task's live write is done; its twin waits for the other model
+        if h.kafka.on("results"):
+            break
+        await asyncio.sleep(0.01)
+    h.tracker.forget({TP0})  # the task's partition is revoked before its twin is written
+    release.set()
+    await settle_twins(h)
+    assert task_ids_in(h) == {"t1": 2}  # the live write, done before
+    assert not h.store.collections.get(SHADOW)  # the twin was not written after the revocation
+    assert h.acked == [] and handed_over(h) == 1
