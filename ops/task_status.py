@@ -117,6 +117,7 @@ class RedisTaskStatus:
         self.up: bool | None = None  # None until the first write
         #: the group's index of recent tasks; the task keys' braces keep it apart from any task's keys
         self.recent_key = f"{prefix}recent"
+        self._indexed = True  # False while Redis refuses the index (one warning, not one per flush)
 
     @classmethod
     def from_settings(cls, settings: Settings, on_error: Callable[[int], None] | None = None) -> RedisTaskStatus:
@@ -189,13 +190,16 @@ class RedisTaskStatus:
         replies, indexed = replies[: len(batch)], replies[len(batch) :]
         refused = [reply for reply in replies if isinstance(reply, Exception)]
         unindexed = next((reply for reply in indexed if isinstance(reply, Exception)), None)
-        if unindexed is not None:  # the statuses are written; only the listing misses them
+        if unindexed is not None and self._indexed:  # the statuses are written; only the listing misses them
             log.warning(
-                "Redis refused the index of recent tasks %r (/tasks misses these %d tasks; check that key): %s",
+                "Redis refused the index of recent tasks %r (/tasks misses the tasks written meanwhile; check that "
+                "key, and that Redis is 6.2 or newer): %s",
                 self.recent_key,
-                len(latest),
                 redis_error(self._raw_url, unindexed, self._password),
             )
+        elif unindexed is None and not self._indexed:
+            log.info("The index of recent tasks %r is written again", self.recent_key)
+        self._indexed = unindexed is None
         if refused:
             self._lost(len(refused))
             log.warning(

@@ -187,6 +187,14 @@ async def test_an_index_key_in_the_way_costs_the_listing_not_the_statuses(
         with pytest.raises(TaskStatusError) as raised:
             await s.recent()
         assert "WRONGTYPE" in str(raised.value)
+        track(s, "t2", "completed", 2.0)
+        with caplog.at_level("INFO", logger="worker.task_status"):
+            await written(s)  # still in the way: no second warning
+            assert caplog.text.count("Redis refused the index") == 1
+            client.delete(s.recent_key)
+            track(s, "t3", "completed", 3.0)
+            await written(s)
+        assert "is written again" in caplog.text and [t["task_id"] for t in await s.recent()] == ["t3"]
     finally:
         client.delete(s.recent_key)
         await s.close()
