@@ -161,8 +161,8 @@ class Reporter:
             await self._on_done(item.ticket)
 
     async def handed_over(self, ticket: Ticket, task_id: str) -> None:
-        """A task whose partition was revoked before its write: done here, unacknowledged and unreported (the
-        partition's new owner processes it from the committed offset and reports it)."""
+        """A task whose partition was revoked before it was written or failed: done here, unacknowledged and
+        unreported (the partition's new owner processes it from the committed offset and reports it)."""
         self.metrics.handed_over.inc()
         log_proc.info(
             "Task %s: its partition was revoked in a rebalance; the worker that gets it processes the task again",
@@ -275,7 +275,13 @@ class Reporter:
         A broker that refuses these records for good (over its size limit) gets them again with the
         dead letter's payload cut to 4 KiB, then as a minimal set: no payload, the error cut to 512
         characters, the record's topic/partition/offset, so the record can be read from there.
+
+        A task whose partition was revoked meanwhile is handed over instead: the worker that gets the partition
+        processes it again and fails it there (one dead letter, not one per worker).
         """
+        if ticket.revoked:
+            await self.handed_over(ticket, task_id)
+            return
         info = ErrorInfo.of(error)
         ticket.failed = True
         reports = _reports(task_type)

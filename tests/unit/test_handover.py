@@ -210,3 +210,14 @@ async def test_a_migration_twin_is_handed_over_with_its_task() -> None:
     assert task_ids_in(h) == {"t1": 2}  # the live write, done before
     assert not h.store.collections.get(SHADOW)  # the twin was not written after the revocation
     assert h.acked == [] and handed_over(h) == 1
+
+
+async def test_a_task_failing_after_its_partition_was_revoked_is_dead_lettered_by_the_new_owner_only() -> None:
+    h = Harness()
+    await h.send({"task_id": "m", "task_type": "text_vectorization", "data": "x", "model_name": "missing-model"})
+    h.tracker.forget({TP0})
+    await h.drain()
+    assert h.kafka.on("dlq") == [] and reported(h, "m") == [] and handed_over(h) == 1
+    await h.send({"task_id": "m", "task_type": "text_vectorization", "data": "x", "model_name": "missing-model"})
+    await h.drain()  # the partition's next owner: the one dead letter
+    assert [r["task_id"] for r in h.kafka.on("dlq")] == ["m"] and "failed" in h.statuses("m")
