@@ -395,7 +395,7 @@ class TaskPipeline:
             ticket.done = True
             done, task_id, target = twin
             if ticket.failed:  # an earlier version of the task must not stay in the twin's collection
-                self._spawn(self._undo_twin(done, task_id, target))
+                self._spawn(self._undo_twin(done, task_id, target, ticket.parent))
             elif not done.done():
                 done.set_result(None)
             return
@@ -419,11 +419,14 @@ class TaskPipeline:
         self._deferred.discard(id(ticket))
         await self._done(ticket)
 
-    async def _undo_twin(self, done: asyncio.Future[None], task_id: str, target: str) -> None:
+    async def _undo_twin(
+        self, done: asyncio.Future[None], task_id: str, target: str, task_ticket: Ticket | None = None
+    ) -> None:
         """A twin failed: its task's records leave the twin's collection (the migration's verify then finds them
-        missing and sends the task again), then its task may be acknowledged."""
+        missing and sends the task again), then its task may be acknowledged. Not once the task is handed over
+        (``task_ticket`` revoked): its next owner writes the twin again, or undoes it."""
         try:
-            await self.writer.delete_from(target, [task_id])
+            await self.writer.delete_from(target, [task_id], task_ticket)
         finally:
             if not done.done():
                 done.set_result(None)

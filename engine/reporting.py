@@ -116,7 +116,7 @@ class Reporter:
         for out in outcomes:
             item, task = out.item, out.item.task
             self.closing(item)
-            if out.handed_over:
+            if out.handed_over or (item.ticket.revoked and out.error is None):  # revoked since the write: not reported
                 await self.handed_over(item.ticket, task.task_id)
                 continue
             if not _reports(item.kind):  # a migration's reembed: silent on success, dead-lettered on failure
@@ -372,8 +372,8 @@ class Reporter:
         sooner gets only its final status; one still unfinished then gets the held ones at once, in order, and
         later ones as they happen. Every one is queued before the task's final status (they are in
         ``item.pending``, which the final records wait for), never after it."""
-        if self.settings.status_updates == "terminal" or not _reports(item.kind) or item.closing:
-            return
+        if self.settings.status_updates == "terminal" or not _reports(item.kind) or item.closing or item.ticket.revoked:
+            return  # (revoked: handed over, its next owner sends its statuses; one sent now could outlast them)
         delay = self.settings.status_delay_ms / 1000
         if delay > 0 and not item.statuses_due:
             if item.received_at + delay > time.monotonic():

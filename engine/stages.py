@@ -145,12 +145,16 @@ class Steps:
         return state.live.identity.name if state is not None else self.settings.default_model
 
     async def expire(self, batch: list[WorkItem]) -> list[WorkItem]:
-        """Fail the tasks that waited longer than task_timeout; return the others."""
+        """Fail the tasks that waited longer than task_timeout, hand over those whose partition was revoked while
+        they waited (not embedded: their next owner does it); return the others."""
         started = time.monotonic()
         live = []
         for item in batch:
             waited = started - item.received_at
-            if waited > self.settings.task_timeout:
+            if item.ticket.revoked:
+                self.reporter.closing(item)
+                await self.reporter.handed_over(item.ticket, item.task.task_id)
+            elif waited > self.settings.task_timeout:
                 error = PermanentError(
                     f"Task {item.task.task_id} waited {waited:.0f}s, over task_timeout "
                     f"({self.settings.task_timeout:.0f}s, VECTORIZE_WORKER_TASK_TIMEOUT); resend it or raise the limit."

@@ -112,8 +112,17 @@ class StoreWriter:
             if not waiter.done():
                 waiter.set_result(None)
 
+    async def _in_store_for(self, tickets: Iterable[Any], func: Callable[[], T], store: BaseVectorDB) -> T:
+        """:meth:`in_store_thread`, counted as a store call under way for the partitions of ``tickets`` (what
+        :meth:`settled` waits for) while it is queued or runs on the store's thread; not while a retry waits."""
+        busy = self._begin(tickets)
+        try:
+            return await self.in_store_thread(func, store)
+        finally:
+            self._end(busy)
+
     async def settled(self, tps: Many[Hashable], timeout: float) -> bool:
-        """Wait until no write or delete holding a task of ``tps`` is in progress (their tasks were handed over
+        """Wait until no store call (a write or delete attempt) holding a task of ``tps`` is queued or running (their tasks were handed over
         in a rebalance: nothing of theirs may reach a store after the new owner's writes); False after
         ``timeout`` seconds with one still running."""
         deadline = time.monotonic() + timeout
@@ -146,11 +155,7 @@ class StoreWriter:
     async def write(self, outcomes: list[Outcome]) -> None:
         for out in outcomes:  # revoked before their write began: the partition's new owner writes them
             out.handed_over = out.item.ticket.revoked and out.error is None
-        busy = self._begin(out.item.ticket for out in outcomes if not out.handed_over)
-        try:
-            await self._write_outcomes([out for out in outcomes if not out.handed_over])
-        finally:
-            self._end(busy)
+        await self._write_outcomes([out for out in outcomes if not out.handed_over])
         for out in outcomes:  # revoked during the write: what of theirs was written, the new owner finds unchanged
             if out.item.ticket.revoked and out.error is None:
                 out.handed_over = True
@@ -437,6 +442,8 @@ class StoreWriter:
         Returns the stale vectors removed, by task id."""
         s = self.settings
         skipped = 0
+        sent = False  # whether the attempt that succeeded reached the store (not if it found only handed-over tasks)
+        tickets = {*owners.values()} if owners else set()
 
         def handed_over() -> set[str]:
             return {rid for rid, ticket in owners.items() if ticket.revoked} if owners else set()
@@ -451,9 +458,11 @@ class StoreWriter:
             return bool(fresh)
 
         def write() -> dict[str, int]:
-            nonlocal skipped, digested, fresh
+            nonlocal skipped, digested, fresh, sent
+            skipped, sent = 0, False  # of the attempt that succeeds
             if not without_handed_over():
                 return {}
+            sent = True
             if check is not None:
                 changed = check.changed_in(store)
                 if changed:
@@ -485,10 +494,12 @@ class StoreWriter:
 
         t0 = time.monotonic()
         removed = await retry_forever(
-            lambda: self.in_store_thread(write, store),
+            lambda: self._in_store_for(tickets, write, store),
             what=f"Storing {len(digested)} vectors in {collection} on {store.describe()}",
             on_retry=self._on_retry,
         )
+        if not sent:  # every task handed over before a request: says nothing of the store
+            return removed
         self._last_ok[id(store)] = now = time.monotonic()
         self.metrics.store_seconds.labels(store.name).observe(now - t0)
         if skipped:
@@ -503,22 +514,19 @@ class StoreWriter:
         if ticket is not None and ticket.revoked:
             return None
         physicals = [t.physical for t in self.migrations.targets(collection)]
-        busy = self._begin([ticket] if ticket is not None else [])
-        try:
-            counts = await asyncio.gather(
-                *(self._remove(store, physical, task_ids, ticket) for physical in physicals for store in self.stores)
-            )
-        finally:
-            self._end(busy)
+        counts = await asyncio.gather(
+            *(self._remove(store, physical, task_ids, ticket) for physical in physicals for store in self.stores)
+        )
         if ticket is not None and ticket.revoked:
             return None  # revoked meanwhile: the new owner deletes (again); what was removed here stays removed
         live = counts[: len(self.stores)]
         return {store.describe(): c for store, c in zip(self.stores, live, strict=True)}
 
-    async def delete_from(self, physical: str, task_ids: list[str]) -> None:
+    async def delete_from(self, physical: str, task_ids: list[str], ticket: Any = None) -> None:
         """Remove every vector of ``task_ids`` from the physical collection ``physical`` in every store (a failed
-        twin's target: an older version of the task must not stay there)."""
-        await asyncio.gather(*(self._remove(store, physical, task_ids) for store in self.stores))
+        twin's target: an older version of the task must not stay there); nothing once ``ticket`` (the task's) is
+        handed over: its next owner writes or undoes the twin itself."""
+        await asyncio.gather(*(self._remove(store, physical, task_ids, ticket) for store in self.stores))
 
     async def _remove(
         self, store: BaseVectorDB, physical: str, task_ids: list[str], ticket: Any = None
@@ -532,7 +540,7 @@ class StoreWriter:
             return remove_stale(store, physical, dict.fromkeys(task_ids, set()))
 
         return await retry_forever(
-            lambda: self.in_store_thread(remove, store),
+            lambda: self._in_store_for([ticket] if ticket is not None else [], remove, store),
             what=f"Deleting the vectors of {len(task_ids)} task(s) from {physical} on {store.describe()}",
             on_retry=self._on_retry,
         )

@@ -185,6 +185,7 @@ def test_a_worker_whose_writes_fail_hands_its_revoked_tasks_over_and_never_write
         deadline = time.monotonic() + 60
         while "h-warm" not in stored_texts(store, collection) and time.monotonic() < deadline:
             time.sleep(0.5)
+        assert "h-warm" in stored_texts(store, collection), a.log()[-4000:]
         relay.down()
         send(topics, ids, 1)
         a.wait_for_log(r"Storing \d+ vectors in .* failed \(attempt 1\)", timeout=60)  # A retries its write
@@ -192,6 +193,10 @@ def test_a_worker_whose_writes_fail_hands_its_revoked_tasks_over_and_never_write
         b.wait_ready()
         a.wait_for_log(r"on revoked partitions will be redelivered", timeout=60)
         send(topics, ids, 2)
+        deadline = time.monotonic() + 120  # B writes version 2 of its ids (then goes idle)
+        while not any(text == version(t, 2) for t, text in stored_texts(store, collection).items() if t in ids):
+            assert time.monotonic() < deadline, b.log()[-4000:]
+            time.sleep(0.5)
         idle(b)
         moved = {task_id for task_id, text in stored_texts(store, collection).items() if task_id in ids}
         assert moved and len(moved) < len(ids), moved  # B took some partitions, A kept the others

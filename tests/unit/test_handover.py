@@ -4,6 +4,7 @@ way is waited for (engine/store_writer.py, agents/intake.py ``forget_revoked``).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 from collections.abc import Sequence
@@ -51,6 +52,10 @@ class DownStore(FakeStore):
             self.attempts += 1
             raise unavailable()
 
+    def health(self) -> None:
+        if self.down:
+            raise unavailable()
+
 
 def use_store(h: Harness, store: FakeStore) -> None:
     """``store`` in place of the Harness's, on the writer's one store thread."""
@@ -78,7 +83,10 @@ async def test_a_task_revoked_before_its_write_is_neither_written_nor_reported()
     await h.drain()
     assert task_ids_in(h) == {} and h.store.upserts == 0
     assert reported(h, "t") == [] and h.acked == [] and handed_over(h) == 1
-    assert not h.pipeline._active  # its slot and its id are given back: the next record of the id is not held
+    assert not h.pipeline._active  # its id is given back: the next record of the id is not held
+    assert h.pipeline._held == {} and h.pipeline._slots._value == h.settings.max_concurrent_tasks  # its budgets too
+    assert h.statuses("t") == ["received"]  # nothing after the revocation (it is not even embedded)
+    assert not h.embedders  # not embedded: its next owner does it
     assert not h.kafka.on("dlq")
 
 
@@ -89,7 +97,7 @@ async def test_a_write_under_way_is_waited_for_and_the_rest_of_it_is_not_sent() 
     writer = h.pipeline.writer
     await h.send(batch("t", 5))
     h.pipeline.start()
-    await asyncio.get_running_loop().run_in_executor(None, store.entered.wait, 10)  # the first request is sent
+    assert await asyncio.get_running_loop().run_in_executor(None, store.entered.wait, 10)  # the first request is sent
     h.tracker.forget({TP0})
     assert await writer.settled({TP0}, timeout=0.1) is False  # a request that does not end: said, not waited for
     settled = asyncio.ensure_future(writer.settled({TP0}, timeout=10))
@@ -204,6 +212,7 @@ async def test_a_migration_twin_is_handed_over_with_its_task() -> None:
         if h.kafka.on("results"):
             break
         await asyncio.sleep(0.01)
+    assert h.kafka.on("results")
     h.tracker.forget({TP0})  # the task's partition is revoked before its twin is written
     release.set()
     await settle_twins(h)
@@ -221,3 +230,62 @@ async def test_a_task_failing_after_its_partition_was_revoked_is_dead_lettered_b
     await h.send({"task_id": "m", "task_type": "text_vectorization", "data": "x", "model_name": "missing-model"})
     await h.drain()  # the partition's next owner: the one dead letter
     assert [r["task_id"] for r in h.kafka.on("dlq")] == ["m"] and "failed" in h.statuses("m")
+
+
+def items(task_id: str, texts: list[str]) -> bytes:
+    return json.dumps({"task_id": task_id, "task_type": "batch_vectorization", "data": texts}).encode()
+
+
+async def test_a_task_revoked_mid_write_keeps_its_stored_records_while_the_others_lose_their_stale_ones() -> None:
+    h = Harness(store_batch_points=1)  # one request per record: the revocation lands between two of them
+    store = HeldStore()
+    use_store(h, store)
+    store.go.set()
+    kept = [h.tracker.add("tasks-1", n) for n in range(2)]
+    await h.send(items("old", ["a0", "a1", "a2"]))
+    await h.pipeline.intake(items("kept", ["b0", "b1", "b2"]), kept[0], ("tasks", 1, 0))
+    await h.drain()
+    assert task_ids_in(h) == {"old": 3, "kept": 3}
+    store.go.clear()
+    store.entered.clear()
+    # version 2 of both, one record fewer for "kept" (its third is stale) and two fewer for "old"
+    await h.send(items("old", ["new a0"]))
+    await h.pipeline.intake(items("kept", ["new b0", "new b1"]), kept[1], ("tasks", 1, 1))
+    h.pipeline.start()
+    assert await asyncio.get_running_loop().run_in_executor(None, store.entered.wait, 10)  # one record under way
+    h.tracker.forget({TP0})  # "old"'s partition is revoked between two requests of the same write
+    store.go.set()
+    await h.pipeline.settled()
+    await h.pipeline.stop()
+    stored = h.store.collections["vectorize"]
+    old = {rid for rid, p in stored.items() if p.payload["task_id"] == "old"}
+    assert old == {vector_id("old", i) for i in range(3)}  # none of its stored records deleted as stale
+    texts = {p.payload["text"] for p in stored.values() if p.payload["task_id"] == "kept"}
+    assert texts == {"new b0", "new b1"}  # the task of the other partition written whole, its stale record gone
+    assert reported(h, "kept") == ["kept", "kept", "completed", "completed"] and reported(h, "old") == [
+        "old",
+        "completed",
+    ]
+    assert handed_over(h) == 1
+
+
+async def test_a_write_that_found_only_handed_over_tasks_says_nothing_of_the_store() -> None:
+    h = Harness()
+    store = DownStore()
+    use_store(h, store)
+    await h.send(batch("t", 2))
+    h.pipeline.start()
+    for _ in range(500):
+        if store.attempts:
+            break
+        await asyncio.sleep(0.01)
+    assert store.attempts
+    h.tracker.forget({TP0})
+    assert await h.pipeline.writer.settled({TP0}, timeout=10) is True  # no attempt under way: at once
+    for _ in range(500):  # the retry that finds nothing of its own to write
+        if handed_over(h):
+            break
+        await asyncio.sleep(0.01)
+    assert handed_over(h) == 1
+    assert await h.pipeline.writer.answers(store, timeout=0.5) is False  # still down: not "written a moment ago"
+    await h.pipeline.stop()
