@@ -78,6 +78,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 
 _DISTANCES = {"cosine": VectorDistances.COSINE, "dot": VectorDistances.DOT, "euclid": VectorDistances.L2_SQUARED}
 _DIM = re.compile(r"dim=(\d+)")
+#: seconds a binding waits out Weaviate applying another worker's update of the same class (read-only meanwhile)
+BIND_BUSY_SECONDS = 5.0
 #: seconds for which a task lookup that found a class vouches for it to the next upsert (see WeaviateStore.upsert)
 _LOOKUP_VOUCHES = 1.0
 # Errors that are about the data itself; anything else (a node not ready, a
@@ -115,8 +117,18 @@ class _Unsupported(StoreRejectedError):
     """A feature this Weaviate server is too old for (aliases need 1.32)."""
 
 
+class _Busy(StoreUnavailableError):
+    """Weaviate held the class read-only while applying another configuration update (retried)."""
+
+
 class _Missing(StoreUnavailableError):
     """Weaviate could not find the class a request named: dropped since this adapter looked (retried)."""
+
+
+def _busy_updating(message: str) -> bool:
+    """Weaviate holds a class read-only while it applies a configuration update (``store is read-only due to:
+    UpdateVectorIndexConfigs``): another worker's update of the same class, a moment's wait, not a refusal."""
+    return "is read-only due to" in message.lower()
 
 
 def _class_missing(message: str) -> bool:
@@ -201,6 +213,11 @@ class WeaviateStore(LazyClient, BaseVectorDB):
                 raise _Missing(
                     f"Weaviate at {self._url}: no class during {what}: {str(exc)[:300]}; will retry"
                 ) from None
+            if _busy_updating(str(exc)):
+                raise _Busy(
+                    f"Weaviate at {self._url} held the class read-only during {what} (it was applying another "
+                    "configuration update of it); will retry"
+                ) from None
             if exc.status_code >= 500 or exc.status_code in (401, 403, 408, 429):
                 raise StoreUnavailableError(
                     f"Weaviate at {self._url} failed {what} (HTTP {exc.status_code}); will retry"
@@ -210,6 +227,11 @@ class WeaviateStore(LazyClient, BaseVectorDB):
             if _class_missing(str(exc)):  # the server answered: the client is fine
                 raise _Missing(
                     f"Weaviate at {self._url}: no class during {what}: {str(exc)[:300]}; will retry"
+                ) from None
+            if _busy_updating(str(exc)):
+                raise _Busy(
+                    f"Weaviate at {self._url} held the class read-only during {what} (it was applying a "
+                    "configuration update of it); will retry"
                 ) from None
             if _is_rejection(str(exc)):
                 raise StoreRejectedError(f"Weaviate at {self._url} refused {what}: {str(exc)[:400]}") from None
@@ -303,10 +325,23 @@ class WeaviateStore(LazyClient, BaseVectorDB):
             return None
         description = f"{fresh.description or f'vectorize-worker dim={dim}'} {binding_text(identity)}"
         name = class_name(collection)
-        self._call(
-            f"binding collection {name} to model {identity.name}",
-            lambda: self._collection(collection).config.update(description=description),
-        )
+        deadline = time.monotonic() + BIND_BUSY_SECONDS
+        while True:
+            try:
+                self._call(
+                    f"binding collection {name} to model {identity.name}",
+                    lambda: self._collection(collection).config.update(description=description),
+                )
+                break
+            except _Busy:
+                # workers binding one class at once: Weaviate holds it read-only while it applies another's
+                # update; that one may be this same binding, else this worker's turn comes a moment later
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+                bound = self._binding(collection, self._read_layout(collection))
+                if bound is not None:
+                    return bound
         return self._binding(collection, self._read_layout(collection)) or identity
 
     def _held_model(self, collection: str, layout: Layout, dim: int) -> ModelIdentity | None:
