@@ -116,8 +116,8 @@ async def test_a_write_under_way_is_waited_for_and_the_rest_of_it_is_not_sent() 
     assert task_ids_in(h) == {"t": 5} and reported(h, "t") == ["t", "completed"]
 
 
-async def test_a_write_retried_through_an_outage_stops_once_its_task_is_handed_over() -> None:
-    h = Harness()
+async def retrying_then_revoked(h: Harness) -> DownStore:
+    """A two-text task whose write fails against a store that stays down, revoked once a retry is under way."""
     store = DownStore()
     use_store(h, store)
     await h.send(batch("t", 2))
@@ -128,6 +128,12 @@ async def test_a_write_retried_through_an_outage_stops_once_its_task_is_handed_o
         await asyncio.sleep(0.01)
     assert store.attempts  # the write failed and is being retried
     h.tracker.forget({TP0})
+    return store
+
+
+async def test_a_write_retried_through_an_outage_stops_once_its_task_is_handed_over() -> None:
+    h = Harness()
+    store = await retrying_then_revoked(h)
     assert await h.pipeline.writer.settled({TP0}, timeout=10) is True  # its next try had nothing of its own to write
     refused = store.attempts
     store.down = False  # the store comes back only now
@@ -271,16 +277,7 @@ async def test_a_task_revoked_mid_write_keeps_its_stored_records_while_the_other
 
 async def test_a_write_that_found_only_handed_over_tasks_says_nothing_of_the_store() -> None:
     h = Harness()
-    store = DownStore()
-    use_store(h, store)
-    await h.send(batch("t", 2))
-    h.pipeline.start()
-    for _ in range(500):
-        if store.attempts:
-            break
-        await asyncio.sleep(0.01)
-    assert store.attempts
-    h.tracker.forget({TP0})
+    store = await retrying_then_revoked(h)
     assert await h.pipeline.writer.settled({TP0}, timeout=10) is True  # no attempt under way: at once
     for _ in range(500):  # the retry that finds nothing of its own to write
         if handed_over(h):
